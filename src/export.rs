@@ -1,19 +1,167 @@
-//! `imgforge export`: convert a raw image for other hypervisors.
+//! `imgforge export`: convert a raw image for other hypervisors with
+//! `qemu-img convert`. The output is written beside its final name and
+//! renamed into place only when complete.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::boottest::{self, ImageError};
+use crate::tool::{Tool, ToolError};
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
-    /// The raw image to convert.
+    /// The image to convert (raw, or any format boot-test accepts).
     pub image: PathBuf,
+    /// Output format: vdi (VirtualBox), vmdk (VMware, VirtualBox), qcow2 (QEMU/libvirt).
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Output file [default: the image's name with the format's extension].
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Vdi,
+    Vmdk,
+    Qcow2,
+}
+
+impl ExportFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Vdi => "vdi",
+            ExportFormat::Vmdk => "vmdk",
+            ExportFormat::Qcow2 => "qcow2",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("export is not implemented yet")]
-    NotImplemented,
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("{0} exists; pass --force to replace it")]
+    Exists(PathBuf),
+    #[error("the output {0} is the input image")]
+    SameFile(PathBuf),
+    #[error("cannot write {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-pub fn run(_args: &ExportArgs) -> Result<(), ExportError> {
-    Err(ExportError::NotImplemented)
+/// Removes a half-written output unless disarmed.
+struct Partial(Option<PathBuf>);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+pub fn run(args: &ExportArgs) -> Result<(), ExportError> {
+    let output = export(&args.image, args.format, args.output.as_deref(), args.force)?;
+    let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+    println!("{}", output.display());
+    eprintln!(
+        "export: wrote {} ({}, {:.1} MiB)",
+        output.display(),
+        args.format.name(),
+        size as f64 / (1 << 20) as f64
+    );
+    if args.format != ExportFormat::Qcow2 {
+        eprintln!("{}", virtualbox_hint(&output));
+    }
+    Ok(())
+}
+
+/// Converts `image` to `format`; returns the output path.
+pub fn export(
+    image: &Path,
+    format: ExportFormat,
+    output: Option<&Path>,
+    force: bool,
+) -> Result<PathBuf, ExportError> {
+    boottest::QEMU_IMG.require()?;
+    let input_format = boottest::detect_format(image)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("imgforge-export-")
+        .tempdir()
+        .map_err(|source| ExportError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    // Refuse what is not an imgforge-style disk (GPT) before converting.
+    boottest::check_disk_image(image, &input_format, scratch.path())?;
+    drop(scratch);
+
+    let output = match output {
+        Some(path) => path.to_path_buf(),
+        None => image.with_extension(format.name()),
+    };
+    if same_file(image, &output) {
+        return Err(ExportError::SameFile(output));
+    }
+    if output.exists() && !force {
+        return Err(ExportError::Exists(output));
+    }
+    let file_name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    let partial_path = output.with_file_name(format!(".{file_name}.partial"));
+    let mut partial = Partial(Some(partial_path.clone()));
+    Tool::new("qemu-img")
+        .args([
+            "convert",
+            "--force-share",
+            "-f",
+            &input_format,
+            "-O",
+            format.name(),
+        ])
+        .arg(image)
+        .arg(&partial_path)
+        .run()?;
+    std::fs::rename(&partial_path, &output).map_err(|source| ExportError::Io {
+        path: output.clone(),
+        source,
+    })?;
+    partial.0 = None;
+    Ok(output)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The VBoxManage commands for this file (the README has the same).
+fn virtualbox_hint(disk: &Path) -> String {
+    let disk = std::fs::canonicalize(disk).unwrap_or_else(|_| disk.to_path_buf());
+    let name = disk
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "imgforge".into());
+    format!(
+        "VirtualBox (EFI; use --firmware bios for SeaBIOS-style BIOS boot):\n  \
+VBoxManage createvm --name {name} --ostype Debian_64 --register\n  \
+VBoxManage modifyvm {name} --firmware efi --cpus 4 --memory 2048 --nic1 nat \
+--uart1 0x3F8 4 --uartmode1 file /tmp/{name}-console.log\n  \
+VBoxManage storagectl {name} --name NVMe --add pcie --controller NVMe --portcount 1\n  \
+VBoxManage storageattach {name} --storagectl NVMe --port 0 --device 0 --type hdd --medium {}\n  \
+VBoxManage startvm {name} --type headless",
+        disk.display()
+    )
 }

@@ -1,0 +1,571 @@
+//! Running QEMU: the command line for one boot, and a process that cannot
+//! outlive imgforge.
+//!
+//! QEMU runs in its own process group (so a Ctrl-C reaches imgforge first),
+//! is registered with [`crate::interrupt::ChildGuard`], gets SIGKILL from the
+//! kernel if imgforge itself dies (`PR_SET_PDEATHSIG`), and is stopped by the
+//! [`Qemu`] guard's `Drop` on every other way out: report found, timeout,
+//! error, Ctrl-C.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::interrupt;
+use crate::tool::HostTool;
+
+pub const QEMU: HostTool = HostTool::new("qemu-system-x86_64", "qemu-system-x86");
+
+/// How many lines of QEMU's own stderr an error carries.
+const STDERR_TAIL: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error(
+        "OVMF (UEFI firmware for QEMU) not found; looked for {looked}. Install the Debian \
+         package `ovmf` (apt-get install ovmf), or set IMGFORGE_OVMF_CODE and IMGFORGE_OVMF_VARS"
+    )]
+    OvmfMissing { looked: String },
+    #[error(
+        "QEMU cannot find SeaBIOS (its BIOS firmware): install the Debian package `seabios` \
+         (apt-get install seabios)\n--- QEMU said ---\n{tail}"
+    )]
+    SeabiosMissing { tail: String },
+    #[error("cannot copy the OVMF variable store {path}")]
+    OvmfVars {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not start qemu-system-x86_64")]
+    Spawn(#[source] std::io::Error),
+    #[error(
+        "qemu-system-x86_64 failed to start the machine ({status}); command: {command}\n--- QEMU said ---\n{tail}"
+    )]
+    StartFailed {
+        status: String,
+        command: String,
+        tail: String,
+    },
+    #[error("cannot write the console log {path}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// UEFI firmware: the read-only code and a template of the variable store
+/// (each run gets its own copy of the variables).
+#[derive(Debug, Clone)]
+pub struct Ovmf {
+    pub code: PathBuf,
+    pub vars: PathBuf,
+}
+
+/// Code/vars pairs in the places distributions put them, newest layout first.
+const OVMF_CANDIDATES: &[(&str, &str)] = &[
+    (
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    ),
+    (
+        "/usr/share/OVMF/OVMF_CODE.fd",
+        "/usr/share/OVMF/OVMF_VARS.fd",
+    ),
+    (
+        "/usr/share/edk2/x64/OVMF_CODE.4m.fd",
+        "/usr/share/edk2/x64/OVMF_VARS.4m.fd",
+    ),
+    (
+        "/usr/share/edk2/ovmf/OVMF_CODE.fd",
+        "/usr/share/edk2/ovmf/OVMF_VARS.fd",
+    ),
+];
+
+/// Finds OVMF; `IMGFORGE_OVMF_CODE`/`IMGFORGE_OVMF_VARS` override the search.
+pub fn find_ovmf() -> Result<Ovmf, QemuError> {
+    let from_env = (
+        std::env::var_os("IMGFORGE_OVMF_CODE"),
+        std::env::var_os("IMGFORGE_OVMF_VARS"),
+    );
+    let candidates: Vec<(PathBuf, PathBuf)> = match from_env {
+        (Some(code), Some(vars)) => vec![(code.into(), vars.into())],
+        _ => OVMF_CANDIDATES
+            .iter()
+            .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
+            .collect(),
+    };
+    for (code, vars) in &candidates {
+        if code.is_file() && vars.is_file() {
+            return Ok(Ovmf {
+                code: code.clone(),
+                vars: vars.clone(),
+            });
+        }
+    }
+    Err(QemuError::OvmfMissing {
+        looked: candidates
+            .iter()
+            .map(|(c, _)| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// Which firmware the machine starts with.
+#[derive(Debug, Clone)]
+pub enum MachineFirmware {
+    /// QEMU's default firmware (SeaBIOS).
+    Bios,
+    /// OVMF with a per-run copy of the variable store at `vars_copy`.
+    Uefi { ovmf: Ovmf, vars_copy: PathBuf },
+}
+
+impl MachineFirmware {
+    /// For UEFI, copies the variable store template into `dir`.
+    pub fn uefi(ovmf: &Ovmf, dir: &Path) -> Result<Self, QemuError> {
+        let vars_copy = dir.join("OVMF_VARS.fd");
+        std::fs::copy(&ovmf.vars, &vars_copy).map_err(|source| QemuError::OvmfVars {
+            path: ovmf.vars.clone(),
+            source,
+        })?;
+        Ok(MachineFirmware::Uefi {
+            ovmf: ovmf.clone(),
+            vars_copy,
+        })
+    }
+}
+
+/// A virtual machine like an EC2 Nitro instance: q35, the disk on an NVMe
+/// controller, one NIC on user-mode networking (DHCP from QEMU), the first
+/// serial port on QEMU's stdout, no display.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub accel: Accel,
+    /// `-cpu` model.
+    pub cpu: String,
+    pub firmware: MachineFirmware,
+    pub smp: u32,
+    pub memory_mib: u32,
+    pub disk: PathBuf,
+    pub disk_format: String,
+    /// Where the firmware's debug port (0x402) output goes, if anywhere.
+    pub firmware_log: Option<PathBuf>,
+}
+
+impl Machine {
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+        push(&[
+            "-machine",
+            &format!("q35,accel={}", self.accel.name()),
+            "-cpu",
+            &self.cpu,
+            "-smp",
+            &self.smp.to_string(),
+            "-m",
+            &self.memory_mib.to_string(),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-chardev",
+            "stdio,id=serial0,signal=off",
+            "-serial",
+            "chardev:serial0",
+        ]);
+        if let MachineFirmware::Uefi { ovmf, vars_copy } = &self.firmware {
+            push(&[
+                "-drive",
+                &format!(
+                    "if=pflash,unit=0,format=raw,readonly=on,file={}",
+                    escape_opt(&ovmf.code)
+                ),
+                "-drive",
+                &format!("if=pflash,unit=1,format=raw,file={}", escape_opt(vars_copy)),
+            ]);
+        }
+        if let Some(log) = &self.firmware_log {
+            push(&[
+                "-chardev",
+                &format!("file,id=fwlog,path={}", escape_opt(log)),
+                "-device",
+                "isa-debugcon,iobase=0x402,chardev=fwlog",
+            ]);
+        }
+        push(&[
+            "-drive",
+            &format!(
+                "if=none,id=disk0,format={},file={},discard=unmap",
+                self.disk_format,
+                escape_opt(&self.disk)
+            ),
+            "-device",
+            "nvme,serial=imgforge-boot-test,drive=disk0",
+            "-netdev",
+            "user,id=net0",
+            "-device",
+            "virtio-net-pci,netdev=net0",
+        ]);
+        args
+    }
+}
+
+/// QEMU's option syntax doubles a comma inside a value.
+fn escape_opt(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// What waiting on the machine produced.
+#[derive(Debug)]
+pub enum Event {
+    /// A complete console line (escape sequences and CRs removed).
+    Line(String),
+    /// QEMU exited (the guest powered off, rebooted or crashed).
+    Exited(String),
+    Deadline,
+    Interrupted,
+}
+
+/// A running QEMU. Dropping it stops the whole process group.
+pub struct Qemu {
+    child: Child,
+    _guard: interrupt::ChildGuard,
+    lines: Receiver<String>,
+    partial: Arc<Mutex<String>>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    command: String,
+    exited: Option<ExitStatus>,
+}
+
+impl Qemu {
+    /// Starts QEMU with these arguments; the raw serial console is copied to
+    /// `log` when given.
+    pub fn spawn(args: &[OsString], log: Option<File>) -> Result<Self, QemuError> {
+        let program = crate::tool::find_in_path(QEMU.name).unwrap_or_else(|| QEMU.name.into());
+        let command_line = std::iter::once(program.as_os_str())
+            .chain(args.iter().map(OsString::as_os_str))
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        log::info!("run: {command_line}");
+        let mut command = Command::new(&program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: between fork and exec only async-signal-safe calls are made
+        // (prctl, getppid, raise); nothing is allocated.
+        unsafe {
+            command.pre_exec(|| {
+                // If imgforge dies without cleaning up (SIGKILL), so does QEMU.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() == 1 {
+                    libc::raise(libc::SIGKILL);
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(QemuError::Spawn)?;
+        let guard = interrupt::ChildGuard::new(child.id());
+
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let tail = stderr_tail.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log::debug!("qemu: {line}");
+                    let mut tail = tail.lock().unwrap();
+                    if tail.len() == STDERR_TAIL {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            });
+        }
+        let (sender, lines) = mpsc::channel();
+        let partial = Arc::new(Mutex::new(String::new()));
+        if let Some(stdout) = child.stdout.take() {
+            let partial = partial.clone();
+            thread::spawn(move || read_console(stdout, log, sender, partial));
+        }
+        Ok(Self {
+            child,
+            _guard: guard,
+            lines,
+            partial,
+            stderr_tail,
+            command: command_line,
+            exited: None,
+        })
+    }
+
+    /// The next console line, or why there is none before `deadline`.
+    pub fn next_event(&mut self, deadline: Instant) -> Event {
+        loop {
+            if interrupt::requested() {
+                self.stop();
+                return Event::Interrupted;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Event::Deadline;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            match self.lines.recv_timeout(wait) {
+                Ok(line) => return Event::Line(line),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Console closed: QEMU is exiting. Reap it (bounded).
+                    let until = Instant::now() + Duration::from_secs(5);
+                    while self.exited.is_none() && Instant::now() < until {
+                        if let Ok(Some(status)) = self.child.try_wait() {
+                            self.exited = Some(status);
+                        } else {
+                            thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    self.stop();
+                    return Event::Exited(self.exit_description());
+                }
+            }
+        }
+    }
+
+    /// The console's unfinished last line (a login prompt, say).
+    pub fn partial_line(&self) -> String {
+        self.partial.lock().unwrap().clone()
+    }
+
+    /// QEMU's own last stderr lines.
+    pub fn stderr_tail(&self) -> String {
+        self.stderr_tail
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn command_line(&self) -> &str {
+        &self.command
+    }
+
+    pub fn exit_description(&self) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        match self.exited {
+            None => "still running".into(),
+            Some(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => format!("exit status {code}"),
+                (None, Some(signal)) => format!("killed by signal {signal}"),
+                _ => status.to_string(),
+            },
+        }
+    }
+
+    /// Stops QEMU's process group: SIGTERM, SIGKILL after a grace period,
+    /// then reaps it. Idempotent.
+    pub fn stop(&mut self) {
+        if self.exited.is_some() {
+            // The leader is gone; sweep anything left in its group.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return;
+        }
+        let child = &mut self.child;
+        interrupt::terminate_group(child.id(), Duration::from_secs(5), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        self.exited = self.child.wait().ok();
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Copies the raw console to the log and sends cleaned lines to the waiter.
+fn read_console(
+    mut stdout: impl Read,
+    mut log: Option<File>,
+    sender: mpsc::Sender<String>,
+    partial: Arc<Mutex<String>>,
+) {
+    let mut buf = [0u8; 8192];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match stdout.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(file) = log.as_mut()
+            && file.write_all(&buf[..n]).is_err()
+        {
+            log = None;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            if sender.send(clean_console_line(&line)).is_err() {
+                return;
+            }
+        }
+        *partial.lock().unwrap() = clean_console_line(&pending);
+    }
+    if let Some(file) = log.as_mut() {
+        let _ = file.flush();
+    }
+    if !pending.is_empty() {
+        let _ = sender.send(clean_console_line(&pending));
+    }
+}
+
+/// Removes terminal escape sequences (GRUB and OVMF draw with them), carriage
+/// returns and other control characters from one console line.
+pub fn clean_console_line(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.peek() {
+                // CSI: ESC [ parameters, ending with a byte in @..~
+                Some('[') => {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // Two-character sequences (ESC c, ESC =, ESC (B ...).
+                Some('(') | Some(')') => {
+                    chars.next();
+                    chars.next();
+                }
+                Some(_) => {
+                    chars.next();
+                }
+                None => {}
+            },
+            '\t' => out.push(' '),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_lines_lose_escapes_and_crs() {
+        assert_eq!(
+            clean_console_line(b"\x1b[2J\x1b[01;01H\x1b[0m\x1b[1;37mGNU GRUB  version 2.06\r\n"),
+            "GNU GRUB  version 2.06"
+        );
+        assert_eq!(
+            clean_console_line(
+                b"[  OK  ] Reached target \x1b[0;1;39mMulti-User System\x1b[0m.\r\n"
+            ),
+            "[  OK  ] Reached target Multi-User System."
+        );
+        assert_eq!(clean_console_line(b"a\tb\x07c"), "a bc");
+    }
+
+    #[test]
+    fn machine_looks_like_nitro() {
+        let machine = Machine {
+            accel: Accel::Tcg,
+            cpu: "max".into(),
+            firmware: MachineFirmware::Bios,
+            smp: 4,
+            memory_mib: 1024,
+            disk: "/tmp/x,y/overlay.qcow2".into(),
+            disk_format: "qcow2".into(),
+            firmware_log: None,
+        };
+        let args: Vec<String> = machine
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("-machine q35,accel=tcg"), "{joined}");
+        assert!(joined.contains("-smp 4 -m 1024"), "{joined}");
+        assert!(joined.contains("file=/tmp/x,,y/overlay.qcow2"), "{joined}");
+        assert!(joined.contains("-device nvme,serial=imgforge-boot-test,drive=disk0"));
+        assert!(joined.contains("-netdev user,id=net0"));
+        assert!(!joined.contains("pflash"));
+    }
+
+    #[test]
+    fn uefi_machine_has_pflash_code_read_only_and_its_own_vars() {
+        let machine = Machine {
+            accel: Accel::Kvm,
+            cpu: "host".into(),
+            firmware: MachineFirmware::Uefi {
+                ovmf: Ovmf {
+                    code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+                    vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+                },
+                vars_copy: "/tmp/run/OVMF_VARS.fd".into(),
+            },
+            smp: 4,
+            memory_mib: 1024,
+            disk: "/tmp/run/overlay.qcow2".into(),
+            disk_format: "qcow2".into(),
+            firmware_log: None,
+        };
+        let joined = machine
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(joined.contains(
+            "if=pflash,unit=0,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
+        ));
+        assert!(joined.contains("if=pflash,unit=1,format=raw,file=/tmp/run/OVMF_VARS.fd"));
+        assert!(joined.contains("-cpu host"));
+    }
+}

@@ -1,0 +1,334 @@
+//! The guest's report line and what it must show.
+//!
+//! The image's `imgforge-report.service` prints
+//! `IMGFORGE-REPORT {json}` on the serial console at multi-user (see
+//! `rootfs/base/usr/local/libexec/imgforge/report`). Every value is a string;
+//! a field the guest could not read is empty.
+
+use serde::{Deserialize, Serialize};
+
+use crate::sizeclass::SizeClass;
+
+pub const MARKER: &str = "IMGFORGE-REPORT ";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct GuestReport {
+    pub v: String,
+    /// `bios` or `uefi`: what the guest sees (`/sys/firmware/efi`).
+    pub firmware: String,
+    pub kernel: String,
+    pub cmdline: String,
+    /// /sys/devices/system/cpu/online, e.g. `0-3`.
+    pub cpus_online: String,
+    /// /sys/devices/system/cpu/isolated.
+    pub isolated: String,
+    /// /sys/devices/system/cpu/nohz_full.
+    pub nohz_full: String,
+    /// `findmnt -no SOURCE /`.
+    pub root_source: String,
+    pub root_fstype: String,
+    /// The block device behind / (from its device number).
+    pub root_dev: String,
+    /// The UUID in that device's ext4 superblock.
+    pub root_uuid: String,
+    /// What /dev/disk/by-uuid/<root_uuid> resolves to.
+    pub root_by_uuid: String,
+    /// The first field of /etc/fstab's line for /.
+    pub fstab_root: String,
+    pub net_iface: String,
+    pub net_addr: String,
+    pub net_gateway: String,
+    /// `yes` when the address came from DHCP.
+    pub dhcp: String,
+    /// `active` when ssh.service or sshd.service is.
+    pub sshd: String,
+    /// `yes` when something listens on TCP port 22.
+    pub ssh_listen: String,
+    /// `systemctl is-active multi-user.target`.
+    pub multi_user: String,
+    /// Failed units, space separated.
+    pub failed_units: String,
+    /// Seconds since the kernel started.
+    pub uptime: String,
+}
+
+/// The report in a console line, if the line carries a whole one. A line
+/// that another writer broke up gives `None` (the caller keeps waiting).
+pub fn parse_line(line: &str) -> Option<GuestReport> {
+    let at = line.find(MARKER)?;
+    let json = line[at + MARKER.len()..].trim();
+    let end = json.rfind('}')?;
+    serde_json::from_str(&json[..=end]).ok()
+}
+
+/// One promise checked against the report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub expected: String,
+    pub actual: String,
+}
+
+impl Check {
+    fn new(name: &str, ok: bool, expected: impl Into<String>, actual: impl Into<String>) -> Self {
+        Self {
+            name: name.to_string(),
+            ok,
+            expected: expected.into(),
+            actual: actual.into(),
+        }
+    }
+
+    fn equal(name: &str, expected: &str, actual: &str) -> Self {
+        Self::new(name, expected == actual, expected, actual)
+    }
+}
+
+/// What the guest is expected to show.
+#[derive(Debug, Clone)]
+pub struct Expectations {
+    /// `bios` or `uefi`.
+    pub firmware: String,
+    pub smp: u32,
+    /// The image's size class, when its manifest names one.
+    pub class: Option<SizeClass>,
+    /// Tokens the manifest says the kernel command line has.
+    pub manifest_cmdline: Vec<String>,
+    /// The root filesystem's UUID from the manifest.
+    pub root_uuid: Option<String>,
+}
+
+/// Every check, in a fixed order.
+pub fn check(report: &GuestReport, want: &Expectations) -> Vec<Check> {
+    let mut checks = vec![
+        Check::equal("firmware", &want.firmware, &report.firmware),
+        Check::equal("multi-user", "active", &report.multi_user),
+        Check::equal("cpus online", &cpu_range(want.smp), &report.cpus_online),
+    ];
+    let tokens: Vec<&str> = report.cmdline.split_whitespace().collect();
+    let missing = |wanted: &[String]| -> Vec<String> {
+        wanted
+            .iter()
+            .filter(|t| !tokens.contains(&t.as_str()))
+            .cloned()
+            .collect()
+    };
+    if let Some(class) = &want.class {
+        let wanted = class.cmdline_tokens();
+        let absent = missing(&wanted);
+        checks.push(Check::new(
+            &format!("size class {} cmdline tokens", class.name),
+            absent.is_empty(),
+            wanted.join(" "),
+            if absent.is_empty() {
+                "all present".to_string()
+            } else {
+                format!("missing: {}", absent.join(" "))
+            },
+        ));
+        let isolated = class.isolated_on(want.smp);
+        checks.push(Check::equal(
+            &format!("isolated CPUs on {} vCPUs", want.smp),
+            &isolated,
+            &report.isolated,
+        ));
+        checks.push(Check::equal(
+            &format!("nohz_full CPUs on {} vCPUs", want.smp),
+            &isolated,
+            &report.nohz_full,
+        ));
+    }
+    if !want.manifest_cmdline.is_empty() {
+        let absent = missing(&want.manifest_cmdline);
+        checks.push(Check::new(
+            "manifest kernel_cmdline tokens",
+            absent.is_empty(),
+            want.manifest_cmdline.join(" "),
+            if absent.is_empty() {
+                "all present".to_string()
+            } else {
+                format!("missing: {}", absent.join(" "))
+            },
+        ));
+    }
+    checks.extend(root_checks(report, want.root_uuid.as_deref()));
+    checks.push(Check::new(
+        "network by DHCP",
+        report.dhcp == "yes" && !report.net_addr.is_empty(),
+        "an IPv4 address from DHCP",
+        format!(
+            "{} {} dhcp={}",
+            report.net_iface, report.net_addr, report.dhcp
+        ),
+    ));
+    checks.push(Check::new(
+        "sshd",
+        report.sshd == "active" && report.ssh_listen == "yes",
+        "active, listening on port 22",
+        format!("{}, listening={}", report.sshd, report.ssh_listen),
+    ));
+    checks
+}
+
+/// Root must be mounted by UUID: the kernel was told `root=UUID=<uuid>`, the
+/// device it mounted carries that UUID in its superblock, and that is the
+/// UUID the manifest records (fstab, when it names /, says the same).
+fn root_checks(report: &GuestReport, manifest_uuid: Option<&str>) -> Vec<Check> {
+    let cmdline_root = report
+        .cmdline
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("root="))
+        .unwrap_or("")
+        .to_string();
+    let expected_uuid = manifest_uuid
+        .map(str::to_lowercase)
+        .unwrap_or_else(|| report.root_uuid.to_lowercase());
+    let by_uuid = format!("UUID={expected_uuid}");
+    let mut checks = vec![
+        Check::new(
+            "root= on the kernel command line",
+            cmdline_root.eq_ignore_ascii_case(&by_uuid) && !expected_uuid.is_empty(),
+            by_uuid.clone(),
+            format!("root={cmdline_root}"),
+        ),
+        Check::new(
+            "mounted root filesystem UUID",
+            !expected_uuid.is_empty() && report.root_uuid.eq_ignore_ascii_case(&expected_uuid),
+            expected_uuid.clone(),
+            format!(
+                "{} on {} ({})",
+                empty_as(&report.root_uuid, "no ext4 UUID"),
+                empty_as(&report.root_dev, "?"),
+                report.root_source
+            ),
+        ),
+    ];
+    if !report.root_by_uuid.is_empty() && !report.root_dev.is_empty() {
+        checks.push(Check::equal(
+            "/dev/disk/by-uuid link of root",
+            &report.root_dev,
+            &report.root_by_uuid,
+        ));
+    }
+    if !report.fstab_root.is_empty() {
+        checks.push(Check::new(
+            "fstab names root by UUID",
+            report.fstab_root.eq_ignore_ascii_case(&by_uuid),
+            by_uuid,
+            report.fstab_root.clone(),
+        ));
+    }
+    checks
+}
+
+fn empty_as<'a>(value: &'a str, placeholder: &'a str) -> &'a str {
+    if value.is_empty() { placeholder } else { value }
+}
+
+/// The kernel's notation for CPUs 0..n-1.
+fn cpu_range(n: u32) -> String {
+    match n {
+        0 => String::new(),
+        1 => "0".into(),
+        n => format!("0-{}", n - 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sizeclass;
+
+    const UUID: &str = "6f1c2a4e-0b7d-4c1e-9a52-3d8e5f6a7b8c";
+
+    fn good_report() -> GuestReport {
+        let mut cmdline =
+            format!("BOOT_IMAGE=/boot/vmlinuz root=UUID={UUID} ro console=ttyS0,115200");
+        for token in sizeclass::lookup("small").unwrap().cmdline_tokens() {
+            cmdline.push(' ');
+            cmdline.push_str(&token);
+        }
+        GuestReport {
+            v: "1".into(),
+            firmware: "uefi".into(),
+            cmdline,
+            cpus_online: "0-3".into(),
+            isolated: "2-3".into(),
+            nohz_full: "2-3".into(),
+            root_source: "/dev/nvme0n1p3".into(),
+            root_dev: "/dev/nvme0n1p3".into(),
+            root_uuid: UUID.into(),
+            root_by_uuid: "/dev/nvme0n1p3".into(),
+            fstab_root: format!("UUID={UUID}"),
+            net_iface: "enp0s2".into(),
+            net_addr: "10.0.2.15/24".into(),
+            dhcp: "yes".into(),
+            sshd: "active".into(),
+            ssh_listen: "yes".into(),
+            multi_user: "active".into(),
+            ..Default::default()
+        }
+    }
+
+    fn expectations() -> Expectations {
+        Expectations {
+            firmware: "uefi".into(),
+            smp: 4,
+            class: Some(sizeclass::lookup("small").unwrap()),
+            manifest_cmdline: vec!["console=ttyS0,115200".into()],
+            root_uuid: Some(UUID.to_uppercase()),
+        }
+    }
+
+    #[test]
+    fn a_good_report_passes_every_check() {
+        let checks = check(&good_report(), &expectations());
+        let failed: Vec<_> = checks.iter().filter(|c| !c.ok).collect();
+        assert!(failed.is_empty(), "{failed:#?}");
+        assert!(checks.len() >= 10);
+    }
+
+    #[test]
+    fn wrong_isolation_root_device_and_missing_token_fail() {
+        let mut report = good_report();
+        report.isolated = "1-3".into();
+        report.cmdline = report
+            .cmdline
+            .replace(&format!("root=UUID={UUID}"), "root=/dev/nvme0n1p3")
+            .replace("skew_tick=1", "");
+        report.sshd = "inactive".into();
+        let failed: Vec<String> = check(&report, &expectations())
+            .into_iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                "size class small cmdline tokens",
+                "isolated CPUs on 4 vCPUs",
+                "root= on the kernel command line",
+                "sshd"
+            ]
+        );
+    }
+
+    #[test]
+    fn parses_a_report_line_amid_console_noise() {
+        let line = r#"[   31.2] foo IMGFORGE-REPORT {"v":"1","firmware":"bios","cmdline":"a \"b\" c\\d","extra":"x"}"#;
+        let report = parse_line(line).unwrap();
+        assert_eq!(report.firmware, "bios");
+        assert_eq!(report.cmdline, r#"a "b" c\d"#);
+        assert_eq!(report.isolated, "");
+        assert!(parse_line(r#"IMGFORGE-REPORT {"v":"1","firm"#).is_none());
+        assert!(parse_line("Reached target Multi-User System").is_none());
+    }
+
+    #[test]
+    fn cpu_ranges() {
+        assert_eq!(cpu_range(1), "0");
+        assert_eq!(cpu_range(4), "0-3");
+    }
+}

@@ -1,1 +1,443 @@
-//! assemble
+//! Stage 5, assemble: the disk image file. A sparse file, a GPT (BIOS boot,
+//! EFI system, root), a FAT ESP written in-process, an ext4 root made from
+//! the directory by `mkfs.ext4 -d` at the partition's offset, and the BIOS
+//! boot code. No loop device and no mount.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+use uuid::Uuid;
+
+use crate::bootloader::{self, BootFiles};
+use crate::bootstrap::Rootfs;
+use crate::build::BuildContext;
+use crate::esp;
+use crate::tool::{Tool, ToolError};
+
+pub const SECTOR: u64 = 512;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// Partitions start on 1 MiB boundaries.
+const ALIGN: u64 = MIB;
+/// The backup GPT: 32 sectors of entries and its header.
+const GPT_BACKUP_SECTORS: u64 = 33;
+
+pub const TYPE_BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
+pub const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+/// Discoverable Partitions Specification: root partition, x86-64.
+pub const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+
+/// The partitions in disk order; the root takes the rest of the disk.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionSpec {
+    pub name: &'static str,
+    pub type_guid: &'static str,
+    /// None: the rest of the disk.
+    pub size: Option<u64>,
+    pub filesystem: Option<&'static str>,
+}
+
+pub const PARTITIONS: [PartitionSpec; 3] = [
+    PartitionSpec {
+        name: "bios-boot",
+        type_guid: TYPE_BIOS_BOOT,
+        size: Some(MIB),
+        filesystem: None,
+    },
+    PartitionSpec {
+        name: "esp",
+        type_guid: TYPE_ESP,
+        size: Some(100 * MIB),
+        filesystem: Some("vfat"),
+    },
+    PartitionSpec {
+        name: "root",
+        type_guid: TYPE_ROOT_X86_64,
+        size: None,
+        filesystem: Some("ext4"),
+    },
+];
+pub const BIOS_BOOT: usize = 0;
+pub const ESP: usize = 1;
+pub const ROOT: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot understand size `{0}`: use a number with a unit, e.g. 4G, 8GiB, 2048M")]
+    BadSize(String),
+    #[error(
+        "--size {given} is too small: the root filesystem needs {needed_mib} MiB, so the image needs at least {min}; \
+         pass --size {min} or more"
+    )]
+    TooSmall {
+        given: String,
+        needed_mib: u64,
+        min: String,
+    },
+    #[error("writing the partition table: {0}")]
+    Gpt(String),
+    #[error(transparent)]
+    Esp(#[from] esp::EspError),
+    #[error(transparent)]
+    Bootloader(#[from] bootloader::BootloaderError),
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AssembleError {
+    let path = path.to_path_buf();
+    move |source| AssembleError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// The identities written into the disk, chosen before the rootfs is
+/// configured because fstab and grub.cfg name them.
+#[derive(Debug, Clone)]
+pub struct DiskIds {
+    pub disk_guid: Uuid,
+    pub partition_guids: [Uuid; 3],
+    pub root_fs_uuid: Uuid,
+    pub esp_volume_id: u32,
+}
+
+impl DiskIds {
+    pub fn random() -> Self {
+        Self {
+            disk_guid: Uuid::new_v4(),
+            partition_guids: [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()],
+            root_fs_uuid: Uuid::new_v4(),
+            esp_volume_id: rand::random(),
+        }
+    }
+
+    /// The ESP's volume serial the way blkid and fstab spell it: `ABCD-1234`.
+    pub fn esp_volume_label(&self) -> String {
+        let id = self.esp_volume_id;
+        format!("{:04X}-{:04X}", id >> 16, id & 0xffff)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum ImageSize {
+    Auto,
+    Fixed(u64),
+}
+
+/// `4G`, `4GiB`, `512M`, `1T`, or plain bytes; units are powers of two.
+pub fn parse_size(text: &str) -> Result<u64, AssembleError> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| AssembleError::BadSize(text.into()))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(AssembleError::BadSize(text.into())),
+    };
+    number
+        .checked_mul(1 << shift)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| AssembleError::BadSize(text.into()))
+}
+
+/// Where every partition goes.
+#[derive(Debug, Clone)]
+pub struct DiskLayout {
+    pub disk_bytes: u64,
+    /// (first_lba, last_lba) per entry of [`PARTITIONS`].
+    pub extents: [(u64, u64); 3],
+    pub ids: DiskIds,
+}
+
+impl DiskLayout {
+    pub fn offset(&self, index: usize) -> u64 {
+        self.extents[index].0 * SECTOR
+    }
+
+    pub fn bytes(&self, index: usize) -> u64 {
+        (self.extents[index].1 - self.extents[index].0 + 1) * SECTOR
+    }
+}
+
+/// Lays the partitions out on a disk of `disk_bytes`.
+pub fn layout(disk_bytes: u64, ids: DiskIds) -> DiskLayout {
+    let mut extents = [(0, 0); 3];
+    let mut next = ALIGN;
+    let last_usable = disk_bytes / SECTOR - GPT_BACKUP_SECTORS - 1;
+    for (i, spec) in PARTITIONS.iter().enumerate() {
+        let first = next / SECTOR;
+        let last = match spec.size {
+            Some(size) => first + size / SECTOR - 1,
+            // Keep the root's size a multiple of 1 MiB (ext4 blocks).
+            None => first + ((last_usable + 1 - first) * SECTOR / ALIGN * ALIGN) / SECTOR - 1,
+        };
+        extents[i] = (first, last);
+        next = (last + 1) * SECTOR;
+    }
+    DiskLayout {
+        disk_bytes,
+        extents,
+        ids,
+    }
+}
+
+/// Bytes the root filesystem needs: file data in 4 KiB blocks, inodes and
+/// a margin for ext4's metadata and journal.
+pub fn root_bytes_needed(dir: &Path) -> u64 {
+    let (blocks, inodes) = usage(dir);
+    let data = blocks * 4096 + inodes * 256;
+    data + data / 10 + 96 * MIB
+}
+
+fn usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut blocks = 0;
+    let mut inodes = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(meta) = entry.metadata() else { continue };
+            inodes += 1;
+            blocks += meta.size().div_ceil(4096);
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    (blocks, inodes)
+}
+
+/// Fixes the disk size (checking `--size`) and the partition extents.
+pub fn plan(ctx: &BuildContext, rootfs: &Rootfs) -> Result<DiskLayout, AssembleError> {
+    let needed = root_bytes_needed(&rootfs.dir);
+    let fixed: u64 = ALIGN + PARTITIONS.iter().filter_map(|p| p.size).sum::<u64>() + ALIGN;
+    let minimum = fixed + needed;
+    let disk_bytes = match ctx.image_size {
+        ImageSize::Fixed(bytes) if bytes < minimum => {
+            return Err(AssembleError::TooSmall {
+                given: human(bytes),
+                needed_mib: needed / MIB,
+                min: human(minimum.div_ceil(MIB) * MIB),
+            });
+        }
+        ImageSize::Fixed(bytes) => bytes / ALIGN * ALIGN,
+        // Headroom for the first boot and updates; whole GiB as EBS wants.
+        ImageSize::Auto => (minimum + minimum / 2).div_ceil(GIB).max(2) * GIB,
+    };
+    Ok(layout(disk_bytes, ctx.ids.clone()))
+}
+
+fn human(bytes: u64) -> String {
+    if bytes % GIB == 0 {
+        format!("{}G", bytes / GIB)
+    } else {
+        format!("{}M", bytes.div_ceil(MIB))
+    }
+}
+
+/// The image under construction: a temporary file beside the output,
+/// deleted unless the build reaches its end.
+pub struct ImageFile {
+    pub temp: NamedTempFile,
+    pub layout: DiskLayout,
+}
+
+pub fn run(
+    ctx: &BuildContext,
+    layout: &DiskLayout,
+    boot: &BootFiles,
+) -> Result<ImageFile, AssembleError> {
+    let dir = match ctx.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".imgforge-")
+        .suffix(".raw.partial")
+        .tempfile_in(&dir)
+        .map_err(io_err("create a temporary image in", &dir))?;
+    temp.as_file()
+        .set_len(layout.disk_bytes)
+        .map_err(io_err("size", temp.path()))?;
+
+    ctx.progress.note("ext4 root (mkfs.ext4 -d)");
+    make_root_filesystem(ctx, temp.path(), layout)?;
+    ctx.progress.note("partition table");
+    let mut file = temp.reopen().map_err(io_err("open", temp.path()))?;
+    write_gpt(&mut file, layout)?;
+    ctx.progress.note("EFI system partition");
+    esp::write(
+        &mut file,
+        layout.offset(ESP),
+        layout.bytes(ESP),
+        layout.ids.esp_volume_id,
+        &ctx.esp_dir(),
+    )?;
+    ctx.progress.note("BIOS boot code");
+    bootloader::embed_bios(&mut file, layout, boot)?;
+    file.sync_all().map_err(io_err("sync", temp.path()))?;
+    Ok(ImageFile {
+        temp,
+        layout: layout.clone(),
+    })
+}
+
+/// `mkfs.ext4 -d` straight into the root partition's byte range.
+fn make_root_filesystem(
+    ctx: &BuildContext,
+    image: &Path,
+    layout: &DiskLayout,
+) -> Result<(), AssembleError> {
+    let uuid = layout.ids.root_fs_uuid.to_string();
+    Tool::new("mkfs.ext4")
+        .args(["-F", "-q", "-L", "root", "-U", &uuid])
+        .arg("-E")
+        .arg(format!(
+            "offset={},hash_seed={uuid},root_owner=0:0,nodiscard",
+            layout.offset(ROOT)
+        ))
+        .arg("-d")
+        .arg(ctx.rootfs_dir())
+        .arg(image)
+        .arg(format!("{}k", layout.bytes(ROOT) / 1024))
+        .env("E2FSPROGS_FAKE_TIME", ctx.source_date_epoch.to_string())
+        .env("SOURCE_DATE_EPOCH", ctx.source_date_epoch.to_string())
+        .run()?;
+    Ok(())
+}
+
+pub fn write_gpt(file: &mut File, layout: &DiskLayout) -> Result<(), AssembleError> {
+    let gpt_err = |e: &dyn std::fmt::Display| AssembleError::Gpt(e.to_string());
+    let mut disk = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+        .create_from_device(&mut *file, Some(layout.ids.disk_guid))
+        .map_err(|e| gpt_err(&e))?;
+    let mut partitions = BTreeMap::new();
+    for (i, spec) in PARTITIONS.iter().enumerate() {
+        let (first_lba, last_lba) = layout.extents[i];
+        let part_type = gpt::partition_types::Type {
+            guid: spec.type_guid.parse().expect("valid type GUID"),
+            os: gpt::partition_types::OperatingSystem::None,
+        };
+        partitions.insert(
+            i as u32 + 1,
+            gpt::partition::Partition {
+                part_type_guid: part_type,
+                part_guid: layout.ids.partition_guids[i],
+                first_lba,
+                last_lba,
+                flags: 0,
+                name: spec.name.to_string(),
+            },
+        );
+    }
+    disk.update_partitions(partitions)
+        .map_err(|e| gpt_err(&e))?;
+    disk.write().map_err(|e| gpt_err(&e))?;
+    // The protective MBR; the BIOS boot code is merged into it later.
+    let sectors = layout.disk_bytes / SECTOR;
+    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(sectors - 1).unwrap_or(u32::MAX));
+    mbr.overwrite_lba0(file).map_err(|e| gpt_err(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, SeekFrom};
+
+    fn ids() -> DiskIds {
+        DiskIds::random()
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("4G").unwrap(), 4 * GIB);
+        assert_eq!(parse_size("8GiB").unwrap(), 8 * GIB);
+        assert_eq!(parse_size("2048M").unwrap(), 2 * GIB);
+        assert_eq!(parse_size("1048576").unwrap(), MIB);
+        assert!(parse_size("4Q").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("0G").is_err());
+    }
+
+    #[test]
+    fn layout_is_aligned_and_ordered() {
+        let layout = layout(2 * GIB, ids());
+        let [
+            (bios_first, bios_last),
+            (esp_first, esp_last),
+            (root_first, root_last),
+        ] = layout.extents;
+        assert_eq!(bios_first, 2048, "BIOS boot partition at 1 MiB");
+        assert_eq!(bios_last - bios_first + 1, MIB / SECTOR);
+        assert_eq!(esp_first, bios_last + 1);
+        assert_eq!(layout.bytes(ESP), 100 * MIB);
+        assert_eq!(root_first, esp_last + 1);
+        for (first, _) in layout.extents {
+            assert_eq!(first * SECTOR % ALIGN, 0);
+        }
+        // The root stops before the backup GPT.
+        assert!(root_last < 2 * GIB / SECTOR - GPT_BACKUP_SECTORS);
+        assert_eq!(layout.bytes(ROOT) % MIB, 0);
+    }
+
+    #[test]
+    fn gpt_written_to_a_file_reads_back() {
+        let layout = layout(256 * MIB, ids());
+        let mut file = tempfile::tempfile().unwrap();
+        file.set_len(layout.disk_bytes).unwrap();
+        write_gpt(&mut file, &layout).unwrap();
+        let disk = gpt::GptConfig::new().open_from_device(&mut file).unwrap();
+        assert_eq!(*disk.guid(), layout.ids.disk_guid);
+        let parts: Vec<_> = disk.partitions().values().collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(
+            parts[0].part_type_guid.guid.to_string().to_uppercase(),
+            TYPE_BIOS_BOOT
+        );
+        assert_eq!(
+            parts[1].part_type_guid.guid.to_string().to_uppercase(),
+            TYPE_ESP
+        );
+        assert_eq!(parts[2].first_lba, layout.extents[2].0);
+        assert_eq!(parts[2].part_guid, layout.ids.partition_guids[2]);
+        // Protective MBR: one 0xEE partition and the boot signature.
+        let mut lba0 = [0u8; 512];
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.read_exact(&mut lba0).unwrap();
+        assert_eq!(lba0[446 + 4], 0xEE);
+        assert_eq!(&lba0[510..], &[0x55, 0xAA]);
+    }
+
+    #[test]
+    fn esp_label_is_blkid_style() {
+        let mut ids = ids();
+        ids.esp_volume_id = 0x1234_abcd;
+        assert_eq!(ids.esp_volume_label(), "1234-ABCD");
+    }
+}

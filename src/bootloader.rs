@@ -1,1 +1,323 @@
-//! bootloader
+//! Stage 3, bootloader: GRUB for BIOS and UEFI, built with the target's own
+//! grub-mkimage and modules (`boot/bootloaders.toml`), one grub.cfg with the
+//! size class's kernel command line; and, once the disk exists, the BIOS
+//! boot code written into it the way grub-bios-setup would.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::assemble::{self, BIOS_BOOT, DiskLayout, SECTOR};
+use crate::bootstrap::Rootfs;
+use crate::build::BuildContext;
+use crate::configure;
+use crate::tool::{Tool, ToolError};
+
+const TARGETS: &str = include_str!("../boot/bootloaders.toml");
+const GRUB_CFG: &str = include_str!("../boot/grub.cfg.tmpl");
+
+/// boot.img: the LBA of core.img's first sector (GRUB_BOOT_MACHINE_KERNEL_SECTOR).
+pub const BOOT_KERNEL_SECTOR: usize = 0x5c;
+/// boot.img: the boot drive; 0xff means "the drive the BIOS booted from".
+pub const BOOT_DRIVE: usize = 0x64;
+/// boot.img: the drive check; NOPs, as grub-bios-setup writes for hard disks.
+pub const BOOT_DRIVE_CHECK: usize = 0x66;
+/// diskboot.img (core.img's first sector): the blocklist entry.
+pub const CORE_BLOCKLIST: usize = 0x200 - 12;
+/// The MBR's boot code area; the partition table after it must survive.
+pub const MBR_CODE_BYTES: usize = 440;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootloaderError {
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error(transparent)]
+    Template(#[from] configure::ConfigureError),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the tree has no GRUB for {firmware} ({path} is missing): the distro's package list \
+         must include its GRUB binaries (grub-pc-bin for BIOS, grub-efi-amd64-bin for UEFI)"
+    )]
+    NoGrub { firmware: String, path: PathBuf },
+    #[error("core.img is {size} bytes, larger than the BIOS boot partition ({room} bytes)")]
+    CoreTooLarge { size: usize, room: u64 },
+    #[error("{0} is not a GRUB boot.img (expected 512 bytes ending in 55 AA)")]
+    BadBootImg(PathBuf),
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BootloaderError {
+    let path = path.to_path_buf();
+    move |source| BootloaderError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Targets {
+    early_config: String,
+    base_cmdline: String,
+    target: Vec<Target>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Target {
+    firmware: String,
+    format: String,
+    #[serde(default)]
+    esp_path: Option<String>,
+    modules: Vec<String>,
+}
+
+fn targets() -> Targets {
+    toml::from_str(TARGETS).expect("boot/bootloaders.toml is valid (checked by a unit test)")
+}
+
+/// What the bootloader stage produced for the disk and the manifest.
+#[derive(Debug)]
+pub struct BootFiles {
+    pub kernel_cmdline: String,
+    /// `bios`, `uefi`: the firmwares this image boots with.
+    pub boot_modes: Vec<String>,
+    /// GRUB's boot.img (512 bytes) and core.img, for the BIOS path.
+    pub bios: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+pub fn kernel_cmdline(ctx: &BuildContext) -> String {
+    let mut tokens = vec![
+        format!("root=UUID={}", ctx.ids.root_fs_uuid),
+        targets().base_cmdline,
+    ];
+    tokens.extend(ctx.size_class.cmdline_tokens());
+    tokens.join(" ")
+}
+
+pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, BootloaderError> {
+    let root = &rootfs.dir;
+    let settings = targets();
+    let cmdline = kernel_cmdline(ctx);
+    let vars = BTreeMap::from([
+        ("size_class", ctx.size_class.name.clone()),
+        ("root_uuid", ctx.ids.root_fs_uuid.to_string()),
+        ("cmdline", cmdline.clone()),
+        (
+            "title",
+            format!(
+                "{} {} ({})",
+                ctx.distro.name, ctx.release, ctx.size_class.name
+            ),
+        ),
+    ]);
+    let grub_dir = root.join("boot/grub");
+    fs::create_dir_all(&grub_dir).map_err(io("create", &grub_dir))?;
+    let grub_cfg = configure::render(GRUB_CFG, &vars, Path::new("boot/grub.cfg.tmpl"))?;
+    fs::write(grub_dir.join("grub.cfg"), grub_cfg).map_err(io("write", &grub_dir))?;
+    let early = configure::render(
+        &settings.early_config,
+        &vars,
+        Path::new("boot/bootloaders.toml"),
+    )?;
+    let early_path = root.join("tmp/imgforge-early.cfg");
+    fs::write(&early_path, early).map_err(io("write", &early_path))?;
+
+    let mut files = BootFiles {
+        kernel_cmdline: cmdline,
+        boot_modes: Vec::new(),
+        bios: None,
+    };
+    for target in &settings.target {
+        ctx.progress.note(&format!("GRUB for {}", target.firmware));
+        let modules_src = root.join("usr/lib/grub").join(&target.format);
+        if !modules_src.is_dir() {
+            return Err(BootloaderError::NoGrub {
+                firmware: target.firmware.clone(),
+                path: modules_src,
+            });
+        }
+        copy_modules(&modules_src, &grub_dir.join(&target.format))?;
+        let image = build_core_image(root, target)?;
+        match &target.esp_path {
+            Some(esp_path) => {
+                let dest = ctx.esp_dir().join(esp_path);
+                fs::create_dir_all(dest.parent().expect("esp path has a folder"))
+                    .map_err(io("create", &dest))?;
+                fs::write(&dest, image).map_err(io("write", &dest))?;
+            }
+            None => {
+                let boot_img_path = modules_src.join("boot.img");
+                let boot_img = fs::read(&boot_img_path).map_err(io("read", &boot_img_path))?;
+                if boot_img.len() != 512 || boot_img[510..] != [0x55, 0xAA] {
+                    return Err(BootloaderError::BadBootImg(boot_img_path));
+                }
+                files.bios = Some((boot_img, image));
+            }
+        }
+        files.boot_modes.push(target.firmware.clone());
+    }
+    fs::remove_file(&early_path).map_err(io("remove", &early_path))?;
+    Ok(files)
+}
+
+/// What grub-install would put in /boot/grub/<format>: modules and lists,
+/// so that grub.cfg can load more modules at boot.
+fn copy_modules(from: &Path, to: &Path) -> Result<(), BootloaderError> {
+    fs::create_dir_all(to).map_err(io("create", to))?;
+    for entry in fs::read_dir(from)
+        .map_err(io("read", from))?
+        .filter_map(Result::ok)
+    {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "mod" || e == "lst") {
+            let dest = to.join(entry.file_name());
+            fs::copy(&path, &dest).map_err(io("copy", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// grub-mkimage of the target's own GRUB, run inside the tree.
+fn build_core_image(root: &Path, target: &Target) -> Result<Vec<u8>, BootloaderError> {
+    let inside = format!("/tmp/imgforge-core-{}.img", target.format);
+    Tool::new("chroot")
+        .arg(root)
+        .args(["grub-mkimage", "-O", &target.format, "-o", &inside])
+        .args(["-c", "/tmp/imgforge-early.cfg", "-p", "/boot/grub"])
+        .args(&target.modules)
+        .run()?;
+    let outside = root.join(inside.trim_start_matches('/'));
+    let bytes = fs::read(&outside).map_err(io("read", &outside))?;
+    fs::remove_file(&outside).map_err(io("remove", &outside))?;
+    Ok(bytes)
+}
+
+/// Points boot.img at core.img: boot code into LBA 0 (only its first 440
+/// bytes, so the partition table stays), then the core's LBA, drive and
+/// drive check.
+pub fn patch_mbr(lba0: &mut [u8; 512], boot_img: &[u8], core_lba: u64) {
+    lba0[..MBR_CODE_BYTES].copy_from_slice(&boot_img[..MBR_CODE_BYTES]);
+    lba0[BOOT_KERNEL_SECTOR..BOOT_KERNEL_SECTOR + 8].copy_from_slice(&core_lba.to_le_bytes());
+    lba0[BOOT_DRIVE] = 0xff;
+    lba0[BOOT_DRIVE_CHECK] = 0x90;
+    lba0[BOOT_DRIVE_CHECK + 1] = 0x90;
+}
+
+/// core.img's first sector loads the rest from the sectors that follow it.
+pub fn patch_core(core: &mut [u8], core_lba: u64) {
+    core[CORE_BLOCKLIST..CORE_BLOCKLIST + 8].copy_from_slice(&(core_lba + 1).to_le_bytes());
+}
+
+/// Writes GRUB's BIOS boot code into the image.
+pub fn embed_bios(
+    file: &mut File,
+    layout: &DiskLayout,
+    boot: &BootFiles,
+) -> Result<(), BootloaderError> {
+    let Some((boot_img, core)) = &boot.bios else {
+        return Ok(());
+    };
+    let room = layout.bytes(BIOS_BOOT);
+    if core.len() as u64 > room {
+        return Err(BootloaderError::CoreTooLarge {
+            size: core.len(),
+            room,
+        });
+    }
+    let core_lba = layout.extents[BIOS_BOOT].0;
+    let mut core = core.clone();
+    patch_core(&mut core, core_lba);
+    let image = Path::new("image");
+    file.seek(SeekFrom::Start(core_lba * SECTOR))
+        .map_err(io("seek", image))?;
+    file.write_all(&core)
+        .map_err(io("write core.img into", image))?;
+
+    let mut lba0 = [0u8; 512];
+    file.seek(SeekFrom::Start(0)).map_err(io("seek", image))?;
+    file.read_exact(&mut lba0)
+        .map_err(io("read LBA 0 of", image))?;
+    patch_mbr(&mut lba0, boot_img, core_lba);
+    file.seek(SeekFrom::Start(0)).map_err(io("seek", image))?;
+    file.write_all(&lba0)
+        .map_err(io("write boot.img into", image))?;
+    let _ = assemble::SECTOR;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_boot_img() -> Vec<u8> {
+        let mut img: Vec<u8> = (0..512).map(|i| (i % 251) as u8).collect();
+        img[510] = 0x55;
+        img[511] = 0xAA;
+        img
+    }
+
+    #[test]
+    fn mbr_gets_boot_code_and_keeps_the_partition_table() {
+        let mut lba0 = [0u8; 512];
+        // A protective MBR: disk signature, one 0xEE entry, boot signature.
+        lba0[440..444].copy_from_slice(&[1, 2, 3, 4]);
+        lba0[446 + 4] = 0xEE;
+        lba0[510] = 0x55;
+        lba0[511] = 0xAA;
+        let table_before = lba0[440..].to_vec();
+        let boot = fake_boot_img();
+        patch_mbr(&mut lba0, &boot, 2048);
+        assert_eq!(&lba0[440..], &table_before[..], "partition table preserved");
+        assert_eq!(&lba0[..0x5c], &boot[..0x5c]);
+        assert_eq!(
+            u64::from_le_bytes(lba0[0x5c..0x64].try_into().unwrap()),
+            2048
+        );
+        assert_eq!(lba0[0x64], 0xff);
+        assert_eq!(&lba0[0x66..0x68], &[0x90, 0x90]);
+        assert_eq!(&lba0[0x68..440], &boot[0x68..440]);
+    }
+
+    #[test]
+    fn core_blocklist_points_past_its_first_sector() {
+        let mut core = vec![0u8; 4096];
+        // grub-mkimage fills the length (u16) and segment (u16) after the start.
+        core[0x1fc..0x1fe].copy_from_slice(&7u16.to_le_bytes());
+        core[0x1fe..0x200].copy_from_slice(&0x820u16.to_le_bytes());
+        patch_core(&mut core, 2048);
+        assert_eq!(
+            u64::from_le_bytes(core[0x1f4..0x1fc].try_into().unwrap()),
+            2049
+        );
+        assert_eq!(
+            u16::from_le_bytes(core[0x1fc..0x1fe].try_into().unwrap()),
+            7,
+            "length kept"
+        );
+        assert_eq!(
+            u16::from_le_bytes(core[0x1fe..0x200].try_into().unwrap()),
+            0x820,
+            "segment kept"
+        );
+    }
+
+    #[test]
+    fn targets_parse() {
+        let t = targets();
+        assert!(t.early_config.contains("{{root_uuid}}"));
+        let formats: Vec<_> = t.target.iter().map(|t| t.format.as_str()).collect();
+        assert_eq!(formats, ["i386-pc", "x86_64-efi"]);
+        assert_eq!(
+            t.target[1].esp_path.as_deref(),
+            Some("EFI/BOOT/BOOTX64.EFI")
+        );
+    }
+}

@@ -1,1 +1,471 @@
-//! configure
+//! Stage 2, configure: layers copied in (templates rendered for the size
+//! class), fstab by UUID, the default user, units enabled, the kernel's
+//! config checked, and everything host- or build-specific scrubbed out.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::bootstrap::Rootfs;
+use crate::build::BuildContext;
+use crate::tool::{Tool, ToolError};
+
+/// A layer's own settings file, at the layer's top; never copied.
+const LAYER_SETTINGS: &str = "layer.toml";
+/// A file with this suffix is rendered, and written without it.
+const TEMPLATE_SUFFIX: &str = ".tmpl";
+
+/// Left behind by the bootstrap but specific to the build host or to one
+/// machine: removed from every image. `*` matches within the last component.
+const SCRUB: &[&str] = &[
+    "etc/ssh/ssh_host_*",
+    "etc/.resolv.conf.systemd-resolved.bak",
+    "etc/apt/apt.conf.d/*proxy*",
+    "var/lib/apt/lists/*_*",
+    "var/cache/apt/*.bin",
+    "var/cache/debconf/*-old",
+    "var/lib/dpkg/*-old",
+    "var/log/*.log",
+    "var/log/apt/*",
+    "root/.bash_history",
+    "tmp/*",
+    "var/tmp/*",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigureError {
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("layer folder {0} does not exist (check --layer)")]
+    MissingLayer(PathBuf),
+    #[error("{path}: {message}")]
+    Settings { path: PathBuf, message: String },
+    #[error("template {path} uses `{{{{{name}}}}}`, which is not one of: {known}")]
+    UnknownVariable {
+        path: PathBuf,
+        name: String,
+        known: String,
+    },
+    #[error(
+        "the image's kernel {kernel} lacks what {fragment} requires: {missing}; \
+         choose a kernel package that has them (--packages) or drop the fragment"
+    )]
+    KernelConfig {
+        kernel: String,
+        fragment: String,
+        missing: String,
+    },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ConfigureError {
+    let path = path.to_path_buf();
+    move |source| ConfigureError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// A folder of files to copy into the image, and the units it enables.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub name: String,
+    pub dir: PathBuf,
+    pub settings: LayerSettings,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSettings {
+    /// systemd units to enable after the copy.
+    #[serde(default)]
+    pub enable: Vec<String>,
+    /// systemd units to disable.
+    #[serde(default)]
+    pub disable: Vec<String>,
+    /// Users to create (home directory, bash), with their groups.
+    #[serde(default)]
+    pub users: Vec<UserSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    pub name: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LayerList {
+    default: Vec<String>,
+}
+
+/// The built-in layers (`rootfs/layers.toml`), then the `--layer` folders.
+pub fn resolve_layers(rootfs_data: &Path, extra: &[PathBuf]) -> Result<Vec<Layer>, ConfigureError> {
+    let list_path = rootfs_data.join("layers.toml");
+    let text = fs::read_to_string(&list_path).map_err(io("read", &list_path))?;
+    let list: LayerList = toml::from_str(&text).map_err(|e| ConfigureError::Settings {
+        path: list_path.clone(),
+        message: e.to_string(),
+    })?;
+    let dirs = list
+        .default
+        .iter()
+        .map(|name| rootfs_data.join(name))
+        .chain(extra.iter().cloned());
+    dirs.map(|dir| Layer::load(&dir)).collect()
+}
+
+impl Layer {
+    pub fn load(dir: &Path) -> Result<Self, ConfigureError> {
+        if !dir.is_dir() {
+            return Err(ConfigureError::MissingLayer(dir.to_path_buf()));
+        }
+        let settings_path = dir.join(LAYER_SETTINGS);
+        let settings = match fs::read_to_string(&settings_path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| ConfigureError::Settings {
+                path: settings_path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(_) => LayerSettings::default(),
+        };
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string());
+        Ok(Self {
+            name,
+            dir: dir.to_path_buf(),
+            settings,
+        })
+    }
+}
+
+pub fn run(ctx: &BuildContext, rootfs: &Rootfs) -> Result<(), ConfigureError> {
+    check_kernel_config(
+        &ctx.kernel_config_fragments,
+        &rootfs.dir,
+        &rootfs.kernel_version,
+    )?;
+    let vars = template_variables(ctx);
+    for layer in &ctx.layers {
+        ctx.progress.note(&format!("layer {}", layer.name));
+        copy_layer(&layer.dir, &layer.dir, &rootfs.dir, &vars)?;
+    }
+    write_fstab(ctx, &rootfs.dir)?;
+    reset_machine_identity(&rootfs.dir)?;
+    for layer in &ctx.layers {
+        for user in &layer.settings.users {
+            create_user(&rootfs.dir, user)?;
+        }
+        systemctl(&rootfs.dir, "enable", &layer.settings.enable)?;
+        systemctl(&rootfs.dir, "disable", &layer.settings.disable)?;
+    }
+    scrub(&rootfs.dir)
+}
+
+/// What templates may use, as `{{name}}`.
+pub fn template_variables(ctx: &BuildContext) -> BTreeMap<&'static str, String> {
+    let class = &ctx.size_class;
+    BTreeMap::from([
+        ("size_class", class.name.clone()),
+        ("housekeeping_cpus", class.housekeeping_list()),
+        ("isolated_cpus", class.isolated_list()),
+        ("housekeeping_count", class.housekeeping.to_string()),
+        ("root_uuid", ctx.ids.root_fs_uuid.to_string()),
+        ("esp_uuid", ctx.ids.esp_volume_label()),
+    ])
+}
+
+pub fn render(
+    template: &str,
+    vars: &BTreeMap<&str, String>,
+    path: &Path,
+) -> Result<String, ConfigureError> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = after[..end].trim();
+        let value = vars
+            .get(name)
+            .ok_or_else(|| ConfigureError::UnknownVariable {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                known: vars.keys().copied().collect::<Vec<_>>().join(", "),
+            })?;
+        out.push_str(value);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Copies a layer's tree (files, symlinks, modes), rendering templates.
+fn copy_layer(
+    layer_root: &Path,
+    from: &Path,
+    to: &Path,
+    vars: &BTreeMap<&str, String>,
+) -> Result<(), ConfigureError> {
+    let mut entries: Vec<_> = fs::read_dir(from)
+        .map_err(io("read", from))?
+        .filter_map(Result::ok)
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let source = entry.path();
+        let name = entry.file_name();
+        if from == layer_root && (name == LAYER_SETTINGS || name == "README.md") {
+            continue;
+        }
+        let kind = entry.file_type().map_err(io("stat", &source))?;
+        let mut target = to.join(&name);
+        if kind.is_dir() {
+            if !target.is_dir() {
+                fs::create_dir_all(&target).map_err(io("create", &target))?;
+                let mode = source
+                    .metadata()
+                    .map_err(io("stat", &source))?
+                    .permissions();
+                fs::set_permissions(&target, mode).map_err(io("chmod", &target))?;
+            }
+            copy_layer(layer_root, &source, &target, vars)?;
+            continue;
+        }
+        if target.symlink_metadata().is_ok() {
+            fs::remove_file(&target).map_err(io("replace", &target))?;
+        }
+        if kind.is_symlink() {
+            let link = fs::read_link(&source).map_err(io("read link", &source))?;
+            symlink(&link, &target).map_err(io("symlink", &target))?;
+        } else if let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(TEMPLATE_SUFFIX)) {
+            target = to.join(stem);
+            let text = fs::read_to_string(&source).map_err(io("read", &source))?;
+            fs::write(&target, render(&text, vars, &source)?).map_err(io("write", &target))?;
+            let mode = source
+                .metadata()
+                .map_err(io("stat", &source))?
+                .permissions();
+            fs::set_permissions(&target, mode).map_err(io("chmod", &target))?;
+        } else {
+            fs::copy(&source, &target).map_err(io("copy", &source))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_fstab(ctx: &BuildContext, root: &Path) -> Result<(), ConfigureError> {
+    let fstab = format!(
+        "# Written by imgforge: filesystems by UUID, never by a build host's device name.\n\
+         UUID={root_uuid} / ext4 defaults,noatime,errors=remount-ro 0 1\n\
+         UUID={esp} /boot/efi vfat umask=0077,nofail 0 2\n",
+        root_uuid = ctx.ids.root_fs_uuid,
+        esp = ctx.ids.esp_volume_label(),
+    );
+    let path = root.join("etc/fstab");
+    fs::write(&path, fstab).map_err(io("write", &path))?;
+    let efi = root.join("boot/efi");
+    fs::create_dir_all(&efi).map_err(io("create", &efi))
+}
+
+/// An empty machine-id makes systemd create one on first boot, so no two
+/// instances share it.
+fn reset_machine_identity(root: &Path) -> Result<(), ConfigureError> {
+    let machine_id = root.join("etc/machine-id");
+    fs::write(&machine_id, b"").map_err(io("write", &machine_id))?;
+    fs::set_permissions(&machine_id, fs::Permissions::from_mode(0o444))
+        .map_err(io("chmod", &machine_id))?;
+    let dbus_id = root.join("var/lib/dbus/machine-id");
+    if dbus_id
+        .symlink_metadata()
+        .is_ok_and(|m| !m.file_type().is_symlink())
+    {
+        fs::remove_file(&dbus_id).map_err(io("remove", &dbus_id))?;
+    }
+    Ok(())
+}
+
+fn create_user(root: &Path, user: &UserSpec) -> Result<(), ConfigureError> {
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+    if passwd
+        .lines()
+        .any(|l| l.split(':').next() == Some(&user.name))
+    {
+        return Ok(());
+    }
+    let mut tool =
+        Tool::new("chroot")
+            .arg(root)
+            .args(["useradd", "--create-home", "--shell", "/bin/bash"]);
+    if !user.groups.is_empty() {
+        tool = tool.arg("--groups").arg(user.groups.join(","));
+    }
+    tool.arg(&user.name).run()?;
+    Ok(())
+}
+
+/// `systemctl enable` inside the tree: it works offline in a chroot.
+fn systemctl(root: &Path, verb: &str, units: &[String]) -> Result<(), ConfigureError> {
+    if units.is_empty() {
+        return Ok(());
+    }
+    Tool::new("chroot")
+        .arg(root)
+        .args(["systemctl", verb])
+        .args(units)
+        .run()?;
+    Ok(())
+}
+
+fn scrub(root: &Path) -> Result<(), ConfigureError> {
+    for pattern in SCRUB {
+        let (dir, leaf) = pattern.rsplit_once('/').unwrap_or(("", pattern));
+        let dir = root.join(dir);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !glob_match(leaf, &name) {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(io("remove", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || !name[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Every `CONFIG_X=y` of every fragment must be built in; `=m` may be a
+/// module or built in.
+fn check_kernel_config(fragments: &Path, root: &Path, kernel: &str) -> Result<(), ConfigureError> {
+    let config_path = root.join(format!("boot/config-{kernel}"));
+    let config = fs::read_to_string(&config_path).map_err(io("read", &config_path))?;
+    let have: BTreeMap<&str, &str> = config.lines().filter_map(|l| l.split_once('=')).collect();
+    let mut files: Vec<PathBuf> = fs::read_dir(fragments)
+        .map_err(io("read", fragments))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "config"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = fs::read_to_string(&file).map_err(io("read", &file))?;
+        let missing = missing_kernel_options(&text, &have);
+        if !missing.is_empty() {
+            return Err(ConfigureError::KernelConfig {
+                kernel: kernel.to_string(),
+                fragment: file.display().to_string(),
+                missing: missing.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub fn missing_kernel_options(fragment: &str, have: &BTreeMap<&str, &str>) -> Vec<String> {
+    fragment
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .filter(|(key, want)| {
+            let got = have.get(key).copied().unwrap_or("n");
+            match *want {
+                "m" => got != "y" && got != "m",
+                _ => got != *want,
+            }
+        })
+        .map(|(key, want)| format!("{key}={want}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_render_known_variables_and_reject_unknown_ones() {
+        let vars = BTreeMap::from([("isolated_cpus", "2-N".to_string())]);
+        let path = Path::new("t.tmpl");
+        assert_eq!(
+            render("a={{isolated_cpus}};", &vars, path).unwrap(),
+            "a=2-N;"
+        );
+        let err = render("{{nope}}", &vars, path).unwrap_err().to_string();
+        assert!(
+            err.contains("`{{nope}}`") && err.contains("isolated_cpus"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("ssh_host_*", "ssh_host_rsa_key"));
+        assert!(glob_match("*proxy*", "01proxy"));
+        assert!(glob_match("*_*", "deb.debian.org_debian_dists"));
+        assert!(!glob_match("*_*", "lock"));
+        assert!(!glob_match("*.log", "apt"));
+    }
+
+    #[test]
+    fn kernel_options_y_and_m() {
+        let have = BTreeMap::from([("CONFIG_A", "y"), ("CONFIG_B", "m")]);
+        let fragment = "# c\nCONFIG_A=m\nCONFIG_B=y\nCONFIG_C=m\n";
+        assert_eq!(
+            missing_kernel_options(fragment, &have),
+            ["CONFIG_B=y", "CONFIG_C=m"]
+        );
+    }
+
+    #[test]
+    fn built_in_layers_load() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("rootfs");
+        let layers = resolve_layers(&data, &[]).unwrap();
+        assert_eq!(layers[0].name, "base");
+        let missing = resolve_layers(&data, &[PathBuf::from("/no/such/layer")]).unwrap_err();
+        assert!(missing.to_string().contains("/no/such/layer"));
+    }
+}

@@ -9,6 +9,8 @@ mod bootstrap;
 mod boottest;
 mod build;
 mod configure;
+mod distro;
+mod esp;
 mod export;
 mod inspect;
 mod interrupt;
@@ -16,6 +18,7 @@ mod manifest;
 mod progress;
 mod sizeclass;
 mod tool;
+mod workdir;
 
 use std::process::ExitCode;
 

@@ -65,3 +65,202 @@ impl Manifest {
         self.boot_modes.iter().any(|m| m == mode)
     }
 }
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::assemble::{DiskLayout, ImageFile, PARTITIONS};
+use crate::bootloader::BootFiles;
+use crate::bootstrap::Rootfs;
+use crate::build::BuildContext;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot move the finished image to {path}: {source}")]
+    Persist {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ManifestError {
+    let path = path.to_path_buf();
+    move |source| ManifestError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Describes the image and writes that description into the root tree and
+/// the ESP staging folder.
+pub fn record(
+    ctx: &BuildContext,
+    rootfs: &Rootfs,
+    boot: &BootFiles,
+    layout: &DiskLayout,
+) -> Result<Manifest, ManifestError> {
+    let partitions = PARTITIONS
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| PartitionManifest {
+            number: i as u32 + 1,
+            name: spec.name.to_string(),
+            type_guid: spec.type_guid.to_string(),
+            partition_guid: layout.ids.partition_guids[i].to_string(),
+            first_lba: layout.extents[i].0,
+            last_lba: layout.extents[i].1,
+            filesystem: spec.filesystem.map(String::from),
+            filesystem_uuid: match spec.filesystem {
+                Some("ext4") => Some(layout.ids.root_fs_uuid.to_string()),
+                Some("vfat") => Some(layout.ids.esp_volume_label()),
+                _ => None,
+            },
+        })
+        .collect();
+    let manifest = Manifest {
+        imgforge_version: env!("CARGO_PKG_VERSION").to_string(),
+        distro: ctx.distro.name.clone(),
+        release: ctx.release.clone(),
+        architecture: ctx.distro.architecture.clone(),
+        size_class: ctx.size_class.name.clone(),
+        kernel_version: rootfs.kernel_version.clone(),
+        kernel_cmdline: boot.kernel_cmdline.clone(),
+        boot_modes: boot.boot_modes.clone(),
+        disk: DiskManifest {
+            size_bytes: layout.disk_bytes,
+            disk_guid: layout.ids.disk_guid.to_string(),
+            partitions,
+        },
+        layers: ctx.layers.iter().map(|l| l.name.clone()).collect(),
+        packages: rootfs.packages.clone(),
+        build_time: ctx.source_date_epoch,
+        sha256: None,
+    };
+    for path in [rootfs.dir.join(ROOTFS_PATH), ctx.esp_dir().join(ESP_PATH)] {
+        fs::create_dir_all(path.parent().expect("manifest path has a folder"))
+            .map_err(io("create", &path))?;
+        fs::write(&path, manifest.to_json()).map_err(io("write", &path))?;
+    }
+    Ok(manifest)
+}
+
+pub struct Sealed {
+    pub sha256: String,
+    pub manifest_path: PathBuf,
+}
+
+/// Hashes the finished image, then moves it and its manifest into place.
+pub fn seal(
+    image: ImageFile,
+    mut manifest: Manifest,
+    output: &Path,
+) -> Result<Sealed, ManifestError> {
+    let sha256 = sha256_sparse(image.temp.path())?;
+    manifest.sha256 = Some(sha256.clone());
+    let manifest_path = PathBuf::from(format!("{}.json", output.display()));
+    let dir = manifest_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let json = tempfile::Builder::new()
+        .prefix(".imgforge-")
+        .suffix(".json.partial")
+        .tempfile_in(dir)
+        .map_err(io("create a temporary manifest in", dir))?;
+    fs::write(json.path(), manifest.to_json()).map_err(io("write", json.path()))?;
+    // Temporary files are private; the results are ordinary files.
+    for path in [json.path(), image.temp.path()] {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(io("chmod", path))?;
+    }
+    image
+        .temp
+        .persist(output)
+        .map_err(|e| ManifestError::Persist {
+            path: output.to_path_buf(),
+            source: e.error,
+        })?;
+    json.persist(&manifest_path)
+        .map_err(|e| ManifestError::Persist {
+            path: manifest_path.clone(),
+            source: e.error,
+        })?;
+    Ok(Sealed {
+        sha256,
+        manifest_path,
+    })
+}
+
+/// sha256 of a file, feeding zeros for holes instead of reading them.
+pub fn sha256_sparse(path: &Path) -> Result<String, ManifestError> {
+    let mut file = fs::File::open(path).map_err(io("open", path))?;
+    let len = file.metadata().map_err(io("stat", path))?.len();
+    let mut hasher = Sha256::new();
+    let zeros = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < len {
+        let data = seek_data(&file, pos).unwrap_or(len).min(len);
+        while pos < data {
+            let n = (data - pos).min(zeros.len() as u64) as usize;
+            hasher.update(&zeros[..n]);
+            pos += n as u64;
+        }
+        if pos >= len {
+            break;
+        }
+        let hole = seek_hole(&file, pos).unwrap_or(len).min(len);
+        file.seek(SeekFrom::Start(pos)).map_err(io("seek", path))?;
+        while pos < hole {
+            let n = (hole - pos).min(buf.len() as u64) as usize;
+            file.read_exact(&mut buf[..n]).map_err(io("read", path))?;
+            hasher.update(&buf[..n]);
+            pos += n as u64;
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn seek_data(file: &fs::File, from: u64) -> Option<u64> {
+    lseek(file, from, libc::SEEK_DATA)
+}
+
+fn seek_hole(file: &fs::File, from: u64) -> Option<u64> {
+    lseek(file, from, libc::SEEK_HOLE)
+}
+
+fn lseek(file: &fs::File, from: u64, whence: i32) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek on a valid descriptor we own; no memory is touched.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, whence) };
+    (at >= 0).then_some(at as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn sparse_hash_equals_plain_hash() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(5 << 20).unwrap();
+        file.seek(SeekFrom::Start(3 << 20)).unwrap();
+        file.write_all(b"data in the middle").unwrap();
+        file.flush().unwrap();
+        let plain = hex::encode(Sha256::digest(fs::read(file.path()).unwrap()));
+        assert_eq!(sha256_sparse(file.path()).unwrap(), plain);
+    }
+}

@@ -135,7 +135,12 @@ pub fn require_bootloader(
         "bios" => modes.bios,
         _ => modes.uefi,
     };
-    if has(&info.boot_modes) {
+    // SeaBIOS runs the MBR's first 440 bytes; zeros there mean no boot
+    // however the rest of the disk looks.
+    let mbr_code_empty = first_bytes(raw, 440)
+        .map(|b| b.iter().all(|&x| x == 0))
+        .unwrap_or(false);
+    if has(&info.boot_modes) && !(firmware == "bios" && mbr_code_empty) {
         return Ok(());
     }
     let has_type = |ty: &str| {
@@ -144,9 +149,6 @@ pub fn require_bootloader(
             .any(|p| p.type_guid.eq_ignore_ascii_case(ty))
     };
     let missing = if firmware == "bios" {
-        let mbr_code_empty = first_bytes(raw, 440)
-            .map(|b| b.iter().all(|&x| x == 0))
-            .unwrap_or(false);
         if !has_type(BIOS_BOOT_TYPE) {
             "there is no BIOS boot partition (GPT type 21686148-6449-6E6F-744E-656564454649) \
              holding GRUB's core.img"

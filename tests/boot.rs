@@ -1,0 +1,338 @@
+//! boot-test and export against a real image, under real QEMU.
+//!
+//! Needs root (the build does), qemu-system-x86, ovmf and qemu-utils. The
+//! Debian image is built once with the real binary; the one long test boots
+//! it with SeaBIOS and OVMF, exports a VDI and boots that, and checks the
+//! failures: wiped BIOS boot code, a timeout, Ctrl-C. The short tests need
+//! no image. Set IMGFORGE_TEST_IMAGE=/path/image.raw to reuse a built image.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn imgforge() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_imgforge"))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool} || test -x /usr/bin/{tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// QEMU processes started by a boot-test (their disk is in its temp dir).
+fn leftover_qemus() -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("qemu-system")
+            && (cmdline.contains("imgforge-boot-test-") || cmdline.contains("imgforge-kvm-probe-"))
+        {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+fn assert_nothing_left() {
+    // A reaped child vanishes at once; allow a moment for the kernel.
+    let until = Instant::now() + Duration::from_secs(3);
+    while !leftover_qemus().is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(leftover_qemus(), Vec::<String>::new(), "QEMU outlived imgforge");
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("imgforge-boot-suite-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+}
+
+#[test]
+fn a_file_that_is_not_a_disk_image_is_refused() {
+    if !have("qemu-img") || !have("qemu-system-x86_64") {
+        eprintln!("skipped: qemu-img or qemu-system-x86_64 missing");
+        return;
+    }
+    let dir = scratch();
+    let text_file = dir.path().join("notes.txt");
+    std::fs::write(&text_file, "not a disk\n").unwrap();
+    let blank = dir.path().join("blank.raw");
+    std::fs::File::create(&blank)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    for (file, reason) in [
+        (&text_file, "too small for a GPT disk"),
+        (&blank, "no partition table"),
+    ] {
+        let out = imgforge().arg("boot-test").arg(file).output().unwrap();
+        let all = text(&out);
+        assert!(!out.status.success(), "{all}");
+        assert!(all.contains("is not a disk image"), "{all}");
+        assert!(all.contains(reason), "{all}");
+        let out = imgforge()
+            .arg("export")
+            .arg(file)
+            .args(["--format", "vdi"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(text(&out).contains("is not a disk image"), "{}", text(&out));
+    }
+    assert!(!dir.path().join("blank.vdi").exists());
+    let out = imgforge()
+        .arg("boot-test")
+        .arg(dir.path().join("absent.raw"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("cannot read"), "{}", text(&out));
+    assert_nothing_left();
+}
+
+#[test]
+fn missing_ovmf_names_the_debian_package() {
+    let dir = scratch();
+    let out = imgforge()
+        .arg("boot-test")
+        .arg(dir.path().join("any.raw"))
+        .args(["--firmware", "uefi"])
+        .env("IMGFORGE_OVMF_CODE", dir.path().join("no-code.fd"))
+        .env("IMGFORGE_OVMF_VARS", dir.path().join("no-vars.fd"))
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("apt-get install ovmf"), "{all}");
+}
+
+/// The image under test: IMGFORGE_TEST_IMAGE, or a fresh Debian small build.
+fn debian_image(dir: &Path) -> PathBuf {
+    if let Some(path) = std::env::var_os("IMGFORGE_TEST_IMAGE") {
+        return PathBuf::from(path);
+    }
+    let image = dir.join("debian-small.raw");
+    let started = Instant::now();
+    let out = imgforge()
+        .args(["build", "--distro", "debian", "--size-class", "small", "-o"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "build failed:\n{}", text(&out));
+    eprintln!("built {} in {:.0} s", image.display(), started.elapsed().as_secs_f64());
+    image
+}
+
+/// The root filesystem UUID from the manifest beside the image.
+fn manifest_root_uuid(image: &Path) -> String {
+    let path = PathBuf::from(format!("{}.json", image.display()));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    manifest["disk"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find_map(|p| {
+            (p["filesystem"].as_str() == Some("ext4"))
+                .then(|| p["filesystem_uuid"].as_str().unwrap().to_lowercase())
+        })
+        .expect("manifest names an ext4 root")
+}
+
+/// Boots and returns the parsed --json summary.
+fn boot_test_json(image: &Path, extra: &[&str]) -> (serde_json::Value, String) {
+    let out = imgforge()
+        .arg("boot-test")
+        .arg(image)
+        .arg("--json")
+        .args(extra)
+        .output()
+        .unwrap();
+    let all = text(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{all}"));
+    assert!(out.status.success(), "boot-test failed:\n{all}");
+    (summary, all)
+}
+
+fn assert_good_report(result: &serde_json::Value, firmware: &str, root_uuid: &str) {
+    assert_eq!(result["firmware"], firmware, "{result:#}");
+    assert_eq!(result["passed"], true, "{result:#}");
+    let seconds = result["seconds"].as_f64().unwrap();
+    assert!(seconds > 0.0 && seconds < 300.0);
+    let report = &result["report"];
+    assert_eq!(report["firmware"], firmware);
+    assert_eq!(report["multi_user"], "active");
+    assert_eq!(report["cpus_online"], "0-3");
+    assert_eq!(report["isolated"], "2-3", "small on 4 vCPUs isolates 2-3");
+    let cmdline = report["cmdline"].as_str().unwrap();
+    for token in [
+        "isolcpus=managed_irq,domain,2-N",
+        "nohz_full=2-N",
+        "rcu_nocbs=2-N",
+        "irqaffinity=0-1",
+        "skew_tick=1",
+    ] {
+        assert!(cmdline.split(' ').any(|t| t == token), "{token} not in {cmdline}");
+    }
+    assert!(cmdline.contains(&format!("root=UUID={root_uuid}")), "{cmdline}");
+    assert_eq!(report["root_uuid"].as_str().unwrap().to_lowercase(), root_uuid);
+    assert!(report["root_dev"].as_str().unwrap().starts_with("/dev/nvme0n1p"));
+    assert_eq!(report["dhcp"], "yes");
+    assert!(report["net_addr"].as_str().unwrap().starts_with("10.0.2."));
+    assert_eq!(report["sshd"], "active");
+    assert_eq!(report["ssh_listen"], "yes");
+    assert!(result["failures"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn debian_image_boots_under_both_firmwares_and_as_vdi() {
+    if !is_root() {
+        eprintln!("skipped: the image build needs root");
+        return;
+    }
+    let dir = scratch();
+    let image = debian_image(dir.path());
+    let root_uuid = manifest_root_uuid(&image);
+    let image_sha = file_sha(&image);
+
+    // Both firmwares, accelerator chosen by the probe.
+    let log = dir.path().join("console.log");
+    let (summary, all) = boot_test_json(
+        &image,
+        &["--firmware", "both", "--log", log.to_str().unwrap()],
+    );
+    eprintln!("{all}");
+    assert_eq!(summary["passed"], true);
+    assert_eq!(summary["size_class"], "small");
+    let results = summary["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_good_report(&results[0], "bios", &root_uuid);
+    assert_good_report(&results[1], "uefi", &root_uuid);
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(console.contains("IMGFORGE-REPORT {"), "the log holds the console");
+    assert_nothing_left();
+    assert_eq!(
+        file_sha(&image),
+        image_sha,
+        "boot-test wrote to the image"
+    );
+
+    // Exported for VirtualBox, the VDI boots too.
+    let vdi = dir.path().join("exported.vdi");
+    let out = imgforge()
+        .arg("export")
+        .arg(&image)
+        .args(["--format", "vdi", "-o"])
+        .arg(&vdi)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&vdi)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "vdi");
+    let (summary, _) = boot_test_json(&vdi, &["--firmware", "uefi", "--accel", "tcg"]);
+    assert_eq!(summary["format"], "vdi");
+    assert_good_report(&summary["results"][0], "uefi", &root_uuid);
+    assert_nothing_left();
+
+    // BIOS boot code wiped: refused before booting, saying what is missing.
+    let broken = dir.path().join("no-boot-code.raw");
+    let status = Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(&image)
+        .arg(&broken)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new().write(true).open(&broken).unwrap();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.write_all(&[0u8; 440]).unwrap();
+    }
+    let out = imgforge()
+        .arg("boot-test")
+        .arg(&broken)
+        .args(["--firmware", "bios", "--accel", "tcg"])
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("has no BIOS bootloader"), "{all}");
+    assert!(all.contains("MBR boot code is missing"), "{all}");
+    assert_nothing_left();
+
+    // A timeout: fails in time, with the console's last lines.
+    let started = Instant::now();
+    let out = imgforge()
+        .arg("boot-test")
+        .arg(&image)
+        .args(["--firmware", "bios", "--accel", "tcg", "--timeout", "8"])
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{all}");
+    assert!(all.contains("no IMGFORGE-REPORT line on the serial console within 8 s"), "{all}");
+    assert!(all.contains("console lines ---"), "{all}");
+    assert_nothing_left();
+
+    // Ctrl-C while QEMU runs: imgforge stops it and exits 130.
+    let mut child = imgforge()
+        .arg("boot-test")
+        .arg(&image)
+        .args(["--firmware", "uefi", "--accel", "tcg"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while leftover_qemus().is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!leftover_qemus().is_empty(), "QEMU never started");
+    std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let stopped = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(stopped.elapsed() < Duration::from_secs(15));
+    assert_eq!(status.code(), Some(130));
+    assert_nothing_left();
+}
+
+fn file_sha(path: &Path) -> Vec<u8> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut file = std::fs::File::open(path).unwrap();
+    std::io::copy(&mut file, &mut hasher).unwrap();
+    hasher.finalize().to_vec()
+}

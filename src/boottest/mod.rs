@@ -441,21 +441,45 @@ fn boot_once(
     Ok(result)
 }
 
-/// How far the boot got, from the console so far.
+/// How far the boot got: the latest stage the console shows.
 fn stage_hint(tail: &std::collections::VecDeque<String>, lines_seen: usize) -> &'static str {
-    let any = |needle: &str| tail.iter().any(|l| l.contains(needle));
     if lines_seen == 0 {
-        " (nothing at all on the serial console: the firmware found nothing to boot, or the \
-         bootloader does not use the serial console)"
-    } else if any("login:") {
-        " (the guest reached a login prompt: is imgforge-report.service in the image and enabled?)"
-    } else if any("Reached target") || any("Started ") {
-        " (systemd was still starting units)"
-    } else if any("Linux version") || any("Booting") || any("] ") {
-        " (the kernel was booting)"
-    } else {
-        ""
+        return " (nothing at all on the serial console: the firmware found nothing to boot, or \
+                the bootloader does not use the serial console)";
     }
+    let kernel_timestamp = |l: &str| {
+        l.strip_prefix('[')
+            .map(|rest| rest.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+            .unwrap_or(false)
+    };
+    for line in tail.iter().rev() {
+        if line.contains("login:") {
+            return " (the guest reached a login prompt: is imgforge-report.service in the \
+                    image and enabled?)";
+        }
+        if line.contains("Reached target")
+            || line.contains("[  OK  ]")
+            || line.contains("Starting ")
+        {
+            return " (systemd was still starting units)";
+        }
+        if line.contains("Run /init")
+            || line.contains("Loading, please wait")
+            || line.contains("Begin: ")
+        {
+            return " (the initramfs was running: is the root filesystem found by UUID?)";
+        }
+        if kernel_timestamp(line) {
+            return " (the kernel was booting)";
+        }
+        if line.contains("GRUB") || line.contains("Booting `") || line.contains("blind mode") {
+            return " (GRUB had started; the kernel printed nothing yet)";
+        }
+        if line.contains("BdsDxe") || line.contains("SeaBIOS") {
+            return " (only the firmware had printed)";
+        }
+    }
+    ""
 }
 
 fn print_text(results: &[FirmwareResult]) {

@@ -486,11 +486,37 @@ pub fn clean_console_line(raw: &[u8]) -> String {
                 None => {}
             },
             '\t' => out.push(' '),
+            // Box drawing in the firmware's code page is not UTF-8.
+            '\u{fffd}' => {}
             c if c.is_control() => {}
             c => out.push(c),
         }
     }
-    out.trim_end().to_string()
+    squeeze(out.trim_end())
+}
+
+/// Menus drawn with cursor moves leave long runs of blanks and frame
+/// characters once the moves are gone: keep lines short and readable.
+fn squeeze(line: &str) -> String {
+    const MAX_CHARS: usize = 240;
+    let mut out = String::with_capacity(line.len().min(MAX_CHARS + 4));
+    let mut run = 0;
+    for c in line.chars() {
+        if c == ' ' {
+            run += 1;
+            if run > 2 {
+                continue;
+            }
+        } else {
+            run = 0;
+        }
+        if out.chars().count() >= MAX_CHARS {
+            out.push_str(" ...");
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -510,6 +536,11 @@ mod tests {
             "[  OK  ] Reached target Multi-User System."
         );
         assert_eq!(clean_console_line(b"a\tb\x07c"), "a bc");
+        assert_eq!(
+            clean_console_line(b"  *debian (small)          \xc4\xc4\xc4Booting"),
+            "  *debian (small)  Booting"
+        );
+        assert!(clean_console_line(&[b'x'; 1000]).len() < 300);
     }
 
     #[test]

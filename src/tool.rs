@@ -76,12 +76,12 @@ pub fn require_all(tools: &[HostTool]) -> Result<(), ToolError> {
     tools.iter().try_for_each(HostTool::require)
 }
 
-/// Looks a program up on PATH (also /usr/sbin and /sbin, which a non-login
-/// root shell may lack).
+/// Looks a program up on PATH, and in /usr/sbin and /sbin, which a
+/// non-login root shell's PATH may lack.
 pub fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(Into::into))
+        .chain(["/usr/sbin", "/sbin"].map(Into::into))
         .map(|dir| dir.join(name))
         .find(|candidate| is_executable(candidate))
 }
@@ -122,9 +122,17 @@ impl Tool {
             .unwrap_or(program)
             .to_string_lossy()
             .into_owned();
+        // Resolve bare names ourselves so that sbin tools are found even
+        // when PATH lacks sbin.
+        let resolved = match program.to_str() {
+            Some(bare) if !bare.contains('/') => find_in_path(bare)
+                .map(|p| p.into_os_string())
+                .unwrap_or_else(|| program.to_owned()),
+            _ => program.to_owned(),
+        };
         Self {
             name,
-            command: Command::new(program),
+            command: Command::new(resolved),
             printable: vec![program.to_owned()],
         }
     }

@@ -17,11 +17,10 @@ fn heavy() -> MutexGuard<'static, ()> {
 }
 
 fn run(program: &str, args: &[&str]) -> Output {
-    let output = Command::new(program)
+    Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    output
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
 
 fn text(output: &Output) -> String {

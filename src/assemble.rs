@@ -251,7 +251,7 @@ pub fn plan(ctx: &BuildContext, rootfs: &Rootfs) -> Result<DiskLayout, AssembleE
 }
 
 fn human(bytes: u64) -> String {
-    if bytes % GIB == 0 {
+    if bytes.is_multiple_of(GIB) {
         format!("{}G", bytes / GIB)
     } else {
         format!("{}M", bytes.div_ceil(MIB))
@@ -262,7 +262,6 @@ fn human(bytes: u64) -> String {
 /// deleted unless the build reaches its end.
 pub struct ImageFile {
     pub temp: NamedTempFile,
-    pub layout: DiskLayout,
 }
 
 pub fn run(
@@ -299,10 +298,7 @@ pub fn run(
     ctx.progress.note("BIOS boot code");
     bootloader::embed_bios(&mut file, layout, boot)?;
     file.sync_all().map_err(io_err("sync", temp.path()))?;
-    Ok(ImageFile {
-        temp,
-        layout: layout.clone(),
-    })
+    Ok(ImageFile { temp })
 }
 
 /// `mkfs.ext4 -d` straight into the root partition's byte range.

@@ -60,10 +60,6 @@ impl Manifest {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("manifest serializes") + "\n"
     }
-
-    pub fn has_boot_mode(&self, mode: &str) -> bool {
-        self.boot_modes.iter().any(|m| m == mode)
-    }
 }
 
 use std::fs;

@@ -76,12 +76,12 @@ pub fn require_all(tools: &[HostTool]) -> Result<(), ToolError> {
     tools.iter().try_for_each(HostTool::require)
 }
 
-/// Looks a program up on PATH (also /usr/sbin and /sbin, which a non-login
-/// root shell may lack).
+/// Looks a program up on PATH, and in /usr/sbin and /sbin, which a
+/// non-login root shell's PATH may lack.
 pub fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(Into::into))
+        .chain(["/usr/sbin", "/sbin"].map(Into::into))
         .map(|dir| dir.join(name))
         .find(|candidate| is_executable(candidate))
 }
@@ -98,15 +98,16 @@ pub struct Tool {
     name: String,
     command: Command,
     printable: Vec<OsString>,
-    stdin: Option<Vec<u8>>,
 }
 
 /// What a successful run printed.
 #[derive(Debug)]
+#[allow(dead_code)] // read by export/boot-test (qemu-img info), landing on their branch
 pub struct ToolOutput {
     pub stdout: Vec<u8>,
 }
 
+#[allow(dead_code)]
 impl ToolOutput {
     pub fn stdout_string(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
@@ -121,11 +122,18 @@ impl Tool {
             .unwrap_or(program)
             .to_string_lossy()
             .into_owned();
+        // Resolve bare names ourselves so that sbin tools are found even
+        // when PATH lacks sbin.
+        let resolved = match program.to_str() {
+            Some(bare) if !bare.contains('/') => find_in_path(bare)
+                .map(|p| p.into_os_string())
+                .unwrap_or_else(|| program.to_owned()),
+            _ => program.to_owned(),
+        };
         Self {
             name,
-            command: Command::new(program),
+            command: Command::new(resolved),
             printable: vec![program.to_owned()],
-            stdin: None,
         }
     }
 
@@ -151,17 +159,6 @@ impl Tool {
         self
     }
 
-    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
-        self.command.current_dir(dir);
-        self
-    }
-
-    /// Feeds these bytes on standard input (default: /dev/null).
-    pub fn stdin_bytes(mut self, bytes: Vec<u8>) -> Self {
-        self.stdin = Some(bytes);
-        self
-    }
-
     pub fn command_line(&self) -> String {
         self.printable
             .iter()
@@ -176,11 +173,7 @@ impl Tool {
         log::info!("run: {}", self.command_line());
         let command_line = self.command_line();
         self.command
-            .stdin(if self.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
@@ -195,13 +188,7 @@ impl Tool {
             },
         })?;
         let _guard = interrupt::ChildGuard::new(child.id());
-        if let Some(bytes) = self.stdin.take() {
-            let mut stdin = child.stdin.take().expect("piped stdin");
-            thread::spawn(move || {
-                use std::io::Write;
-                let _ = stdin.write_all(&bytes);
-            });
-        }
+
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
         let stderr_thread = spawn_line_collector(child.stderr.take(), tail.clone(), &self.name);
         let stdout_pipe = child.stdout.take();

@@ -1,0 +1,445 @@
+//! `imgforge build` end to end: a real Debian bootstrap (host's mirror), a
+//! real image, checked with tools that are not imgforge's: sgdisk, e2fsck,
+//! debugfs, blkid, fsck.vfat, mtools, sha256sum. Needs root, like the build.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const IMGFORGE: &str = env!("CARGO_BIN_EXE_imgforge");
+
+/// Heavy tests (bootstraps) one at a time: the machine has 2 cores.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn heavy() -> MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn imgforge(args: &[&str]) -> Output {
+    run(IMGFORGE, args)
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("imgforge-test-")
+        .tempdir_in("/var/tmp")
+        .unwrap()
+}
+
+/// Reads a file out of the ext4 root with debugfs (no mount).
+fn debugfs(image: &Path, offset: u64, command: &str) -> String {
+    let target = format!("{}?offset={offset}", image.display());
+    let out = run("debugfs", &["-R", command, &target]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[derive(serde::Deserialize)]
+struct Part {
+    name: String,
+    first_lba: u64,
+    last_lba: u64,
+    filesystem_uuid: Option<String>,
+}
+
+#[test]
+fn builds_a_debian_image_that_independent_tools_accept() {
+    let _heavy = heavy();
+    let dir = scratch();
+    let image = dir.path().join("image.raw");
+    let image_str = image.to_str().unwrap();
+    let out = imgforge(&["build", "--size-class", "medium", "-o", image_str, "--json"]);
+    assert!(out.status.success(), "build failed:\n{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // The manifest beside the image: sha256 as sha256sum computes it.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{image_str}.json")).unwrap())
+            .unwrap();
+    let sha = text(&run("sha256sum", &[image_str]));
+    assert_eq!(
+        manifest["sha256"].as_str().unwrap(),
+        sha.split_whitespace().next().unwrap()
+    );
+    assert_eq!(summary["sha256"], manifest["sha256"]);
+    assert_eq!(manifest["size_class"], "medium");
+    assert_eq!(manifest["distro"], "debian");
+    assert!(
+        manifest["kernel_version"]
+            .as_str()
+            .unwrap()
+            .contains("cloud-amd64")
+    );
+    assert!(
+        manifest["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "openssh-server")
+    );
+    assert_eq!(manifest["boot_modes"], serde_json::json!(["bios", "uefi"]));
+    let parts: Vec<Part> = serde_json::from_value(manifest["disk"]["partitions"].clone()).unwrap();
+
+    // GPT: sgdisk verifies it and sees the three partitions.
+    let verify = run("sgdisk", &["-v", image_str]);
+    assert!(
+        text(&verify).contains("No problems found"),
+        "{}",
+        text(&verify)
+    );
+    let table = text(&run("sgdisk", &["-p", image_str]));
+    assert!(
+        table.contains("EF02") && table.contains("EF00") && table.contains("8304"),
+        "{table}"
+    );
+
+    // ext4 root: e2fsck finds nothing; blkid reads the UUID the manifest names.
+    let root = parts.iter().find(|p| p.name == "root").unwrap();
+    let root_offset = root.first_lba * 512;
+    let fsck = run(
+        "e2fsck",
+        &["-fn", &format!("{image_str}?offset={root_offset}")],
+    );
+    assert!(fsck.status.success(), "e2fsck: {}", text(&fsck));
+    let blkid = text(&run(
+        "blkid",
+        &[
+            "-p",
+            "-O",
+            &root_offset.to_string(),
+            "-s",
+            "UUID",
+            "-o",
+            "value",
+            image_str,
+        ],
+    ));
+    let root_uuid = root.filesystem_uuid.clone().unwrap();
+    assert_eq!(blkid.trim(), root_uuid);
+
+    // ESP: fsck.vfat on the partition's bytes; the UEFI loader is there.
+    let esp = parts.iter().find(|p| p.name == "esp").unwrap();
+    let esp_file = dir.path().join("esp.img");
+    let dd = run(
+        "dd",
+        &[
+            &format!("if={image_str}"),
+            &format!("of={}", esp_file.display()),
+            "bs=512",
+            &format!("skip={}", esp.first_lba),
+            &format!("count={}", esp.last_lba - esp.first_lba + 1),
+            "status=none",
+        ],
+    );
+    assert!(dd.status.success());
+    let fat = run("fsck.vfat", &["-n", esp_file.to_str().unwrap()]);
+    assert!(fat.status.success(), "fsck.vfat: {}", text(&fat));
+    let listing = text(&run(
+        "mdir",
+        &["-/", "-b", "-i", esp_file.to_str().unwrap(), "::"],
+    ));
+    assert!(listing.contains("::/EFI/BOOT/BOOTX64.EFI"), "{listing}");
+    let esp_uuid = text(&run(
+        "blkid",
+        &["-s", "UUID", "-o", "value", esp_file.to_str().unwrap()],
+    ));
+    assert_eq!(Some(esp_uuid.trim().to_string()), esp.filesystem_uuid);
+
+    // BIOS: boot.img in LBA 0 points at core.img in the BIOS boot partition.
+    let bytes = std::fs::read(&image).unwrap();
+    let bios = parts.iter().find(|p| p.name == "bios-boot").unwrap();
+    assert_eq!(
+        u64::from_le_bytes(bytes[0x5c..0x64].try_into().unwrap()),
+        bios.first_lba
+    );
+    assert_eq!(bytes[0x1fe..0x200], [0x55, 0xAA]);
+    assert_eq!(bytes[446 + 4], 0xEE, "protective MBR entry kept");
+    let core = (bios.first_lba * 512) as usize;
+    assert_eq!(
+        u64::from_le_bytes(bytes[core + 0x1f4..core + 0x1fc].try_into().unwrap()),
+        bios.first_lba + 1
+    );
+    drop(bytes);
+
+    // GRUB files and the command line, read from the root with debugfs.
+    let grub_cfg = debugfs(&image, root_offset, "cat /boot/grub/grub.cfg");
+    for token in [
+        format!("root=UUID={root_uuid}"),
+        "console=ttyS0".to_string(),
+        "isolcpus=managed_irq,domain,4-N".to_string(),
+        "nohz_full=4-N".to_string(),
+        "rcu_nocbs=4-N".to_string(),
+        "irqaffinity=0-3".to_string(),
+    ] {
+        assert!(
+            grub_cfg.contains(&token),
+            "grub.cfg lacks {token}:\n{grub_cfg}"
+        );
+    }
+    assert!(debugfs(&image, root_offset, "ls /boot/grub/i386-pc").contains("normal.mod"));
+    assert!(debugfs(&image, root_offset, "ls /boot/grub/x86_64-efi").contains("linux.mod"));
+
+    // fstab by UUID, no build-host device names; identity reset; no secrets.
+    let fstab = debugfs(&image, root_offset, "cat /etc/fstab");
+    assert!(
+        fstab.contains(&format!("UUID={root_uuid} / ext4")),
+        "{fstab}"
+    );
+    assert!(
+        !fstab.contains("/dev/loop") && !fstab.contains("/dev/sd"),
+        "{fstab}"
+    );
+    let ssh = debugfs(&image, root_offset, "ls /etc/ssh");
+    assert!(
+        !ssh.contains("ssh_host_"),
+        "host keys left in the image: {ssh}"
+    );
+    let machine_id = debugfs(&image, root_offset, "stat /etc/machine-id");
+    assert!(machine_id.contains("Size: 0"), "{machine_id}");
+    let resolv = debugfs(&image, root_offset, "stat /etc/resolv.conf");
+    assert!(
+        resolv.contains("symlink") || resolv.contains("Fast link dest"),
+        "{resolv}"
+    );
+    let affinity = debugfs(
+        &image,
+        root_offset,
+        "cat /etc/systemd/system.conf.d/90-imgforge-affinity.conf",
+    );
+    assert!(affinity.contains("CPUAffinity=0-3"), "{affinity}");
+
+    // inspect reads the same facts back without mounting.
+    let inspect = imgforge(&["inspect", image_str, "--json"]);
+    assert!(inspect.status.success(), "{}", text(&inspect));
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(
+        info["boot_modes"],
+        serde_json::json!({"bios": true, "uefi": true})
+    );
+    assert_eq!(info["manifest"]["size_class"], "medium");
+}
+
+#[test]
+fn bad_input_fails_clearly_and_writes_nothing() {
+    let dir = scratch();
+    let out_path = dir.path().join("x.raw");
+    let out = out_path.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["build", "--distro", "gentoo", "-o", out],
+            "unknown distro `gentoo`",
+        ),
+        (
+            &["build", "--distro", "arch", "-o", out],
+            "cannot be built yet",
+        ),
+        (
+            &["build", "--size-class", "huge", "-o", out],
+            "choose one of: small, medium, large, xlarge",
+        ),
+        (
+            &["build", "-o", "/no/such/dir/image.raw"],
+            "output directory /no/such/dir does not exist",
+        ),
+        (
+            &["build", "--size", "4Q", "-o", out],
+            "cannot understand size `4Q`",
+        ),
+    ];
+    for (args, expected) in cases {
+        let result = imgforge(args);
+        assert!(!result.status.success(), "{args:?} succeeded");
+        assert!(
+            text(&result).contains(expected),
+            "{args:?}: {}",
+            text(&result)
+        );
+    }
+    let missing_layer = imgforge(&["build", "--layer", "/no/such/layer", "-o", out]);
+    assert!(text(&missing_layer).contains("layer folder /no/such/layer does not exist"));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+#[test]
+fn missing_host_tool_names_the_package() {
+    let dir = scratch();
+    let out = Command::new(IMGFORGE)
+        .args(["build", "-o"])
+        .arg(dir.path().join("x.raw"))
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out)
+            .contains("`mmdebstrap` is not installed (install the Debian package `mmdebstrap`"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn not_root_is_refused() {
+    let dir = scratch();
+    let out = run(
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            IMGFORGE,
+            "build",
+            "-o",
+            "/tmp/x.raw",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("must run as root"), "{}", text(&out));
+    drop(dir);
+}
+
+#[test]
+fn too_small_size_names_the_minimum() {
+    let _heavy = heavy();
+    let dir = scratch();
+    let out = imgforge(&[
+        "build",
+        "--size",
+        "300M",
+        "-o",
+        dir.path().join("x.raw").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let message = text(&out);
+    assert!(
+        message.contains("--size 300M is too small") && message.contains("pass --size"),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(String::from))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect()
+}
+
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+/// Ctrl-C while mmdebstrap is installing packages into a tree with /proc,
+/// /sys and /dev mounted: imgforge stops it, and leaves no mount, no work
+/// directory, no output and no process behind.
+#[test]
+fn interrupted_bootstrap_leaves_the_host_untouched() {
+    let _heavy = heavy();
+    let dir = scratch();
+    let tmp = dir.path().join("tmp");
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let output: PathBuf = dir.path().join("out.raw");
+    let mut child = Command::new(IMGFORGE)
+        .args(["build", "--cache-dir"])
+        .arg(&cache)
+        .arg("-o")
+        .arg(&output)
+        .env("TMPDIR", &tmp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the bootstrap has mounted things in its tree.
+    let started = Instant::now();
+    while mounts_under(&tmp).is_empty() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !mounts_under(&tmp).is_empty(),
+        "mmdebstrap never mounted anything under {}",
+        tmp.display()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "imgforge did not stop within 60 s of Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        mounts_under(&tmp).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&tmp)
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "work directory left in {}",
+        tmp.display()
+    );
+    assert!(!output.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty());
+    assert!(
+        processes_mentioning(tmp.to_str().unwrap()).is_empty(),
+        "processes left"
+    );
+    let cached: Vec<_> = std::fs::read_dir(cache.join("rootfs"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .collect();
+    assert!(cached.is_empty(), "a partial tree was cached: {cached:?}");
+}

@@ -10,8 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn imgforge() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_imgforge"))
+/// imgforge with its temporary files (overlay, OVMF vars, probe disk) under
+/// `tmp`, so that QEMUs of this test are told apart from any other's.
+fn imgforge_in(tmp: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_imgforge"));
+    command.env("TMPDIR", tmp);
+    command
 }
 
 fn is_root() -> bool {
@@ -21,7 +25,10 @@ fn is_root() -> bool {
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
-        .args(["-c", &format!("command -v {tool} || test -x /usr/bin/{tool}")])
+        .args([
+            "-c",
+            &format!("command -v {tool} || test -x /usr/bin/{tool}"),
+        ])
         .stdout(Stdio::null())
         .status()
         .map(|s| s.success())
@@ -36,30 +43,41 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// QEMU processes started by a boot-test (their disk is in its temp dir).
-fn leftover_qemus() -> Vec<String> {
+/// QEMU processes whose files are under `tmp`.
+fn leftover_qemus(tmp: &Path) -> Vec<String> {
+    let tmp = tmp.display().to_string();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("qemu-system")
-            && (cmdline.contains("imgforge-boot-test-") || cmdline.contains("imgforge-kvm-probe-"))
-        {
+        if cmdline.contains("qemu-system") && cmdline.contains(&tmp) {
             found.push(cmdline);
         }
     }
     found
 }
 
-fn assert_nothing_left() {
+/// No QEMU of this test runs, and imgforge removed its temporary files.
+fn assert_nothing_left(tmp: &Path) {
     // A reaped child vanishes at once; allow a moment for the kernel.
     let until = Instant::now() + Duration::from_secs(3);
-    while !leftover_qemus().is_empty() && Instant::now() < until {
+    while !leftover_qemus(tmp).is_empty() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(leftover_qemus(), Vec::<String>::new(), "QEMU outlived imgforge");
+    assert_eq!(
+        leftover_qemus(tmp),
+        Vec::<String>::new(),
+        "QEMU outlived imgforge"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("imgforge-"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
 }
 
 fn scratch() -> tempfile::TempDir {
@@ -76,6 +94,9 @@ fn a_file_that_is_not_a_disk_image_is_refused() {
         return;
     }
     let dir = scratch();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let imgforge = || imgforge_in(&tmp);
     let text_file = dir.path().join("notes.txt");
     std::fs::write(&text_file, "not a disk\n").unwrap();
     let blank = dir.path().join("blank.raw");
@@ -109,13 +130,13 @@ fn a_file_that_is_not_a_disk_image_is_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("cannot read"), "{}", text(&out));
-    assert_nothing_left();
+    assert_nothing_left(&tmp);
 }
 
 #[test]
 fn missing_ovmf_names_the_debian_package() {
     let dir = scratch();
-    let out = imgforge()
+    let out = imgforge_in(dir.path())
         .arg("boot-test")
         .arg(dir.path().join("any.raw"))
         .args(["--firmware", "uefi"])
@@ -129,19 +150,23 @@ fn missing_ovmf_names_the_debian_package() {
 }
 
 /// The image under test: IMGFORGE_TEST_IMAGE, or a fresh Debian small build.
-fn debian_image(dir: &Path) -> PathBuf {
+fn debian_image(dir: &Path, tmp: &Path) -> PathBuf {
     if let Some(path) = std::env::var_os("IMGFORGE_TEST_IMAGE") {
         return PathBuf::from(path);
     }
     let image = dir.join("debian-small.raw");
     let started = Instant::now();
-    let out = imgforge()
+    let out = imgforge_in(tmp)
         .args(["build", "--distro", "debian", "--size-class", "small", "-o"])
         .arg(&image)
         .output()
         .unwrap();
     assert!(out.status.success(), "build failed:\n{}", text(&out));
-    eprintln!("built {} in {:.0} s", image.display(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "built {} in {:.0} s",
+        image.display(),
+        started.elapsed().as_secs_f64()
+    );
     image
 }
 
@@ -163,8 +188,8 @@ fn manifest_root_uuid(image: &Path) -> String {
 }
 
 /// Boots and returns the parsed --json summary.
-fn boot_test_json(image: &Path, extra: &[&str]) -> (serde_json::Value, String) {
-    let out = imgforge()
+fn boot_test_json(tmp: &Path, image: &Path, extra: &[&str]) -> (serde_json::Value, String) {
+    let out = imgforge_in(tmp)
         .arg("boot-test")
         .arg(image)
         .arg("--json")
@@ -196,11 +221,25 @@ fn assert_good_report(result: &serde_json::Value, firmware: &str, root_uuid: &st
         "irqaffinity=0-1",
         "skew_tick=1",
     ] {
-        assert!(cmdline.split(' ').any(|t| t == token), "{token} not in {cmdline}");
+        assert!(
+            cmdline.split(' ').any(|t| t == token),
+            "{token} not in {cmdline}"
+        );
     }
-    assert!(cmdline.contains(&format!("root=UUID={root_uuid}")), "{cmdline}");
-    assert_eq!(report["root_uuid"].as_str().unwrap().to_lowercase(), root_uuid);
-    assert!(report["root_dev"].as_str().unwrap().starts_with("/dev/nvme0n1p"));
+    assert!(
+        cmdline.contains(&format!("root=UUID={root_uuid}")),
+        "{cmdline}"
+    );
+    assert_eq!(
+        report["root_uuid"].as_str().unwrap().to_lowercase(),
+        root_uuid
+    );
+    assert!(
+        report["root_dev"]
+            .as_str()
+            .unwrap()
+            .starts_with("/dev/nvme0n1p")
+    );
     assert_eq!(report["dhcp"], "yes");
     assert!(report["net_addr"].as_str().unwrap().starts_with("10.0.2."));
     assert_eq!(report["sshd"], "active");
@@ -215,13 +254,17 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
         return;
     }
     let dir = scratch();
-    let image = debian_image(dir.path());
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let imgforge = || imgforge_in(&tmp);
+    let image = debian_image(dir.path(), &tmp);
     let root_uuid = manifest_root_uuid(&image);
     let image_sha = file_sha(&image);
 
     // Both firmwares, accelerator chosen by the probe.
     let log = dir.path().join("console.log");
     let (summary, all) = boot_test_json(
+        &tmp,
         &image,
         &["--firmware", "both", "--log", log.to_str().unwrap()],
     );
@@ -233,13 +276,12 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
     assert_good_report(&results[0], "bios", &root_uuid);
     assert_good_report(&results[1], "uefi", &root_uuid);
     let console = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(console.contains("IMGFORGE-REPORT {"), "the log holds the console");
-    assert_nothing_left();
-    assert_eq!(
-        file_sha(&image),
-        image_sha,
-        "boot-test wrote to the image"
+    assert!(
+        console.contains("IMGFORGE-REPORT {"),
+        "the log holds the console"
     );
+    assert_nothing_left(&tmp);
+    assert_eq!(file_sha(&image), image_sha, "boot-test wrote to the image");
 
     // Exported for VirtualBox, the VDI boots too.
     let vdi = dir.path().join("exported.vdi");
@@ -258,10 +300,10 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
         .unwrap();
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["format"], "vdi");
-    let (summary, _) = boot_test_json(&vdi, &["--firmware", "uefi", "--accel", "tcg"]);
+    let (summary, _) = boot_test_json(&tmp, &vdi, &["--firmware", "uefi", "--accel", "tcg"]);
     assert_eq!(summary["format"], "vdi");
     assert_good_report(&summary["results"][0], "uefi", &root_uuid);
-    assert_nothing_left();
+    assert_nothing_left(&tmp);
 
     // BIOS boot code wiped: refused before booting, saying what is missing.
     let broken = dir.path().join("no-boot-code.raw");
@@ -274,7 +316,10 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
     assert!(status.success());
     {
         use std::io::{Seek, SeekFrom, Write};
-        let mut file = std::fs::OpenOptions::new().write(true).open(&broken).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&broken)
+            .unwrap();
         file.seek(SeekFrom::Start(0)).unwrap();
         file.write_all(&[0u8; 440]).unwrap();
     }
@@ -288,7 +333,7 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
     assert!(!out.status.success(), "{all}");
     assert!(all.contains("has no BIOS bootloader"), "{all}");
     assert!(all.contains("MBR boot code is missing"), "{all}");
-    assert_nothing_left();
+    assert_nothing_left(&tmp);
 
     // A timeout: fails in time, with the console's last lines.
     let started = Instant::now();
@@ -301,9 +346,12 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
     assert!(started.elapsed() < Duration::from_secs(30), "{all}");
-    assert!(all.contains("no IMGFORGE-REPORT line on the serial console within 8 s"), "{all}");
+    assert!(
+        all.contains("no IMGFORGE-REPORT line on the serial console within 8 s"),
+        "{all}"
+    );
     assert!(all.contains("console lines ---"), "{all}");
-    assert_nothing_left();
+    assert_nothing_left(&tmp);
 
     // Ctrl-C while QEMU runs: imgforge stops it and exits 130.
     let mut child = imgforge()
@@ -315,10 +363,10 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
         .spawn()
         .unwrap();
     let until = Instant::now() + Duration::from_secs(60);
-    while leftover_qemus().is_empty() && Instant::now() < until {
+    while leftover_qemus(&tmp).is_empty() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(!leftover_qemus().is_empty(), "QEMU never started");
+    assert!(!leftover_qemus(&tmp).is_empty(), "QEMU never started");
     std::thread::sleep(Duration::from_secs(3));
     // SAFETY: kill has no memory preconditions; the pid is our child's.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -326,7 +374,7 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
     let status = child.wait().unwrap();
     assert!(stopped.elapsed() < Duration::from_secs(15));
     assert_eq!(status.code(), Some(130));
-    assert_nothing_left();
+    assert_nothing_left(&tmp);
 }
 
 fn file_sha(path: &Path) -> Vec<u8> {

@@ -377,7 +377,7 @@ fn boot_once(
                 if tail.len() == TAIL_LINES {
                     tail.pop_front();
                 }
-                tail.push_back(line);
+                tail.push_back(qemu::squeeze(&line));
             }
             Event::Exited(status) => {
                 let stderr = qemu.stderr_tail();
@@ -419,7 +419,7 @@ fn boot_once(
         if tail.len() == TAIL_LINES {
             tail.pop_front();
         }
-        tail.push_back(partial);
+        tail.push_back(qemu::squeeze(&partial));
     }
     if lines_seen == 0 {
         // Nothing on the serial console: the firmware's debug port may say why.
@@ -431,7 +431,7 @@ fn boot_once(
             for line in &lines[from..] {
                 tail.push_back(format!(
                     "[firmware] {}",
-                    qemu::clean_console_line(line.as_bytes())
+                    qemu::squeeze(&qemu::clean_console_line(line.as_bytes()))
                 ));
             }
         }

@@ -492,12 +492,12 @@ pub fn clean_console_line(raw: &[u8]) -> String {
             c => out.push(c),
         }
     }
-    squeeze(out.trim_end())
+    out.trim_end().to_string()
 }
 
-/// Menus drawn with cursor moves leave long runs of blanks and frame
-/// characters once the moves are gone: keep lines short and readable.
-fn squeeze(line: &str) -> String {
+/// For showing a console line: menus drawn with cursor moves leave long runs
+/// of blanks once the moves are gone; keep lines short and readable.
+pub fn squeeze(line: &str) -> String {
     const MAX_CHARS: usize = 240;
     let mut out = String::with_capacity(line.len().min(MAX_CHARS + 4));
     let mut run = 0;
@@ -537,10 +537,21 @@ mod tests {
         );
         assert_eq!(clean_console_line(b"a\tb\x07c"), "a bc");
         assert_eq!(
-            clean_console_line(b"  *debian (small)          \xc4\xc4\xc4Booting"),
+            squeeze(&clean_console_line(
+                b"  *debian (small)          \xc4\xc4\xc4Booting"
+            )),
             "  *debian (small)  Booting"
         );
-        assert!(clean_console_line(&[b'x'; 1000]).len() < 300);
+        assert!(squeeze(&clean_console_line(&[b'x'; 1000])).len() < 300);
+        let long = format!(
+            "IMGFORGE-REPORT {{\"cmdline\":\"{}\"}}",
+            "a  b ".repeat(100)
+        );
+        assert_eq!(
+            clean_console_line(long.as_bytes()),
+            long,
+            "report lines stay whole"
+        );
     }
 
     #[test]

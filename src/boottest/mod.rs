@@ -33,6 +33,9 @@ pub use image::{ImageError, QEMU_IMG, detect_format};
 use qemu::{Event, Machine, MachineFirmware, Qemu, QemuError};
 use report::{Check, Expectations, GuestReport};
 
+/// Temporary directories of boot-test runs start with this.
+const SCRATCH_PREFIX: &str = "imgforge-boot-test-";
+
 /// Console lines a failure shows.
 const TAIL_LINES: usize = 40;
 
@@ -136,10 +139,12 @@ pub fn run(args: &BootTestArgs) -> Result<(), BootTestError> {
     } else {
         None
     };
+    sweep_stale_scratch();
     let scratch = tempfile::Builder::new()
-        .prefix("imgforge-boot-test-")
+        .prefix(SCRATCH_PREFIX)
         .tempdir()
         .map_err(BootTestError::TempDir)?;
+    let _ = std::fs::write(scratch.path().join("pid"), std::process::id().to_string());
     let format = detect_format(&args.image)?;
     let raw = image::raw_view(&args.image, &format, scratch.path())?;
     let info = image::read(&raw, &args.image)?;
@@ -279,6 +284,34 @@ pub fn check_disk_image(
         let _ = std::fs::remove_file(&raw);
     }
     info
+}
+
+/// Removes the temporary directories of runs that were killed (SIGKILL
+/// leaves no chance to clean up; QEMU itself died with them).
+fn sweep_stale_scratch() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(SCRATCH_PREFIX) {
+            continue;
+        }
+        let Some(pid) = std::fs::read_to_string(entry.path().join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if gone {
+            log::info!("removing {} (left by a killed run)", entry.path().display());
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn interrupted() -> bool {

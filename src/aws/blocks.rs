@@ -70,7 +70,8 @@ pub fn data_extents(file: &File, size: u64) -> std::io::Result<Vec<Range<u64>>> 
                 Some(libc::ENXIO) => break,
                 // No hole support: everything is data.
                 Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
-                    return Ok(vec![offset..size]);
+                    extents.push(offset..size);
+                    return Ok(extents);
                 }
                 _ => return Err(err),
             }
@@ -111,12 +112,7 @@ pub fn blocks_touching(extents: &[Range<u64>]) -> Vec<u64> {
 
 /// Reads block `index` into `buf` (BLOCK_SIZE bytes); bytes past the end of
 /// the image read as zeros, which pads a last partial block.
-pub fn read_block(
-    file: &File,
-    index: u64,
-    image_size: u64,
-    buf: &mut [u8],
-) -> std::io::Result<()> {
+pub fn read_block(file: &File, index: u64, image_size: u64, buf: &mut [u8]) -> std::io::Result<()> {
     let offset = index * BLOCK_SIZE;
     let available = image_size.saturating_sub(offset).min(BLOCK_SIZE) as usize;
     file.read_exact_at(&mut buf[..available], offset)?;
@@ -204,7 +200,9 @@ pub fn scan(
                             continue;
                         }
                         read_block(file, index, image_size, &mut buf)?;
-                        let read = image_size.saturating_sub(index * BLOCK_SIZE).min(BLOCK_SIZE);
+                        let read = image_size
+                            .saturating_sub(index * BLOCK_SIZE)
+                            .min(BLOCK_SIZE);
                         part.bytes_read += read;
                         let _ = tx.send(read);
                         if is_zero(&buf) {
@@ -374,7 +372,11 @@ mod tests {
         assert_eq!(indices, vec![2, 10]);
         assert_eq!(scan.zero_blocks, 1);
         // Blocks 2, 5 and the 100-byte tail; far less than the 5 MiB file.
-        assert!(scan.bytes_read <= 3 * BLOCK_SIZE + 100, "{}", scan.bytes_read);
+        assert!(
+            scan.bytes_read <= 3 * BLOCK_SIZE + 100,
+            "{}",
+            scan.bytes_read
+        );
 
         let mut expected = vec![0u8; BLOCK_SIZE as usize];
         expected[50..54].copy_from_slice(b"tail");

@@ -235,14 +235,10 @@ async fn get_block(
             Err(err) => return Err(bad(format!("reading the body failed: {err}"))),
         };
         if data.len() as u64 != BLOCK_SIZE {
-            return Err(bad(format!(
-                "{} bytes instead of {BLOCK_SIZE}",
-                data.len()
-            )));
+            return Err(bad(format!("{} bytes instead of {BLOCK_SIZE}", data.len())));
         }
         if let Some(expected) = checksum {
-            let actual =
-                base64::engine::general_purpose::STANDARD.encode(blocks::sha256(&data));
+            let actual = base64::engine::general_purpose::STANDARD.encode(blocks::sha256(&data));
             if actual != expected {
                 return Err(bad(format!(
                     "SHA-256 {actual} differs from the checksum EBS sent ({expected})"

@@ -19,7 +19,9 @@ pub enum OutputError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} exists but is not a Packer manifest ({reason}); move it away or pass another --output-dir")]
+    #[error(
+        "{path} exists but is not a Packer manifest ({reason}); move it away or pass another --output-dir"
+    )]
     NotAManifest { path: PathBuf, reason: String },
 }
 

@@ -256,7 +256,10 @@ mod tests {
             BootMode::from_bootloaders(true, true),
             Some(BootMode::UefiPreferred)
         );
-        assert_eq!(BootMode::from_bootloaders(false, true), Some(BootMode::Uefi));
+        assert_eq!(
+            BootMode::from_bootloaders(false, true),
+            Some(BootMode::Uefi)
+        );
         assert_eq!(
             BootMode::from_bootloaders(true, false),
             Some(BootMode::LegacyBios)

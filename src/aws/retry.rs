@@ -284,7 +284,10 @@ mod tests {
     #[test]
     fn retries_throttling_5xx_and_broken_connections() {
         assert!(is_retryable(&service_error("ThrottlingException", 429)));
-        assert!(is_retryable(&service_error("RequestThrottledException", 400)));
+        assert!(is_retryable(&service_error(
+            "RequestThrottledException",
+            400
+        )));
         assert!(is_retryable(&service_error("InternalServerException", 500)));
         assert!(is_retryable(&service_error("Whatever", 503)));
         let timeout: SdkError<PutSnapshotBlockError, HttpResponse> =
@@ -299,7 +302,10 @@ mod tests {
     fn never_retries_access_or_validation_errors() {
         assert!(!is_retryable(&service_error("AccessDeniedException", 403)));
         assert!(!is_retryable(&service_error("ValidationException", 400)));
-        assert!(!is_retryable(&service_error("ResourceNotFoundException", 404)));
+        assert!(!is_retryable(&service_error(
+            "ResourceNotFoundException",
+            404
+        )));
         // A validation code wins even on a 5xx status.
         assert!(!is_retryable(&service_error("ValidationException", 500)));
         let user: SdkError<PutSnapshotBlockError, HttpResponse> =
@@ -309,8 +315,14 @@ mod tests {
 
     #[test]
     fn api_error_carries_code_and_message() {
-        let api = ApiError::from_sdk("PutSnapshotBlock", &service_error("AccessDeniedException", 403));
-        assert_eq!(api.to_string(), "PutSnapshotBlock failed: AccessDeniedException: m");
+        let api = ApiError::from_sdk(
+            "PutSnapshotBlock",
+            &service_error("AccessDeniedException", 403),
+        );
+        assert_eq!(
+            api.to_string(),
+            "PutSnapshotBlock failed: AccessDeniedException: m"
+        );
         assert!(!api.retryable);
         assert_eq!(api.status, Some(403));
     }

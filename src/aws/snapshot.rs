@@ -129,30 +129,40 @@ pub async fn complete(
     aggregate: &Digest,
 ) -> Result<(), SnapshotError> {
     let checksum = blocks::base64(aggregate);
-    with_retries(&clients.retry, "CompleteSnapshot", "CompleteSnapshot", || {
-        clients
-            .ebs
-            .complete_snapshot()
-            .snapshot_id(snapshot_id)
-            .changed_blocks_count(changed_blocks as i32)
-            .checksum(&checksum)
-            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
-            .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
-            .send()
-    })
+    with_retries(
+        &clients.retry,
+        "CompleteSnapshot",
+        "CompleteSnapshot",
+        || {
+            clients
+                .ebs
+                .complete_snapshot()
+                .snapshot_id(snapshot_id)
+                .changed_blocks_count(changed_blocks as i32)
+                .checksum(&checksum)
+                .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+                .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
+                .send()
+        },
+    )
     .await?;
     Ok(())
 }
 
 /// The snapshot's state, from EC2 DescribeSnapshots.
 pub async fn state(clients: &Clients, snapshot_id: &str) -> Result<State, SnapshotError> {
-    let result = with_retries(&clients.retry, "DescribeSnapshots", "DescribeSnapshots", || {
-        clients
-            .ec2
-            .describe_snapshots()
-            .snapshot_ids(snapshot_id)
-            .send()
-    })
+    let result = with_retries(
+        &clients.retry,
+        "DescribeSnapshots",
+        "DescribeSnapshots",
+        || {
+            clients
+                .ec2
+                .describe_snapshots()
+                .snapshot_ids(snapshot_id)
+                .send()
+        },
+    )
     .await;
     let output = match result {
         Ok(output) => output,

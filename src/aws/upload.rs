@@ -178,7 +178,9 @@ pass --volume-size {needed} or more, or leave it out"
 first read); do not modify an image during its upload"
     )]
     ImageChanged { path: PathBuf, index: u64 },
-    #[error("interrupted; snapshot {snapshot_id} and the journal {journal} are kept: rerun the same command to resume")]
+    #[error(
+        "interrupted; snapshot {snapshot_id} and the journal {journal} are kept: rerun the same command to resume"
+    )]
     Interrupted {
         snapshot_id: String,
         journal: PathBuf,
@@ -233,7 +235,11 @@ fn default_ami_name(image: &Path, content_sha256: &str) -> String {
         .map(|c| if is_ami_name_char(c) { c } else { '-' })
         .take(100)
         .collect();
-    let stem = if stem.is_empty() { "image".into() } else { stem };
+    let stem = if stem.is_empty() {
+        "image".into()
+    } else {
+        stem
+    };
     format!("{stem}-{}", &content_sha256[..12])
 }
 
@@ -340,7 +346,10 @@ pub fn run(args: &UploadArgs) -> Result<(), UploadError> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let bench = blocks::bench(&file, size, threads)?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&bench).expect("serializes"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&bench).expect("serializes")
+            );
         } else {
             println!(
                 "read+zero-check+sha256 of {} MiB of data ({} blocks, {} all-zero): \
@@ -513,14 +522,9 @@ async fn upload(args: &UploadArgs, file: File, size: u64) -> Result<UploadResult
     let (outcome, ami_id) = match after_start {
         Ok(done) => done,
         Err(err) => {
-            return Err(clean_up_after_failure(
-                args,
-                &clients,
-                &journal_path,
-                &snapshot_id,
-                err,
-            )
-            .await);
+            return Err(
+                clean_up_after_failure(args, &clients, &journal_path, &snapshot_id, err).await,
+            );
         }
     };
     Journal::remove(&journal_path);
@@ -617,7 +621,11 @@ parameters; starting a new snapshot",
         "{} blocks to write ({} MiB of data read, {} all-zero blocks skipped)",
         scan.blocks.len(),
         scan.bytes_read >> 20,
-        if params.encrypted { 0 } else { scan.zero_blocks }
+        if params.encrypted {
+            0
+        } else {
+            scan.zero_blocks
+        }
     );
     let journal = Journal::new(identity, params.clone(), &scan.blocks);
     journal.save(journal_path)?;
@@ -889,8 +897,15 @@ mod tests {
 
     #[test]
     fn flags_parse_and_validate() {
-        let args = parse(&["--tag", "a=b", "--tag", "c=d=e", "--boot-mode", "uefi-preferred"])
-            .unwrap();
+        let args = parse(&[
+            "--tag",
+            "a=b",
+            "--tag",
+            "c=d=e",
+            "--boot-mode",
+            "uefi-preferred",
+        ])
+        .unwrap();
         assert_eq!(
             args.tags,
             vec![("a".into(), "b".into()), ("c".into(), "d=e".into())]
@@ -938,7 +953,10 @@ mod tests {
     #[test]
     fn image_checks() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(open_image(dir.path()), Err(UploadError::BadImage { .. })));
+        assert!(matches!(
+            open_image(dir.path()),
+            Err(UploadError::BadImage { .. })
+        ));
         let empty = dir.path().join("empty.raw");
         std::fs::write(&empty, b"").unwrap();
         let err = open_image(&empty).unwrap_err().to_string();

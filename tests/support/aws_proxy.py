@@ -2,7 +2,8 @@
 """A recording, fault-injecting HTTP proxy between an AWS client and moto.
 
 Usage: aws_proxy.py --listen PORT --upstream PORT --log FILE
-                    [--throttle R] [--server-error R] [--drop R] [--delay-ms MS] [--seed S]
+                    [--throttle R] [--server-error R] [--drop R] [--access-denied R]
+                    [--delay-ms MS] [--seed S]
 
 Every request becomes one JSON line in --log, written when its answer is
 sent: the operation (EC2 `Action`, or the EBS direct API named from the
@@ -13,7 +14,8 @@ and the fault injected (null when the request reached moto).
 Faults hit only PutSnapshotBlock, each with its own probability:
 --throttle answers 429 ThrottlingException (header x-amzn-ErrorType),
 --server-error answers 500 InternalServerException, --drop closes the
-connection without an answer. --delay-ms slows every PutSnapshotBlock down
+connection without an answer, --access-denied answers 403
+AccessDeniedException (which a client must not retry). --delay-ms slows every PutSnapshotBlock down
 (to make an upload long enough to kill halfway). Stdlib only.
 """
 
@@ -105,6 +107,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             return "server-error"
         if roll < c.throttle + c.server_error + c.drop:
             return "drop"
+        if roll < c.throttle + c.server_error + c.drop + c.access_denied:
+            return "access-denied"
         return None
 
     def handle_any(self):
@@ -119,6 +123,12 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             entry["params"] = params
         else:
             entry["operation"] = operation
+            entry["headers"] = {
+                k.lower(): v
+                for k, v in self.headers.items()
+                if k.lower().startswith("x-amz-")
+                and k.lower() not in ("x-amz-date", "x-amz-security-token", "x-amz-user-agent")
+            }
             if operation == "StartSnapshot":
                 entry["body"] = json.loads(body or b"{}")
             if operation == "PutSnapshotBlock":
@@ -140,10 +150,12 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
-        if fault in ("throttle", "server-error"):
-            code, status = (
-                ("ThrottlingException", 429) if fault == "throttle" else ("InternalServerException", 500)
-            )
+        if fault in ("throttle", "server-error", "access-denied"):
+            code, status = {
+                "throttle": ("ThrottlingException", 429),
+                "server-error": ("InternalServerException", 500),
+                "access-denied": ("AccessDeniedException", 403),
+            }[fault]
             payload = json.dumps({"message": f"injected {code}"}).encode()
             entry["status"] = status
             self.record(entry)
@@ -171,6 +183,7 @@ def main():
     parser.add_argument("--throttle", type=float, default=0.0)
     parser.add_argument("--server-error", type=float, default=0.0)
     parser.add_argument("--drop", type=float, default=0.0)
+    parser.add_argument("--access-denied", type=float, default=0.0)
     parser.add_argument("--delay-ms", type=int, default=0)
     parser.add_argument("--seed", type=int, default=1)
     config = parser.parse_args()

@@ -767,6 +767,57 @@ fn a_vanished_snapshot_is_detected_and_the_upload_starts_over() {
 }
 
 #[test]
+fn a_snapshot_in_error_state_is_replaced_and_an_error_after_completion_fails_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start();
+    let failing = Proxy::start(&moto, dir.path(), &["--server-error", "1"]);
+    let image = dir.path().join("err.raw");
+    make_image(&image, 8 * MIB, &[(0, pattern(71, 2 * MIB as usize))]);
+    let upload = |url: &str, extra: &[&str]| {
+        run(imgforge(dir.path())
+            .arg("upload")
+            .arg(&image)
+            .args(["--endpoint-url", url, "--no-register"])
+            .args(["--max-attempts", "2"])
+            .args(extra))
+    };
+    let out = upload(&failing.url(), &["--keep-snapshot"]);
+    assert!(!out.status.success());
+    let journal_path = dir.path().join("err.raw.upload-journal.json");
+    let journal: Value =
+        serde_json::from_str(&std::fs::read_to_string(&journal_path).unwrap()).unwrap();
+    let old = journal["snapshot_id"].as_str().unwrap().to_string();
+
+    // EC2 now reports every snapshot as `error` (as a timed-out one would be).
+    let erroring = Proxy::start(&moto, dir.path(), &["--snapshot-state", "error"]);
+    let out = upload(&erroring.url(), &[]);
+    assert!(!out.status.success());
+    let log = stderr(&out);
+    assert!(
+        log.contains(&format!("snapshot {old} is in state `error`"))
+            && log.contains("starting over"),
+        "{log}"
+    );
+    let requests = erroring.requests();
+    let starts = Proxy::operations(&requests, "StartSnapshot");
+    assert_eq!(starts.len(), 1, "a new snapshot");
+    assert_ne!(
+        starts[0]["body"]["ClientToken"], journal["client_token"],
+        "with a new token, or EBS would answer the failed snapshot again"
+    );
+    // The new snapshot "fails" too: reported at once, then deleted.
+    assert!(
+        log.contains("went to state `error` after CompleteSnapshot"),
+        "{log}"
+    );
+    assert_eq!(Proxy::operations(&requests, "DescribeSnapshots").len(), 2);
+    let deleted: Vec<&Value> = Proxy::operations(&requests, "DeleteSnapshot");
+    assert_eq!(deleted.len(), 2, "the old snapshot and the failed new one");
+    assert_eq!(deleted[0]["params"]["SnapshotId"], old.as_str());
+    assert!(!journal_path.exists());
+}
+
+#[test]
 fn encrypted_uploads_write_zero_blocks_too() {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start();

@@ -608,7 +608,12 @@ parameters; starting a new snapshot",
             }
         }
     }
-    let bar = progress_bar(0, "reading");
+    // How much data there is is not known before the scan; show a counter.
+    let bar = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("{msg:9} {binary_bytes} {binary_bytes_per_sec}")
+            .expect("valid template"),
+    );
+    bar.set_message("reading");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let scan = {
         let bar = bar.clone();

@@ -3,7 +3,7 @@
 
 Usage: aws_proxy.py --listen PORT --upstream PORT --log FILE
                     [--throttle R] [--server-error R] [--drop R] [--access-denied R]
-                    [--delay-ms MS] [--seed S]
+                    [--delay-ms MS] [--snapshot-state STATE] [--seed S]
 
 Every request becomes one JSON line in --log, written when its answer is
 sent: the operation (EC2 `Action`, or the EBS direct API named from the
@@ -16,7 +16,9 @@ Faults hit only PutSnapshotBlock, each with its own probability:
 --server-error answers 500 InternalServerException, --drop closes the
 connection without an answer, --access-denied answers 403
 AccessDeniedException (which a client must not retry). --delay-ms slows every PutSnapshotBlock down
-(to make an upload long enough to kill halfway). Stdlib only.
+(to make an upload long enough to kill halfway). --snapshot-state rewrites
+the state in every DescribeSnapshots answer (e.g. `error`, which moto never
+reports). Stdlib only.
 """
 
 import argparse
@@ -162,6 +164,10 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             self.answer(status, [("x-amzn-ErrorType", code), ("Content-Type", "application/json")], payload)
             return
         status, headers, payload = self.forward(body)
+        if entry["operation"] == "DescribeSnapshots" and self.config.snapshot_state:
+            state = self.config.snapshot_state.encode()
+            payload = re.sub(rb"<status>[a-z]+</status>", b"<status>" + state + b"</status>", payload)
+            entry["rewritten_state"] = self.config.snapshot_state
         entry["status"] = status
         self.record(entry)
         self.answer(status, headers, payload)
@@ -185,6 +191,7 @@ def main():
     parser.add_argument("--drop", type=float, default=0.0)
     parser.add_argument("--access-denied", type=float, default=0.0)
     parser.add_argument("--delay-ms", type=int, default=0)
+    parser.add_argument("--snapshot-state", default=None)
     parser.add_argument("--seed", type=int, default=1)
     config = parser.parse_args()
     config.rng = random.Random(config.seed)

@@ -1,6 +1,4 @@
 //! build
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {}
-pub fn run(_a: &BuildArgs) -> anyhow::Result<()> {
-    Ok(())
-}
+pub fn run(_a: &BuildArgs) -> anyhow::Result<()> { Ok(()) }

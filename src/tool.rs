@@ -23,9 +23,7 @@ const TAIL_LINES: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
-    #[error(
-        "`{tool}` is not installed (install the Debian package `{package}`: apt-get install {package})"
-    )]
+    #[error("`{tool}` is not installed (install the Debian package `{package}`: apt-get install {package})")]
     Missing { tool: String, package: String },
     #[error("could not start `{tool}`: {source}")]
     Spawn {
@@ -33,9 +31,7 @@ pub enum ToolError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "`{tool}` failed ({status}); command: {command}\n--- last output of {tool} ---\n{tail}"
-    )]
+    #[error("`{tool}` failed ({status}); command: {command}\n--- last output of {tool} ---\n{tail}")]
     Failed {
         tool: String,
         status: String,

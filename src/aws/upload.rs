@@ -38,20 +38,23 @@ const JOURNAL_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, clap::Args)]
 #[command(
-    long_about = "Write a raw disk image straight into a new EBS snapshot through the EBS direct \
-APIs (StartSnapshot, PutSnapshotBlock, CompleteSnapshot), then register it as an AMI with EC2 \
-RegisterImage.\n\n\
+    after_long_help = "How it works: the image's blocks are written straight into a new EBS \
+snapshot through the EBS direct APIs (StartSnapshot, PutSnapshotBlock, CompleteSnapshot), then \
+registered as an AMI with EC2 RegisterImage (hvm, /dev/xvda, gp3, ENA, IMDSv2).\n\n\
 Only the image's data is read: holes (SEEK_DATA/SEEK_HOLE) and all-zero blocks are skipped on \
-an unencrypted snapshot. The upload is resumable: a journal beside the image (IMAGE.upload-journal.json) \
-records the snapshot and every block EBS confirmed, so rerunning the same command after a crash, \
-kill -9 or Ctrl-C continues the same snapshot and sends only the missing blocks.\n\n\
-Credentials and region come from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
-AWS_PROFILE, ~/.aws/config including SSO, instance roles). Prints the AMI ID on stdout, and writes \
-ami-latest.txt and packer-manifest.json (appended) in --output-dir.",
-    after_help = "Examples:\n  imgforge upload image.raw --name web-small-v1 --tag team=infra\n  \
+an unencrypted snapshot. The upload is resumable: a journal beside the image \
+(IMAGE.upload-journal.json) records the snapshot and every block EBS confirmed, so rerunning the \
+same command after a crash, kill -9 or Ctrl-C continues the same snapshot and sends only the \
+missing blocks.\n\n\
+Credentials and region come from the standard AWS chain (AWS_ACCESS_KEY_ID and \
+AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/config including SSO, instance roles). Prints the AMI \
+ID on stdout, and writes ami-latest.txt and packer-manifest.json (appended) in --output-dir.\n\n\
+Examples:\n  imgforge upload image.raw --name web-small-v1 --tag team=infra\n  \
 imgforge upload image.raw --name web-small-v1 --force-deregister --boot-mode uefi\n  \
 imgforge upload image.raw --no-register --json\n  \
-imgforge upload image.raw --endpoint-url http://127.0.0.1:5000 --region us-east-1"
+imgforge upload image.raw --endpoint-url http://127.0.0.1:5000 --region us-east-1",
+    after_help = "Examples:\n  imgforge upload image.raw --name web-small-v1 --tag team=infra\n  \
+imgforge upload image.raw --no-register --json"
 )]
 pub struct UploadArgs {
     /// The raw disk image to upload (a regular file; sparse files upload fastest).

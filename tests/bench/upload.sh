@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Upload benchmark: imgforge vs coldsnap against the same local moto server.
+#
+# Makes an 8 GiB sparse image holding 1 GiB of random data in four extents,
+# then, for each uploader, with the image's page cache dropped and a fresh
+# moto on the same port: wall time, and the bytes read (/proc/PID/io
+# read_bytes, i.e. from storage, and rchar, i.e. through read calls) sampled
+# while it runs. Then imgforge's hashing and zero-detection throughput
+# (`imgforge upload --hash-only`).
+#
+# Needs: python3 with `pip install 'moto[server]'`, cargo (coldsnap is
+# installed with `cargo install coldsnap` when missing), util-linux.
+# Usage: tests/bench/upload.sh [WORKDIR]   (default: a temporary directory)
+
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+work=${1:-$(mktemp -d /var/tmp/imgforge-bench.XXXXXX)}
+mkdir -p "$work"
+image=$work/bench.raw
+gib=$((1 << 30))
+mib=$((1 << 20))
+
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true
+
+python3 -c 'import moto.server' 2>/dev/null || {
+    echo "moto's server is missing: pip install 'moto[server]'" >&2
+    exit 1
+}
+
+echo "== building imgforge (release)"
+cargo build --release --manifest-path "$repo/Cargo.toml" --quiet
+imgforge=$repo/target/release/imgforge
+
+if ! command -v coldsnap >/dev/null; then
+    echo "== installing coldsnap (cargo install coldsnap)"
+    cargo install coldsnap --quiet
+fi
+coldsnap=$(command -v coldsnap || echo "$HOME/.cargo/bin/coldsnap")
+
+echo "== making an 8 GiB sparse image with 1 GiB of random data in $image"
+rm -f "$image"
+truncate -s $((8 * gib)) "$image"
+for offset_mib in 0 2048 4608 7936; do
+    dd if=/dev/urandom of="$image" bs=1M count=256 seek=$offset_mib conv=notrunc status=none
+done
+sync "$image"
+echo "   apparent size $(du --apparent-size -h "$image" | cut -f1), allocated $(du -h "$image" | cut -f1)"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+endpoint=http://127.0.0.1:$port
+moto_pid=
+start_moto() {
+    python3 "$repo/tests/support/moto_server.py" 127.0.0.1 "$port" >"$work/moto.log" 2>&1 &
+    moto_pid=$!
+    for _ in $(seq 200); do
+        if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null; then
+            return
+        fi
+        sleep 0.1
+    done
+    echo "moto did not start; see $work/moto.log" >&2
+    exit 1
+}
+stop_moto() {
+    if [ -n "$moto_pid" ]; then
+        kill "$moto_pid" 2>/dev/null || true
+        wait "$moto_pid" 2>/dev/null || true
+        moto_pid=
+    fi
+}
+trap stop_moto EXIT
+
+# Evicts the image from the page cache, so both uploaders read from storage.
+drop_cache() {
+    dd if="$image" iflag=nocache count=0 status=none
+    echo "   page cache holding the image: $(fincore --bytes --noheadings --output RES "$image" 2>/dev/null || echo '?') bytes"
+}
+
+# Runs a command; prints "seconds read_bytes rchar" (the /proc/PID/io
+# figures sampled every 20 ms until it exits).
+measure() {
+    python3 - "$@" <<'EOF'
+import subprocess, sys, time
+start = time.monotonic()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=open("/dev/stderr", "w"))
+last = {"read_bytes": 0, "rchar": 0}
+while proc.poll() is None:
+    try:
+        with open(f"/proc/{proc.pid}/io") as f:
+            last = {k: int(v) for k, v in (line.split(": ") for line in f) if k in last}
+    except (OSError, ValueError):
+        pass
+    time.sleep(0.02)
+elapsed = time.monotonic() - start
+if proc.returncode != 0:
+    sys.exit(f"{sys.argv[1]} failed with status {proc.returncode}")
+print(f"{elapsed:.2f} {last['read_bytes']} {last['rchar']}")
+EOF
+}
+
+echo "== imgforge upload (64 workers) to $endpoint"
+start_moto
+drop_cache
+read -r if_time if_read if_rchar < <(measure "$imgforge" upload "$image" \
+    --endpoint-url "$endpoint" --no-register --name bench-imgforge)
+stop_moto
+
+echo "== coldsnap upload to the same endpoint"
+start_moto
+drop_cache
+read -r cs_time cs_read cs_rchar < <(measure "$coldsnap" --endpoint "$endpoint" --region us-east-1 \
+    upload "$image")
+stop_moto
+
+echo "== imgforge hashing and zero detection (--hash-only, image in page cache)"
+cat "$image" >/dev/null # warm the cache: this measures the CPU path, not the disk
+hash_line=$("$imgforge" upload "$image" --hash-only)
+
+echo
+echo "Results (8 GiB image, 1 GiB of data):"
+printf "  imgforge: %7.2f s  %7.1f MiB/s of data  read_bytes %6d MiB  rchar %6d MiB\n" \
+    "$if_time" "$(echo "1024 / $if_time" | bc -l)" $((if_read / mib)) $((if_rchar / mib))
+printf "  coldsnap: %7.2f s  %7.1f MiB/s of data  read_bytes %6d MiB  rchar %6d MiB\n" \
+    "$cs_time" "$(echo "1024 / $cs_time" | bc -l)" $((cs_read / mib)) $((cs_rchar / mib))
+printf "  imgforge is %.2fx as fast as coldsnap\n" "$(echo "$cs_time / $if_time" | bc -l)"
+echo "  $hash_line"

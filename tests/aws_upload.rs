@@ -536,6 +536,28 @@ fn client_token_is_derived_from_content_and_parameters() {
 }
 
 #[test]
+fn a_completed_snapshot_answered_for_the_token_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto, dir.path(), &["--start-status", "completed"]);
+    let image = dir.path().join("done.raw");
+    make_image(&image, 4 * MIB, &[(0, pattern(81, 700_000))]);
+    let out = run(imgforge(dir.path()).arg("upload").arg(&image).args([
+        "--endpoint-url",
+        &proxy.url(),
+        "--no-register",
+        "--json",
+    ]));
+    let result = json_stdout(&out);
+    assert!(stderr(&out).contains("holds this image already"));
+    assert_eq!(result["blocks_total"], 2);
+    assert_eq!(result["blocks_sent"], 0);
+    let requests = proxy.requests();
+    assert!(Proxy::operations(&requests, "PutSnapshotBlock").is_empty());
+    assert!(Proxy::operations(&requests, "CompleteSnapshot").is_empty());
+}
+
+#[test]
 fn kill_9_halfway_then_rerun_resumes_the_same_snapshot_and_sends_only_missing_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start();
@@ -589,7 +611,17 @@ fn kill_9_halfway_then_rerun_resumes_the_same_snapshot_and_sends_only_missing_bl
     let snapshot = journal["snapshot_id"].as_str().unwrap().to_string();
     let confirmed = journal_confirmed(&journal);
     assert!(confirmed.len() >= 30 && (confirmed.len() as u64) < total_blocks);
-    let seen_before = proxy.requests().len();
+    // Requests the killed process had in flight are still logged by the
+    // proxy once their (delayed) answer is sent; let them drain first.
+    let mut seen_before = proxy.requests().len();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = proxy.requests().len();
+        if now == seen_before {
+            break;
+        }
+        seen_before = now;
+    }
 
     let mut rerun = imgforge(dir.path());
     args(&mut rerun);
@@ -706,7 +738,13 @@ fn access_denied_is_not_retried_and_the_snapshot_is_deleted() {
     assert_eq!(Proxy::operations(&requests, "PutSnapshotBlock").len(), 1);
     let snapshot = Proxy::operations(&requests, "DeleteSnapshot");
     assert_eq!(snapshot.len(), 1);
-    assert!(!dir.path().join("denied.raw.upload-journal.json").exists());
+    // The journal stays for the next run, with a new attempt (and token).
+    let journal: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("denied.raw.upload-journal.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(journal["snapshot_id"].is_null());
+    assert_eq!(journal["attempt"], 2);
 }
 
 #[test]
@@ -814,7 +852,13 @@ fn a_snapshot_in_error_state_is_replaced_and_an_error_after_completion_fails_fas
     let deleted: Vec<&Value> = Proxy::operations(&requests, "DeleteSnapshot");
     assert_eq!(deleted.len(), 2, "the old snapshot and the failed new one");
     assert_eq!(deleted[0]["params"]["SnapshotId"], old.as_str());
-    assert!(!journal_path.exists());
+    let journal: Value =
+        serde_json::from_str(&std::fs::read_to_string(&journal_path).unwrap()).unwrap();
+    assert!(journal["snapshot_id"].is_null());
+    assert_eq!(
+        journal["attempt"], 3,
+        "each failed snapshot moved the token on"
+    );
 }
 
 #[test]

@@ -58,12 +58,21 @@ pub enum State {
     Other(String),
 }
 
+/// What StartSnapshot answered.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub snapshot_id: String,
+    /// `Pending` for a new snapshot. A token EBS has seen before answers
+    /// that earlier snapshot, which may be `Completed` or `Error` by now.
+    pub state: State,
+}
+
 /// StartSnapshot. The token makes a repeated call return the same snapshot.
 pub async fn start(
     clients: &Clients,
     params: &SnapshotParams,
     client_token: &str,
-) -> Result<String, SnapshotError> {
+) -> Result<Started, SnapshotError> {
     let tags: Vec<Tag> = params
         .tags
         .iter()
@@ -89,10 +98,16 @@ pub async fn start(
         // moto answers 512; real EBS 524288. The API's block size is fixed.
         log::debug!("StartSnapshot answered BlockSize {size}; using {BLOCK_SIZE} regardless");
     }
-    output
+    let snapshot_id = output
         .snapshot_id()
         .map(str::to_string)
-        .ok_or(SnapshotError::NoSnapshotId)
+        .ok_or(SnapshotError::NoSnapshotId)?;
+    let state = match output.status() {
+        Some(aws_sdk_ebs::types::Status::Completed) => State::Completed,
+        Some(aws_sdk_ebs::types::Status::Error) => State::Error(None),
+        _ => State::Pending,
+    };
+    Ok(Started { snapshot_id, state })
 }
 
 /// PutSnapshotBlock with the block's SHA-256, retried on transient errors.

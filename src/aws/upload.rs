@@ -194,6 +194,8 @@ first read); do not modify an image during its upload"
         source: Box<UploadError>,
         cleanup: String,
     },
+    #[error("StartSnapshot kept answering snapshots in state `error`; see the warnings above")]
+    StartKeepsFailing,
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -680,13 +682,41 @@ removed); starting over with a new snapshot"
         journal.start_over();
         journal.save(journal_path)?;
     }
-    // Saved before StartSnapshot: a crash in between reruns it with the
-    // same ClientToken, which answers the same snapshot.
-    let id = snapshot::start(clients, params, &journal.client_token).await?;
-    journal.snapshot_id = Some(id.clone());
-    journal.save(journal_path)?;
-    log::info!("started snapshot {id}");
-    Ok(id)
+    // The journal (and with it the attempt number, which the token is
+    // derived from) is saved before StartSnapshot: a crash in between reruns
+    // it with the same ClientToken, and EBS answers the same snapshot.
+    for _ in 0..3 {
+        let started = snapshot::start(clients, params, &journal.client_token).await?;
+        let id = started.snapshot_id;
+        match started.state {
+            State::Error(_) => {
+                // The token belongs to an earlier upload whose snapshot failed.
+                log::warn!(
+                    "StartSnapshot answered snapshot {id} of an earlier attempt, which is in \
+state `error`; starting over with a new snapshot"
+                );
+                journal.start_over();
+                journal.save(journal_path)?;
+                continue;
+            }
+            State::Completed => {
+                // An earlier upload of the same content with the same
+                // parameters finished this snapshot: nothing left to send.
+                log::warn!(
+                    "snapshot {id} holds this image already (an earlier upload with the same \
+content and parameters completed it); reusing it"
+                );
+                let all: BTreeSet<u64> = journal.blocks.iter().map(|b| b.0).collect();
+                journal.set_confirmed(&all);
+                journal.completed = true;
+            }
+            _ => log::info!("started snapshot {id}"),
+        }
+        journal.snapshot_id = Some(id.clone());
+        journal.save(journal_path)?;
+        return Ok(id);
+    }
+    Err(UploadError::StartKeepsFailing)
 }
 
 /// Sends every unconfirmed block, completes the snapshot, waits for it.
@@ -867,7 +897,14 @@ command to resume",
     } else {
         match snapshot::delete(clients, snapshot_id).await {
             Ok(()) => {
-                Journal::remove(journal_path);
+                // The journal stays, with the next attempt number: the old
+                // ClientToken would make EBS answer the deleted snapshot.
+                if let Ok(Some(mut journal)) = Journal::load(journal_path) {
+                    journal.start_over();
+                    if let Err(err) = journal.save(journal_path) {
+                        log::warn!("{err}");
+                    }
+                }
                 format!(
                     "deleted snapshot {snapshot_id} (pass --keep-snapshot to keep a failed \
 upload's snapshot and resume it later)"

@@ -3,7 +3,8 @@
 
 Usage: aws_proxy.py --listen PORT --upstream PORT --log FILE
                     [--throttle R] [--server-error R] [--drop R] [--access-denied R]
-                    [--delay-ms MS] [--snapshot-state STATE] [--seed S]
+                    [--delay-ms MS] [--snapshot-state STATE] [--start-status STATUS]
+                    [--seed S]
 
 Every request becomes one JSON line in --log, written when its answer is
 sent: the operation (EC2 `Action`, or the EBS direct API named from the
@@ -18,7 +19,9 @@ connection without an answer, --access-denied answers 403
 AccessDeniedException (which a client must not retry). --delay-ms slows every PutSnapshotBlock down
 (to make an upload long enough to kill halfway). --snapshot-state rewrites
 the state in every DescribeSnapshots answer (e.g. `error`, which moto never
-reports). Stdlib only.
+reports); --start-status rewrites the Status StartSnapshot answers (e.g.
+`completed`, as EBS answers a ClientToken whose snapshot is complete).
+Stdlib only.
 """
 
 import argparse
@@ -164,6 +167,10 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             self.answer(status, [("x-amzn-ErrorType", code), ("Content-Type", "application/json")], payload)
             return
         status, headers, payload = self.forward(body)
+        if entry["operation"] == "StartSnapshot" and self.config.start_status:
+            answer = json.loads(payload)
+            answer["Status"] = self.config.start_status
+            payload = json.dumps(answer).encode()
         if entry["operation"] == "DescribeSnapshots" and self.config.snapshot_state:
             state = self.config.snapshot_state.encode()
             payload = re.sub(rb"<status>[a-z]+</status>", b"<status>" + state + b"</status>", payload)
@@ -192,6 +199,7 @@ def main():
     parser.add_argument("--access-denied", type=float, default=0.0)
     parser.add_argument("--delay-ms", type=int, default=0)
     parser.add_argument("--snapshot-state", default=None)
+    parser.add_argument("--start-status", default=None)
     parser.add_argument("--seed", type=int, default=1)
     config = parser.parse_args()
     config.rng = random.Random(config.seed)

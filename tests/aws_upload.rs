@@ -1018,6 +1018,37 @@ fn missing_credentials_or_region_say_how_to_set_them() {
 }
 
 #[test]
+fn credentials_and_region_come_from_a_named_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let moto = Moto::start();
+    make_image(&d.join("ok.raw"), MIB, &[(0, pattern(1, 10))]);
+    std::fs::write(
+        d.join("credentials"),
+        "[builder]\naws_access_key_id = test\naws_secret_access_key = test\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("config"), "[profile builder]\nregion = eu-west-1\n").unwrap();
+    let out = run(imgforge(d)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_REGION")
+        .env("AWS_SHARED_CREDENTIALS_FILE", d.join("credentials"))
+        .env("AWS_CONFIG_FILE", d.join("config"))
+        .args([
+            "upload",
+            "ok.raw",
+            "--profile",
+            "builder",
+            "--no-register",
+            "--json",
+        ])
+        .args(["--endpoint-url", &moto.url()]));
+    let result = json_stdout(&out);
+    assert_eq!(result["region"], "eu-west-1");
+}
+
+#[test]
 fn refused_and_silent_endpoints_fail_in_bounded_time() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -35,6 +35,8 @@ const MAX_VOLUME_GIB: u64 = 65_536;
 /// How often confirmed blocks are written to the journal. Blocks confirmed
 /// after the last save are sent again on resume, nothing worse.
 const JOURNAL_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the upload loop checks for Ctrl-C while requests are in flight.
+const INTERRUPT_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -769,15 +771,23 @@ async fn write_snapshot(
             })
             .buffer_unordered(args.workers as usize);
         let mut last_save = Instant::now();
-        while let Some(put) = puts.next().await {
+        loop {
+            // Wake up now and then even when no request finishes, so that a
+            // Ctrl-C is honoured without waiting for slow requests.
+            let put = match tokio::time::timeout(INTERRUPT_POLL, puts.next()).await {
+                Ok(Some(put)) => Some(put),
+                Ok(None) => break,
+                Err(_) => None,
+            };
             match put {
-                Ok((index, read)) => {
+                None => {}
+                Some(Ok((index, read))) => {
                     confirmed.insert(index);
                     sent += 1;
                     bytes_read += read;
                     bar.inc(BLOCK_SIZE);
                 }
-                Err(err) => {
+                Some(Err(err)) => {
                     drop(puts);
                     bar.abandon();
                     journal.set_confirmed(&confirmed);

@@ -360,11 +360,12 @@ pub fn run(args: &UploadArgs) -> Result<(), UploadError> {
         } else {
             println!(
                 "read+zero-check+sha256 of {} MiB of data ({} blocks, {} all-zero): \
-{:.2} GB/s on 1 thread, {:.2} GB/s on {} threads; in memory per core: sha256 {:.2} GB/s, \
-zero check {:.2} GB/s",
+{:.2} GB/s per CPU-second on 1 thread ({:.2} GB/s wall clock; {:.2} GB/s wall clock on {} threads); \
+in memory per CPU-second: sha256 {:.2} GB/s, zero check {:.2} GB/s",
                 bench.data_bytes >> 20,
                 bench.blocks,
                 bench.zero_blocks,
+                bench.one_thread_gbps_per_cpu_second,
                 bench.one_thread_gbps,
                 bench.all_threads_gbps,
                 bench.threads,

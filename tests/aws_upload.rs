@@ -862,6 +862,57 @@ fn a_snapshot_in_error_state_is_replaced_and_an_error_after_completion_fails_fas
 }
 
 #[test]
+fn a_journal_for_a_changed_image_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start();
+    let failing = Proxy::start(&moto, dir.path(), &["--server-error", "1"]);
+    let recording = Proxy::start(&moto, dir.path(), &[]);
+    let image = dir.path().join("changed.raw");
+    make_image(&image, 8 * MIB, &[(0, pattern(91, 2 * MIB as usize))]);
+    let out = run(imgforge(dir.path())
+        .arg("upload")
+        .arg(&image)
+        .args(["--endpoint-url", &failing.url(), "--no-register"])
+        .args(["--max-attempts", "1", "--keep-snapshot"]));
+    assert!(!out.status.success());
+    let journal: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("changed.raw.upload-journal.json")).unwrap(),
+    )
+    .unwrap();
+    let old = journal["snapshot_id"].as_str().unwrap().to_string();
+
+    // New content (and mtime): the old journal's digests no longer apply.
+    std::thread::sleep(Duration::from_millis(20));
+    make_image(&image, 8 * MIB, &[(MIB, pattern(92, 3 * MIB as usize))]);
+    let out = run(imgforge(dir.path()).arg("upload").arg(&image).args([
+        "--endpoint-url",
+        &recording.url(),
+        "--no-register",
+        "--json",
+    ]));
+    let result = json_stdout(&out);
+    let log = stderr(&out);
+    assert!(
+        log.contains("another image or with other parameters"),
+        "{log}"
+    );
+    assert_ne!(result["snapshot_id"], old.as_str());
+    assert_eq!(result["blocks_sent"], 6);
+    let deletes = Proxy::operations(&recording.requests(), "DeleteSnapshot")
+        .iter()
+        .map(|d| d["params"]["SnapshotId"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        deletes,
+        vec![old],
+        "the abandoned pending snapshot is deleted"
+    );
+    let snapshot = result["snapshot_id"].as_str().unwrap();
+    let back = download(dir.path(), &moto.url(), snapshot, 8 * MIB, "back.raw");
+    assert_eq!(sha256_file(&back), sha256_file(&image));
+}
+
+#[test]
 fn encrypted_uploads_write_zero_blocks_too() {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start();

@@ -8,6 +8,12 @@
 # while it runs. Then imgforge's hashing and zero-detection throughput
 # (`imgforge upload --hash-only`).
 #
+# imgforge reads the data twice: a first pass hashes every block (the
+# ClientToken and the journal need the content's digest before
+# StartSnapshot), the upload pass reads each block again and checks it
+# against that digest. read_bytes shows the storage reads (once); rchar
+# counts both passes (the second is served from the page cache).
+#
 # Needs: python3 with `pip install 'moto[server]'`, cargo (coldsnap is
 # installed with `cargo install coldsnap` when missing), util-linux.
 # Usage: tests/bench/upload.sh [WORKDIR]   (default: a temporary directory)

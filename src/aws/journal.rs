@@ -28,7 +28,9 @@ const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("cannot write the upload journal {path}: {source}")]
+    #[error(
+        "cannot write the upload journal {path}: {source} (pass --journal PATH to keep it elsewhere)"
+    )]
     Write {
         path: PathBuf,
         #[source]

@@ -433,54 +433,40 @@ async fn upload(args: &UploadArgs, file: File, size: u64) -> Result<UploadResult
         path: args.image.clone(),
         reason: format!("cannot read its metadata: {e}"),
     })?;
+    // Idempotent by name: an AMI that exists is the answer, unless it is to
+    // be replaced. With --name this is known before the image is read.
+    let mut lookup: Option<Option<ExistingImage>> = None;
+    if let (Some(name), false) = (&args.name, args.no_register) {
+        let existing = register::find_by_name(&clients, name).await?;
+        if let Some(existing) = &existing
+            && !args.force_deregister
+        {
+            return reuse_existing(args, &clients, name, existing, size, volume_gib, 0, started);
+        }
+        lookup = Some(existing);
+    }
+
     let (mut journal, block_list, scan_bytes) =
         load_or_scan(&clients, &journal_path, &file, identity, &params).await?;
-
-    // Idempotent by name: an AMI that exists is the answer, unless replaced.
     let name = args
         .name
         .clone()
         .unwrap_or_else(|| default_ami_name(&args.image, &journal.content_sha256));
+    if lookup.is_none() && !args.no_register {
+        lookup = Some(register::find_by_name(&clients, &name).await?);
+    }
     let mut to_replace: Option<ExistingImage> = None;
-    if !args.no_register
-        && let Some(existing) = register::find_by_name(&clients, &name).await?
-    {
-        if args.force_deregister {
-            log::warn!(
-                "AMI {name:?} exists ({}); it is replaced once the new snapshot is complete",
-                existing.image_id
+    if let Some(Some(existing)) = lookup {
+        if !args.force_deregister {
+            return reuse_existing(
+                args, &clients, &name, &existing, size, volume_gib, scan_bytes, started,
             );
-            to_replace = Some(existing);
-        } else {
-            log::warn!(
-                "AMI {name:?} exists already ({}); reusing it, nothing uploaded \
-(pass --force-deregister to replace it)",
-                existing.image_id
-            );
-            let result = UploadResult {
-                ami_id: Some(existing.image_id.clone()),
-                name: Some(name),
-                region: clients.region.clone(),
-                snapshot_id: existing.snapshot_ids.first().cloned().unwrap_or_default(),
-                reused_existing_ami: true,
-                replaced_ami_id: None,
-                resumed: false,
-                image: args.image.clone(),
-                image_size_bytes: size,
-                volume_size_gib: volume_gib,
-                encrypted: args.encrypted,
-                architecture: args.architecture.as_str().into(),
-                boot_mode: args.boot_mode.map(|m| m.as_str().into()),
-                blocks_total: 0,
-                blocks_sent: 0,
-                blocks_already_confirmed: 0,
-                bytes_read: scan_bytes,
-                elapsed_seconds: started.elapsed().as_secs_f64(),
-                upload_mib_per_second: 0.0,
-            };
-            write_outputs(args, &result)?;
-            return Ok(result);
         }
+        log::warn!(
+            "AMI {name:?} exists ({}); it is replaced once the new snapshot is complete",
+            existing.image_id
+        );
+        to_replace = Some(existing);
     }
     let boot_mode = (!args.no_register).then(|| resolve_boot_mode(args));
     if args.tpm && boot_mode == Some(BootMode::LegacyBios) {
@@ -572,6 +558,48 @@ async fn upload(args: &UploadArgs, file: File, size: u64) -> Result<UploadResult
     if result.ami_id.is_some() {
         write_outputs(args, &result)?;
     }
+    Ok(result)
+}
+
+/// The answer when an AMI of this name exists and is not to be replaced.
+#[allow(clippy::too_many_arguments)]
+fn reuse_existing(
+    args: &UploadArgs,
+    clients: &Clients,
+    name: &str,
+    existing: &ExistingImage,
+    size: u64,
+    volume_gib: u64,
+    bytes_read: u64,
+    started: Instant,
+) -> Result<UploadResult, UploadError> {
+    log::warn!(
+        "AMI {name:?} exists already ({}); reusing it, nothing uploaded \
+(pass --force-deregister to replace it)",
+        existing.image_id
+    );
+    let result = UploadResult {
+        ami_id: Some(existing.image_id.clone()),
+        name: Some(name.to_string()),
+        region: clients.region.clone(),
+        snapshot_id: existing.snapshot_ids.first().cloned().unwrap_or_default(),
+        reused_existing_ami: true,
+        replaced_ami_id: None,
+        resumed: false,
+        image: args.image.clone(),
+        image_size_bytes: size,
+        volume_size_gib: volume_gib,
+        encrypted: args.encrypted,
+        architecture: args.architecture.as_str().into(),
+        boot_mode: args.boot_mode.map(|m| m.as_str().into()),
+        blocks_total: 0,
+        blocks_sent: 0,
+        blocks_already_confirmed: 0,
+        bytes_read,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+        upload_mib_per_second: 0.0,
+    };
+    write_outputs(args, &result)?;
     Ok(result)
 }
 

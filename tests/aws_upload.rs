@@ -444,7 +444,10 @@ fn an_existing_ami_is_reused_by_name_or_replaced_with_force_deregister() {
     let second = json_stdout(&second_out);
     assert_eq!(second["ami_id"], first["ami_id"]);
     assert_eq!(second["reused_existing_ami"], true);
-    assert_eq!(second["bytes_read"], 0, "with --name the image is not even read");
+    assert_eq!(
+        second["bytes_read"], 0,
+        "with --name the image is not even read"
+    );
     assert!(stderr(&second_out).contains("exists already"));
     assert_eq!(
         Proxy::operations(&proxy.requests(), "StartSnapshot").len(),

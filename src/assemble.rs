@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io;
 use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
@@ -15,6 +14,7 @@ use crate::bootloader::{self, BootFiles};
 use crate::bootstrap::Rootfs;
 use crate::build::BuildContext;
 use crate::esp;
+use crate::fsio::{PathError, at};
 use crate::tool::{Tool, ToolError};
 
 pub const SECTOR: u64 = 512;
@@ -68,13 +68,8 @@ pub const ROOT: usize = 2;
 pub enum AssembleError {
     #[error(transparent)]
     Tool(#[from] ToolError),
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error("cannot understand size `{0}`: use a number with a unit, e.g. 4G, 8GiB, 2048M")]
     BadSize(String),
     #[error(
@@ -92,15 +87,6 @@ pub enum AssembleError {
     Esp(#[from] esp::EspError),
     #[error(transparent)]
     Bootloader(#[from] bootloader::BootloaderError),
-}
-
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AssembleError {
-    let path = path.to_path_buf();
-    move |source| AssembleError::Io {
-        action,
-        path,
-        source,
-    }
 }
 
 /// The identities written into the disk, chosen before the rootfs is
@@ -277,15 +263,15 @@ pub fn run(
         .prefix(".imgforge-")
         .suffix(".raw.partial")
         .tempfile_in(&dir)
-        .map_err(io_err("create a temporary image in", &dir))?;
+        .map_err(at("create a temporary image in", &dir))?;
     temp.as_file()
         .set_len(layout.disk_bytes)
-        .map_err(io_err("size", temp.path()))?;
+        .map_err(at("size", temp.path()))?;
 
     ctx.progress.note("ext4 root (mkfs.ext4 -d)");
     make_root_filesystem(ctx, temp.path(), layout)?;
     ctx.progress.note("partition table");
-    let mut file = temp.reopen().map_err(io_err("open", temp.path()))?;
+    let mut file = temp.reopen().map_err(at("open", temp.path()))?;
     write_gpt(&mut file, layout)?;
     ctx.progress.note("EFI system partition");
     esp::write(
@@ -297,7 +283,7 @@ pub fn run(
     )?;
     ctx.progress.note("BIOS boot code");
     bootloader::embed_bios(&mut file, layout, boot)?;
-    file.sync_all().map_err(io_err("sync", temp.path()))?;
+    file.sync_all().map_err(at("sync", temp.path()))?;
     Ok(ImageFile { temp })
 }
 

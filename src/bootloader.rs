@@ -14,6 +14,7 @@ use crate::assemble::{self, BIOS_BOOT, DiskLayout, SECTOR};
 use crate::bootstrap::Rootfs;
 use crate::build::BuildContext;
 use crate::configure;
+use crate::fsio::{PathError, at};
 use crate::tool::{Tool, ToolError};
 
 const TARGETS: &str = include_str!("../boot/bootloaders.toml");
@@ -36,13 +37,8 @@ pub enum BootloaderError {
     Tool(#[from] ToolError),
     #[error(transparent)]
     Template(#[from] configure::ConfigureError),
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error(
         "the tree has no GRUB for {firmware} ({path} is missing): the distro's package list \
          must include its GRUB binaries (grub-pc-bin for BIOS, grub-efi-amd64-bin for UEFI)"
@@ -52,15 +48,6 @@ pub enum BootloaderError {
     CoreTooLarge { size: usize, room: u64 },
     #[error("{0} is not a GRUB boot.img (expected 512 bytes ending in 55 AA)")]
     BadBootImg(PathBuf),
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BootloaderError {
-    let path = path.to_path_buf();
-    move |source| BootloaderError::Io {
-        action,
-        path,
-        source,
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,16 +106,16 @@ pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, Bootloa
         ),
     ]);
     let grub_dir = root.join("boot/grub");
-    fs::create_dir_all(&grub_dir).map_err(io("create", &grub_dir))?;
+    fs::create_dir_all(&grub_dir).map_err(at("create", &grub_dir))?;
     let grub_cfg = configure::render(GRUB_CFG, &vars, Path::new("boot/grub.cfg.tmpl"))?;
-    fs::write(grub_dir.join("grub.cfg"), grub_cfg).map_err(io("write", &grub_dir))?;
+    fs::write(grub_dir.join("grub.cfg"), grub_cfg).map_err(at("write", &grub_dir))?;
     let early = configure::render(
         &settings.early_config,
         &vars,
         Path::new("boot/bootloaders.toml"),
     )?;
     let early_path = root.join("tmp/imgforge-early.cfg");
-    fs::write(&early_path, early).map_err(io("write", &early_path))?;
+    fs::write(&early_path, early).map_err(at("write", &early_path))?;
 
     let mut files = BootFiles {
         kernel_cmdline: cmdline,
@@ -150,12 +137,12 @@ pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, Bootloa
             Some(esp_path) => {
                 let dest = ctx.esp_dir().join(esp_path);
                 fs::create_dir_all(dest.parent().expect("esp path has a folder"))
-                    .map_err(io("create", &dest))?;
-                fs::write(&dest, image).map_err(io("write", &dest))?;
+                    .map_err(at("create", &dest))?;
+                fs::write(&dest, image).map_err(at("write", &dest))?;
             }
             None => {
                 let boot_img_path = modules_src.join("boot.img");
-                let boot_img = fs::read(&boot_img_path).map_err(io("read", &boot_img_path))?;
+                let boot_img = fs::read(&boot_img_path).map_err(at("read", &boot_img_path))?;
                 if boot_img.len() != 512 || boot_img[510..] != [0x55, 0xAA] {
                     return Err(BootloaderError::BadBootImg(boot_img_path));
                 }
@@ -164,22 +151,22 @@ pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, Bootloa
         }
         files.boot_modes.push(target.firmware.clone());
     }
-    fs::remove_file(&early_path).map_err(io("remove", &early_path))?;
+    fs::remove_file(&early_path).map_err(at("remove", &early_path))?;
     Ok(files)
 }
 
 /// What grub-install would put in /boot/grub/<format>: modules and lists,
 /// so that grub.cfg can load more modules at boot.
 fn copy_modules(from: &Path, to: &Path) -> Result<(), BootloaderError> {
-    fs::create_dir_all(to).map_err(io("create", to))?;
+    fs::create_dir_all(to).map_err(at("create", to))?;
     for entry in fs::read_dir(from)
-        .map_err(io("read", from))?
+        .map_err(at("read", from))?
         .filter_map(Result::ok)
     {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "mod" || e == "lst") {
             let dest = to.join(entry.file_name());
-            fs::copy(&path, &dest).map_err(io("copy", &path))?;
+            fs::copy(&path, &dest).map_err(at("copy", &path))?;
         }
     }
     Ok(())
@@ -195,8 +182,8 @@ fn build_core_image(root: &Path, target: &Target) -> Result<Vec<u8>, BootloaderE
         .args(&target.modules)
         .run()?;
     let outside = root.join(inside.trim_start_matches('/'));
-    let bytes = fs::read(&outside).map_err(io("read", &outside))?;
-    fs::remove_file(&outside).map_err(io("remove", &outside))?;
+    let bytes = fs::read(&outside).map_err(at("read", &outside))?;
+    fs::remove_file(&outside).map_err(at("remove", &outside))?;
     Ok(bytes)
 }
 
@@ -237,18 +224,18 @@ pub fn embed_bios(
     patch_core(&mut core, core_lba);
     let image = Path::new("image");
     file.seek(SeekFrom::Start(core_lba * SECTOR))
-        .map_err(io("seek", image))?;
+        .map_err(at("seek", image))?;
     file.write_all(&core)
-        .map_err(io("write core.img into", image))?;
+        .map_err(at("write core.img into", image))?;
 
     let mut lba0 = [0u8; 512];
-    file.seek(SeekFrom::Start(0)).map_err(io("seek", image))?;
+    file.seek(SeekFrom::Start(0)).map_err(at("seek", image))?;
     file.read_exact(&mut lba0)
-        .map_err(io("read LBA 0 of", image))?;
+        .map_err(at("read LBA 0 of", image))?;
     patch_mbr(&mut lba0, boot_img, core_lba);
-    file.seek(SeekFrom::Start(0)).map_err(io("seek", image))?;
+    file.seek(SeekFrom::Start(0)).map_err(at("seek", image))?;
     file.write_all(&lba0)
-        .map_err(io("write boot.img into", image))?;
+        .map_err(at("write boot.img into", image))?;
     let _ = assemble::SECTOR;
     Ok(())
 }

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::build::BuildContext;
 use crate::distro::Distro;
+use crate::fsio::{PathError, at};
 use crate::manifest::Package;
 use crate::tool::{Tool, ToolError};
 
@@ -24,13 +25,8 @@ const RECIPE_VERSION: &str = "imgforge-bootstrap-3";
 pub enum BootstrapError {
     #[error(transparent)]
     Tool(#[from] ToolError),
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error(
         "no Debian mirror found in the host's apt sources (/etc/apt/sources.list, \
          /etc/apt/sources.list.d/); pass --mirror URL, e.g. the mirror your hosts use"
@@ -40,15 +36,6 @@ pub enum BootstrapError {
         "the bootstrapped tree has no kernel in /boot (expected exactly one vmlinuz-*, found {found})"
     )]
     Kernel { found: usize },
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BootstrapError {
-    let path = path.to_path_buf();
-    move |source| BootstrapError::Io {
-        action,
-        path,
-        source,
-    }
 }
 
 /// The bootstrapped tree, unpacked in the work directory.
@@ -83,7 +70,7 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
         run_mmdebstrap(ctx, &sources, &tarball)?;
     }
     let dir = ctx.rootfs_dir();
-    fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    fs::create_dir_all(&dir).map_err(at("create", &dir))?;
     Tool::new("tar")
         .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
         .arg(&tarball)
@@ -122,7 +109,7 @@ fn run_mmdebstrap(
     tarball: &Path,
 ) -> Result<(), BootstrapError> {
     let apt_cache = ctx.cache.apt_dir.join(&ctx.release);
-    fs::create_dir_all(&apt_cache).map_err(io("create", &apt_cache))?;
+    fs::create_dir_all(&apt_cache).map_err(at("create", &apt_cache))?;
     let partial = tarball.with_extension("tar.partial");
     let quoted = |p: &Path| format!("'{}'", p.display());
     let result = Tool::new("mmdebstrap")
@@ -159,7 +146,8 @@ fn run_mmdebstrap(
         let _ = fs::remove_file(&partial);
         return Err(err.into());
     }
-    fs::rename(&partial, tarball).map_err(io("rename", &partial))
+    fs::rename(&partial, tarball).map_err(at("rename", &partial))?;
+    Ok(())
 }
 
 /// The cache key: a digest of everything that decides the tree's content.
@@ -193,7 +181,7 @@ fn cache_key(
 
 fn hash_tree(hasher: &mut Sha256, root: &Path, dir: &Path) -> Result<(), BootstrapError> {
     let mut entries: Vec<_> = fs::read_dir(dir)
-        .map_err(io("read", dir))?
+        .map_err(at("read", dir))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .collect();
@@ -204,7 +192,7 @@ fn hash_tree(hasher: &mut Sha256, root: &Path, dir: &Path) -> Result<(), Bootstr
         if path.is_dir() {
             hash_tree(hasher, root, &path)?;
         } else {
-            hasher.update(fs::read(&path).map_err(io("read", &path))?);
+            hasher.update(fs::read(&path).map_err(at("read", &path))?);
         }
     }
     Ok(())
@@ -213,7 +201,7 @@ fn hash_tree(hasher: &mut Sha256, root: &Path, dir: &Path) -> Result<(), Bootstr
 fn kernel_version(rootfs: &Path) -> Result<String, BootstrapError> {
     let boot = rootfs.join("boot");
     let kernels: Vec<String> = fs::read_dir(&boot)
-        .map_err(io("read", &boot))?
+        .map_err(at("read", &boot))?
         .filter_map(Result::ok)
         .filter_map(|e| {
             e.file_name()
@@ -234,7 +222,7 @@ fn kernel_version(rootfs: &Path) -> Result<String, BootstrapError> {
 /// dpkg needed).
 fn installed_packages(rootfs: &Path) -> Result<Vec<Package>, BootstrapError> {
     let status_path = rootfs.join("var/lib/dpkg/status");
-    let status = fs::read_to_string(&status_path).map_err(io("read", &status_path))?;
+    let status = fs::read_to_string(&status_path).map_err(at("read", &status_path))?;
     Ok(parse_dpkg_status(&status))
 }
 

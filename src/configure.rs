@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::bootstrap::Rootfs;
 use crate::build::BuildContext;
+use crate::fsio::{PathError, at};
 use crate::tool::{Tool, ToolError};
 
 /// A layer's own settings file, at the layer's top; never copied.
@@ -39,13 +40,8 @@ const SCRUB: &[&str] = &[
 pub enum ConfigureError {
     #[error(transparent)]
     Tool(#[from] ToolError),
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error("layer folder {0} does not exist (check --layer)")]
     MissingLayer(PathBuf),
     #[error("{path}: {message}")]
@@ -65,15 +61,6 @@ pub enum ConfigureError {
         fragment: String,
         missing: String,
     },
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ConfigureError {
-    let path = path.to_path_buf();
-    move |source| ConfigureError::Io {
-        action,
-        path,
-        source,
-    }
 }
 
 /// A folder of files to copy into the image, and the units it enables.
@@ -114,7 +101,7 @@ struct LayerList {
 /// The built-in layers (`rootfs/layers.toml`), then the `--layer` folders.
 pub fn resolve_layers(rootfs_data: &Path, extra: &[PathBuf]) -> Result<Vec<Layer>, ConfigureError> {
     let list_path = rootfs_data.join("layers.toml");
-    let text = fs::read_to_string(&list_path).map_err(io("read", &list_path))?;
+    let text = fs::read_to_string(&list_path).map_err(at("read", &list_path))?;
     let list: LayerList = toml::from_str(&text).map_err(|e| ConfigureError::Settings {
         path: list_path.clone(),
         message: e.to_string(),
@@ -225,7 +212,7 @@ fn copy_layer(
     vars: &BTreeMap<&str, String>,
 ) -> Result<(), ConfigureError> {
     let mut entries: Vec<_> = fs::read_dir(from)
-        .map_err(io("read", from))?
+        .map_err(at("read", from))?
         .filter_map(Result::ok)
         .collect();
     entries.sort_by_key(|e| e.file_name());
@@ -235,37 +222,37 @@ fn copy_layer(
         if from == layer_root && (name == LAYER_SETTINGS || name == "README.md") {
             continue;
         }
-        let kind = entry.file_type().map_err(io("stat", &source))?;
+        let kind = entry.file_type().map_err(at("stat", &source))?;
         let mut target = to.join(&name);
         if kind.is_dir() {
             if !target.is_dir() {
-                fs::create_dir_all(&target).map_err(io("create", &target))?;
+                fs::create_dir_all(&target).map_err(at("create", &target))?;
                 let mode = source
                     .metadata()
-                    .map_err(io("stat", &source))?
+                    .map_err(at("stat", &source))?
                     .permissions();
-                fs::set_permissions(&target, mode).map_err(io("chmod", &target))?;
+                fs::set_permissions(&target, mode).map_err(at("chmod", &target))?;
             }
             copy_layer(layer_root, &source, &target, vars)?;
             continue;
         }
         if target.symlink_metadata().is_ok() {
-            fs::remove_file(&target).map_err(io("replace", &target))?;
+            fs::remove_file(&target).map_err(at("replace", &target))?;
         }
         if kind.is_symlink() {
-            let link = fs::read_link(&source).map_err(io("read link", &source))?;
-            symlink(&link, &target).map_err(io("symlink", &target))?;
+            let link = fs::read_link(&source).map_err(at("read link", &source))?;
+            symlink(&link, &target).map_err(at("symlink", &target))?;
         } else if let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(TEMPLATE_SUFFIX)) {
             target = to.join(stem);
-            let text = fs::read_to_string(&source).map_err(io("read", &source))?;
-            fs::write(&target, render(&text, vars, &source)?).map_err(io("write", &target))?;
+            let text = fs::read_to_string(&source).map_err(at("read", &source))?;
+            fs::write(&target, render(&text, vars, &source)?).map_err(at("write", &target))?;
             let mode = source
                 .metadata()
-                .map_err(io("stat", &source))?
+                .map_err(at("stat", &source))?
                 .permissions();
-            fs::set_permissions(&target, mode).map_err(io("chmod", &target))?;
+            fs::set_permissions(&target, mode).map_err(at("chmod", &target))?;
         } else {
-            fs::copy(&source, &target).map_err(io("copy", &source))?;
+            fs::copy(&source, &target).map_err(at("copy", &source))?;
         }
     }
     Ok(())
@@ -280,24 +267,25 @@ fn write_fstab(ctx: &BuildContext, root: &Path) -> Result<(), ConfigureError> {
         esp = ctx.ids.esp_volume_label(),
     );
     let path = root.join("etc/fstab");
-    fs::write(&path, fstab).map_err(io("write", &path))?;
+    fs::write(&path, fstab).map_err(at("write", &path))?;
     let efi = root.join("boot/efi");
-    fs::create_dir_all(&efi).map_err(io("create", &efi))
+    fs::create_dir_all(&efi).map_err(at("create", &efi))?;
+    Ok(())
 }
 
 /// An empty machine-id makes systemd create one on first boot, so no two
 /// instances share it.
 fn reset_machine_identity(root: &Path) -> Result<(), ConfigureError> {
     let machine_id = root.join("etc/machine-id");
-    fs::write(&machine_id, b"").map_err(io("write", &machine_id))?;
+    fs::write(&machine_id, b"").map_err(at("write", &machine_id))?;
     fs::set_permissions(&machine_id, fs::Permissions::from_mode(0o444))
-        .map_err(io("chmod", &machine_id))?;
+        .map_err(at("chmod", &machine_id))?;
     let dbus_id = root.join("var/lib/dbus/machine-id");
     if dbus_id
         .symlink_metadata()
         .is_ok_and(|m| !m.file_type().is_symlink())
     {
-        fs::remove_file(&dbus_id).map_err(io("remove", &dbus_id))?;
+        fs::remove_file(&dbus_id).map_err(at("remove", &dbus_id))?;
     }
     Ok(())
 }
@@ -352,7 +340,7 @@ fn scrub(root: &Path) -> Result<(), ConfigureError> {
             } else {
                 fs::remove_file(&path)
             };
-            removed.map_err(io("remove", &path))?;
+            removed.map_err(at("remove", &path))?;
         }
     }
     Ok(())
@@ -382,17 +370,17 @@ fn glob_match(pattern: &str, name: &str) -> bool {
 /// module or built in.
 fn check_kernel_config(fragments: &Path, root: &Path, kernel: &str) -> Result<(), ConfigureError> {
     let config_path = root.join(format!("boot/config-{kernel}"));
-    let config = fs::read_to_string(&config_path).map_err(io("read", &config_path))?;
+    let config = fs::read_to_string(&config_path).map_err(at("read", &config_path))?;
     let have: BTreeMap<&str, &str> = config.lines().filter_map(|l| l.split_once('=')).collect();
     let mut files: Vec<PathBuf> = fs::read_dir(fragments)
-        .map_err(io("read", fragments))?
+        .map_err(at("read", fragments))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "config"))
         .collect();
     files.sort();
     for file in files {
-        let text = fs::read_to_string(&file).map_err(io("read", &file))?;
+        let text = fs::read_to_string(&file).map_err(at("read", &file))?;
         let missing = missing_kernel_options(&text, &have);
         if !missing.is_empty() {
             return Err(ConfigureError::KernelConfig {

@@ -168,7 +168,6 @@ fn read_esp(file: &mut File, esp: &PartitionInfo) -> (bool, Option<Manifest>) {
 }
 
 /// The firmwares an image can boot with.
-#[allow(dead_code)] // used by upload, landing from its branch
 pub fn boot_modes(path: &Path) -> Result<BootModes, InspectError> {
     read_image(path).map(|info| info.boot_modes)
 }

@@ -12,6 +12,7 @@ mod configure;
 mod distro;
 mod esp;
 mod export;
+mod fsio;
 mod inspect;
 mod interrupt;
 mod manifest;

@@ -73,31 +73,18 @@ use crate::assemble::{DiskLayout, ImageFile, PARTITIONS};
 use crate::bootloader::BootFiles;
 use crate::bootstrap::Rootfs;
 use crate::build::BuildContext;
+use crate::fsio::{PathError, at};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error("cannot move the finished image to {path}: {source}")]
     Persist {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ManifestError {
-    let path = path.to_path_buf();
-    move |source| ManifestError::Io {
-        action,
-        path,
-        source,
-    }
 }
 
 /// Describes the image and writes that description into the root tree and
@@ -147,8 +134,8 @@ pub fn record(
     };
     for path in [rootfs.dir.join(ROOTFS_PATH), ctx.esp_dir().join(ESP_PATH)] {
         fs::create_dir_all(path.parent().expect("manifest path has a folder"))
-            .map_err(io("create", &path))?;
-        fs::write(&path, manifest.to_json()).map_err(io("write", &path))?;
+            .map_err(at("create", &path))?;
+        fs::write(&path, manifest.to_json()).map_err(at("write", &path))?;
     }
     Ok(manifest)
 }
@@ -175,11 +162,11 @@ pub fn seal(
         .prefix(".imgforge-")
         .suffix(".json.partial")
         .tempfile_in(dir)
-        .map_err(io("create a temporary manifest in", dir))?;
-    fs::write(json.path(), manifest.to_json()).map_err(io("write", json.path()))?;
+        .map_err(at("create a temporary manifest in", dir))?;
+    fs::write(json.path(), manifest.to_json()).map_err(at("write", json.path()))?;
     // Temporary files are private; the results are ordinary files.
     for path in [json.path(), image.temp.path()] {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(io("chmod", path))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(at("chmod", path))?;
     }
     image
         .temp
@@ -201,8 +188,8 @@ pub fn seal(
 
 /// sha256 of a file, feeding zeros for holes instead of reading them.
 pub fn sha256_sparse(path: &Path) -> Result<String, ManifestError> {
-    let mut file = fs::File::open(path).map_err(io("open", path))?;
-    let len = file.metadata().map_err(io("stat", path))?.len();
+    let mut file = fs::File::open(path).map_err(at("open", path))?;
+    let len = file.metadata().map_err(at("stat", path))?.len();
     let mut hasher = Sha256::new();
     let zeros = vec![0u8; 1 << 20];
     let mut buf = vec![0u8; 1 << 20];
@@ -218,10 +205,10 @@ pub fn sha256_sparse(path: &Path) -> Result<String, ManifestError> {
             break;
         }
         let hole = seek_hole(&file, pos).unwrap_or(len).min(len);
-        file.seek(SeekFrom::Start(pos)).map_err(io("seek", path))?;
+        file.seek(SeekFrom::Start(pos)).map_err(at("seek", path))?;
         while pos < hole {
             let n = (hole - pos).min(buf.len() as u64) as usize;
-            file.read_exact(&mut buf[..n]).map_err(io("read", path))?;
+            file.read_exact(&mut buf[..n]).map_err(at("read", path))?;
             hasher.update(&buf[..n]);
             pos += n as u64;
         }

@@ -232,6 +232,35 @@ fn builds_a_debian_image_that_independent_tools_accept() {
         serde_json::json!({"bios": true, "uefi": true})
     );
     assert_eq!(info["manifest"]["size_class"], "medium");
+
+    // A second build of the same package set (another class) reuses the
+    // bootstrapped tree: nothing is downloaded or installed again.
+    let second = dir.path().join("small.raw");
+    let again = imgforge(&[
+        "build",
+        "--size-class",
+        "small",
+        "-o",
+        second.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(again.status.success(), "{}", text(&again));
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["bootstrap_from_cache"], true);
+    let small: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}.json", second.display())).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        small["kernel_cmdline"]
+            .as_str()
+            .unwrap()
+            .contains("nohz_full=2-N")
+    );
+    assert_ne!(
+        small["disk"]["disk_guid"], manifest["disk"]["disk_guid"],
+        "each image has its own identity"
+    );
 }
 
 #[test]

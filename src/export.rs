@@ -155,13 +155,30 @@ fn virtualbox_hint(disk: &Path) -> String {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "imgforge".into());
     format!(
-        "VirtualBox (EFI; use --firmware bios for SeaBIOS-style BIOS boot):\n  \
+        "VirtualBox (UEFI; `--firmware bios` boots the same disk with BIOS):\n  \
 VBoxManage createvm --name {name} --ostype Debian_64 --register\n  \
-VBoxManage modifyvm {name} --firmware efi --cpus 4 --memory 2048 --nic1 nat \
+VBoxManage modifyvm {name} --firmware efi --cpus 4 --memory 2048 --nic1 nat --nictype1 virtio \
 --uart1 0x3F8 4 --uartmode1 file /tmp/{name}-console.log\n  \
-VBoxManage storagectl {name} --name NVMe --add pcie --controller NVMe --portcount 1\n  \
+VBoxManage storagectl {name} --name NVMe --add pcie --controller NVMe --portcount 1 --bootable on\n  \
 VBoxManage storageattach {name} --storagectl NVMe --port 0 --device 0 --type hdd --medium {}\n  \
 VBoxManage startvm {name} --type headless",
         disk.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtualbox_hint_names_the_disk_nvme_virtio_and_serial() {
+        let hint = virtualbox_hint(Path::new("/images/web-small.vdi"));
+        assert!(hint.contains("createvm --name web-small --ostype Debian_64 --register"));
+        assert!(hint.contains("--firmware efi"));
+        assert!(hint.contains("--nictype1 virtio"));
+        assert!(hint.contains("--uartmode1 file /tmp/web-small-console.log"));
+        assert!(hint.contains("--add pcie --controller NVMe"));
+        assert!(hint.contains("--medium /images/web-small.vdi"));
+        assert!(hint.contains("startvm web-small --type headless"));
+    }
 }

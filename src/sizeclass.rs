@@ -49,7 +49,6 @@ pub fn lookup(name: &str) -> Result<SizeClass, SizeClassError> {
         })
 }
 
-#[allow(dead_code)] // isolated_on and fits: used by boot-test, landing from its branch
 impl SizeClass {
     /// Housekeeping CPU list, e.g. `0-1`.
     pub fn housekeeping_list(&self) -> String {

@@ -102,16 +102,8 @@ pub struct Tool {
 
 /// What a successful run printed.
 #[derive(Debug)]
-#[allow(dead_code)] // read by export/boot-test (qemu-img info), landing on their branch
 pub struct ToolOutput {
     pub stdout: Vec<u8>,
-}
-
-#[allow(dead_code)]
-impl ToolOutput {
-    pub fn stdout_string(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
 }
 
 impl Tool {
@@ -305,7 +297,7 @@ mod tests {
     #[test]
     fn success_returns_stdout() {
         let out = Tool::new("sh").args(["-c", "echo hi"]).run().unwrap();
-        assert_eq!(out.stdout_string(), "hi\n");
+        assert_eq!(out.stdout, b"hi\n");
     }
 
     #[test]

@@ -110,7 +110,8 @@ fn run_mmdebstrap(
 ) -> Result<(), BootstrapError> {
     let apt_cache = ctx.cache.apt_dir.join(&ctx.release);
     fs::create_dir_all(&apt_cache).map_err(at("create", &apt_cache))?;
-    let partial = tarball.with_extension("tar.partial");
+    // Unique per process: two builds of the same package set may race.
+    let partial = tarball.with_extension(format!("tar.{}.partial", std::process::id()));
     let quoted = |p: &Path| format!("'{}'", p.display());
     let result = Tool::new("mmdebstrap")
         .arg("--mode=root")

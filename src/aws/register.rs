@@ -10,6 +10,7 @@ use aws_sdk_ec2::types::{
 
 use super::client::Clients;
 use super::retry::{ApiError, RetryError, with_retries};
+use super::snapshot::{self, SnapshotError};
 
 /// The root device every imgforge AMI uses.
 pub const ROOT_DEVICE: &str = "/dev/xvda";
@@ -20,6 +21,8 @@ pub enum RegisterError {
     Api(#[from] ApiError),
     #[error("interrupted")]
     Interrupted,
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     #[error("RegisterImage answered without an image id")]
     NoImageId,
     #[error("more than one AMI is named {name:?} ({ids}); deregister the extra ones first")]
@@ -229,19 +232,8 @@ pub async fn deregister(clients: &Clients, image: &ExistingImage) -> Result<(), 
     })
     .await?;
     for snapshot_id in &image.snapshot_ids {
-        let result = with_retries(&clients.retry, "DeleteSnapshot", "DeleteSnapshot", || {
-            clients
-                .ec2
-                .delete_snapshot()
-                .snapshot_id(snapshot_id)
-                .send()
-        })
-        .await;
-        match result {
-            Ok(_) => log::info!("deleted snapshot {snapshot_id} of {}", image.image_id),
-            Err(RetryError::Api(api)) if api.is_not_found() => {}
-            Err(err) => return Err(err.into()),
-        }
+        snapshot::delete(clients, snapshot_id).await?;
+        log::info!("deleted snapshot {snapshot_id} of {}", image.image_id);
     }
     Ok(())
 }

@@ -906,6 +906,7 @@ fn interrupted_or(err: UploadError, snapshot_id: &str, journal_path: &Path) -> U
     match err {
         UploadError::Snapshot(SnapshotError::Interrupted)
         | UploadError::Register(RegisterError::Interrupted)
+        | UploadError::Register(RegisterError::Snapshot(SnapshotError::Interrupted))
         | UploadError::Blocks(BlocksError::Interrupted) => UploadError::Interrupted {
             snapshot_id: snapshot_id.to_string(),
             journal: journal_path.to_path_buf(),

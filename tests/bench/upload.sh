@@ -21,7 +21,12 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-work=${1:-$(mktemp -d /var/tmp/imgforge-bench.XXXXXX)}
+work=${1:-}
+own_work=
+if [ -z "$work" ]; then
+    work=$(mktemp -d /var/tmp/imgforge-bench.XXXXXX)
+    own_work=1
+fi
 mkdir -p "$work"
 image=$work/bench.raw
 gib=$((1 << 30))
@@ -76,7 +81,12 @@ stop_moto() {
         moto_pid=
     fi
 }
-trap stop_moto EXIT
+cleanup() {
+    stop_moto
+    # An 8 GiB (sparse) image: remove it unless the caller chose the folder.
+    if [ -n "$own_work" ]; then rm -rf "$work"; fi
+}
+trap cleanup EXIT
 
 # Evicts the image from the page cache, so both uploaders read from storage.
 drop_cache() {

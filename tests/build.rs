@@ -223,6 +223,44 @@ fn builds_a_debian_image_that_independent_tools_accept() {
     );
     assert!(affinity.contains("CPUAffinity=0-3"), "{affinity}");
 
+    // The initramfs carries the ENA driver; NVMe is built into the kernel.
+    let kernel = manifest["kernel_version"].as_str().unwrap();
+    let initrd = dir.path().join("initrd.img");
+    debugfs(
+        &image,
+        root_offset,
+        &format!("dump /boot/initrd.img-{kernel} {}", initrd.display()),
+    );
+    let compressed = std::fs::read(&initrd).unwrap();
+    let decompressor = match compressed[..4] {
+        [0x1f, 0x8b, _, _] => "gzip",
+        [0x28, 0xb5, 0x2f, 0xfd] => "zstd",
+        _ => panic!(
+            "initramfs is neither gzip nor zstd: {:02x?}",
+            &compressed[..4]
+        ),
+    };
+    let unpacked = Command::new(decompressor)
+        .args(["-dc"])
+        .arg(&initrd)
+        .output()
+        .unwrap();
+    let has = |needle: &str| {
+        unpacked
+            .stdout
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    };
+    assert!(
+        has("kernel/drivers/net/ethernet/amazon/ena/ena.ko"),
+        "no ena.ko in the initramfs"
+    );
+    let config = debugfs(&image, root_offset, &format!("cat /boot/config-{kernel}"));
+    assert!(
+        config.contains("CONFIG_BLK_DEV_NVME=y"),
+        "NVMe is not built in"
+    );
+
     // inspect reads the same facts back without mounting.
     let inspect = imgforge(&["inspect", image_str, "--json"]);
     assert!(inspect.status.success(), "{}", text(&inspect));

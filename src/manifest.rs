@@ -79,6 +79,8 @@ use crate::fsio::{PathError, at};
 pub enum ManifestError {
     #[error(transparent)]
     Io(#[from] PathError),
+    #[error("interrupted")]
+    Interrupted,
     #[error("cannot move the finished image to {path}: {source}")]
     Persist {
         path: PathBuf,
@@ -206,6 +208,9 @@ pub fn sha256_sparse(path: &Path) -> Result<String, ManifestError> {
         }
         let hole = seek_hole(&file, pos).unwrap_or(len).min(len);
         file.seek(SeekFrom::Start(pos)).map_err(at("seek", path))?;
+        if crate::interrupt::requested() {
+            return Err(ManifestError::Interrupted);
+        }
         while pos < hole {
             let n = (hole - pos).min(buf.len() as u64) as usize;
             file.read_exact(&mut buf[..n]).map_err(at("read", path))?;

@@ -96,15 +96,15 @@ pub enum BuildError {
     Tool(#[from] ToolError),
     #[error(transparent)]
     WorkDir(#[from] WorkDirError),
-    #[error("bootstrap: {0}")]
+    #[error("bootstrap")]
     Bootstrap(#[from] BootstrapError),
-    #[error("configure: {0}")]
+    #[error("configure")]
     Configure(#[from] ConfigureError),
-    #[error("bootloader: {0}")]
+    #[error("bootloader")]
     Bootloader(#[from] BootloaderError),
-    #[error("assemble: {0}")]
+    #[error("assemble")]
     Assemble(#[from] AssembleError),
-    #[error("manifest: {0}")]
+    #[error("manifest")]
     Manifest(#[from] ManifestError),
     #[error(
         "imgforge build must run as root (it bootstraps with mmdebstrap --mode=root and chroots into the tree): run it with sudo"
@@ -112,7 +112,7 @@ pub enum BuildError {
     NotRoot,
     #[error("output directory {0} does not exist: create it or choose another -o")]
     OutputDir(PathBuf),
-    #[error("cannot use cache directory {path}: {source}")]
+    #[error("cannot use cache directory {path}")]
     CacheDir {
         path: PathBuf,
         #[source]

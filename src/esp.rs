@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EspError {
-    #[error("writing the EFI system partition: {0}")]
+    #[error("writing the EFI system partition")]
     Fat(#[from] io::Error),
-    #[error("reading {path} for the EFI system partition: {source}")]
+    #[error("reading {path} for the EFI system partition")]
     Source {
         path: PathBuf,
         #[source]

@@ -81,7 +81,7 @@ pub enum ManifestError {
     Io(#[from] PathError),
     #[error("interrupted")]
     Interrupted,
-    #[error("cannot move the finished image to {path}: {source}")]
+    #[error("cannot move the finished image to {path}")]
     Persist {
         path: PathBuf,
         #[source]

@@ -27,7 +27,7 @@ pub enum ToolError {
         "`{tool}` is not installed (install the Debian package `{package}`: apt-get install {package})"
     )]
     Missing { tool: String, package: String },
-    #[error("could not start `{tool}`: {source}")]
+    #[error("could not start `{tool}`")]
     Spawn {
         tool: String,
         #[source]

@@ -24,7 +24,7 @@ pub type Digest = [u8; 32];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlocksError {
-    #[error("cannot read the image: {0}")]
+    #[error("cannot read the image")]
     Io(#[from] std::io::Error),
     #[error("interrupted while reading the image")]
     Interrupted,

@@ -47,7 +47,7 @@ pub enum DownloadError {
     Api(#[from] ApiError),
     #[error("interrupted; {path} is incomplete")]
     Interrupted { path: PathBuf },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         #[source]

@@ -36,7 +36,7 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot read the upload journal {path}: {source}")]
+    #[error("cannot read the upload journal {path}")]
     Read {
         path: PathBuf,
         #[source]

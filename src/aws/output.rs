@@ -13,7 +13,7 @@ pub const AMI_LATEST: &str = "ami-latest.txt";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         #[source]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::qemu::{Event, Qemu};
+use super::qemu::{Event, HEADLESS_SERIAL_ARGS, Qemu};
 
 /// The probe's boot sector (x86 real mode, loaded at 0x7c00 by the BIOS):
 ///
@@ -185,29 +185,13 @@ pub fn probe_kvm(cpu: &str) -> Result<(), ProbeFailure> {
     std::fs::File::create(&disk)
         .and_then(|mut f| f.write_all(&probe_disk()))
         .map_err(|e| ProbeFailure::early(format!("cannot write the probe disk: {e}")))?;
-    let args: Vec<std::ffi::OsString> = [
-        "-machine",
-        "q35,accel=kvm",
-        "-cpu",
-        cpu,
-        "-m",
-        "64",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-chardev",
-        "stdio,id=serial0,signal=off",
-        "-serial",
-        "chardev:serial0",
-        "-drive",
-    ]
-    .iter()
-    .map(Into::into)
-    .chain([format!("if=ide,format=raw,file={}", disk.display()).into()])
-    .collect();
+    let args: Vec<std::ffi::OsString> = ["-machine", "q35,accel=kvm", "-cpu", cpu, "-m", "64"]
+        .iter()
+        .chain(&HEADLESS_SERIAL_ARGS)
+        .chain(&["-drive"])
+        .map(Into::into)
+        .chain([format!("if=ide,format=raw,file={}", disk.display()).into()])
+        .collect();
     let mut qemu = Qemu::spawn(&args, None).map_err(|e| ProbeFailure::early(e.to_string()))?;
     let launched = Instant::now();
     let mut deadline = launched + START_WITHIN;

@@ -177,6 +177,22 @@ pub struct Machine {
     pub firmware_log: Option<PathBuf>,
 }
 
+/// No devices, config, display or monitor of QEMU's own choosing; the
+/// serial port on stdio. Shared by the boot test and the KVM probe.
+pub const HEADLESS_SERIAL_ARGS: [&str; 11] = [
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-monitor",
+    "none",
+    "-no-reboot",
+    "-chardev",
+    "stdio,id=serial0,signal=off",
+    "-serial",
+    "chardev:serial0",
+];
+
 impl Machine {
     pub fn args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
@@ -190,18 +206,8 @@ impl Machine {
             &self.smp.to_string(),
             "-m",
             &self.memory_mib.to_string(),
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-no-reboot",
-            "-chardev",
-            "stdio,id=serial0,signal=off",
-            "-serial",
-            "chardev:serial0",
         ]);
+        push(&HEADLESS_SERIAL_ARGS);
         if let MachineFirmware::Uefi { ovmf, vars_copy } = &self.firmware {
             push(&[
                 "-drive",

@@ -18,6 +18,7 @@ mod interrupt;
 mod manifest;
 mod progress;
 mod sizeclass;
+mod sparse;
 mod tool;
 mod workdir;
 

@@ -74,6 +74,7 @@ use crate::bootloader::BootFiles;
 use crate::bootstrap::Rootfs;
 use crate::build::BuildContext;
 use crate::fsio::{PathError, at};
+use crate::sparse;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -192,48 +193,33 @@ pub fn seal(
 pub fn sha256_sparse(path: &Path) -> Result<String, ManifestError> {
     let mut file = fs::File::open(path).map_err(at("open", path))?;
     let len = file.metadata().map_err(at("stat", path))?.len();
+    let extents = sparse::data_extents(&file, len).map_err(at("find the data in", path))?;
     let mut hasher = Sha256::new();
     let zeros = vec![0u8; 1 << 20];
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
-    while pos < len {
-        let data = seek_data(&file, pos).unwrap_or(len).min(len);
-        while pos < data {
-            let n = (data - pos).min(zeros.len() as u64) as usize;
+    let hash_zeros_to = |hasher: &mut Sha256, pos: &mut u64, end: u64| {
+        while *pos < end {
+            let n = (end - *pos).min(zeros.len() as u64) as usize;
             hasher.update(&zeros[..n]);
-            pos += n as u64;
+            *pos += n as u64;
         }
-        if pos >= len {
-            break;
-        }
-        let hole = seek_hole(&file, pos).unwrap_or(len).min(len);
-        file.seek(SeekFrom::Start(pos)).map_err(at("seek", path))?;
+    };
+    for extent in extents {
+        hash_zeros_to(&mut hasher, &mut pos, extent.start);
         if crate::interrupt::requested() {
             return Err(ManifestError::Interrupted);
         }
-        while pos < hole {
-            let n = (hole - pos).min(buf.len() as u64) as usize;
+        file.seek(SeekFrom::Start(pos)).map_err(at("seek", path))?;
+        while pos < extent.end {
+            let n = (extent.end - pos).min(buf.len() as u64) as usize;
             file.read_exact(&mut buf[..n]).map_err(at("read", path))?;
             hasher.update(&buf[..n]);
             pos += n as u64;
         }
     }
+    hash_zeros_to(&mut hasher, &mut pos, len);
     Ok(hex::encode(hasher.finalize()))
-}
-
-fn seek_data(file: &fs::File, from: u64) -> Option<u64> {
-    lseek(file, from, libc::SEEK_DATA)
-}
-
-fn seek_hole(file: &fs::File, from: u64) -> Option<u64> {
-    lseek(file, from, libc::SEEK_HOLE)
-}
-
-fn lseek(file: &fs::File, from: u64, whence: i32) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: lseek on a valid descriptor we own; no memory is touched.
-    let at = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, whence) };
-    (at >= 0).then_some(at as u64)
 }
 
 #[cfg(test)]

@@ -7,13 +7,13 @@
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use sha2::{Digest as _, Sha256};
 
 use crate::interrupt;
+use crate::sparse;
 
 /// The EBS direct APIs' block size. Real EBS answers it in StartSnapshot;
 /// moto answers 512, so imgforge never trusts the answer.
@@ -51,44 +51,6 @@ pub struct Scan {
 /// Number of blocks that cover `size` bytes.
 pub fn block_count(size: u64) -> u64 {
     size.div_ceil(BLOCK_SIZE)
-}
-
-/// The byte ranges of `file` that hold data, from SEEK_DATA/SEEK_HOLE.
-/// A file system without hole reporting answers one extent for the whole
-/// file, which is still correct, only slower.
-pub fn data_extents(file: &File, size: u64) -> std::io::Result<Vec<Range<u64>>> {
-    let fd = file.as_raw_fd();
-    let mut extents = Vec::new();
-    let mut offset: u64 = 0;
-    while offset < size {
-        // SAFETY: lseek on a file descriptor we own; no memory is touched.
-        let data = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
-                // No data after `offset`: the rest is a hole.
-                Some(libc::ENXIO) => break,
-                // No hole support: everything is data.
-                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
-                    extents.push(offset..size);
-                    return Ok(extents);
-                }
-                _ => return Err(err),
-            }
-        }
-        let data = data as u64;
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let hole = (hole as u64).min(size);
-        if hole > data {
-            extents.push(data..hole);
-        }
-        offset = hole;
-    }
-    Ok(extents)
 }
 
 /// Indices of the blocks that overlap any of `extents`, ascending, unique.
@@ -166,7 +128,7 @@ pub fn scan(
     threads: usize,
     mut progress: impl FnMut(u64) + Send,
 ) -> Result<Scan, BlocksError> {
-    let extents = data_extents(file, image_size)?;
+    let extents = sparse::data_extents(file, image_size)?;
     let data_blocks = blocks_touching(&extents);
     let candidates: Vec<u64> = if write_zero_blocks {
         (0..block_count(image_size)).collect()

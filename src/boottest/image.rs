@@ -5,15 +5,11 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use crate::assemble::{TYPE_BIOS_BOOT, TYPE_ESP};
 use crate::inspect::{self, BootModes, ImageInfo};
 use crate::tool::{HostTool, Tool, ToolError};
 
 pub const QEMU_IMG: HostTool = HostTool::new("qemu-img", "qemu-utils");
-
-/// GPT partition type of a BIOS boot partition (GRUB's core.img).
-const BIOS_BOOT_TYPE: &str = "21686148-6449-6e6f-744e-656564454649";
-/// GPT partition type of an EFI system partition.
-const ESP_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -135,21 +131,22 @@ pub fn require_bootloader(
         "bios" => modes.bios,
         _ => modes.uefi,
     };
-    // SeaBIOS runs the MBR's first 440 bytes; zeros there mean no boot
-    // however the rest of the disk looks.
+    // inspect's BIOS mode already requires boot code in the MBR.
+    if has(&info.boot_modes) {
+        return Ok(());
+    }
+    // SeaBIOS runs the MBR's first 440 bytes; zeros there are the most
+    // common way to lose BIOS boot, so the message names them.
     let mbr_code_empty = first_bytes(raw, 440)
         .map(|b| b.iter().all(|&x| x == 0))
         .unwrap_or(false);
-    if has(&info.boot_modes) && !(firmware == "bios" && mbr_code_empty) {
-        return Ok(());
-    }
     let has_type = |ty: &str| {
         info.partitions
             .iter()
             .any(|p| p.type_guid.eq_ignore_ascii_case(ty))
     };
     let missing = if firmware == "bios" {
-        if !has_type(BIOS_BOOT_TYPE) {
+        if !has_type(TYPE_BIOS_BOOT) {
             "there is no BIOS boot partition (GPT type 21686148-6449-6E6F-744E-656564454649) \
              holding GRUB's core.img"
                 .to_string()
@@ -162,7 +159,7 @@ pub fn require_bootloader(
              partition"
                 .to_string()
         }
-    } else if !has_type(ESP_TYPE) {
+    } else if !has_type(TYPE_ESP) {
         "there is no EFI system partition".to_string()
     } else {
         "the EFI system partition has no EFI/BOOT/BOOTX64.EFI".to_string()

@@ -237,6 +237,17 @@ fn download(dir: &Path, url: &str, snapshot: &str, size: u64, name: &str) -> Pat
     path
 }
 
+/// Downloads `snapshot` and asserts it reads back byte-identical to `image`.
+fn assert_reads_back(dir: &Path, url: &str, snapshot: &str, size: u64, image: &Path) -> PathBuf {
+    let back = download(dir, url, snapshot, size, "back.raw");
+    assert_eq!(
+        sha256_file(&back),
+        sha256_file(image),
+        "the snapshot reads back differently"
+    );
+    back
+}
+
 fn journal_confirmed(journal: &Value) -> BTreeSet<u64> {
     journal["confirmed"]
         .as_array()
@@ -413,8 +424,7 @@ fn round_trip_is_byte_identical_and_register_image_carries_what_was_asked() {
     );
 
     // The round trip: byte-identical, and unwritten blocks stay holes.
-    let back = download(dir.path(), &proxy.url(), snapshot, size, "back.raw");
-    assert_eq!(sha256_file(&back), sha256_file(&image));
+    let back = assert_reads_back(dir.path(), &proxy.url(), snapshot, size, &image);
     let allocated = std::fs::metadata(&back).unwrap().blocks() * 512;
     assert!(
         allocated <= (expected_blocks.len() as u64 + 2) * BLOCK,
@@ -653,8 +663,7 @@ fn kill_9_halfway_then_rerun_resumes_the_same_snapshot_and_sends_only_missing_bl
     );
     assert!(sent.iter().all(|i| !confirmed.contains(i)));
 
-    let back = download(dir.path(), &moto.url(), &snapshot, 256 * MIB, "back.raw");
-    assert_eq!(sha256_file(&back), sha256_file(&image));
+    assert_reads_back(dir.path(), &moto.url(), &snapshot, 256 * MIB, &image);
 }
 
 #[test]
@@ -715,8 +724,7 @@ fn throttling_5xx_and_dropped_connections_are_retried_visibly() {
     assert_eq!(result["blocks_total"], 60);
 
     let snapshot = result["snapshot_id"].as_str().unwrap();
-    let back = download(dir.path(), &proxy.url(), snapshot, 64 * MIB, "back.raw");
-    assert_eq!(sha256_file(&back), sha256_file(&image));
+    assert_reads_back(dir.path(), &proxy.url(), snapshot, 64 * MIB, &image);
 }
 
 #[test]
@@ -804,8 +812,7 @@ fn a_vanished_snapshot_is_detected_and_the_upload_starts_over() {
     );
     assert_ne!(result["snapshot_id"], old.as_str());
     let snapshot = result["snapshot_id"].as_str().unwrap();
-    let back = download(dir.path(), &moto.url(), snapshot, 8 * MIB, "back.raw");
-    assert_eq!(sha256_file(&back), sha256_file(&image));
+    assert_reads_back(dir.path(), &moto.url(), snapshot, 8 * MIB, &image);
 }
 
 #[test]
@@ -912,8 +919,7 @@ fn a_journal_for_a_changed_image_is_not_trusted() {
         "the abandoned pending snapshot is deleted"
     );
     let snapshot = result["snapshot_id"].as_str().unwrap();
-    let back = download(dir.path(), &moto.url(), snapshot, 8 * MIB, "back.raw");
-    assert_eq!(sha256_file(&back), sha256_file(&image));
+    assert_reads_back(dir.path(), &moto.url(), snapshot, 8 * MIB, &image);
 }
 
 #[test]
@@ -937,8 +943,7 @@ fn encrypted_uploads_write_zero_blocks_too() {
     assert_eq!(start["KmsKeyArn"], key);
     assert_eq!(Proxy::operations(&requests, "PutSnapshotBlock").len(), 16);
     let snapshot = result["snapshot_id"].as_str().unwrap();
-    let back = download(dir.path(), &proxy.url(), snapshot, 8 * MIB, "back.raw");
-    assert_eq!(sha256_file(&back), sha256_file(&image));
+    assert_reads_back(dir.path(), &proxy.url(), snapshot, 8 * MIB, &image);
 }
 
 #[test]

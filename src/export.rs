@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::boottest::{self, ImageError};
-use crate::tool::{Tool, ToolError};
+use crate::sys::tool::{Tool, ToolError};
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
@@ -69,7 +69,7 @@ impl Drop for Partial {
 }
 
 pub fn run(args: &ExportArgs) -> Result<(), ExportError> {
-    let output = export(&args.image, args.format, args.output.as_deref(), args.force)?;
+    let (output, distro) = export(&args.image, args.format, args.output.as_deref(), args.force)?;
     let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
     println!("{}", output.display());
     eprintln!(
@@ -79,18 +79,22 @@ pub fn run(args: &ExportArgs) -> Result<(), ExportError> {
         size as f64 / (1 << 20) as f64
     );
     if args.format != ExportFormat::Qcow2 {
-        eprintln!("{}", virtualbox_hint(&output));
+        eprintln!(
+            "{}",
+            virtualbox_hint(&output, &virtualbox_os_type(distro.as_deref()))
+        );
     }
     Ok(())
 }
 
-/// Converts `image` to `format`; returns the output path.
+/// Converts `image` to `format`; returns the output path and the distro
+/// its manifest names.
 pub fn export(
     image: &Path,
     format: ExportFormat,
     output: Option<&Path>,
     force: bool,
-) -> Result<PathBuf, ExportError> {
+) -> Result<(PathBuf, Option<String>), ExportError> {
     boottest::QEMU_IMG.require()?;
     let input_format = boottest::detect_format(image)?;
     let scratch = tempfile::Builder::new()
@@ -101,7 +105,8 @@ pub fn export(
             source,
         })?;
     // Refuse what is not an imgforge-style disk (GPT) before converting.
-    boottest::check_disk_image(image, &input_format, scratch.path())?;
+    let info = boottest::check_disk_image(image, &input_format, scratch.path())?;
+    let distro = info.manifest.map(|m| m.distro);
     drop(scratch);
 
     let output = match output {
@@ -137,7 +142,18 @@ pub fn export(
         source,
     })?;
     partial.0 = None;
-    Ok(output)
+    Ok((output, distro))
+}
+
+/// VirtualBox's name for the image's distro (its data file says), or
+/// plain 64-bit Linux.
+fn virtualbox_os_type(distro: Option<&str>) -> String {
+    let known = || {
+        let data = crate::data::DataDir::open(None).ok()?;
+        let distro = crate::distro::lookup(&data, distro?).ok()?;
+        Some(distro.data().virtualbox_os_type.clone())
+    };
+    known().unwrap_or_else(|| "Linux_64".into())
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -148,7 +164,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// The VBoxManage commands for this file (the README has the same).
-fn virtualbox_hint(disk: &Path) -> String {
+fn virtualbox_hint(disk: &Path, os_type: &str) -> String {
     let disk = std::fs::canonicalize(disk).unwrap_or_else(|_| disk.to_path_buf());
     let name = disk
         .file_stem()
@@ -156,7 +172,7 @@ fn virtualbox_hint(disk: &Path) -> String {
         .unwrap_or_else(|| "imgforge".into());
     format!(
         "VirtualBox (UEFI; `--firmware bios` boots the same disk with BIOS):\n  \
-VBoxManage createvm --name {name} --ostype Debian_64 --register\n  \
+VBoxManage createvm --name {name} --ostype {os_type} --register\n  \
 VBoxManage modifyvm {name} --firmware efi --cpus 4 --memory 2048 --nic1 nat --nictype1 virtio \
 --uart1 0x3F8 4 --uartmode1 file /tmp/{name}-console.log\n  \
 VBoxManage storagectl {name} --name NVMe --add pcie --controller NVMe --portcount 1 --bootable on\n  \
@@ -172,7 +188,7 @@ mod tests {
 
     #[test]
     fn virtualbox_hint_names_the_disk_nvme_virtio_and_serial() {
-        let hint = virtualbox_hint(Path::new("/images/web-small.vdi"));
+        let hint = virtualbox_hint(Path::new("/images/web-small.vdi"), "Debian_64");
         assert!(hint.contains("createvm --name web-small --ostype Debian_64 --register"));
         assert!(hint.contains("--firmware efi"));
         assert!(hint.contains("--nictype1 virtio"));
@@ -180,5 +196,13 @@ mod tests {
         assert!(hint.contains("--add pcie --controller NVMe"));
         assert!(hint.contains("--medium /images/web-small.vdi"));
         assert!(hint.contains("startvm web-small --type headless"));
+    }
+
+    #[test]
+    fn virtualbox_os_type_comes_from_the_distro_data() {
+        assert_eq!(virtualbox_os_type(Some("debian")), "Debian_64");
+        assert_eq!(virtualbox_os_type(Some("arch")), "ArchLinux_64");
+        assert_eq!(virtualbox_os_type(Some("plan9")), "Linux_64");
+        assert_eq!(virtualbox_os_type(None), "Linux_64");
     }
 }

@@ -2,27 +2,9 @@
 //! EC2 AMIs. This file is only the command line; each subcommand lives in
 //! its own module.
 
-mod assemble;
-mod aws;
-mod bootloader;
-mod bootstrap;
-mod boottest;
-mod build;
-mod configure;
-mod distro;
-mod esp;
-mod export;
-mod fsio;
-mod inspect;
-mod interrupt;
-mod manifest;
-mod progress;
-mod sizeclass;
-mod sparse;
-mod tool;
-mod workdir;
-
 use std::process::ExitCode;
+
+use imgforge::{aws, boottest, build, export, image::inspect, sys::interrupt};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

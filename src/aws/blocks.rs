@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use sha2::{Digest as _, Sha256};
 
-use crate::interrupt;
-use crate::sparse;
+use crate::image::sparse;
+use crate::sys::interrupt;
 
 /// The EBS direct APIs' block size. Real EBS answers it in StartSnapshot;
 /// moto answers 512, so imgforge never trusts the answer.

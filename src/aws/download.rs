@@ -15,7 +15,7 @@ use futures::StreamExt;
 use super::blocks::{self, BLOCK_SIZE};
 use super::client::{self, ClientError, Clients, ConnectionArgs};
 use super::retry::{ApiError, RetryError, with_retries};
-use crate::interrupt;
+use crate::sys::interrupt;
 
 const GIB: u64 = 1 << 30;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use aws_sdk_ebs::config::http::HttpResponse;
 use aws_sdk_ebs::error::{ProvideErrorMetadata, SdkError};
 
-use crate::interrupt;
+use crate::sys::interrupt;
 
 /// Error codes AWS uses for throttling (EBS direct APIs and EC2).
 const THROTTLING_CODES: &[&str] = &[

@@ -12,7 +12,7 @@ use super::blocks::{self, BLOCK_SIZE, Digest};
 use super::client::Clients;
 use super::journal::SnapshotParams;
 use super::retry::{ApiError, RetryError, with_retries};
-use crate::interrupt;
+use crate::sys::interrupt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

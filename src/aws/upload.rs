@@ -27,7 +27,7 @@ use super::journal::{self, ImageIdentity, Journal, JournalError, SnapshotParams}
 use super::output::{self, OutputError, UploadResult};
 use super::register::{self, Architecture, BootMode, ExistingImage, ImageSpec, RegisterError};
 use super::snapshot::{self, SnapshotError, State};
-use crate::interrupt;
+use crate::sys::interrupt;
 
 const GIB: u64 = 1 << 30;
 /// EBS's largest volume.
@@ -308,7 +308,7 @@ fn resolve_boot_mode(args: &UploadArgs) -> BootMode {
     if let Some(mode) = args.boot_mode {
         return mode;
     }
-    match crate::inspect::boot_modes(&args.image) {
+    match crate::image::inspect::boot_modes(&args.image) {
         Ok(found) => BootMode::from_bootloaders(found.bios, found.uefi).unwrap_or_else(|| {
             log::warn!(
                 "{} has neither a BIOS nor a UEFI bootloader that imgforge recognizes; \

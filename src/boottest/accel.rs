@@ -253,7 +253,7 @@ mod tests {
     /// it must come back within its own limits and leave no QEMU behind.
     #[test]
     fn probe_answers_within_its_limits() {
-        if crate::tool::find_in_path("qemu-system-x86_64").is_none() {
+        if crate::sys::tool::find_in_path("qemu-system-x86_64").is_none() {
             eprintln!("skipped: qemu-system-x86_64 not installed");
             return;
         }

@@ -5,9 +5,9 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use crate::assemble::{TYPE_BIOS_BOOT, TYPE_ESP};
-use crate::inspect::{self, BootModes, ImageInfo};
-use crate::tool::{HostTool, Tool, ToolError};
+use crate::build::assemble::{TYPE_BIOS_BOOT, TYPE_ESP};
+use crate::image::inspect::{self, BootModes, ImageInfo};
+use crate::sys::tool::{HostTool, Tool, ToolError};
 
 pub const QEMU_IMG: HostTool = HostTool::new("qemu-img", "qemu-utils");
 

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::inspect::ImageInfo;
+use crate::image::inspect::ImageInfo;
 use crate::sizeclass::{self, SizeClass};
-use crate::tool::ToolError;
+use crate::sys::tool::ToolError;
 pub use accel::AccelChoice;
 pub use image::{ImageError, QEMU_IMG, detect_format};
 use qemu::{Event, Machine, MachineFirmware, Qemu, QemuError};
@@ -315,7 +315,7 @@ fn sweep_stale_scratch() {
 }
 
 fn interrupted() -> bool {
-    crate::interrupt::requested()
+    crate::sys::interrupt::requested()
 }
 
 fn progress(message: &str) {
@@ -347,7 +347,7 @@ fn expectations(
 
 /// The root filesystem's UUID: the partition named `root`, else the last
 /// partition with a filesystem other than FAT.
-fn root_uuid(manifest: &crate::manifest::Manifest) -> Option<String> {
+fn root_uuid(manifest: &crate::image::manifest::Manifest) -> Option<String> {
     let parts = &manifest.disk.partitions;
     parts
         .iter()

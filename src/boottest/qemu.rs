@@ -2,7 +2,7 @@
 //! outlive imgforge.
 //!
 //! QEMU runs in its own process group (so a Ctrl-C reaches imgforge first),
-//! is registered with [`crate::interrupt::ChildGuard`], gets SIGKILL from the
+//! is registered with [`crate::sys::interrupt::ChildGuard`], gets SIGKILL from the
 //! kernel if imgforge itself dies (`PR_SET_PDEATHSIG`), and is stopped by the
 //! [`Qemu`] guard's `Drop` on every other way out: report found, timeout,
 //! error, Ctrl-C.
@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::interrupt;
-use crate::tool::HostTool;
+use crate::sys::interrupt;
+use crate::sys::tool::HostTool;
 
 pub const QEMU: HostTool = HostTool::new("qemu-system-x86_64", "qemu-system-x86");
 
@@ -276,7 +276,7 @@ impl Qemu {
     /// Starts QEMU with these arguments; the raw serial console is copied to
     /// `log` when given.
     pub fn spawn(args: &[OsString], log: Option<File>) -> Result<Self, QemuError> {
-        let program = crate::tool::find_in_path(QEMU.name).unwrap_or_else(|| QEMU.name.into());
+        let program = crate::sys::tool::find_in_path(QEMU.name).unwrap_or_else(|| QEMU.name.into());
         let command_line = std::iter::once(program.as_os_str())
             .chain(args.iter().map(OsString::as_os_str))
             .map(|a| a.to_string_lossy().into_owned())

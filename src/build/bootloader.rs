@@ -3,22 +3,23 @@
 //! size class's kernel command line; and, once the disk exists, the BIOS
 //! boot code written into it the way grub-bios-setup would.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::assemble::{self, BIOS_BOOT, DiskLayout, SECTOR};
-use crate::bootstrap::Rootfs;
-use crate::build::BuildContext;
-use crate::configure;
-use crate::fsio::{PathError, at};
-use crate::tool::{Tool, ToolError};
+use super::assemble::{self, BIOS_BOOT, DiskLayout, SECTOR};
+use super::bootstrap::Rootfs;
+use super::configure;
+use super::context::BuildContext;
+use crate::data::{DataDir, DataError};
+use crate::sizeclass::SizeClass;
+use crate::sys::fsio::{PathError, at};
+use crate::sys::tool::{Tool, ToolError};
 
-const TARGETS: &str = include_str!("../boot/bootloaders.toml");
-const GRUB_CFG: &str = include_str!("../boot/grub.cfg.tmpl");
+const TARGETS: &str = "boot/bootloaders.toml";
+const GRUB_CFG: &str = "boot/grub.cfg.tmpl";
 
 /// boot.img: the LBA of core.img's first sector (GRUB_BOOT_MACHINE_KERNEL_SECTOR).
 pub const BOOT_KERNEL_SECTOR: usize = 0x5c;
@@ -39,6 +40,10 @@ pub enum BootloaderError {
     Template(#[from] configure::ConfigureError),
     #[error(transparent)]
     Io(#[from] PathError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("boot/bootloaders.toml: {0}")]
+    Targets(String),
     #[error(
         "the tree has no GRUB for {firmware} ({path} is missing): the distro's package list \
          must include its GRUB binaries (grub-pc-bin for BIOS, grub-efi-amd64-bin for UEFI)"
@@ -66,8 +71,9 @@ struct Target {
     modules: Vec<String>,
 }
 
-fn targets() -> Targets {
-    toml::from_str(TARGETS).expect("boot/bootloaders.toml is valid (checked by a unit test)")
+fn targets(data: &DataDir) -> Result<Targets, BootloaderError> {
+    toml::from_str(&data.read_to_string(TARGETS)?)
+        .map_err(|e| BootloaderError::Targets(e.to_string()))
 }
 
 /// What the bootloader stage produced for the disk and the manifest.
@@ -80,34 +86,47 @@ pub struct BootFiles {
     pub bios: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-pub fn kernel_cmdline(ctx: &BuildContext) -> String {
+/// The kernel command line: the root by UUID, the base tokens, the size
+/// class's tuning.
+pub fn kernel_cmdline(
+    data: &DataDir,
+    root_uuid: &str,
+    class: &SizeClass,
+) -> Result<String, BootloaderError> {
     let mut tokens = vec![
-        format!("root=UUID={}", ctx.ids.root_fs_uuid),
-        targets().base_cmdline,
+        format!("root=UUID={root_uuid}"),
+        targets(data)?.base_cmdline,
     ];
-    tokens.extend(ctx.size_class.cmdline_tokens());
-    tokens.join(" ")
+    tokens.extend(class.cmdline_tokens());
+    Ok(tokens.join(" "))
 }
 
 pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, BootloaderError> {
     let root = &rootfs.dir;
-    let settings = targets();
-    let cmdline = kernel_cmdline(ctx);
-    let vars = BTreeMap::from([
-        ("size_class", ctx.size_class.name.clone()),
+    let request = &ctx.request;
+    let settings = targets(&request.data)?;
+    let class = &request.size_class;
+    let cmdline = kernel_cmdline(&request.data, &ctx.ids.root_fs_uuid.to_string(), class)?;
+    let distro = request.distro.data();
+    let mut vars = distro.template_variables(&request.kernel);
+    let data_file = Path::new("rootfs/distros");
+    let grub_kernel = configure::render(&distro.grub_kernel, &vars, data_file)?;
+    let grub_initrd = configure::render(&distro.grub_initrd, &vars, data_file)?;
+    vars.extend([
+        ("size_class", class.name.clone()),
         ("root_uuid", ctx.ids.root_fs_uuid.to_string()),
         ("cmdline", cmdline.clone()),
+        ("grub_kernel", grub_kernel),
+        ("grub_initrd", grub_initrd),
         (
             "title",
-            format!(
-                "{} {} ({})",
-                ctx.distro.name, ctx.release, ctx.size_class.name
-            ),
+            format!("{} {} ({})", distro.name, request.release, class.name),
         ),
     ]);
     let grub_dir = root.join("boot/grub");
     fs::create_dir_all(&grub_dir).map_err(at("create", &grub_dir))?;
-    let grub_cfg = configure::render(GRUB_CFG, &vars, Path::new("boot/grub.cfg.tmpl"))?;
+    let template = request.data.read_to_string(GRUB_CFG)?;
+    let grub_cfg = configure::render(&template, &vars, Path::new(GRUB_CFG))?;
     fs::write(grub_dir.join("grub.cfg"), grub_cfg).map_err(at("write", &grub_dir))?;
     let early = configure::render(
         &settings.early_config,
@@ -298,7 +317,7 @@ mod tests {
 
     #[test]
     fn targets_parse() {
-        let t = targets();
+        let t = targets(&DataDir::open(None).unwrap()).unwrap();
         assert!(t.early_config.contains("{{root_uuid}}"));
         let formats: Vec<_> = t.target.iter().map(|t| t.format.as_str()).collect();
         assert_eq!(formats, ["i386-pc", "x86_64-efi"]);

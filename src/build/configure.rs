@@ -9,28 +9,24 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::bootstrap::Rootfs;
-use crate::build::BuildContext;
-use crate::fsio::{PathError, at};
-use crate::tool::{Tool, ToolError};
+use super::bootstrap::Rootfs;
+use super::context::BuildContext;
+use crate::distro::DistroError;
+use crate::sys::fsio::{PathError, at};
+use crate::sys::tool::{Tool, ToolError};
 
 /// A layer's own settings file, at the layer's top; never copied.
 const LAYER_SETTINGS: &str = "layer.toml";
 /// A file with this suffix is rendered, and written without it.
 const TEMPLATE_SUFFIX: &str = ".tmpl";
 
-/// Left behind by the bootstrap but specific to the build host or to one
-/// machine: removed from every image. `*` matches within the last component.
+/// Left behind by any bootstrap but specific to the build host or to one
+/// machine: removed from every image, with the distro's own `scrub` list.
+/// `*` matches within the last component.
 const SCRUB: &[&str] = &[
     "etc/ssh/ssh_host_*",
     "etc/.resolv.conf.systemd-resolved.bak",
-    "etc/apt/apt.conf.d/*proxy*",
-    "var/lib/apt/lists/*_*",
-    "var/cache/apt/*.bin",
-    "var/cache/debconf/*-old",
-    "var/lib/dpkg/*-old",
     "var/log/*.log",
-    "var/log/apt/*",
     "root/.bash_history",
     "tmp/*",
     "var/tmp/*",
@@ -42,6 +38,8 @@ pub enum ConfigureError {
     Tool(#[from] ToolError),
     #[error(transparent)]
     Io(#[from] PathError),
+    #[error(transparent)]
+    Distro(#[from] DistroError),
     #[error("layer folder {0} does not exist (check --layer)")]
     MissingLayer(PathBuf),
     #[error("{path}: {message}")]
@@ -98,8 +96,15 @@ struct LayerList {
     default: Vec<String>,
 }
 
-/// The built-in layers (`rootfs/layers.toml`), then the `--layer` folders.
-pub fn resolve_layers(rootfs_data: &Path, extra: &[PathBuf]) -> Result<Vec<Layer>, ConfigureError> {
+/// The built-in layers (`rootfs/layers.toml`), the distro's, then the
+/// `--layer` folders. `vars` are the distro's template variables: a
+/// `layer.toml` is rendered with them before it is read.
+pub fn resolve_layers(
+    rootfs_data: &Path,
+    distro_layers: &[String],
+    extra: &[PathBuf],
+    vars: &BTreeMap<&str, String>,
+) -> Result<Vec<Layer>, ConfigureError> {
     let list_path = rootfs_data.join("layers.toml");
     let text = fs::read_to_string(&list_path).map_err(at("read", &list_path))?;
     let list: LayerList = toml::from_str(&text).map_err(|e| ConfigureError::Settings {
@@ -109,25 +114,34 @@ pub fn resolve_layers(rootfs_data: &Path, extra: &[PathBuf]) -> Result<Vec<Layer
     let dirs = list
         .default
         .iter()
+        .chain(distro_layers)
         .map(|name| rootfs_data.join(name))
         .chain(extra.iter().cloned());
-    dirs.map(|dir| Layer::load(&dir)).collect()
+    dirs.map(|dir| Layer::load(&dir, vars)).collect()
 }
 
 impl Layer {
-    pub fn load(dir: &Path) -> Result<Self, ConfigureError> {
+    pub fn load(dir: &Path, vars: &BTreeMap<&str, String>) -> Result<Self, ConfigureError> {
         if !dir.is_dir() {
             return Err(ConfigureError::MissingLayer(dir.to_path_buf()));
         }
         let settings_path = dir.join(LAYER_SETTINGS);
         let settings = match fs::read_to_string(&settings_path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| ConfigureError::Settings {
-                path: settings_path.clone(),
-                message: e.to_string(),
+            Ok(text) => toml::from_str(&render(&text, vars, &settings_path)?).map_err(|e| {
+                ConfigureError::Settings {
+                    path: settings_path.clone(),
+                    message: e.to_string(),
+                }
             })?,
             Err(_) => LayerSettings::default(),
         };
-        let name = dir
+        // `distros/arch/layer` is called `arch`.
+        let named = if dir.ends_with("layer") {
+            dir.parent().unwrap_or(dir)
+        } else {
+            dir
+        };
+        let name = named
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.display().to_string());
@@ -140,39 +154,51 @@ impl Layer {
 }
 
 pub fn run(ctx: &BuildContext, rootfs: &Rootfs) -> Result<(), ConfigureError> {
+    let request = &ctx.request;
     check_kernel_config(
-        &ctx.kernel_config_fragments,
-        &rootfs.dir,
-        &rootfs.kernel_version,
+        &request.kernel_config_fragments,
+        &rootfs.kernel.config,
+        &rootfs.kernel.version,
     )?;
     let vars = template_variables(ctx);
-    for layer in &ctx.layers {
+    for layer in &request.layers {
         ctx.progress.note(&format!("layer {}", layer.name));
         copy_layer(&layer.dir, &layer.dir, &rootfs.dir, &vars)?;
     }
+    request.distro.configure(&rootfs.dir, &request.sources)?;
     write_fstab(ctx, &rootfs.dir)?;
     reset_machine_identity(&rootfs.dir)?;
-    for layer in &ctx.layers {
+    for layer in &request.layers {
         for user in &layer.settings.users {
             create_user(&rootfs.dir, user)?;
         }
         systemctl(&rootfs.dir, "enable", &layer.settings.enable)?;
         systemctl(&rootfs.dir, "disable", &layer.settings.disable)?;
     }
-    scrub(&rootfs.dir)
+    let distro_scrub = &request.distro.data().scrub;
+    scrub(
+        &rootfs.dir,
+        SCRUB
+            .iter()
+            .copied()
+            .chain(distro_scrub.iter().map(String::as_str)),
+    )
 }
 
 /// What templates may use, as `{{name}}`.
 pub fn template_variables(ctx: &BuildContext) -> BTreeMap<&'static str, String> {
-    let class = &ctx.size_class;
-    BTreeMap::from([
+    let request = &ctx.request;
+    let class = &request.size_class;
+    let mut vars = request.distro.data().template_variables(&request.kernel);
+    vars.extend([
         ("size_class", class.name.clone()),
         ("housekeeping_cpus", class.housekeeping_list()),
         ("isolated_cpus", class.isolated_list()),
         ("housekeeping_count", class.housekeeping.to_string()),
         ("root_uuid", ctx.ids.root_fs_uuid.to_string()),
         ("esp_uuid", ctx.ids.esp_volume_label()),
-    ])
+    ]);
+    vars
 }
 
 pub fn render(
@@ -322,8 +348,8 @@ fn systemctl(root: &Path, verb: &str, units: &[String]) -> Result<(), ConfigureE
     Ok(())
 }
 
-fn scrub(root: &Path) -> Result<(), ConfigureError> {
-    for pattern in SCRUB {
+fn scrub<'a>(root: &Path, patterns: impl Iterator<Item = &'a str>) -> Result<(), ConfigureError> {
+    for pattern in patterns {
         let (dir, leaf) = pattern.rsplit_once('/').unwrap_or(("", pattern));
         let dir = root.join(dir);
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -368,9 +394,7 @@ fn glob_match(pattern: &str, name: &str) -> bool {
 
 /// Every `CONFIG_X=y` of every fragment must be built in; `=m` may be a
 /// module or built in.
-fn check_kernel_config(fragments: &Path, root: &Path, kernel: &str) -> Result<(), ConfigureError> {
-    let config_path = root.join(format!("boot/config-{kernel}"));
-    let config = fs::read_to_string(&config_path).map_err(at("read", &config_path))?;
+fn check_kernel_config(fragments: &Path, config: &str, kernel: &str) -> Result<(), ConfigureError> {
     let have: BTreeMap<&str, &str> = config.lines().filter_map(|l| l.split_once('=')).collect();
     let mut files: Vec<PathBuf> = fs::read_dir(fragments)
         .map_err(at("read", fragments))?
@@ -451,9 +475,17 @@ mod tests {
     #[test]
     fn built_in_layers_load() {
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("rootfs");
-        let layers = resolve_layers(&data, &[]).unwrap();
+        let vars = BTreeMap::from([
+            ("default_user", "arch".to_string()),
+            ("admin_group", "wheel".to_string()),
+        ]);
+        let layers = resolve_layers(&data, &["distros/arch/layer".into()], &[], &vars).unwrap();
         assert_eq!(layers[0].name, "base");
-        let missing = resolve_layers(&data, &[PathBuf::from("/no/such/layer")]).unwrap_err();
+        assert_eq!(layers[0].settings.users[0].name, "arch");
+        assert_eq!(layers[0].settings.users[0].groups, ["wheel"]);
+        assert_eq!(layers.last().unwrap().name, "arch");
+        let missing =
+            resolve_layers(&data, &[], &[PathBuf::from("/no/such/layer")], &vars).unwrap_err();
         assert!(missing.to_string().contains("/no/such/layer"));
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crate::interrupt;
+use crate::sys::interrupt;
 
 /// How many trailing output lines a failure report carries.
 const TAIL_LINES: usize = 20;

@@ -5,17 +5,17 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tempfile::NamedTempFile;
 use uuid::Uuid;
 
-use crate::bootloader::{self, BootFiles};
-use crate::bootstrap::Rootfs;
-use crate::build::BuildContext;
-use crate::esp;
-use crate::fsio::{PathError, at};
-use crate::tool::{Tool, ToolError};
+use super::bootloader::{self, BootFiles};
+use super::bootstrap::Rootfs;
+use super::context::BuildContext;
+use crate::image::esp;
+use crate::sys::fsio::{PathError, at};
+use crate::sys::tool::{Tool, ToolError};
 
 pub const SECTOR: u64 = 512;
 const MIB: u64 = 1 << 20;
@@ -221,7 +221,7 @@ pub fn plan(ctx: &BuildContext, rootfs: &Rootfs) -> Result<DiskLayout, AssembleE
     let needed = root_bytes_needed(&rootfs.dir);
     let fixed: u64 = ALIGN + PARTITIONS.iter().filter_map(|p| p.size).sum::<u64>() + ALIGN;
     let minimum = fixed + needed;
-    let disk_bytes = match ctx.image_size {
+    let disk_bytes = match ctx.request.image_size {
         ImageSize::Fixed(bytes) if bytes < minimum => {
             return Err(AssembleError::TooSmall {
                 given: human(bytes),
@@ -255,10 +255,7 @@ pub fn run(
     layout: &DiskLayout,
     boot: &BootFiles,
 ) -> Result<ImageFile, AssembleError> {
-    let dir = match ctx.output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = ctx.request.output_dir();
     let temp = tempfile::Builder::new()
         .prefix(".imgforge-")
         .suffix(".raw.partial")

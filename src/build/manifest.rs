@@ -1,66 +1,6 @@
-//! The build manifest: what an image is, written inside it (root
-//! filesystem and ESP) and beside it (`IMAGE.json`, with the image's sha256).
-
-use serde::{Deserialize, Serialize};
-
-/// Where the manifest lives on the ESP (readable without mounting).
-pub const ESP_PATH: &str = "imgforge/manifest.json";
-/// Where the manifest lives in the root filesystem.
-pub const ROOTFS_PATH: &str = "etc/imgforge/manifest.json";
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Manifest {
-    pub imgforge_version: String,
-    pub distro: String,
-    pub release: String,
-    pub architecture: String,
-    pub size_class: String,
-    pub kernel_version: String,
-    pub kernel_cmdline: String,
-    /// `bios` and/or `uefi`.
-    pub boot_modes: Vec<String>,
-    pub disk: DiskManifest,
-    pub layers: Vec<String>,
-    pub packages: Vec<Package>,
-    /// SOURCE_DATE_EPOCH of the build (seconds since 1970).
-    pub build_time: u64,
-    /// sha256 of the whole raw image; only in the copy beside the image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DiskManifest {
-    pub size_bytes: u64,
-    pub disk_guid: String,
-    pub partitions: Vec<PartitionManifest>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PartitionManifest {
-    pub number: u32,
-    pub name: String,
-    pub type_guid: String,
-    pub partition_guid: String,
-    pub first_lba: u64,
-    pub last_lba: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filesystem: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filesystem_uuid: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Package {
-    pub name: String,
-    pub version: String,
-}
-
-impl Manifest {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("manifest serializes") + "\n"
-    }
-}
+//! Stage 4 and the end of the build: the manifest recorded into the tree
+//! and the ESP (its schema is [`crate::image::manifest`]), then the seal:
+//! the image's sha256, and the image and `IMAGE.json` renamed into place.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -69,12 +9,13 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::assemble::{DiskLayout, ImageFile, PARTITIONS};
-use crate::bootloader::BootFiles;
-use crate::bootstrap::Rootfs;
-use crate::build::BuildContext;
-use crate::fsio::{PathError, at};
-use crate::sparse;
+use super::assemble::{DiskLayout, ImageFile, PARTITIONS};
+use super::bootloader::BootFiles;
+use super::bootstrap::Rootfs;
+use super::context::BuildContext;
+use crate::image::manifest::{DiskManifest, ESP_PATH, Manifest, PartitionManifest, ROOTFS_PATH};
+use crate::image::sparse;
+use crate::sys::fsio::{PathError, at};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -98,6 +39,7 @@ pub fn record(
     boot: &BootFiles,
     layout: &DiskLayout,
 ) -> Result<Manifest, ManifestError> {
+    let request = &ctx.request;
     let partitions = PARTITIONS
         .iter()
         .enumerate()
@@ -118,11 +60,11 @@ pub fn record(
         .collect();
     let manifest = Manifest {
         imgforge_version: env!("CARGO_PKG_VERSION").to_string(),
-        distro: ctx.distro.name.clone(),
-        release: ctx.release.clone(),
-        architecture: ctx.distro.architecture.clone(),
-        size_class: ctx.size_class.name.clone(),
-        kernel_version: rootfs.kernel_version.clone(),
+        distro: request.distro.data().name.clone(),
+        release: request.release.clone(),
+        architecture: request.distro.data().architecture.clone(),
+        size_class: request.size_class.name.clone(),
+        kernel_version: rootfs.kernel.version.clone(),
         kernel_cmdline: boot.kernel_cmdline.clone(),
         boot_modes: boot.boot_modes.clone(),
         disk: DiskManifest {
@@ -130,7 +72,7 @@ pub fn record(
             disk_guid: layout.ids.disk_guid.to_string(),
             partitions,
         },
-        layers: ctx.layers.iter().map(|l| l.name.clone()).collect(),
+        layers: request.layers.iter().map(|l| l.name.clone()).collect(),
         packages: rootfs.packages.clone(),
         build_time: ctx.source_date_epoch,
         sha256: None,
@@ -207,7 +149,7 @@ pub fn sha256_sparse(path: &Path) -> Result<String, ManifestError> {
     };
     for extent in extents {
         hash_zeros_to(&mut hasher, &mut pos, extent.start);
-        if crate::interrupt::requested() {
+        if crate::sys::interrupt::requested() {
             return Err(ManifestError::Interrupted);
         }
         file.seek(SeekFrom::Start(pos)).map_err(at("seek", path))?;

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::assemble::{SECTOR, TYPE_BIOS_BOOT, TYPE_ESP, TYPE_ROOT_X86_64};
-use crate::bootloader::{BOOT_KERNEL_SECTOR, MBR_CODE_BYTES};
-use crate::esp::PartitionSlice;
-use crate::manifest::{self, Manifest};
+use crate::build::assemble::{SECTOR, TYPE_BIOS_BOOT, TYPE_ESP, TYPE_ROOT_X86_64};
+use crate::build::bootloader::{BOOT_KERNEL_SECTOR, MBR_CODE_BYTES};
+use crate::image::esp::PartitionSlice;
+use crate::image::manifest::{self, Manifest};
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {

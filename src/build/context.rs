@@ -1,0 +1,112 @@
+//! What every stage reads: the resolved request, the disk identities, the
+//! caches and the work area. It imports no stage.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::assemble::DiskIds;
+use super::request::BuildRequest;
+use super::{BuildArgs, BuildError};
+use crate::sys::progress::Progress;
+use crate::sys::tool::{self, HostTool};
+use crate::sys::workdir::WorkDir;
+
+/// Host tools every build runs, whatever the distro, with their packages.
+const COMMON_HOST_TOOLS: &[HostTool] = &[
+    HostTool::new("tar", "tar"),
+    HostTool::new("mkfs.ext4", "e2fsprogs"),
+    HostTool::new("chroot", "coreutils"),
+];
+
+pub struct CacheDirs {
+    /// Bootstrapped trees, as tarballs named by their cache key.
+    pub rootfs_dir: PathBuf,
+    /// Downloaded packages, one folder per distro.
+    pub packages_dir: PathBuf,
+}
+
+pub struct BuildContext {
+    pub request: BuildRequest,
+    pub ids: DiskIds,
+    pub source_date_epoch: u64,
+    pub cache: CacheDirs,
+    pub refresh_cache: bool,
+    pub keyring: Option<PathBuf>,
+    pub progress: Progress,
+    work: WorkDir,
+}
+
+impl BuildContext {
+    /// Checks what a real build needs beyond the request (root, host tools,
+    /// output and cache folders), then makes the work directory.
+    pub fn prepare(request: BuildRequest, args: &BuildArgs) -> Result<Self, BuildError> {
+        let output_dir = request.output_dir();
+        if !output_dir.is_dir() {
+            return Err(BuildError::OutputDir(output_dir));
+        }
+        if let Some(keyring) = &args.keyring
+            && !keyring.is_dir()
+        {
+            return Err(BuildError::Keyring(keyring.clone()));
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return Err(BuildError::NotRoot);
+        }
+        tool::require_all(COMMON_HOST_TOOLS)?;
+        tool::require_all(&request.distro.host_tools())?;
+        let cache = CacheDirs {
+            rootfs_dir: args.cache_dir.join("rootfs"),
+            packages_dir: args.cache_dir.join("packages"),
+        };
+        for dir in [&cache.rootfs_dir, &cache.packages_dir] {
+            fs::create_dir_all(dir).map_err(|source| BuildError::CacheDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(Self {
+            request,
+            ids: DiskIds::random(),
+            source_date_epoch: source_date_epoch(),
+            cache,
+            refresh_cache: args.refresh_cache,
+            keyring: args.keyring.clone(),
+            progress: Progress::new(!args.json),
+            work: WorkDir::create()?,
+        })
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    pub fn rootfs_dir(&self) -> PathBuf {
+        self.work.path().join("rootfs")
+    }
+
+    /// Files that go onto the EFI system partition.
+    pub fn esp_dir(&self) -> PathBuf {
+        self.work.path().join("esp")
+    }
+
+    pub fn check_interrupt(&self) -> Result<(), BuildError> {
+        if crate::sys::interrupt::requested() {
+            Err(BuildError::Interrupted)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn source_date_epoch() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        })
+}

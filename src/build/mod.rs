@@ -1,0 +1,242 @@
+//! `imgforge build`: the offline half. [`build`] is the stage list; each
+//! stage is a module here and reads the [`BuildContext`].
+
+pub mod assemble;
+pub mod bootloader;
+pub mod bootstrap;
+pub mod configure;
+pub mod context;
+pub mod manifest;
+pub mod request;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::data::DataError;
+use crate::distro::DistroError;
+use crate::sizeclass::SizeClassError;
+use crate::sys::tool::ToolError;
+use crate::sys::workdir::WorkDirError;
+use assemble::AssembleError;
+use bootloader::BootloaderError;
+use bootstrap::BootstrapError;
+use configure::ConfigureError;
+pub use context::BuildContext;
+use manifest::ManifestError;
+use request::{BuildRequest, Plan};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  imgforge build\n  \
+imgforge build --distro debian --release bookworm --size-class large --size 8G -o trading.raw\n  \
+imgforge build --distro arch --size-class large --mirror 'https://mirror.example/archlinux/$repo/os/$arch'\n  \
+imgforge build --distro arch --kernel lts --plan --json\n  \
+imgforge build --packages htop,tcpdump --layer ./my-layer -o image.raw")]
+pub struct BuildArgs {
+    /// Distribution to bootstrap: debian or arch (one data file each in
+    /// rootfs/distros/).
+    #[arg(long, default_value = "debian")]
+    pub distro: String,
+
+    /// Distribution release (default: the distro's own, bookworm for debian,
+    /// rolling for arch).
+    #[arg(long)]
+    pub release: Option<String>,
+
+    /// Kernel flavour, from the distro's `kernels` table: debian cloud
+    /// (default) or generic; arch linux (default) or lts.
+    #[arg(long)]
+    pub kernel: Option<String>,
+
+    /// Instance size class the image is tuned for: small (4-8 vCPUs),
+    /// medium (16-32), large (48-96), xlarge (128-192). Decides the CPU
+    /// isolation on the kernel command line.
+    #[arg(long, default_value = "small")]
+    pub size_class: String,
+
+    /// Disk image size, e.g. 4G, 8GiB, 2048M (default: the root filesystem
+    /// plus headroom, rounded up to whole GiB, at least 2G).
+    #[arg(long)]
+    pub size: Option<String>,
+
+    /// Package mirror. Debian: a mirror URL (default: the host's apt
+    /// sources, moved to --release). Arch: a URL with `$repo` and `$arch`
+    /// placeholders, e.g. https://mirror.example/archlinux/$repo/os/$arch
+    /// (default: Arch's geo mirror).
+    #[arg(long)]
+    pub mirror: Option<String>,
+
+    /// A newer keyring to verify packages with (Arch: a folder holding
+    /// archlinux.gpg, archlinux-trusted and archlinux-revoked), instead of
+    /// the host's archlinux-keyring refreshed from the mirror.
+    #[arg(long, value_name = "DIR")]
+    pub keyring: Option<PathBuf>,
+
+    /// Cache for bootstrapped trees and downloaded packages.
+    #[arg(long, env = "IMGFORGE_CACHE_DIR", default_value_os_t = default_cache_dir())]
+    pub cache_dir: PathBuf,
+
+    /// Bootstrap again even when a cached tree for this package set exists.
+    #[arg(long)]
+    pub refresh_cache: bool,
+
+    /// Extra packages to install, comma-separated (part of the cache key).
+    #[arg(long, value_delimiter = ',')]
+    pub packages: Vec<String>,
+
+    /// Extra layer folder copied into the image after the built-in ones
+    /// (repeatable; a `layer.toml` in it may list units to enable).
+    #[arg(long = "layer")]
+    pub layers: Vec<PathBuf>,
+
+    /// Where to write the raw image; `IMAGE.json` gets the manifest.
+    #[arg(short, long, default_value = "image.raw")]
+    pub output: PathBuf,
+
+    /// Print what the build would use (distro, sources, packages, layers,
+    /// size class, kernel command line, partitions, cache key) and stop:
+    /// no bootstrap, no root, no network.
+    #[arg(long)]
+    pub plan: bool,
+
+    /// Print the build summary (or, with --plan, the plan) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Read layers, tables and templates from this folder (with rootfs/,
+    /// boot/ and kernel-configs/) instead of the copy built into imgforge.
+    #[arg(long, env = "IMGFORGE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("imgforge")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Distro(#[from] DistroError),
+    #[error(transparent)]
+    SizeClass(#[from] SizeClassError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error(transparent)]
+    WorkDir(#[from] WorkDirError),
+    #[error("bootstrap")]
+    Bootstrap(#[from] BootstrapError),
+    #[error("configure")]
+    Configure(#[from] ConfigureError),
+    #[error("bootloader")]
+    Bootloader(#[from] BootloaderError),
+    #[error("assemble")]
+    Assemble(#[from] AssembleError),
+    #[error("manifest")]
+    Manifest(#[from] ManifestError),
+    #[error(
+        "imgforge build must run as root (it bootstraps into a tree it chroots into and mounts \
+         /proc, /sys and /dev there): run it with sudo, or use --plan to see what it would do"
+    )]
+    NotRoot,
+    #[error("output directory {0} does not exist: create it or choose another -o")]
+    OutputDir(PathBuf),
+    #[error("--keyring {0} is not a folder")]
+    Keyring(PathBuf),
+    #[error("cannot use cache directory {path}")]
+    CacheDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildSummary {
+    pub image: PathBuf,
+    pub manifest: PathBuf,
+    pub distro: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub seconds: f64,
+    pub bootstrap_from_cache: bool,
+    pub stages: Vec<StageTime>,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct StageTime {
+    pub stage: String,
+    pub seconds: f64,
+}
+
+/// The build, stage by stage.
+pub fn build(args: &BuildArgs) -> Result<BuildSummary, BuildError> {
+    let started = Instant::now();
+    let ctx = BuildContext::prepare(BuildRequest::resolve(args)?, args)?;
+    let p = &ctx.progress;
+
+    let rootfs = p.stage("bootstrap", || bootstrap::run(&ctx))?;
+    ctx.check_interrupt()?;
+    p.stage("configure", || configure::run(&ctx, &rootfs))?;
+    let boot = p.stage("bootloader", || bootloader::prepare(&ctx, &rootfs))?;
+    let layout = assemble::plan(&ctx, &rootfs)?;
+    let manifest = p.stage("manifest", || {
+        manifest::record(&ctx, &rootfs, &boot, &layout)
+    })?;
+    ctx.check_interrupt()?;
+    let image = p.stage("assemble", || assemble::run(&ctx, &layout, &boot))?;
+    ctx.check_interrupt()?;
+    let sealed = p.stage("seal", || {
+        manifest::seal(image, manifest, &ctx.request.output)
+    })?;
+
+    Ok(BuildSummary {
+        image: ctx.request.output.clone(),
+        manifest: sealed.manifest_path,
+        distro: ctx.request.distro.data().name.clone(),
+        size_bytes: layout.disk_bytes,
+        sha256: sealed.sha256,
+        seconds: started.elapsed().as_secs_f64(),
+        bootstrap_from_cache: rootfs.from_cache,
+        stages: p.times(),
+    })
+}
+
+pub fn run(args: &BuildArgs) -> Result<(), BuildError> {
+    if args.plan {
+        let plan = Plan::of(&BuildRequest::resolve(args)?)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&plan).expect("plan serializes")
+            );
+        } else {
+            plan.print_text();
+        }
+        return Ok(());
+    }
+    let summary = build(args)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).expect("summary serializes")
+        );
+    } else {
+        eprintln!(
+            "built {} ({:.1} GiB, sha256 {}) in {:.1}s",
+            summary.image.display(),
+            summary.size_bytes as f64 / (1u64 << 30) as f64,
+            &summary.sha256[..16],
+            summary.seconds
+        );
+    }
+    Ok(())
+}

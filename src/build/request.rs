@@ -1,0 +1,291 @@
+//! The typed build request: everything a build will use, resolved from the
+//! command line and the data files without root, network or bootstrap. It
+//! is what `imgforge build --plan` prints and what the stages read.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::BuildArgs;
+use super::assemble::{self, ImageSize};
+use super::bootstrap;
+use super::configure::{self, Layer};
+use crate::data::DataDir;
+use crate::distro::{self, Distro, Sources};
+use crate::sizeclass::{self, SizeClass};
+
+use super::BuildError;
+
+pub struct BuildRequest {
+    pub data: DataDir,
+    pub distro: Box<dyn Distro>,
+    pub release: String,
+    /// The `--kernel` choice (a key of the distro's `kernels` table).
+    pub kernel: String,
+    pub size_class: SizeClass,
+    /// The distro's packages, the kernel's, then `--packages`.
+    pub packages: Vec<String>,
+    pub sources: Sources,
+    pub layers: Vec<Layer>,
+    pub bootstrap_files: Option<PathBuf>,
+    pub kernel_config_fragments: PathBuf,
+    /// Names the cached bootstrapped tree.
+    pub cache_key: String,
+    pub image_size: ImageSize,
+    pub output: PathBuf,
+}
+
+impl BuildRequest {
+    /// Checks and resolves the request; writes nothing.
+    pub fn resolve(args: &BuildArgs) -> Result<Self, BuildError> {
+        let data = DataDir::open(args.data_dir.as_deref())?;
+        let distro = distro::lookup(&data, &args.distro)?;
+        let size_class = sizeclass::lookup(&args.size_class)?;
+        let image_size = match &args.size {
+            Some(text) => ImageSize::Fixed(assemble::parse_size(text)?),
+            None => ImageSize::Auto,
+        };
+        let d = distro.data();
+        let kernel = args
+            .kernel
+            .clone()
+            .unwrap_or_else(|| d.default_kernel.clone());
+        let packages = d.packages(&kernel, &args.packages)?;
+        let release = args
+            .release
+            .clone()
+            .unwrap_or_else(|| d.default_release.clone());
+        let sources = distro.sources(&release, args.mirror.as_deref())?;
+        let rootfs_data = data.path().join("rootfs");
+        let layers = configure::resolve_layers(
+            &rootfs_data,
+            &d.layers,
+            &args.layers,
+            &d.template_variables(&kernel),
+        )?;
+        let bootstrap_files = d.bootstrap_files.as_ref().map(|f| rootfs_data.join(f));
+        let cache_key = bootstrap::cache_key(
+            &[&d.name, &release, &d.architecture, &kernel],
+            &sources.lines,
+            &packages,
+            bootstrap_files.as_deref(),
+        )
+        .map_err(super::configure::ConfigureError::from)?;
+        let kernel_config_fragments = data.path().join("kernel-configs");
+        Ok(Self {
+            distro,
+            release,
+            kernel,
+            size_class,
+            packages,
+            sources,
+            layers,
+            bootstrap_files,
+            kernel_config_fragments,
+            cache_key,
+            image_size,
+            output: args.output.clone(),
+            data,
+        })
+    }
+
+    /// The folder the image is written into.
+    pub fn output_dir(&self) -> PathBuf {
+        match self.output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    pub fn data_path(&self, relative: &str) -> PathBuf {
+        self.data.path().join(relative)
+    }
+}
+
+/// `imgforge build --plan`: the request as a reader (or a pipeline) sees it.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub distro: String,
+    pub release: String,
+    pub architecture: String,
+    pub kernel: String,
+    pub sources: Sources,
+    pub packages: Vec<String>,
+    pub default_user: String,
+    pub admin_group: String,
+    pub layers: Vec<PlanLayer>,
+    pub first_boot_units: Vec<String>,
+    pub size_class: PlanClass,
+    pub kernel_cmdline: String,
+    pub grub_kernel: String,
+    pub grub_initrd: String,
+    pub initramfs: String,
+    pub partitions: Vec<PlanPartition>,
+    pub image_size: String,
+    pub cache_key: String,
+    pub output: PathBuf,
+    pub data_dir: String,
+    pub notes: Vec<(String, String)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanLayer {
+    pub name: String,
+    pub dir: PathBuf,
+    pub enable: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanClass {
+    pub name: String,
+    pub vcpus: String,
+    pub housekeeping_cpus: String,
+    pub isolated_cpus: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanPartition {
+    pub name: String,
+    pub type_guid: String,
+    pub size: String,
+    pub filesystem: Option<String>,
+}
+
+impl Plan {
+    pub fn of(request: &BuildRequest) -> Result<Self, BuildError> {
+        let d = request.distro.data();
+        let class = &request.size_class;
+        let vars = d.template_variables(&request.kernel);
+        let render = |text: &str| configure::render(text, &vars, Path::new("rootfs/distros"));
+        let layers: Vec<PlanLayer> = request
+            .layers
+            .iter()
+            .map(|l| PlanLayer {
+                name: l.name.clone(),
+                // Built-in layers by their place in the data, not a temporary path.
+                dir: l
+                    .dir
+                    .strip_prefix(request.data.path())
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|_| l.dir.clone()),
+                enable: l.settings.enable.clone(),
+            })
+            .collect();
+        Ok(Self {
+            distro: d.name.clone(),
+            release: request.release.clone(),
+            architecture: d.architecture.clone(),
+            kernel: request.kernel.clone(),
+            sources: request.sources.clone(),
+            packages: request.packages.clone(),
+            default_user: d.default_user.clone(),
+            admin_group: d.admin_group.clone(),
+            first_boot_units: layers.iter().flat_map(|l| l.enable.clone()).collect(),
+            layers,
+            size_class: PlanClass {
+                name: class.name.clone(),
+                vcpus: format!("{}-{}", class.min_vcpus, class.max_vcpus),
+                housekeeping_cpus: class.housekeeping_list(),
+                isolated_cpus: class.isolated_list(),
+            },
+            kernel_cmdline: super::bootloader::kernel_cmdline(
+                &request.data,
+                "(root filesystem UUID, chosen at build time)",
+                class,
+            )?,
+            grub_kernel: render(&d.grub_kernel)?,
+            grub_initrd: render(&d.grub_initrd)?,
+            initramfs: d.initramfs.clone(),
+            partitions: assemble::PARTITIONS
+                .iter()
+                .map(|p| PlanPartition {
+                    name: p.name.into(),
+                    type_guid: p.type_guid.into(),
+                    size: p
+                        .size
+                        .map(|s| format!("{} MiB", s >> 20))
+                        .unwrap_or_else(|| "the rest of the disk".into()),
+                    filesystem: p.filesystem.map(String::from),
+                })
+                .collect(),
+            image_size: match request.image_size {
+                ImageSize::Fixed(bytes) => format!("{} MiB", bytes >> 20),
+                ImageSize::Auto => {
+                    "the root filesystem plus half again, whole GiB, at least 2 GiB".into()
+                }
+            },
+            cache_key: request.cache_key.clone(),
+            output: request.output.clone(),
+            data_dir: if request.data.is_embedded() {
+                "built into imgforge".into()
+            } else {
+                request.data.path().display().to_string()
+            },
+            notes: request.distro.plan_notes(),
+        })
+    }
+
+    pub fn print_text(&self) {
+        let row = |k: &str, v: &str| println!("{k:>18}: {v}");
+        row(
+            "distro",
+            &format!("{} {} ({})", self.distro, self.release, self.architecture),
+        );
+        row("kernel", &self.kernel);
+        row(
+            "sources",
+            &self.sources.lines.join("\n                    "),
+        );
+        row("  from", &self.sources.origin);
+        row("packages", &self.packages.join(" "));
+        row(
+            "default user",
+            &format!("{} (group {})", self.default_user, self.admin_group),
+        );
+        for layer in &self.layers {
+            row(
+                "layer",
+                &format!("{} ({})", layer.name, layer.dir.display()),
+            );
+        }
+        row("units enabled", &self.first_boot_units.join(" "));
+        row(
+            "size class",
+            &format!(
+                "{} ({} vCPUs): housekeeping {}, isolated {}",
+                self.size_class.name,
+                self.size_class.vcpus,
+                self.size_class.housekeeping_cpus,
+                self.size_class.isolated_cpus
+            ),
+        );
+        row("kernel cmdline", &self.kernel_cmdline);
+        row(
+            "grub loads",
+            &format!("{} + {}", self.grub_kernel, self.grub_initrd),
+        );
+        row("initramfs", &self.initramfs);
+        for p in &self.partitions {
+            row(
+                "partition",
+                &format!(
+                    "{} {} {}{}",
+                    p.name,
+                    p.size,
+                    p.type_guid,
+                    p.filesystem
+                        .as_deref()
+                        .map(|f| format!(" {f}"))
+                        .unwrap_or_default()
+                ),
+            );
+        }
+        row("image size", &self.image_size);
+        row("cache key", &self.cache_key);
+        row("output", &self.output.display().to_string());
+        row("data", &self.data_dir);
+        for (k, v) in &self.notes {
+            row(k, v);
+        }
+    }
+}

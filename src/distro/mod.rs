@@ -1,0 +1,298 @@
+//! The distribution axis: everything the build stages ask of a distro.
+//!
+//! Each distro is one module here (its bootstrap tool, package database,
+//! kernel layout) plus one data file, `rootfs/distros/NAME.toml` (packages,
+//! kernels, the default user and admin group, service names, layers, scrub
+//! list). The stages call the [`Distro`] trait and read [`DistroData`]; none
+//! of them tests a distro's name. Adding a distro: a module implementing
+//! [`Distro`], a line in [`REGISTRY`], a data file, and its tests.
+
+pub mod arch;
+pub mod debian;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DataDir, DataError};
+use crate::image::manifest::Package;
+use crate::sys::fsio::PathError;
+use crate::sys::progress::Progress;
+use crate::sys::tool::{HostTool, ToolError};
+
+/// Every distro imgforge knows: its name and how to make it from its data.
+const REGISTRY: &[(&str, fn(DistroData) -> Result<Box<dyn Distro>, DistroError>)] = &[
+    ("debian", debian::Debian::boxed),
+    ("arch", arch::Arch::boxed),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DistroError {
+    #[error("unknown distro `{given}`; choose one of: {known}")]
+    Unknown { given: String, known: String },
+    #[error("{path}: {message}")]
+    Data { path: String, message: String },
+    #[error(transparent)]
+    DataDir(#[from] DataError),
+    #[error(
+        "unknown kernel `{given}` for {distro}; choose one of: {known} (see rootfs/distros/{distro}.toml)"
+    )]
+    UnknownKernel {
+        distro: String,
+        given: String,
+        known: String,
+    },
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error(transparent)]
+    Io(#[from] PathError),
+    #[error(transparent)]
+    Debian(#[from] debian::DebianError),
+    #[error(transparent)]
+    Arch(#[from] arch::ArchError),
+}
+
+/// A distro's data file, `rootfs/distros/NAME.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistroData {
+    pub name: String,
+    pub default_release: String,
+    /// The distro's own name for the CPU architecture (`amd64`, `x86_64`).
+    pub architecture: String,
+    /// The user an instance's launch key is installed for.
+    pub default_user: String,
+    /// The group whose members may administer the machine.
+    pub admin_group: String,
+    /// The unit that runs the SSH server.
+    pub ssh_service: String,
+    /// VirtualBox's `--ostype` for `imgforge export`'s hint.
+    pub virtualbox_os_type: String,
+    /// Packages every image gets (the kernel comes from `kernels`).
+    pub packages: Vec<String>,
+    /// `--kernel` choices: name -> packages.
+    pub kernels: BTreeMap<String, Vec<String>>,
+    pub default_kernel: String,
+    /// Kernel and initramfs as grub.cfg names them, relative to the root
+    /// filesystem; `{{kernel}}` is the chosen kernel's name.
+    pub grub_kernel: String,
+    pub grub_initrd: String,
+    /// How the initramfs is made and what it must carry, for `--plan`.
+    pub initramfs: String,
+    /// Layer folders under `rootfs/` applied after the common ones.
+    #[serde(default)]
+    pub layers: Vec<String>,
+    /// A folder under `rootfs/` copied into the tree before any package is
+    /// installed (so package scripts see it); part of the cache key.
+    #[serde(default)]
+    pub bootstrap_files: Option<String>,
+    /// Left by the bootstrap and specific to the build host or one machine:
+    /// removed from every image. `*` matches within the last component.
+    #[serde(default)]
+    pub scrub: Vec<String>,
+    /// Settings only this distro's module reads.
+    #[serde(default)]
+    pub bootstrap: toml::Table,
+}
+
+/// What a build asks of the bootstrap: the resolved request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sources {
+    /// The package sources as lines (apt lines, pacman `Server =` URLs):
+    /// part of the cache key and of `--plan`.
+    pub lines: Vec<String>,
+    /// Where they came from (host apt sources, --mirror, the distro default).
+    pub origin: String,
+}
+
+/// One bootstrap run: everything it needs, as plain values.
+pub struct BootstrapJob<'a> {
+    pub release: &'a str,
+    pub packages: &'a [String],
+    pub sources: &'a Sources,
+    /// Downloaded packages, kept between builds (one folder per distro).
+    pub package_cache: &'a Path,
+    /// Copied into the tree before any package is installed.
+    pub bootstrap_files: Option<&'a Path>,
+    /// A scratch folder inside the build's work directory.
+    pub work_dir: &'a Path,
+    /// Where the bootstrapped tree goes, as a tar archive.
+    pub output: &'a Path,
+    pub source_date_epoch: u64,
+    /// A newer keyring than the host's, where the distro verifies packages.
+    pub keyring: Option<&'a Path>,
+    pub progress: &'a Progress,
+}
+
+/// The kernel installed in a tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kernel {
+    pub version: String,
+    /// The kernel's build configuration (`CONFIG_X=y` lines).
+    pub config: String,
+}
+
+/// What the stages ask of a distribution.
+pub trait Distro {
+    fn data(&self) -> &DistroData;
+
+    /// Host programs the bootstrap runs, with the Debian package of each.
+    fn host_tools(&self) -> Vec<HostTool>;
+
+    /// The package sources a bootstrap would use; no network.
+    fn sources(&self, release: &str, mirror: Option<&str>) -> Result<Sources, DistroError>;
+
+    /// Bootstraps a root filesystem with these packages into `job.output`.
+    fn bootstrap(&self, job: &BootstrapJob) -> Result<(), DistroError>;
+
+    /// Installed packages and versions, read from the tree's package database.
+    fn installed_packages(&self, root: &Path) -> Result<Vec<Package>, DistroError>;
+
+    /// The one kernel installed in the tree, and its configuration.
+    fn kernel(&self, root: &Path) -> Result<Kernel, DistroError>;
+
+    /// Distro settings written after the layers (e.g. the image's own
+    /// package sources); nothing by default.
+    fn configure(&self, _root: &Path, _sources: &Sources) -> Result<(), DistroError> {
+        Ok(())
+    }
+
+    /// Extra lines for `imgforge build --plan` (keyring, initramfs...).
+    fn plan_notes(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+impl DistroData {
+    /// The packages of a build: the distro's, the kernel's, then `extra`.
+    pub fn packages(&self, kernel: &str, extra: &[String]) -> Result<Vec<String>, DistroError> {
+        let kernel_packages =
+            self.kernels
+                .get(kernel)
+                .ok_or_else(|| DistroError::UnknownKernel {
+                    distro: self.name.clone(),
+                    given: kernel.to_string(),
+                    known: self.kernels.keys().cloned().collect::<Vec<_>>().join(", "),
+                })?;
+        let mut packages = self.packages.clone();
+        for p in kernel_packages.iter().chain(extra) {
+            if !p.is_empty() && !packages.contains(p) {
+                packages.push(p.clone());
+            }
+        }
+        Ok(packages)
+    }
+
+    /// Template variables a distro contributes to layers and grub.cfg;
+    /// `{{kernel}}` is the chosen kernel's first package (`linux-lts`).
+    pub fn template_variables(&self, kernel: &str) -> BTreeMap<&'static str, String> {
+        let kernel_package = self
+            .kernels
+            .get(kernel)
+            .and_then(|p| p.first())
+            .map_or(kernel, String::as_str);
+        BTreeMap::from([
+            ("distro", self.name.clone()),
+            ("default_user", self.default_user.clone()),
+            ("admin_group", self.admin_group.clone()),
+            ("ssh_service", self.ssh_service.clone()),
+            ("kernel", kernel_package.to_string()),
+        ])
+    }
+}
+
+/// The names of every known distro.
+pub fn names() -> Vec<&'static str> {
+    REGISTRY.iter().map(|(name, _)| *name).collect()
+}
+
+/// The distro called `name`, with its data from the data directory.
+pub fn lookup(data: &DataDir, name: &str) -> Result<Box<dyn Distro>, DistroError> {
+    let Some((_, make)) = REGISTRY.iter().find(|(n, _)| *n == name) else {
+        return Err(DistroError::Unknown {
+            given: name.to_string(),
+            known: names().join(", "),
+        });
+    };
+    let relative = format!("rootfs/distros/{name}.toml");
+    let text = data.read_to_string(&relative)?;
+    let parsed: DistroData = toml::from_str(&text).map_err(|e| DistroError::Data {
+        path: relative.clone(),
+        message: e.to_string(),
+    })?;
+    if parsed.name != name {
+        return Err(DistroError::Data {
+            path: relative,
+            message: format!("`name` is `{}`, expected `{name}`", parsed.name),
+        });
+    }
+    make(parsed)
+}
+
+/// A distro module's own settings, from the data file's `[bootstrap]` table.
+pub fn bootstrap_settings<T: serde::de::DeserializeOwned>(
+    data: &DistroData,
+) -> Result<T, DistroError> {
+    toml::Value::Table(data.bootstrap.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| DistroError::Data {
+            path: format!("rootfs/distros/{}.toml [bootstrap]", data.name),
+            message: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn embedded() -> DataDir {
+        DataDir::open(None).unwrap()
+    }
+
+    #[test]
+    fn every_registered_distro_has_valid_data() {
+        let data = embedded();
+        for name in names() {
+            let distro = lookup(&data, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let d = distro.data();
+            assert!(d.kernels.contains_key(&d.default_kernel), "{name}");
+            assert!(!d.packages.is_empty(), "{name}");
+            for layer in &d.layers {
+                assert!(
+                    data.path().join("rootfs").join(layer).is_dir(),
+                    "{name}: {layer}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn debian_and_arch_differ_where_they_should() {
+        let data = embedded();
+        let debian = lookup(&data, "debian").unwrap();
+        let arch = lookup(&data, "arch").unwrap();
+        assert_eq!(debian.data().admin_group, "sudo");
+        assert_eq!(arch.data().admin_group, "wheel");
+        assert_eq!(debian.data().ssh_service, "ssh.service");
+        assert_eq!(arch.data().ssh_service, "sshd.service");
+        let packages = debian.data().packages("cloud", &[]).unwrap();
+        assert!(packages.iter().any(|p| p == "linux-image-cloud-amd64"));
+        let lts = arch.data().packages("lts", &["htop".into()]).unwrap();
+        assert!(lts.iter().any(|p| p == "linux-lts") && lts.iter().any(|p| p == "htop"));
+        assert!(!lts.iter().any(|p| p == "linux"));
+    }
+
+    #[test]
+    fn unknown_distro_and_kernel_say_what_exists() {
+        let data = embedded();
+        let err = lookup(&data, "gentoo").err().unwrap().to_string();
+        assert!(
+            err.contains("`gentoo`") && err.contains("debian, arch"),
+            "{err}"
+        );
+        let arch = lookup(&data, "arch").unwrap();
+        let err = arch.data().packages("zen", &[]).unwrap_err().to_string();
+        assert!(err.contains("`zen`") && err.contains("lts"), "{err}");
+    }
+}

@@ -1,0 +1,63 @@
+//! The build manifest: what an image is, written inside it (root
+//! filesystem and ESP) and beside it (`IMAGE.json`, with the image's sha256).
+
+use serde::{Deserialize, Serialize};
+
+/// Where the manifest lives on the ESP (readable without mounting).
+pub const ESP_PATH: &str = "imgforge/manifest.json";
+/// Where the manifest lives in the root filesystem.
+pub const ROOTFS_PATH: &str = "etc/imgforge/manifest.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub imgforge_version: String,
+    pub distro: String,
+    pub release: String,
+    pub architecture: String,
+    pub size_class: String,
+    pub kernel_version: String,
+    pub kernel_cmdline: String,
+    /// `bios` and/or `uefi`.
+    pub boot_modes: Vec<String>,
+    pub disk: DiskManifest,
+    pub layers: Vec<String>,
+    pub packages: Vec<Package>,
+    /// SOURCE_DATE_EPOCH of the build (seconds since 1970).
+    pub build_time: u64,
+    /// sha256 of the whole raw image; only in the copy beside the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DiskManifest {
+    pub size_bytes: u64,
+    pub disk_guid: String,
+    pub partitions: Vec<PartitionManifest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PartitionManifest {
+    pub number: u32,
+    pub name: String,
+    pub type_guid: String,
+    pub partition_guid: String,
+    pub first_lba: u64,
+    pub last_lba: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem_uuid: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("manifest serializes") + "\n"
+    }
+}

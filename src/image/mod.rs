@@ -1,0 +1,8 @@
+//! The disk image's formats, and the reader that inspect, boot-test, export
+//! and upload share: an image may come from anywhere, so every parser here
+//! treats its input as untrusted.
+
+pub mod esp;
+pub mod inspect;
+pub mod manifest;
+pub mod sparse;

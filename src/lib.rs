@@ -1,0 +1,26 @@
+//! imgforge: build bootable Linux disk images offline and publish them as
+//! EC2 AMIs.
+//!
+//! The file tree is the architecture:
+//!
+//! - [`build`]: the offline half, one module per stage, listed in order by
+//!   [`build::build`];
+//! - [`distro`]: what the stages ask of a distribution, one module each;
+//! - [`image`]: the disk image's formats (partition layout, ESP, manifest)
+//!   and the reader that inspect, boot-test, export and upload share;
+//! - [`boottest`]: QEMU boot tests;
+//! - [`aws`]: the online half, upload, register, download;
+//! - [`sys`]: processes, interrupts, work directories, progress.
+//!
+//! Data (layers, GRUB templates, tables) lives in `rootfs/`, `boot/` and
+//! `kernel-configs/`, embedded in the binary ([`data`]).
+
+pub mod aws;
+pub mod boottest;
+pub mod build;
+pub mod data;
+pub mod distro;
+pub mod export;
+pub mod image;
+pub mod sizeclass;
+pub mod sys;

@@ -306,14 +306,26 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     let dir = scratch();
     let out_path = dir.path().join("x.raw");
     let out = out_path.to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["build", "--distro", "gentoo", "-o", out],
             "unknown distro `gentoo`",
         ),
         (
-            &["build", "--distro", "arch", "-o", out],
-            "cannot be built yet",
+            &["build", "--distro", "arch", "--kernel", "zen", "-o", out],
+            "unknown kernel `zen` for arch; choose one of: linux, lts",
+        ),
+        (
+            &[
+                "build",
+                "--distro",
+                "arch",
+                "--mirror",
+                "http://mirror.example/archlinux",
+                "-o",
+                out,
+            ],
+            "lacks the `$repo` placeholder",
         ),
         (
             &["build", "--size-class", "huge", "-o", out],
@@ -349,19 +361,26 @@ fn bad_input_fails_clearly_and_writes_nothing() {
 #[test]
 fn missing_host_tool_names_the_package() {
     let dir = scratch();
-    let out = Command::new(IMGFORGE)
-        .args(["build", "-o"])
-        .arg(dir.path().join("x.raw"))
-        .env("PATH", dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        text(&out)
-            .contains("`mmdebstrap` is not installed (install the Debian package `mmdebstrap`"),
-        "{}",
-        text(&out)
-    );
+    for (distro, expected) in [
+        (
+            "debian",
+            "`mmdebstrap` is not installed (install the Debian package `mmdebstrap`",
+        ),
+        (
+            "arch",
+            "`pacman` is not installed (install the Debian package `pacman-package-manager`",
+        ),
+    ] {
+        let out = Command::new(IMGFORGE)
+            .args(["build", "--distro", distro, "-o"])
+            .arg(dir.path().join("x.raw"))
+            .env("PATH", dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(text(&out).contains(expected), "{distro}: {}", text(&out));
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
 #[test]

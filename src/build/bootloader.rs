@@ -46,7 +46,8 @@ pub enum BootloaderError {
     Targets(String),
     #[error(
         "the tree has no GRUB for {firmware} ({path} is missing): the distro's package list \
-         must include its GRUB binaries (grub-pc-bin for BIOS, grub-efi-amd64-bin for UEFI)"
+         (rootfs/distros/DISTRO.toml) must include its GRUB binaries (Debian: grub-pc-bin and \
+         grub-efi-amd64-bin; Arch: grub)"
     )]
     NoGrub { firmware: String, path: PathBuf },
     #[error("core.img is {size} bytes, larger than the BIOS boot partition ({room} bytes)")]

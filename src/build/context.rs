@@ -53,8 +53,8 @@ impl BuildContext {
         if !nix::unistd::geteuid().is_root() {
             return Err(BuildError::NotRoot);
         }
-        tool::require_all(COMMON_HOST_TOOLS)?;
         tool::require_all(&request.distro.host_tools())?;
+        tool::require_all(COMMON_HOST_TOOLS)?;
         let cache = CacheDirs {
             rootfs_dir: args.cache_dir.join("rootfs"),
             packages_dir: args.cache_dir.join("packages"),

@@ -21,8 +21,11 @@ use crate::sys::fsio::PathError;
 use crate::sys::progress::Progress;
 use crate::sys::tool::{HostTool, ToolError};
 
+/// Makes a distro from its data file.
+type Constructor = fn(DistroData) -> Result<Box<dyn Distro>, DistroError>;
+
 /// Every distro imgforge knows: its name and how to make it from its data.
-const REGISTRY: &[(&str, fn(DistroData) -> Result<Box<dyn Distro>, DistroError>)] = &[
+const REGISTRY: &[(&str, Constructor)] = &[
     ("debian", debian::Debian::boxed),
     ("arch", arch::Arch::boxed),
 ];

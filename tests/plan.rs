@@ -1,0 +1,221 @@
+//! `imgforge build --plan`: everything a build would use, without root,
+//! network or bootstrap; and the data it reads (built in, or --data-dir).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const IMGFORGE: &str = env!("CARGO_BIN_EXE_imgforge");
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs `imgforge build --plan --json ARGS` as the unprivileged user
+/// `nobody` when we are root (the plan must not need root).
+fn plan(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let mut command = if nix::unistd::geteuid().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", IMGFORGE]);
+        c
+    } else {
+        Command::new(IMGFORGE)
+    };
+    command
+        .args(["build", "--plan", "--json"])
+        .args(args)
+        .current_dir("/")
+        .env("HOME", "/nonexistent")
+        .env_remove("IMGFORGE_DATA_DIR");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("run imgforge");
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+}
+
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn arch_large_plan_resolves_without_root_or_network() {
+    let p = plan(
+        &[
+            "--distro",
+            "arch",
+            "--size-class",
+            "large",
+            "--kernel",
+            "lts",
+        ],
+        &[],
+    );
+    assert_eq!(p["distro"], "arch");
+    assert_eq!(p["architecture"], "x86_64");
+    let packages = strings(&p["packages"]);
+    for wanted in [
+        "base",
+        "linux-lts",
+        "mkinitcpio",
+        "grub",
+        "openssh",
+        "sudo",
+        "chrony",
+    ] {
+        assert!(
+            packages.contains(&wanted.to_string()),
+            "{wanted}: {packages:?}"
+        );
+    }
+    assert!(!packages.contains(&"linux".to_string()), "{packages:?}");
+    assert_eq!(p["admin_group"], "wheel");
+    assert_eq!(p["default_user"], "arch");
+    assert_eq!(
+        strings(&p["sources"]["lines"]),
+        ["Server = https://geo.mirror.pkgbuild.com/$repo/os/$arch"]
+    );
+    let cmdline = p["kernel_cmdline"].as_str().unwrap();
+    assert!(
+        cmdline.contains("isolcpus=managed_irq,domain,8-N"),
+        "{cmdline}"
+    );
+    assert!(cmdline.contains("irqaffinity=0-7"), "{cmdline}");
+    assert_eq!(p["grub_kernel"], "/boot/vmlinuz-linux-lts");
+    assert_eq!(p["grub_initrd"], "/boot/initramfs-linux-lts.img");
+    assert!(p["initramfs"].as_str().unwrap().contains("autodetect"));
+    let layers: Vec<&str> = p["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(layers, ["base", "tuning", "arch"]);
+    let units = strings(&p["first_boot_units"]);
+    assert!(
+        units.contains(&"imgforge-pacman-init.service".to_string()),
+        "{units:?}"
+    );
+    assert!(
+        units.contains(&"imgforge-imds-ssh-key.service".to_string()),
+        "{units:?}"
+    );
+    let parts = p["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3);
+    assert_eq!(
+        parts[0]["type_guid"],
+        "21686148-6449-6E6F-744E-656564454649"
+    );
+    assert_eq!(p["data_dir"], "built into imgforge");
+    assert_eq!(p["cache_key"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn the_cache_key_follows_what_decides_the_tree() {
+    let key = |args: &[&str]| plan(args, &[])["cache_key"].as_str().unwrap().to_string();
+    let base = key(&["--distro", "arch"]);
+    assert_eq!(
+        base,
+        key(&["--distro", "arch", "--size-class", "xlarge"]),
+        "class is not in the tree"
+    );
+    assert_ne!(base, key(&["--distro", "arch", "--kernel", "lts"]));
+    assert_ne!(base, key(&["--distro", "arch", "--packages", "htop"]));
+    assert_ne!(
+        base,
+        key(&[
+            "--distro",
+            "arch",
+            "--mirror",
+            "http://127.0.0.1:9/$repo/os/$arch"
+        ])
+    );
+    let debian = plan(
+        &[
+            "--mirror",
+            "http://127.0.0.1:9/debian",
+            "--release",
+            "trixie",
+        ],
+        &[],
+    );
+    assert_eq!(
+        strings(&debian["sources"]["lines"]),
+        ["deb http://127.0.0.1:9/debian trixie main"]
+    );
+    assert_eq!(debian["admin_group"], "sudo");
+    assert_eq!(debian["grub_kernel"], "/vmlinuz");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn data_dir_overrides_the_built_in_data_and_a_copied_binary_needs_no_source_tree() {
+    let dir = tempfile::Builder::new()
+        .prefix("imgforge-data-test-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for folder in ["rootfs", "boot", "kernel-configs"] {
+        copy_tree(&source.join(folder), dir.path());
+    }
+    let toml = dir.path().join("rootfs/distros/arch.toml");
+    let original = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, original.replace("\"less\",", "\"less\", \"htop\",")).unwrap();
+    // Readable by `nobody`.
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(dir.path())
+        .status();
+    let _ = Command::new("chmod").arg("a+rx").arg(dir.path()).status();
+    let data = dir.path().to_str().unwrap();
+    for p in [
+        plan(&["--distro", "arch", "--data-dir", data], &[]),
+        plan(&["--distro", "arch"], &[("IMGFORGE_DATA_DIR", data)]),
+    ] {
+        assert!(strings(&p["packages"]).contains(&"htop".to_string()));
+        assert_eq!(p["data_dir"], data);
+    }
+    let built_in = plan(&["--distro", "arch"], &[]);
+    assert!(!strings(&built_in["packages"]).contains(&"htop".to_string()));
+
+    // A copy of the binary, far from the source tree, still has its data.
+    let copy = dir.path().join("imgforge");
+    std::fs::copy(IMGFORGE, &copy).unwrap();
+    let out = Command::new(&copy)
+        .args(["build", "--plan", "--distro", "debian"])
+        .current_dir("/")
+        .env_remove("IMGFORGE_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("built into imgforge"), "{}", text(&out));
+
+    let not_data = Command::new(IMGFORGE)
+        .args(["build", "--plan", "--data-dir", "/var"])
+        .output()
+        .unwrap();
+    assert!(!not_data.status.success());
+    assert!(
+        text(&not_data).contains("has no rootfs/ folder"),
+        "{}",
+        text(&not_data)
+    );
+}

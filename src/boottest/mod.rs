@@ -17,6 +17,7 @@ mod accel;
 mod image;
 mod qemu;
 pub mod report;
+mod stall;
 
 use std::fs::File;
 use std::io::Write;
@@ -32,12 +33,19 @@ pub use accel::AccelChoice;
 pub use image::{ImageError, QEMU_IMG, detect_format};
 use qemu::{Event, Machine, MachineFirmware, Qemu, QemuError};
 use report::{Check, Expectations, GuestReport};
+use stall::SilenceWatch;
 
 /// Temporary directories of boot-test runs start with this.
 const SCRATCH_PREFIX: &str = "imgforge-boot-test-";
 
 /// Console lines a failure shows.
 const TAIL_LINES: usize = 40;
+
+/// Boots per firmware at most: a second one only when the first stalled.
+pub const MAX_ATTEMPTS: u32 = 2;
+
+/// Default for `--stall-seconds`.
+pub const DEFAULT_STALL_SECONDS: u64 = 60;
 
 #[derive(Debug, clap::Args)]
 pub struct BootTestArgs {
@@ -55,6 +63,14 @@ pub struct BootTestArgs {
     /// Seconds each boot may take to reach the report line.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+    /// Seconds of silence on the serial console, before the guest's systemd
+    /// starts, after which a boot counts as stalled. The stalled boot ends
+    /// at once ("the guest stalled after: LAST LINE") and boot-test boots
+    /// once more, with a fresh overlay; a firmware passes only if that
+    /// second boot passes, so an image that stalls every time fails. Once
+    /// systemd runs, only --timeout applies. 0 turns stall detection off.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_STALL_SECONDS)]
+    pub stall_seconds: u64,
     /// Accelerator: KVM when a probe guest makes progress under it (auto), or forced.
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: AccelChoice,
@@ -101,13 +117,72 @@ pub enum BootTestError {
     Failed { failed: String },
 }
 
+/// How one boot ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The report arrived and every check passed.
+    Passed,
+    /// The report showed a broken promise, QEMU exited, or the timeout ran out.
+    Failed,
+    /// The console went silent before userspace (see `--stall-seconds`).
+    Stalled,
+}
+
+/// One boot of one firmware.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    /// 1 for the first boot, 2 for the one after a stall.
+    pub attempt: u32,
+    pub outcome: Outcome,
+    /// For a stall: the last thing the console showed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Seconds from QEMU's start to the report line or the failure.
+    pub seconds: f64,
+    /// The longest console silence before systemd started, in seconds.
+    pub longest_silence_seconds: f64,
+}
+
+/// Whether to boot again after `attempts`: only after a stall, and never
+/// more than [`MAX_ATTEMPTS`] in all.
+fn another_attempt(attempts: &[Attempt]) -> bool {
+    attempts.len() < MAX_ATTEMPTS as usize
+        && attempts
+            .last()
+            .is_some_and(|a| a.outcome == Outcome::Stalled)
+}
+
+/// The firmware's result from its attempts, in order: the last attempt's
+/// result (a firmware passes only when its last boot passed), with every
+/// attempt listed.
+fn combine(runs: Vec<(FirmwareResult, Attempt)>) -> FirmwareResult {
+    let attempts: Vec<Attempt> = runs.iter().map(|(_, a)| a.clone()).collect();
+    let (mut result, last) = runs.into_iter().last().expect("at least one attempt");
+    result.passed = result.passed && last.outcome == Outcome::Passed;
+    result.stalled = last.outcome == Outcome::Stalled;
+    result.attempt = last.attempt;
+    result.total_seconds = attempts.iter().map(|a| a.seconds).sum();
+    result.attempts = attempts;
+    result
+}
+
 /// The outcome of booting with one firmware.
 #[derive(Debug, Clone, Serialize)]
 pub struct FirmwareResult {
     pub firmware: String,
     pub passed: bool,
-    /// Seconds from QEMU's start to the report line (or to the failure).
+    /// Seconds from QEMU's start to the report line (or to the failure), in
+    /// the attempt this result is from.
     pub seconds: f64,
+    /// Which attempt this result is from: 1, or 2 when the first stalled.
+    pub attempt: u32,
+    /// The result's attempt stalled (`failures` says after what).
+    pub stalled: bool,
+    /// Seconds over every attempt.
+    pub total_seconds: f64,
+    /// Every boot of this firmware, in order.
+    pub attempts: Vec<Attempt>,
     pub accel: String,
     pub smp: u32,
     pub memory_mib: u32,
@@ -192,52 +267,93 @@ pub fn run(args: &BootTestArgs) -> Result<(), BootTestError> {
         None => None,
     };
 
+    let stall = (args.stall_seconds > 0).then(|| Duration::from_secs(args.stall_seconds));
     let mut results = Vec::new();
     for &firmware in firmwares {
         let want = expectations(firmware, smp, class.as_ref(), &info);
-        let run_dir = tempfile::Builder::new()
-            .prefix(firmware)
-            .tempdir_in(scratch.path())
-            .map_err(BootTestError::TempDir)?;
-        let overlay = image::overlay(&args.image, &format, run_dir.path())?;
-        let machine_firmware = match firmware {
-            "bios" => MachineFirmware::Bios,
-            _ => MachineFirmware::uefi(ovmf.as_ref().expect("found above"), run_dir.path())?,
-        };
-        let machine = Machine {
-            accel: decision.accel,
-            cpu: decision.cpu.clone(),
-            firmware: machine_firmware,
-            smp,
-            memory_mib: args.memory,
-            disk: overlay,
-            disk_format: "qcow2".into(),
-            firmware_log: Some(run_dir.path().join("firmware.log")),
-        };
-        if let Some(file) = log.as_mut() {
-            let _ = writeln!(file, "\n===== imgforge boot-test: {firmware} =====");
+        let mut runs: Vec<(FirmwareResult, Attempt)> = Vec::new();
+        let mut attempts: Vec<Attempt> = Vec::new();
+        loop {
+            let attempt = runs.len() as u32 + 1;
+            // A fresh overlay and variable store for every attempt.
+            let run_dir = tempfile::Builder::new()
+                .prefix(firmware)
+                .tempdir_in(scratch.path())
+                .map_err(BootTestError::TempDir)?;
+            let overlay = image::overlay(&args.image, &format, run_dir.path())?;
+            let machine_firmware = match firmware {
+                "bios" => MachineFirmware::Bios,
+                _ => MachineFirmware::uefi(ovmf.as_ref().expect("found above"), run_dir.path())?,
+            };
+            let machine = Machine {
+                accel: decision.accel,
+                cpu: decision.cpu.clone(),
+                firmware: machine_firmware,
+                smp,
+                memory_mib: args.memory,
+                disk: overlay,
+                disk_format: "qcow2".into(),
+                firmware_log: Some(run_dir.path().join("firmware.log")),
+            };
+            let label = if attempt == 1 {
+                firmware.to_string()
+            } else {
+                format!("{firmware}, attempt {attempt} of {MAX_ATTEMPTS}")
+            };
+            if let Some(file) = log.as_mut() {
+                let _ = writeln!(file, "\n===== imgforge boot-test: {label} =====");
+            }
+            progress(&format!(
+                "{label}: booting under {} with {smp} vCPUs, {} MiB (timeout {} s, stall after {})",
+                decision.accel.name(),
+                args.memory,
+                args.timeout,
+                match stall {
+                    Some(s) => format!("{} s of console silence", s.as_secs()),
+                    None => "never (--stall-seconds 0)".into(),
+                }
+            ));
+            let log_copy = match log.as_ref() {
+                Some(file) => Some(file.try_clone().map_err(|source| QemuError::Log {
+                    path: args.log.clone().unwrap_or_default(),
+                    source,
+                })?),
+                None => None,
+            };
+            let (result, outcome) = boot_once(
+                &machine,
+                &want,
+                Duration::from_secs(args.timeout),
+                stall,
+                attempt,
+                log_copy,
+            )?;
+            match outcome.outcome {
+                Outcome::Stalled => progress(&format!(
+                    "{label}: STALLED after {:.1} s, no console output for {} s; last line: {}",
+                    outcome.seconds,
+                    args.stall_seconds,
+                    outcome.after.as_deref().unwrap_or("")
+                )),
+                _ => progress(&format!(
+                    "{label}: {} in {:.1} s",
+                    if result.passed { "PASS" } else { "FAIL" },
+                    result.seconds
+                )),
+            }
+            attempts.push(outcome.clone());
+            runs.push((result, outcome));
+            drop(run_dir);
+            if !another_attempt(&attempts) {
+                break;
+            }
+            progress(&format!(
+                "{firmware}: the guest stalled; booting once more (attempt {} of {MAX_ATTEMPTS}); \
+                 the firmware passes only if that boot passes",
+                attempts.len() + 1
+            ));
         }
-        progress(&format!(
-            "{firmware}: booting under {} with {smp} vCPUs, {} MiB (timeout {} s)",
-            decision.accel.name(),
-            args.memory,
-            args.timeout
-        ));
-        let log_copy = match log.as_ref() {
-            Some(file) => Some(file.try_clone().map_err(|source| QemuError::Log {
-                path: args.log.clone().unwrap_or_default(),
-                source,
-            })?),
-            None => None,
-        };
-        let result = boot_once(&machine, &want, Duration::from_secs(args.timeout), log_copy)?;
-        progress(&format!(
-            "{firmware}: {} in {:.1} s",
-            if result.passed { "PASS" } else { "FAIL" },
-            result.seconds
-        ));
-        results.push(result);
-        drop(run_dir);
+        results.push(combine(runs));
     }
 
     let passed = results.iter().all(|r| r.passed);
@@ -361,16 +477,22 @@ fn root_uuid(manifest: &crate::image::manifest::Manifest) -> Option<String> {
         .and_then(|p| p.filesystem_uuid.clone())
 }
 
-/// Boots once and waits for the report; QEMU is stopped on every way out.
+/// Boots once and waits for the report, at most `timeout`, or until the
+/// console has been silent for `stall` before userspace; QEMU is stopped on
+/// every way out.
 fn boot_once(
     machine: &Machine,
     want: &Expectations,
     timeout: Duration,
+    stall: Option<Duration>,
+    attempt: u32,
     log: Option<File>,
-) -> Result<FirmwareResult, BootTestError> {
+) -> Result<(FirmwareResult, Attempt), BootTestError> {
     let mut qemu = Qemu::spawn(&machine.args(), log)?;
     let started = Instant::now();
     let deadline = started + timeout;
+    let mut watch = SilenceWatch::new(stall, started);
+    let mut stalled_after: Option<String> = None;
     let mut tail: std::collections::VecDeque<String> =
         std::collections::VecDeque::with_capacity(TAIL_LINES);
     let mut lines_seen = 0usize;
@@ -378,6 +500,10 @@ fn boot_once(
         firmware: want.firmware.clone(),
         passed: false,
         seconds: 0.0,
+        attempt,
+        stalled: false,
+        total_seconds: 0.0,
+        attempts: Vec::new(),
         accel: machine.accel.name().into(),
         smp: machine.smp,
         memory_mib: machine.memory_mib,
@@ -386,10 +512,32 @@ fn boot_once(
         failures: Vec::new(),
         console_tail: Vec::new(),
     };
+    let attempt_of =
+        |result: &FirmwareResult, watch: &SilenceWatch, after: Option<String>| Attempt {
+            attempt,
+            outcome: match (&after, result.passed) {
+                (Some(_), _) => Outcome::Stalled,
+                (None, true) => Outcome::Passed,
+                (None, false) => Outcome::Failed,
+            },
+            after,
+            seconds: result.seconds,
+            longest_silence_seconds: watch.longest_silence(Instant::now()).as_secs_f64(),
+        };
     let failure = loop {
-        match qemu.next_event(deadline) {
+        // Wake at least once a second to look at the console's byte count.
+        let wake = watch
+            .fires_at()
+            .unwrap_or(deadline)
+            .min(deadline)
+            .min(Instant::now() + Duration::from_secs(1));
+        let event = qemu.next_event(wake);
+        let now = Instant::now();
+        watch.observe_bytes(now, qemu.console_bytes());
+        match event {
             Event::Line(line) => {
                 lines_seen += 1;
+                watch.observe_line(now, &line);
                 if let Some(report) = report::parse_line(&line) {
                     result.seconds = started.elapsed().as_secs_f64();
                     qemu.stop();
@@ -402,7 +550,8 @@ fn boot_once(
                         .collect();
                     result.passed = result.failures.is_empty();
                     result.report = Some(report);
-                    return Ok(result);
+                    let attempt = attempt_of(&result, &watch, None);
+                    return Ok((result, attempt));
                 }
                 if line.is_empty() && tail.back().is_some_and(String::is_empty) {
                     continue;
@@ -434,6 +583,31 @@ fn boot_once(
                         format!("; QEMU said: {stderr}")
                     }
                 );
+            }
+            Event::Deadline if now < deadline => {
+                if watch.stalled(now) {
+                    let partial = qemu.partial_line();
+                    let last = if partial.is_empty() {
+                        tail.iter()
+                            .rev()
+                            .find(|l| !l.is_empty())
+                            .cloned()
+                            .unwrap_or_else(|| "(nothing on the serial console)".into())
+                    } else {
+                        qemu::squeeze(&partial)
+                    };
+                    let silent = watch.silence(now).as_secs();
+                    let hint = stage_hint(&tail, lines_seen);
+                    let hint = hint
+                        .trim_start()
+                        .trim_start_matches('(')
+                        .trim_end_matches(')');
+                    stalled_after = Some(last.clone());
+                    break format!(
+                        "the guest stalled after: {last} (no console output for {silent} s{}{hint})",
+                        if hint.is_empty() { "" } else { "; " }
+                    );
+                }
             }
             Event::Deadline => {
                 break format!(
@@ -471,7 +645,9 @@ fn boot_once(
     }
     result.failures.push(failure);
     result.console_tail = tail.into_iter().collect();
-    Ok(result)
+    result.stalled = stalled_after.is_some();
+    let attempt = attempt_of(&result, &watch, stalled_after);
+    Ok((result, attempt))
 }
 
 /// How far the boot got: the latest stage the console shows.
@@ -518,14 +694,37 @@ fn stage_hint(tail: &std::collections::VecDeque<String>, lines_seen: usize) -> &
 fn print_text(results: &[FirmwareResult]) {
     for r in results {
         println!(
-            "{}: {} in {:.1} s ({}, {} vCPUs, {} MiB)",
+            "{}: {} in {:.1} s{} ({}, {} vCPUs, {} MiB)",
             r.firmware,
             if r.passed { "PASS" } else { "FAIL" },
             r.seconds,
+            if r.attempts.len() > 1 {
+                format!(" on attempt {} of {MAX_ATTEMPTS}", r.attempt)
+            } else {
+                String::new()
+            },
             r.accel,
             r.smp,
             r.memory_mib
         );
+        if r.attempts.len() > 1 {
+            for a in &r.attempts {
+                println!(
+                    "  attempt {}: {} in {:.1} s{}",
+                    a.attempt,
+                    match a.outcome {
+                        Outcome::Passed => "passed",
+                        Outcome::Failed => "failed",
+                        Outcome::Stalled => "STALLED",
+                    },
+                    a.seconds,
+                    a.after
+                        .as_ref()
+                        .map(|after| format!(" after: {after}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
         if let Some(report) = &r.report {
             println!("  kernel:   {}", report.kernel);
             println!("  cmdline:  {}", report.cmdline);
@@ -562,5 +761,162 @@ fn print_text(results: &[FirmwareResult]) {
                 println!("  | {line}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(passed: bool, seconds: f64, failure: Option<&str>) -> FirmwareResult {
+        FirmwareResult {
+            firmware: "bios".into(),
+            passed,
+            seconds,
+            attempt: 0,
+            stalled: false,
+            total_seconds: 0.0,
+            attempts: Vec::new(),
+            accel: "tcg".into(),
+            smp: 4,
+            memory_mib: 1024,
+            report: None,
+            checks: Vec::new(),
+            failures: failure.into_iter().map(String::from).collect(),
+            console_tail: Vec::new(),
+        }
+    }
+
+    fn attempt(n: u32, outcome: Outcome, seconds: f64) -> Attempt {
+        Attempt {
+            attempt: n,
+            outcome,
+            after: (outcome == Outcome::Stalled).then(|| "sched_clock: Marking stable".into()),
+            seconds,
+            longest_silence_seconds: 1.0,
+        }
+    }
+
+    fn stalled_run(n: u32) -> (FirmwareResult, Attempt) {
+        (
+            result(
+                false,
+                61.0,
+                Some("the guest stalled after: sched_clock: Marking stable"),
+            ),
+            attempt(n, Outcome::Stalled, 61.0),
+        )
+    }
+
+    #[test]
+    fn only_a_stall_earns_another_attempt_and_only_one() {
+        assert!(!another_attempt(&[]));
+        assert!(another_attempt(&[attempt(1, Outcome::Stalled, 61.0)]));
+        assert!(!another_attempt(&[attempt(1, Outcome::Failed, 300.0)]));
+        assert!(!another_attempt(&[attempt(1, Outcome::Passed, 40.0)]));
+        assert!(!another_attempt(&[
+            attempt(1, Outcome::Stalled, 61.0),
+            attempt(2, Outcome::Stalled, 61.0)
+        ]));
+    }
+
+    #[test]
+    fn stalling_every_time_fails() {
+        let combined = combine(vec![stalled_run(1), stalled_run(2)]);
+        assert!(!combined.passed);
+        assert!(combined.stalled);
+        assert_eq!(combined.attempt, 2);
+        assert_eq!(combined.attempts.len(), 2);
+        assert_eq!(combined.total_seconds, 122.0);
+        assert!(combined.failures[0].starts_with("the guest stalled after: "));
+    }
+
+    #[test]
+    fn a_pass_after_a_stall_passes_and_shows_the_stall() {
+        let combined = combine(vec![
+            stalled_run(1),
+            (result(true, 40.0, None), attempt(2, Outcome::Passed, 40.0)),
+        ]);
+        assert!(combined.passed);
+        assert!(!combined.stalled);
+        assert_eq!(combined.attempt, 2);
+        assert_eq!(combined.seconds, 40.0);
+        assert_eq!(combined.total_seconds, 101.0);
+        let json = serde_json::to_value(&combined).unwrap();
+        assert_eq!(json["attempt"], 2);
+        assert_eq!(json["attempts"][0]["outcome"], "stalled");
+        assert_eq!(json["attempts"][0]["after"], "sched_clock: Marking stable");
+        assert_eq!(json["attempts"][1]["outcome"], "passed");
+        assert!(json["attempts"][1].get("after").is_none());
+    }
+
+    #[test]
+    fn a_stalled_attempt_never_counts_as_a_pass() {
+        // Even a result marked passed cannot pass with a stalled last attempt.
+        let combined = combine(vec![(
+            result(true, 61.0, None),
+            attempt(1, Outcome::Stalled, 61.0),
+        )]);
+        assert!(!combined.passed);
+        let single = combine(vec![(
+            result(true, 40.0, None),
+            attempt(1, Outcome::Passed, 40.0),
+        )]);
+        assert!(single.passed);
+        assert_eq!(single.attempt, 1);
+        assert_eq!(single.attempts.len(), 1);
+    }
+
+    /// A real QEMU whose guest prints nothing (SeaBIOS, a blank disk: nothing
+    /// to boot, nothing on the serial console) must end as a stall after the
+    /// silence threshold, long before the timeout.
+    #[test]
+    fn a_silent_guest_ends_as_stalled_quickly() {
+        if crate::tool::find_in_path("qemu-system-x86_64").is_none() {
+            eprintln!("skipped: qemu-system-x86_64 not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("blank.raw");
+        std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        let machine = Machine {
+            accel: qemu::Accel::Tcg,
+            cpu: "qemu64".into(),
+            firmware: MachineFirmware::Bios,
+            smp: 1,
+            memory_mib: 256,
+            disk,
+            disk_format: "raw".into(),
+            firmware_log: None,
+        };
+        let want = Expectations {
+            firmware: "bios".into(),
+            smp: 1,
+            class: None,
+            manifest_cmdline: Vec::new(),
+            root_uuid: None,
+        };
+        let started = Instant::now();
+        let (result, attempt) = boot_once(
+            &machine,
+            &want,
+            Duration::from_secs(120),
+            Some(Duration::from_secs(3)),
+            1,
+            None,
+        )
+        .unwrap();
+        let took = started.elapsed();
+        assert_eq!(attempt.outcome, Outcome::Stalled, "{result:?}");
+        assert!(!result.passed);
+        assert!(result.stalled);
+        assert!(took >= Duration::from_secs(3), "{took:?}");
+        assert!(took < Duration::from_secs(30), "{took:?}");
+        assert!(
+            result.failures[0].starts_with("the guest stalled after: "),
+            "{:?}",
+            result.failures
+        );
+        assert!(attempt.longest_silence_seconds >= 3.0, "{attempt:?}");
     }
 }

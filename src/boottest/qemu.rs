@@ -14,6 +14,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -267,6 +268,8 @@ pub struct Qemu {
     _guard: interrupt::ChildGuard,
     lines: Receiver<String>,
     partial: Arc<Mutex<String>>,
+    /// Bytes read from the serial console so far.
+    console_bytes: Arc<AtomicU64>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     command: String,
     exited: Option<ExitStatus>,
@@ -323,15 +326,18 @@ impl Qemu {
         }
         let (sender, lines) = mpsc::channel();
         let partial = Arc::new(Mutex::new(String::new()));
+        let console_bytes = Arc::new(AtomicU64::new(0));
         if let Some(stdout) = child.stdout.take() {
             let partial = partial.clone();
-            thread::spawn(move || read_console(stdout, log, sender, partial));
+            let bytes = console_bytes.clone();
+            thread::spawn(move || read_console(stdout, log, sender, partial, bytes));
         }
         Ok(Self {
             child,
             _guard: guard,
             lines,
             partial,
+            console_bytes,
             stderr_tail,
             command: command_line,
             exited: None,
@@ -373,6 +379,12 @@ impl Qemu {
     /// The console's unfinished last line (a login prompt, say).
     pub fn partial_line(&self) -> String {
         self.partial.lock().unwrap().clone()
+    }
+
+    /// How many bytes the serial console has produced so far, unfinished
+    /// lines included.
+    pub fn console_bytes(&self) -> u64 {
+        self.console_bytes.load(Ordering::Relaxed)
     }
 
     /// QEMU's own last stderr lines.
@@ -433,6 +445,7 @@ fn read_console(
     mut log: Option<File>,
     sender: mpsc::Sender<String>,
     partial: Arc<Mutex<String>>,
+    bytes: Arc<AtomicU64>,
 ) {
     let mut buf = [0u8; 8192];
     let mut pending: Vec<u8> = Vec::new();
@@ -441,6 +454,7 @@ fn read_console(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(file) = log.as_mut()
             && file.write_all(&buf[..n]).is_err()
         {

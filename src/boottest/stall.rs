@@ -1,0 +1,194 @@
+//! Stall detection: a boot whose serial console goes silent for too long
+//! before the guest's userspace starts.
+//!
+//! Firmware, GRUB, the kernel and the initramfs all write to the serial
+//! console at a steady pace; a long silence there means the guest is stuck
+//! (seen under TCG: a kernel spinning forever after `sched_clock: Marking
+//! stable`), and waiting out the whole `--timeout` only delays the verdict.
+//! Once systemd runs, quiet periods are normal (units waiting on the
+//! network), so the watch is disarmed and only the timeout applies.
+//!
+//! Every byte counts as output, not only complete lines: GRUB's countdown and
+//! a login prompt are unfinished lines.
+//!
+//! The watch is pure: it is told the time and the console's byte count, so
+//! tests drive it with a fake clock.
+
+use std::time::{Duration, Instant};
+
+/// Lines that show systemd (PID 1 of the real root) has started.
+pub fn is_userspace_line(line: &str) -> bool {
+    line.contains("systemd[1]:")
+        || line.contains("Welcome to ")
+        || line.contains("[  OK  ]")
+        || line.contains("running in system mode")
+}
+
+#[derive(Debug, Clone)]
+pub struct SilenceWatch {
+    /// `None`: detection is off.
+    threshold: Option<Duration>,
+    last_activity: Instant,
+    bytes: u64,
+    userspace: bool,
+    /// Longest silence seen while armed, finished gaps only.
+    longest: Duration,
+}
+
+impl SilenceWatch {
+    /// A watch that starts at `now` with nothing seen; `threshold` of `None`
+    /// never reports a stall (the longest silence is still measured).
+    pub fn new(threshold: Option<Duration>, now: Instant) -> Self {
+        Self {
+            threshold,
+            last_activity: now,
+            bytes: 0,
+            userspace: false,
+            longest: Duration::ZERO,
+        }
+    }
+
+    /// The console has produced `total_bytes` bytes so far (as of `now`).
+    pub fn observe_bytes(&mut self, now: Instant, total_bytes: u64) {
+        if total_bytes != self.bytes {
+            self.bytes = total_bytes;
+            self.activity(now);
+        }
+    }
+
+    /// A complete console line arrived at `now`.
+    pub fn observe_line(&mut self, now: Instant, line: &str) {
+        self.activity(now);
+        if is_userspace_line(line) {
+            self.userspace = true;
+        }
+    }
+
+    fn activity(&mut self, now: Instant) {
+        if !self.userspace {
+            self.longest = self
+                .longest
+                .max(now.saturating_duration_since(self.last_activity));
+        }
+        self.last_activity = now;
+    }
+
+    /// True when the console has been silent for the threshold or longer
+    /// and userspace has not started.
+    pub fn stalled(&self, now: Instant) -> bool {
+        match self.threshold {
+            Some(threshold) => !self.userspace && self.silence(now) >= threshold,
+            None => false,
+        }
+    }
+
+    /// Seconds since the last output.
+    pub fn silence(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_activity)
+    }
+
+    /// The longest silence before userspace, counting an ongoing one.
+    pub fn longest_silence(&self, now: Instant) -> Duration {
+        if self.userspace {
+            self.longest
+        } else {
+            self.longest.max(self.silence(now))
+        }
+    }
+
+    /// When `stalled` can first become true; `None` when it cannot.
+    pub fn fires_at(&self) -> Option<Instant> {
+        match self.threshold {
+            Some(threshold) if !self.userspace => Some(self.last_activity + threshold),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn silence_before_userspace_is_a_stall_only_at_the_threshold() {
+        let t0 = Instant::now();
+        let mut watch = SilenceWatch::new(Some(secs(60)), t0);
+        assert!(!watch.stalled(t0));
+        watch.observe_line(t0 + secs(5), "[    1.97] sched_clock: Marking stable");
+        assert!(
+            !watch.stalled(t0 + secs(64)),
+            "59 s of silence is not a stall"
+        );
+        assert!(watch.stalled(t0 + secs(65)), "60 s of silence is");
+        assert_eq!(watch.fires_at(), Some(t0 + secs(65)));
+        assert_eq!(watch.longest_silence(t0 + secs(65)), secs(60));
+    }
+
+    #[test]
+    fn any_console_byte_restarts_the_clock() {
+        let t0 = Instant::now();
+        let mut watch = SilenceWatch::new(Some(secs(10)), t0);
+        // GRUB's countdown: no newline, but the byte count grows.
+        for i in 1..=5 {
+            watch.observe_bytes(t0 + secs(8 * i), 100 * i);
+            assert!(!watch.stalled(t0 + secs(8 * i + 9)));
+        }
+        // The same count again is not output.
+        watch.observe_bytes(t0 + secs(45), 500);
+        assert!(watch.stalled(t0 + secs(50)));
+        assert_eq!(watch.longest_silence(t0 + secs(49)), secs(9));
+    }
+
+    #[test]
+    fn nothing_at_all_is_a_stall_too() {
+        let t0 = Instant::now();
+        let watch = SilenceWatch::new(Some(secs(3)), t0);
+        assert!(!watch.stalled(t0 + Duration::from_millis(2999)));
+        assert!(watch.stalled(t0 + secs(3)));
+    }
+
+    #[test]
+    fn userspace_disarms_the_watch() {
+        let t0 = Instant::now();
+        let mut watch = SilenceWatch::new(Some(secs(60)), t0);
+        watch.observe_line(t0 + secs(20), "[   20.1] Run /init as init process");
+        assert!(!watch.userspace, "the initramfs is still watched");
+        watch.observe_line(t0 + secs(30), "Welcome to Debian GNU/Linux 12 (bookworm)!");
+        assert!(watch.userspace);
+        assert!(!watch.stalled(t0 + secs(600)));
+        assert_eq!(watch.fires_at(), None);
+        // Silence after userspace does not count as the longest silence.
+        watch.observe_line(t0 + secs(500), "[  OK  ] Reached target multi-user.target");
+        assert_eq!(watch.longest_silence(t0 + secs(501)), secs(20));
+    }
+
+    #[test]
+    fn off_never_fires_but_still_measures() {
+        let t0 = Instant::now();
+        let mut watch = SilenceWatch::new(None, t0);
+        watch.observe_line(t0 + secs(100), "x");
+        assert!(!watch.stalled(t0 + secs(10_000)));
+        assert_eq!(watch.fires_at(), None);
+        assert_eq!(watch.longest_silence(t0 + secs(101)), secs(100));
+    }
+
+    #[test]
+    fn userspace_lines() {
+        assert!(is_userspace_line(
+            "[    5.1] systemd[1]: systemd 252.39-1~deb12u1 running in system mode"
+        ));
+        assert!(is_userspace_line(
+            "[  OK  ] Started systemd-journald.service"
+        ));
+        assert!(!is_userspace_line(
+            "[    1.9] registered taskstats version 1"
+        ));
+        assert!(!is_userspace_line(
+            "Begin: Loading essential drivers ... done."
+        ));
+    }
+}

@@ -1,0 +1,123 @@
+#!/bin/bash
+# Boots an image many times in a row under TCG with the host's other core
+# busy, and counts stalls.
+#
+#   tests/bench/boot-soak.sh IMAGE [N] [--firmware bios|uefi|both] [--smp 4]
+#                            [--no-hog] [--stall-seconds S] [--bin IMGFORGE]
+#
+# N boot-tests (default 20) with --accel tcg --json, one firmware each (with
+# `both`, bios and uefi alternate, N each). A CPU hog runs on the other core
+# unless --no-hog; it is killed on exit. Per boot: firmware, result, seconds
+# (all attempts), attempts, and what the first attempt did. A pass on a
+# second attempt is printed "pass-after-stall" and its first attempt counts
+# as a stall: the totals report first-attempt stalls separately from final
+# results. Exit status 0 only with zero stalls and zero failures.
+set -u
+cd "$(dirname "$0")/../.."
+image=
+n=20
+firmware=bios
+smp=4
+hog=1
+extra=()
+bin=${IMGFORGE:-target/release/imgforge}
+while [ $# -gt 0 ]; do
+    case $1 in
+    --firmware) firmware=$2; shift 2 ;;
+    --smp) smp=$2; shift 2 ;;
+    --no-hog) hog=0; shift ;;
+    --stall-seconds) extra+=(--stall-seconds "$2"); shift 2 ;;
+    --bin) bin=$2; shift 2 ;;
+    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+    *)
+        if [ -z "$image" ]; then image=$1; else n=$1; fi
+        shift
+        ;;
+    esac
+done
+[ -n "$image" ] || { sed -n '2,14p' "$0"; exit 2; }
+case $firmware in
+bios | uefi) order=("$firmware") ;;
+both) order=(bios uefi) ;;
+*) echo "--firmware bios|uefi|both" >&2; exit 2 ;;
+esac
+
+tmp=$(mktemp -d /tmp/boot-soak-XXXXXX)
+hog_pid=
+cleanup() {
+    [ -n "$hog_pid" ] && kill "$hog_pid" 2>/dev/null
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+if [ "$hog" = 1 ]; then
+    sh -c 'while :; do :; done' &
+    hog_pid=$!
+fi
+
+echo "# boot-soak: $image, $n boot(s) per firmware (${order[*]}), smp $smp, hog $([ "$hog" = 1 ] && echo on || echo off), $(date -Is)"
+echo "# $("$bin" --version 2>/dev/null), $(qemu-system-x86_64 --version | head -1)"
+printf '%-4s %-5s %-17s %8s %8s  %s\n' boot fw result seconds attempts "first attempt"
+: >"$tmp/rows"
+i=0
+for run in $(seq 1 "$n"); do
+    for fw in "${order[@]}"; do
+        i=$((i + 1))
+        out=$tmp/$i.json
+        start=$EPOCHREALTIME
+        "$bin" boot-test "$image" --firmware "$fw" --accel tcg --smp "$smp" --json "${extra[@]}" \
+            >"$out" 2>"$tmp/$i.err"
+        wall=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+        # One row: fw result seconds attempts first-outcome first-detail
+        python3 - "$out" "$fw" "$wall" >>"$tmp/rows" <<'EOF' || echo "$fw fail $wall 1 error no-json" >>"$tmp/rows"
+import json, sys
+path, fw, wall = sys.argv[1], sys.argv[2], float(sys.argv[3])
+summary = json.load(open(path))
+r = summary["results"][0]
+attempts = r.get("attempts") or [{"attempt": 1, "outcome": "passed" if r["passed"] else "failed", "seconds": r["seconds"]}]
+first = attempts[0]
+if r["passed"]:
+    result = "pass" if first["outcome"] == "passed" else "pass-after-stall"
+elif r.get("stalled"):
+    result = "stall"
+else:
+    result = "fail"
+seconds = r.get("total_seconds") or sum(a["seconds"] for a in attempts)
+detail = first["outcome"]
+if first["outcome"] == "stalled":
+    detail += " after: " + first.get("after", "")
+elif first["outcome"] == "failed":
+    detail += ": " + "; ".join(r.get("failures", []))[:160]
+print(fw, result, "%.1f" % seconds, len(attempts), first["outcome"], detail.replace("\n", " "))
+EOF
+        row=$(tail -1 "$tmp/rows")
+        read -r rfw result seconds attempts first detail <<<"$row"
+        printf '%-4d %-5s %-17s %8s %8s  %s\n' "$i" "$rfw" "$result" "$seconds" "$attempts" "$first${detail:+ ${detail#"$first"}}"
+    done
+done
+
+echo
+printf '%-5s %5s %6s %18s %14s %8s %8s %8s\n' fw boots passes first-att-stalls final-stalls failures median max
+for fw in "${order[@]}"; do
+    counts=$(awk -v fw="$fw" '
+        $1 == fw {
+            boots++
+            if ($2 == "pass" || $2 == "pass-after-stall") passes++
+            if ($5 == "stalled") first_stalls++
+            if ($2 == "stall") final_stalls++
+            if ($2 == "fail") failures++
+        }
+        END { printf "%d %d %d %d %d", boots, passes, first_stalls, final_stalls, failures }' "$tmp/rows")
+    stats=$(awk -v fw="$fw" '$1 == fw { print $3 }' "$tmp/rows" | sort -n | awk '
+        { s[NR] = $1 }
+        END {
+            if (NR == 0) { print "0 0"; exit }
+            m = NR % 2 ? s[(NR + 1) / 2] : (s[NR / 2] + s[NR / 2 + 1]) / 2
+            printf "%.1f %.1f", m, s[NR]
+        }')
+    read -r boots passes first_stalls final_stalls failures <<<"$counts"
+    read -r median max <<<"$stats"
+    printf '%-5s %5d %6d %18d %14d %8d %8s %8s\n' "$fw" "$boots" "$passes" "$first_stalls" \
+        "$final_stalls" "$failures" "$median" "$max"
+done
+awk '$5 == "stalled" || $2 == "fail" || $2 == "stall" { bad = 1 } END { exit bad }' "$tmp/rows"

@@ -872,7 +872,7 @@ mod tests {
     /// silence threshold, long before the timeout.
     #[test]
     fn a_silent_guest_ends_as_stalled_quickly() {
-        if crate::tool::find_in_path("qemu-system-x86_64").is_none() {
+        if crate::sys::tool::find_in_path("qemu-system-x86_64").is_none() {
             eprintln!("skipped: qemu-system-x86_64 not installed");
             return;
         }

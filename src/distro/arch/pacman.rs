@@ -190,9 +190,11 @@ impl Pacman {
     /// of the downloaded file.
     pub fn download(&self, package: &str) -> Result<PathBuf, ArchError> {
         self.run(self.tool().arg("-Sw").arg(package))?;
+        // pacman 6.0 has no %f: the location (%l) is the cached file or the
+        // mirror's URL, and ends in the file name either way.
         let out = self.run(
             self.tool()
-                .args(["-Sp", "--print-format", "%f"])
+                .args(["-Sp", "--print-format", "%l"])
                 .arg(package),
         )?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -200,6 +202,7 @@ impl Pacman {
             .lines()
             .map(str::trim)
             .rfind(|l| !l.is_empty())
+            .and_then(|l| l.rsplit('/').next())
             .unwrap_or_default();
         let file = self.cache.join(name);
         if name.is_empty() || !file.is_file() {

@@ -165,6 +165,20 @@ const PACKAGES: &[PackageSpec] = &[
         depends: &["testshell"],
         install: None,
     },
+    // Keeps pacman busy in a scriptlet (with the API filesystems mounted)
+    // long enough to be interrupted; the test shell has no `sleep`.
+    PackageSpec {
+        name: "sleepy",
+        repo: "extra",
+        depends: &["testshell"],
+        install: Some(
+            "post_install() {\n  \
+               echo started > /sleepy-started\n  \
+               i=0\n  \
+               while [ $i -lt 200000000 ]; do i=$((i + 1)); done\n\
+             }\n",
+        ),
+    },
 ];
 
 const HOOK: &str = "[Trigger]\nOperation = Install\nType = Package\nTarget = hooked\n\n\
@@ -810,4 +824,143 @@ fn missing_host_tool_names_its_debian_package() {
         text.contains("`pacman`") && text.contains("apt-get install pacman-package-manager"),
         "{text}"
     );
+}
+
+/// Every process whose root directory lies below `dir` (chrooted there).
+fn processes_rooted_below(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let root = entry.path().join("root");
+        if let Ok(target) = fs::read_link(&root)
+            && target.starts_with(dir)
+        {
+            found.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if entry.file_name() == name {
+            return Some(path);
+        }
+        let kind = entry.file_type().ok()?;
+        // Not into the API filesystems mounted in the tree.
+        if kind.is_dir()
+            && !["proc", "sys", "dev", "run"].contains(&&*entry.file_name().to_string_lossy())
+            && let Some(found) = find_file(&path, name)
+        {
+            return Some(found);
+        }
+    }
+    None
+}
+
+#[test]
+fn ctrl_c_during_pacman_leaves_no_mount_process_work_dir_or_partial_tarball() {
+    skip_unless_ready!();
+    let _heavy = heavy();
+    let fixture = fixture();
+    // A data folder whose Arch installs only test packages (the binary
+    // always verifies signatures, so the signed repository and --keyring).
+    let data = tempfile::Builder::new()
+        .prefix("imgforge-arch-data-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for folder in ["rootfs", "boot", "kernel-configs"] {
+        run_ok(
+            Command::new("cp")
+                .arg("-a")
+                .arg(source.join(folder))
+                .arg(data.path()),
+        );
+    }
+    let toml = data.path().join("rootfs/distros/arch.toml");
+    let text = fs::read_to_string(&toml).unwrap();
+    let start = text.find("packages = [").unwrap();
+    let end = start + text[start..].find(']').unwrap() + 1;
+    let mut text = format!(
+        "{}packages = [\"testshell\", \"sleepy\"]{}",
+        &text[..start],
+        &text[end..]
+    );
+    text = text.replace("linux = [\"linux\"]", "linux = [\"hooked\"]");
+    fs::write(&toml, text).unwrap();
+
+    let tmp = tempfile::Builder::new()
+        .prefix("imgforge-tmpdir-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut child = Command::new(IMGFORGE)
+        .args(["build", "--distro", "arch", "--mirror", &fixture.signed])
+        .arg("--keyring")
+        .arg(&fixture.keyring)
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .arg("-o")
+        .arg(tmp.path().join("image.raw"))
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the scriptlet: pacman is then running with /proc, /sys and
+    // /dev mounted in the tree.
+    let until = Instant::now() + Duration::from_secs(120);
+    let started = loop {
+        if let Some(marker) = find_file(tmp.path(), "sleepy-started") {
+            break marker;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "imgforge ended ({status}) before the scriptlet ran: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(Instant::now() < until, "the scriptlet never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        !mounts_below(tmp.path()).is_empty(),
+        "the API filesystems are mounted while pacman runs ({})",
+        started.display()
+    );
+    let interrupted = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stopped_in = interrupted.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(stopped_in < Duration::from_secs(20), "{stopped_in:?}");
+    assert!(mounts_below(tmp.path()).is_empty(), "mounts left");
+    assert!(
+        processes_rooted_below(tmp.path()).is_empty(),
+        "processes left in the tree"
+    );
+    let left: Vec<String> = fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+    let cached: Vec<String> = fs::read_dir(cache.path().join("rootfs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(cached.is_empty(), "left in the cache: {cached:?}");
 }

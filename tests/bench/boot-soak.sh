@@ -4,6 +4,7 @@
 #
 #   tests/bench/boot-soak.sh IMAGE [N] [--firmware bios|uefi|both] [--smp 4]
 #                            [--no-hog] [--stall-seconds S] [--bin IMGFORGE]
+#                            [--mttcg]
 #
 # N boot-tests (default 20) with --accel tcg --json, one firmware each (with
 # `both`, bios and uefi alternate, N each). A CPU hog runs on the other core
@@ -12,6 +13,8 @@
 # second attempt is printed "pass-after-stall" and its first attempt counts
 # as a stall: the totals report first-attempt stalls separately from final
 # results. Exit status 0 only with zero stalls and zero failures.
+# --mttcg puts QEMU back on multi-threaded TCG (a wrapper on PATH rewrites
+# boot-test's `-accel tcg,thread=single`): the "before" configuration.
 set -u
 cd "$(dirname "$0")/../.."
 image=
@@ -19,6 +22,7 @@ n=20
 firmware=bios
 smp=4
 hog=1
+mttcg=0
 extra=()
 bin=${IMGFORGE:-target/release/imgforge}
 while [ $# -gt 0 ]; do
@@ -28,6 +32,7 @@ while [ $# -gt 0 ]; do
     --no-hog) hog=0; shift ;;
     --stall-seconds) extra+=(--stall-seconds "$2"); shift 2 ;;
     --bin) bin=$2; shift 2 ;;
+    --mttcg) mttcg=1; shift ;;
     -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
     *)
         if [ -z "$image" ]; then image=$1; else n=$1; fi
@@ -50,12 +55,24 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+if [ "$mttcg" = 1 ]; then
+    real=$(command -v qemu-system-x86_64)
+    mkdir "$tmp/wrap"
+    cat >"$tmp/wrap/qemu-system-x86_64" <<EOF
+#!/bin/bash
+args=()
+for a in "\$@"; do args+=("\${a/tcg,thread=single/tcg,thread=multi}"); done
+exec "$real" "\${args[@]}"
+EOF
+    chmod +x "$tmp/wrap/qemu-system-x86_64"
+    export PATH=$tmp/wrap:$PATH
+fi
 if [ "$hog" = 1 ]; then
     sh -c 'while :; do :; done' &
     hog_pid=$!
 fi
 
-echo "# boot-soak: $image, $n boot(s) per firmware (${order[*]}), smp $smp, hog $([ "$hog" = 1 ] && echo on || echo off), $(date -Is)"
+echo "# boot-soak: $image, $n boot(s) per firmware (${order[*]}), smp $smp, hog $([ "$hog" = 1 ] && echo on || echo off), TCG $([ "$mttcg" = 1 ] && echo 'multi-threaded (--mttcg)' || echo 'as boot-test sets it'), $(date -Is)"
 echo "# $("$bin" --version 2>/dev/null), $(qemu-system-x86_64 --version | head -1)"
 printf '%-4s %-5s %-17s %8s %8s  %s\n' boot fw result seconds attempts "first attempt"
 : >"$tmp/rows"

@@ -189,7 +189,7 @@ impl Journal {
                 });
             }
         };
-        match serde_json::from_str(&text) {
+        match Self::parse(&text) {
             Ok(journal) => Ok(Some(journal)),
             Err(err) => {
                 // Cannot happen through atomic saves; an edited or foreign
@@ -201,6 +201,36 @@ impl Journal {
                 Ok(None)
             }
         }
+    }
+
+    /// A journal from its JSON text, checked for what a resumed upload
+    /// relies on: confirmed ranges that are ascending, disjoint and cover
+    /// no more indices than there are blocks (`confirmed_set` expands
+    /// them; `[0, 2^64)` would never finish), and an attempt number that
+    /// `start_over` can still raise.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let journal: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut covered = 0u64;
+        let mut previous_end = 0u64;
+        for (i, &(first, end)) in journal.confirmed.iter().enumerate() {
+            if first >= end || (i > 0 && first < previous_end) {
+                return Err(format!(
+                    "confirmed range [{first}, {end}) is empty or out of order"
+                ));
+            }
+            covered = covered.saturating_add(end - first);
+            if covered > journal.blocks.len() as u64 {
+                return Err(format!(
+                    "the confirmed ranges cover more than its {} blocks",
+                    journal.blocks.len()
+                ));
+            }
+            previous_end = end;
+        }
+        if journal.attempt == u32::MAX {
+            return Err(format!("attempt {} cannot be retried", journal.attempt));
+        }
+        Ok(journal)
     }
 
     /// Replaces the journal file atomically and durably.
@@ -370,5 +400,34 @@ mod tests {
         // A corrupt journal is ignored, not fatal.
         std::fs::write(&path, "{not json").unwrap();
         assert!(Journal::load(&path).unwrap().is_none());
+    }
+
+    /// `confirmed_set` expanded `[0, 2^64)` into a set: it never returned
+    /// (and `start_over` overflowed the attempt counter). Such a journal is
+    /// ignored like a corrupt one.
+    #[test]
+    fn journal_with_absurd_ranges_or_attempt_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.json");
+        let good = serde_json::to_value(Journal::new(identity(), params(), &blocks())).unwrap();
+        let bad = [
+            ("confirmed", serde_json::json!([[0u64, u64::MAX]])),
+            ("confirmed", serde_json::json!([[3, 3]])),
+            ("confirmed", serde_json::json!([[5, 9], [0, 1]])),
+            ("confirmed", serde_json::json!([[0, 3], [2, 4]])),
+            ("attempt", serde_json::json!(u32::MAX)),
+        ];
+        for (field, value) in bad {
+            let mut journal = good.clone();
+            journal[field] = value.clone();
+            let text = journal.to_string();
+            assert!(Journal::parse(&text).is_err(), "{field}: {value}");
+            std::fs::write(&path, &text).unwrap();
+            assert!(Journal::load(&path).unwrap().is_none(), "{field}: {value}");
+        }
+        let mut fine = good.clone();
+        fine["confirmed"] = serde_json::json!([[0, 1], [3, 7]]);
+        let journal = Journal::parse(&fine.to_string()).unwrap();
+        assert_eq!(journal.confirmed_set().len(), 5);
     }
 }

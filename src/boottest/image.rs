@@ -82,22 +82,33 @@ pub fn raw_view(path: &Path, format: &str, scratch: &Path) -> Result<PathBuf, Im
 /// Reads the raw view: a protective MBR and a GPT header must be there
 /// before anything else is asked of the image.
 pub fn read(raw: &Path, shown_as: &Path) -> Result<ImageInfo, ImageError> {
-    let not_image = |reason: String| ImageError::NotDiskImage {
-        path: shown_as.to_path_buf(),
-        reason,
-    };
-    let mut file = File::open(raw).map_err(|source| ImageError::Io {
+    let file = File::open(raw).map_err(|source| ImageError::Io {
         path: shown_as.to_path_buf(),
         source,
     })?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    read_from(file, len, shown_as)
+}
+
+/// [`read`] on any seekable reader of `len` bytes (a file, or bytes in
+/// memory).
+pub fn read_from<D: Read + Seek>(
+    mut device: D,
+    len: u64,
+    shown_as: &Path,
+) -> Result<ImageInfo, ImageError> {
+    let not_image = |reason: String| ImageError::NotDiskImage {
+        path: shown_as.to_path_buf(),
+        reason,
+    };
     if len < 1 << 20 {
         return Err(not_image(format!(
             "it is {len} bytes long, too small for a GPT disk"
         )));
     }
     let mut head = vec![0u8; 1024];
-    file.read_exact(&mut head)
+    device
+        .read_exact(&mut head)
         .map_err(|source| ImageError::Io {
             path: shown_as.to_path_buf(),
             source,
@@ -112,7 +123,7 @@ pub fn read(raw: &Path, shown_as: &Path) -> Result<ImageInfo, ImageError> {
             "no GPT header at LBA 1 (imgforge images are GPT disks)".into(),
         ));
     }
-    let mut info = inspect::read_image(raw).map_err(|err| match err {
+    let mut info = inspect::read_image_from(device, shown_as).map_err(|err| match err {
         inspect::InspectError::NotGpt { reason, .. } => not_image(reason),
         other => other.into(),
     })?;

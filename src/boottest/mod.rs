@@ -14,7 +14,7 @@
 //! ```
 
 mod accel;
-mod image;
+pub mod image;
 mod qemu;
 pub mod report;
 mod stall;
@@ -439,7 +439,7 @@ fn progress(message: &str) {
     eprintln!("boot-test: {message}");
 }
 
-fn expectations(
+pub fn expectations(
     firmware: &str,
     smp: u32,
     class: Option<&SizeClass>,

@@ -227,16 +227,17 @@ impl Fat32Geometry {
     }
 }
 
-/// A byte range of the image file, as a stream for the FAT writer.
-pub struct PartitionSlice<'a> {
-    file: &'a mut File,
+/// A byte range of the image file (or of any seekable device), as a
+/// stream for the FAT writer and reader.
+pub struct PartitionSlice<'a, F = File> {
+    file: &'a mut F,
     start: u64,
     len: u64,
     pos: u64,
 }
 
-impl<'a> PartitionSlice<'a> {
-    pub fn new(file: &'a mut File, start: u64, len: u64) -> io::Result<Self> {
+impl<'a, F: Seek> PartitionSlice<'a, F> {
+    pub fn new(file: &'a mut F, start: u64, len: u64) -> io::Result<Self> {
         file.seek(SeekFrom::Start(start))?;
         Ok(Self {
             file,
@@ -247,7 +248,7 @@ impl<'a> PartitionSlice<'a> {
     }
 }
 
-impl Read for PartitionSlice<'_> {
+impl<F: Read> Read for PartitionSlice<'_, F> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let room = (self.len - self.pos).min(buf.len() as u64) as usize;
         let n = self.file.read(&mut buf[..room])?;
@@ -256,7 +257,7 @@ impl Read for PartitionSlice<'_> {
     }
 }
 
-impl Write for PartitionSlice<'_> {
+impl<F: Write> Write for PartitionSlice<'_, F> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let room = (self.len - self.pos).min(buf.len() as u64) as usize;
         if room == 0 && !buf.is_empty() {
@@ -275,7 +276,7 @@ impl Write for PartitionSlice<'_> {
     }
 }
 
-impl Seek for PartitionSlice<'_> {
+impl<F: Seek> Seek for PartitionSlice<'_, F> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let target = match to {
             SeekFrom::Start(n) => n as i128,

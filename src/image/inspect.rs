@@ -1,7 +1,8 @@
 //! `imgforge inspect`: read an image's GPT, ESP and manifest without mounting.
 
+use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -68,7 +69,7 @@ pub fn read_image(path: &Path) -> Result<ImageInfo, InspectError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(io_err)?;
+    let file = File::open(path).map_err(io_err)?;
     let meta = file.metadata().map_err(io_err)?;
     if !meta.is_file() {
         return Err(InspectError::NotGpt {
@@ -76,21 +77,62 @@ pub fn read_image(path: &Path) -> Result<ImageInfo, InspectError> {
             reason: "not a regular file".into(),
         });
     }
+    read_image_from(file, path)
+}
+
+/// GPT partition entry arrays larger than this are refused (the gpt crate
+/// would read and allocate whatever the header claims; UEFI's minimum is
+/// 128 entries and sgdisk's default too).
+pub const MAX_GPT_ENTRIES: u32 = 16384;
+/// Larger manifests on the ESP are ignored (imgforge writes tens of KiB).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// Read calls on the ESP before it is given up: bounds fatfs 0.3, which
+/// follows cyclic cluster chains forever.
+const ESP_READ_BUDGET: u64 = 1 << 18;
+
+/// [`read_image`] on any seekable reader (a file, or bytes in memory);
+/// `shown_as` is the path reported. Nothing is written.
+pub fn read_image_from<D: Read + Seek>(
+    device: D,
+    shown_as: &Path,
+) -> Result<ImageInfo, InspectError> {
+    let mut device = ReadOnly(device);
+    let io_err = |source| InspectError::Io {
+        path: shown_as.to_path_buf(),
+        source,
+    };
     let not_gpt = |reason: String| InspectError::NotGpt {
-        path: path.to_path_buf(),
+        path: shown_as.to_path_buf(),
         reason,
     };
+    let size_bytes = device.seek(SeekFrom::End(0)).map_err(io_err)?;
+    device.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    check_gpt_header(&mut device, size_bytes)
+        .map_err(io_err)?
+        .map_err(not_gpt)?;
+    device.seek(SeekFrom::Start(0)).map_err(io_err)?;
     let disk = gpt::GptConfig::new()
         .writable(false)
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
-        .open_from_device(&mut file)
+        .open_from_device(&mut device)
         .map_err(|e| not_gpt(e.to_string()))?;
     let disk_guid = disk.guid().to_string();
-    let partitions: Vec<PartitionInfo> = disk
-        .partitions()
-        .iter()
-        .filter(|(_, p)| p.is_used())
-        .map(|(number, p)| PartitionInfo {
+    let sectors = size_bytes / SECTOR;
+    let mut partitions = Vec::new();
+    for (number, p) in disk.partitions().iter().filter(|(_, p)| p.is_used()) {
+        if p.last_lba < p.first_lba || p.last_lba >= sectors {
+            return Err(not_gpt(format!(
+                "partition {number} (LBA {}-{}) {}",
+                p.first_lba,
+                p.last_lba,
+                if p.last_lba < p.first_lba {
+                    "ends before it starts".to_string()
+                } else {
+                    format!("lies past the end of the image ({sectors} sectors): truncated?")
+                }
+            )));
+        }
+        partitions.push(PartitionInfo {
             number: *number,
             name: p.name.clone(),
             type_guid: p.part_type_guid.guid.to_string().to_uppercase(),
@@ -98,18 +140,18 @@ pub fn read_image(path: &Path) -> Result<ImageInfo, InspectError> {
             first_lba: p.first_lba,
             last_lba: p.last_lba,
             size_bytes: (p.last_lba - p.first_lba + 1) * SECTOR,
-        })
-        .collect();
+        });
+    }
     drop(disk);
 
-    let bios = has_bios_boot_code(&mut file, &partitions).map_err(io_err)?;
+    let bios = has_bios_boot_code(&mut device, &partitions).map_err(io_err)?;
     let (uefi, manifest) = match partitions.iter().find(|p| p.type_guid == TYPE_ESP) {
-        Some(esp) => read_esp(&mut file, esp),
+        Some(esp) => read_esp(&mut device, esp),
         None => (false, None),
     };
     Ok(ImageInfo {
-        path: path.to_path_buf(),
-        size_bytes: meta.len(),
+        path: shown_as.to_path_buf(),
+        size_bytes,
         disk_guid,
         partitions,
         boot_modes: BootModes { bios, uefi },
@@ -117,9 +159,134 @@ pub fn read_image(path: &Path) -> Result<ImageInfo, InspectError> {
     })
 }
 
+/// The checks the gpt crate (4.1) leaves out, on the header it will use
+/// (the primary if its CRC holds, else the backup in the last sector): it
+/// asserts 128-byte entries (a panic otherwise) and reads and allocates
+/// as many entries as the header claims.
+fn check_gpt_header<D: Read + Seek>(device: &mut D, len: u64) -> io::Result<Result<(), String>> {
+    let mut places = vec![("primary", SECTOR)];
+    if len >= 3 * SECTOR {
+        places.push(("backup", (len - SECTOR) / SECTOR * SECTOR));
+    }
+    for (which, offset) in places {
+        let mut header = [0u8; 92];
+        device.seek(SeekFrom::Start(offset))?;
+        if device.read_exact(&mut header).is_err() || &header[..8] != b"EFI PART" {
+            continue;
+        }
+        let stored = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
+        header[16..20].fill(0);
+        if crc32(&header) != stored {
+            continue;
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(header[o..o + 4].try_into().expect("4 bytes"));
+        let part_start = u64::from_le_bytes(header[72..80].try_into().expect("8 bytes"));
+        let (entries, entry_size) = (u32_at(80), u32_at(84));
+        if entry_size != 128 {
+            return Ok(Err(format!(
+                "the {which} GPT header gives partition entries of {entry_size} bytes \
+                 (only 128 is supported)"
+            )));
+        }
+        if entries > MAX_GPT_ENTRIES {
+            return Ok(Err(format!(
+                "the {which} GPT header claims {entries} partition entries \
+                 (at most {MAX_GPT_ENTRIES} are read)"
+            )));
+        }
+        let end = part_start
+            .checked_mul(SECTOR)
+            .and_then(|start| start.checked_add(u64::from(entries) * 128));
+        if end.is_none_or(|end| end > len) {
+            return Ok(Err(format!(
+                "the {which} GPT header puts its {entries} partition entries at LBA \
+                 {part_start}, past the end of the image"
+            )));
+        }
+        return Ok(Ok(()));
+    }
+    // No valid header: the gpt crate says why.
+    Ok(Ok(()))
+}
+
+/// CRC-32 (ISO-HDLC, as GPT uses).
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// A reader as a read-only device: the gpt crate and fatfs want a
+/// writable one, and inspect must never write (as with a file opened
+/// read-only, every write fails).
+struct ReadOnly<D>(D);
+
+impl<D> std::fmt::Debug for ReadOnly<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadOnly")
+    }
+}
+
+impl<D: Read> Read for ReadOnly<D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<D> Write for ReadOnly<D> {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the image is opened read-only",
+        ))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<D: Seek> Seek for ReadOnly<D> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.0.seek(to)
+    }
+}
+
+/// A device that fails after `left` more read calls.
+struct ReadBudget<D> {
+    inner: D,
+    left: u64,
+}
+
+impl<D: Read> Read for ReadBudget<D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other(
+                "the file system takes too many reads (a cluster chain loop?)",
+            ));
+        }
+        self.left -= 1;
+        self.inner.read(buf)
+    }
+}
+
+impl<D: Seek> Seek for ReadBudget<D> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(to)
+    }
+}
+
 /// GRUB's boot.img in LBA 0 and, where the disk has a BIOS boot partition,
 /// a core image at its start that boot.img points to.
-fn has_bios_boot_code(file: &mut File, partitions: &[PartitionInfo]) -> std::io::Result<bool> {
+fn has_bios_boot_code<D: Read + Seek>(
+    file: &mut D,
+    partitions: &[PartitionInfo],
+) -> std::io::Result<bool> {
     let mut lba0 = [0u8; 512];
     file.seek(SeekFrom::Start(0))?;
     file.read_exact(&mut lba0)?;
@@ -145,11 +312,21 @@ fn has_bios_boot_code(file: &mut File, partitions: &[PartitionInfo]) -> std::io:
 }
 
 /// Whether the ESP holds a removable-media bootloader, and the manifest.
-fn read_esp(file: &mut File, esp: &PartitionInfo) -> (bool, Option<Manifest>) {
-    let Ok(mut slice) = PartitionSlice::new(file, esp.first_lba * SECTOR, esp.size_bytes) else {
+fn read_esp<D: Read + Seek>(file: &mut D, esp: &PartitionInfo) -> (bool, Option<Manifest>) {
+    let Ok(slice) = PartitionSlice::new(file, esp.first_lba * SECTOR, esp.size_bytes) else {
         return (false, None);
     };
-    let Ok(fs) = fatfs::FileSystem::new(&mut slice, fatfs::FsOptions::new()) else {
+    read_fat(slice)
+}
+
+/// Whether a FAT file system holds a removable-media bootloader, and the
+/// manifest (see [`read_esp`]); the volume is read, never written.
+pub fn read_fat<D: Read + Seek>(volume: D) -> (bool, Option<Manifest>) {
+    let mut volume = ReadOnly(ReadBudget {
+        inner: volume,
+        left: ESP_READ_BUDGET,
+    });
+    let Ok(fs) = fatfs::FileSystem::new(&mut volume, fatfs::FsOptions::new()) else {
         return (false, None);
     };
     let root = fs.root_dir();
@@ -159,10 +336,15 @@ fn read_esp(file: &mut File, esp: &PartitionInfo) -> (bool, Option<Manifest>) {
             root.open_file(p)
                 .is_ok_and(|mut f| f.read(&mut [0u8; 2]).is_ok_and(|n| n > 0))
         });
-    let manifest = root.open_file(manifest::ESP_PATH).ok().and_then(|mut f| {
+    let manifest = root.open_file(manifest::ESP_PATH).ok().and_then(|f| {
         let mut text = String::new();
-        f.read_to_string(&mut text).ok()?;
-        serde_json::from_str(&text).ok()
+        f.take(MAX_MANIFEST_BYTES + 1)
+            .read_to_string(&mut text)
+            .ok()?;
+        if text.len() as u64 > MAX_MANIFEST_BYTES {
+            return None;
+        }
+        Manifest::from_json(&text).ok()
     });
     (uefi, manifest)
 }
@@ -199,15 +381,24 @@ pub fn run(args: &InspectArgs) -> Result<(), InspectError> {
         );
         return Ok(());
     }
-    println!(
+    print!("{}", render(&info));
+    Ok(())
+}
+
+/// What `imgforge inspect` prints without `--json`.
+pub fn render(info: &ImageInfo) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "image       {} ({})",
         info.path.display(),
         mib(info.size_bytes)
     );
-    println!("disk GUID   {}", info.disk_guid);
-    println!("partitions");
+    let _ = writeln!(out, "disk GUID   {}", info.disk_guid);
+    let _ = writeln!(out, "partitions");
     for p in &info.partitions {
-        println!(
+        let _ = writeln!(
+            out,
             "  {}  {:<10} {:>10}  LBA {}-{}  {}",
             p.number,
             p.name,
@@ -224,7 +415,8 @@ pub fn run(args: &InspectArgs) -> Result<(), InspectError> {
     if info.boot_modes.uefi {
         modes.push("uefi");
     }
-    println!(
+    let _ = writeln!(
+        out,
         "boot modes  {}",
         if modes.is_empty() {
             "none".to_string()
@@ -234,17 +426,196 @@ pub fn run(args: &InspectArgs) -> Result<(), InspectError> {
     );
     match &info.manifest {
         Some(m) => {
-            println!(
+            let _ = writeln!(
+                out,
                 "distro      {} {} ({})",
                 m.distro, m.release, m.architecture
             );
-            println!("kernel      {}", m.kernel_version);
-            println!("size class  {}", m.size_class);
-            println!("cmdline     {}", m.kernel_cmdline);
-            println!("packages    {}", m.packages.len());
-            println!("layers      {}", m.layers.join(", "));
+            let _ = writeln!(out, "kernel      {}", m.kernel_version);
+            let _ = writeln!(out, "size class  {}", m.size_class);
+            let _ = writeln!(out, "cmdline     {}", m.kernel_cmdline);
+            let _ = writeln!(out, "packages    {}", m.packages.len());
+            let _ = writeln!(out, "layers      {}", m.layers.join(", "));
         }
-        None => println!("manifest    none (not an imgforge image?)"),
+        None => {
+            let _ = writeln!(out, "manifest    none (not an imgforge image?)");
+        }
     }
-    Ok(())
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    const ESP_GUID: [u8; 16] = [
+        0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9,
+        0x3b,
+    ];
+
+    /// A GPT disk of `sectors` sectors in memory, its entry array at LBA 2,
+    /// `partitions` as (type GUID bytes, first LBA, last LBA), both CRCs
+    /// right (as a crafted image would have them).
+    fn gpt_disk(
+        sectors: u64,
+        entries: u32,
+        entry_size: u32,
+        partitions: &[([u8; 16], u64, u64)],
+    ) -> Vec<u8> {
+        let mut disk = vec![0u8; (sectors * SECTOR) as usize];
+        disk[510] = 0x55;
+        disk[511] = 0xaa;
+        disk[446 + 4] = 0xee;
+        let table = 2 * SECTOR as usize;
+        for (i, (type_guid, first, last)) in partitions.iter().enumerate() {
+            let e = table + i * 128;
+            disk[e..e + 16].copy_from_slice(type_guid);
+            disk[e + 16] = i as u8 + 1;
+            disk[e + 32..e + 40].copy_from_slice(&first.to_le_bytes());
+            disk[e + 40..e + 48].copy_from_slice(&last.to_le_bytes());
+        }
+        let table_len = (u64::from(entries) * u64::from(entry_size)).min(disk.len() as u64 - 1024);
+        let table_crc = crc32(&disk[table..table + table_len as usize]);
+        let h = SECTOR as usize;
+        disk[h..h + 8].copy_from_slice(b"EFI PART");
+        disk[h + 8..h + 12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        disk[h + 12..h + 16].copy_from_slice(&92u32.to_le_bytes());
+        disk[h + 24..h + 32].copy_from_slice(&1u64.to_le_bytes());
+        disk[h + 32..h + 40].copy_from_slice(&(sectors - 1).to_le_bytes());
+        disk[h + 40..h + 48].copy_from_slice(&34u64.to_le_bytes());
+        disk[h + 48..h + 56].copy_from_slice(&(sectors - 34).to_le_bytes());
+        disk[h + 56] = 0x42;
+        disk[h + 72..h + 80].copy_from_slice(&2u64.to_le_bytes());
+        disk[h + 80..h + 84].copy_from_slice(&entries.to_le_bytes());
+        disk[h + 84..h + 88].copy_from_slice(&entry_size.to_le_bytes());
+        disk[h + 88..h + 92].copy_from_slice(&table_crc.to_le_bytes());
+        let crc = crc32(&disk[h..h + 92]);
+        disk[h + 16..h + 20].copy_from_slice(&crc.to_le_bytes());
+        disk
+    }
+
+    fn read(disk: &[u8]) -> Result<ImageInfo, InspectError> {
+        read_image_from(Cursor::new(disk), Path::new("test.raw"))
+    }
+
+    /// An ESP at LBA 64..=1087 formatted by fatfs, with a bootloader and a
+    /// manifest, is read back from memory.
+    #[test]
+    fn reads_a_gpt_disk_with_an_esp_in_memory() {
+        let mut disk = gpt_disk(2048, 128, 128, &[(ESP_GUID, 64, 1087)]);
+        {
+            let mut cursor = Cursor::new(&mut disk[64 * SECTOR as usize..1088 * SECTOR as usize]);
+            fatfs::format_volume(&mut cursor, fatfs::FormatVolumeOptions::new()).unwrap();
+            cursor.set_position(0);
+            let fs = fatfs::FileSystem::new(&mut cursor, fatfs::FsOptions::new()).unwrap();
+            let root = fs.root_dir();
+            root.create_dir("EFI").unwrap().create_dir("BOOT").unwrap();
+            root.create_file("EFI/BOOT/BOOTX64.EFI")
+                .unwrap()
+                .write_all(b"MZ")
+                .unwrap();
+            root.create_dir("imgforge").unwrap();
+            let manifest = include_str!("../../tests/fuzz/seeds/manifest_json/debian-small.json");
+            root.create_file(manifest::ESP_PATH)
+                .unwrap()
+                .write_all(manifest.as_bytes())
+                .unwrap();
+        }
+        let info = read(&disk).unwrap();
+        assert_eq!(info.size_bytes, 2048 * SECTOR);
+        assert_eq!(info.partitions.len(), 1);
+        assert_eq!(info.partitions[0].type_guid, TYPE_ESP);
+        assert_eq!(info.partitions[0].size_bytes, 1024 * SECTOR);
+        assert!(info.boot_modes.uefi && !info.boot_modes.bios);
+        assert_eq!(info.manifest.unwrap().distro, "debian");
+    }
+
+    /// gpt 4.1 asserts 128-byte entries: a panic before this check.
+    #[test]
+    fn gpt_entries_of_another_size_are_an_error_not_a_panic() {
+        let disk = gpt_disk(256, 64, 256, &[(ESP_GUID, 64, 100)]);
+        let err = read(&disk).unwrap_err().to_string();
+        assert!(err.contains("entries of 256 bytes"), "{err}");
+    }
+
+    /// gpt 4.1 reads (and allocates) as many entries as the header claims.
+    #[test]
+    fn gpt_claiming_billions_of_entries_is_refused() {
+        let disk = gpt_disk(256, u32::MAX, 128, &[]);
+        let err = read(&disk).unwrap_err().to_string();
+        assert!(err.contains("4294967295 partition entries"), "{err}");
+        // Fewer, but past the end of the image.
+        let disk = gpt_disk(256, 4096, 128, &[]);
+        let err = read(&disk).unwrap_err().to_string();
+        assert!(err.contains("past the end of the image"), "{err}");
+    }
+
+    /// `last - first + 1` underflowed (a panic in debug builds, a size near
+    /// 2^64 in release ones).
+    #[test]
+    fn partition_ending_before_it_starts_is_an_error() {
+        let disk = gpt_disk(256, 128, 128, &[(ESP_GUID, 100, 50)]);
+        let err = read(&disk).unwrap_err().to_string();
+        assert!(err.contains("ends before it starts"), "{err}");
+    }
+
+    /// `(last - first + 1) * 512` and the ESP's `first * 512` overflowed.
+    #[test]
+    fn partition_past_the_end_of_the_image_is_an_error() {
+        for (first, last) in [(64, 300), (u64::MAX / 2, u64::MAX), (1 << 60, 1 << 61)] {
+            let disk = gpt_disk(256, 128, 128, &[(ESP_GUID, first, last)]);
+            let err = read(&disk).unwrap_err().to_string();
+            assert!(
+                err.contains("past the end of the image"),
+                "{first}-{last}: {err}"
+            );
+        }
+    }
+
+    /// fatfs 0.3 follows a directory's cluster chain forever when it loops;
+    /// the read budget ends it.
+    #[test]
+    fn fat_with_a_cluster_loop_is_given_up() {
+        let mut volume = vec![0u8; 1 << 20];
+        {
+            let mut cursor = Cursor::new(&mut volume[..]);
+            fatfs::format_volume(
+                &mut cursor,
+                fatfs::FormatVolumeOptions::new().fat_type(fatfs::FatType::Fat12),
+            )
+            .unwrap();
+            cursor.set_position(0);
+            let fs = fatfs::FileSystem::new(&mut cursor, fatfs::FsOptions::new()).unwrap();
+            let efi = fs.root_dir().create_dir("EFI").unwrap();
+            // More entries than one cluster holds: the loop never meets
+            // the end-of-directory entry.
+            for i in 0..100 {
+                efi.create_file(&format!("F{i}")).unwrap();
+            }
+        };
+        // The FAT12 entry of EFI's first cluster points back at itself, in
+        // both FATs.
+        let reserved = u16::from_le_bytes([volume[14], volume[15]]) as usize;
+        let fat_sectors = u16::from_le_bytes([volume[22], volume[23]]) as usize;
+        let root_dir = (reserved + volume[16] as usize * fat_sectors) * 512;
+        let efi = (0..512)
+            .map(|i| root_dir + i * 32)
+            .find(|&e| &volume[e..e + 11] == b"EFI        ")
+            .unwrap();
+        let cluster = u32::from(u16::from_le_bytes([volume[efi + 26], volume[efi + 27]]));
+        for fat in 0..volume[16] as usize {
+            let at = (reserved + fat * fat_sectors) * 512 + cluster as usize * 3 / 2;
+            let mut pair = u16::from_le_bytes([volume[at], volume[at + 1]]);
+            pair = if cluster % 2 == 0 {
+                (pair & 0xf000) | cluster as u16
+            } else {
+                (pair & 0x000f) | ((cluster as u16) << 4)
+            };
+            volume[at..at + 2].copy_from_slice(&pair.to_le_bytes());
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(read_fat(Cursor::new(&volume[..])), (false, None));
+        assert!(started.elapsed().as_secs() < 30);
+    }
 }

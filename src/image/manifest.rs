@@ -57,6 +57,11 @@ pub struct Package {
 }
 
 impl Manifest {
+    /// Reads a manifest (the ESP's, or `IMAGE.json` beside an image).
+    pub fn from_json(text: &str) -> serde_json::Result<Self> {
+        serde_json::from_str(text)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("manifest serializes") + "\n"
     }

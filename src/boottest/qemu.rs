@@ -80,11 +80,14 @@ impl Accel {
 
     /// QEMU's `-accel` value. TCG runs single-threaded (all vCPUs in one
     /// host thread, round-robin) rather than QEMU's default multi-threaded
-    /// TCG: on a busy host (fewer free cores than vCPUs) MTTCG's one thread
-    /// per vCPU is no faster, and it is the mode in which a vCPU that halts
-    /// depends on a cross-thread kick to see an IPI; the image's nohz_full
-    /// CPUs have no tick to recover a missed one (see
-    /// tests/bench/stall-matrix.sh). KVM is unchanged.
+    /// TCG. On a 2-core host with the other core busy it was not slower:
+    /// the image's kernel and initrd, 4 vCPUs, booted in a median 9.8 s
+    /// single-threaded against 37.0 s multi-threaded (8 boots each, one run
+    /// after the other, so under somewhat different load;
+    /// tests/bench/stall-matrix.sh). It also takes
+    /// away MTTCG's cross-thread kicks, the suspected (not reproduced) way an
+    /// IPI to a halted tickless (nohz_full) vCPU could be missed for good.
+    /// KVM is unchanged.
     pub fn qemu_accel(self) -> &'static str {
         match self {
             Accel::Kvm => "kvm",

@@ -233,25 +233,48 @@ fn build_small(dir: &Path, extra: &[&str]) -> PathBuf {
     image
 }
 
-/// boot-test --firmware uefi --accel tcg --smp 4; the one result and the output.
+/// boot-test --firmware uefi --accel tcg --smp 4; the one result and the
+/// output. A boot that never reached the report line (a TCG stall on this
+/// shared machine, which is being fixed apart from this work) is tried once
+/// more, and says so; a boot that reported is never retried.
 fn boot_small(dir: &Path, image: &Path) -> (bool, serde_json::Value, String) {
-    let started = Instant::now();
-    let out = Command::new(IMGFORGE)
-        .arg("boot-test")
-        .arg(image)
-        .args(["--firmware", "uefi", "--accel", "tcg", "--smp", "4"])
-        .args(["--timeout", "600", "--json"])
-        .env("TMPDIR", dir)
-        .output()
-        .unwrap();
-    let all = text(&out);
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{all}"));
-    eprintln!(
-        "booted in {:.0} s (boot-test total)",
-        started.elapsed().as_secs_f64()
-    );
-    (out.status.success(), summary["results"][0].clone(), all)
+    for attempt in 1..=2 {
+        let started = Instant::now();
+        let log = dir.join(format!("console-{attempt}.log"));
+        let out = Command::new(IMGFORGE)
+            .arg("boot-test")
+            .arg(image)
+            .args(["--firmware", "uefi", "--accel", "tcg", "--smp", "4"])
+            .args(["--timeout", "600", "--json", "--log"])
+            .arg(&log)
+            .env("TMPDIR", dir)
+            .output()
+            .unwrap();
+        let all = text(&out);
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{all}"));
+        let result = summary["results"][0].clone();
+        eprintln!(
+            "boot attempt {attempt}: {:.0} s (boot-test total), report {}",
+            started.elapsed().as_secs_f64(),
+            if result["report"].is_null() {
+                "missing"
+            } else {
+                "received"
+            }
+        );
+        if result["report"].is_null() && attempt == 1 {
+            let console = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = console.lines().rev().take(15).collect();
+            eprintln!(
+                "no report; console tail (newest first):\n{}",
+                tail.join("\n")
+            );
+            continue;
+        }
+        return (out.status.success(), result, all);
+    }
+    unreachable!("the second attempt returns")
 }
 
 #[test]
@@ -316,4 +339,90 @@ fn verify_fails_naming_a_sysctl_a_layer_changed() {
         .collect();
     assert_eq!(failed, ["imgforge-verify in the guest"], "{all}");
     assert!(all.contains("vm.swappiness"), "{all}");
+}
+
+/// imgforge-verify itself, run on this host against expectations rendered
+/// for a class this machine cannot fit: it says so plainly, names every
+/// check with expected and actual, and exits 1.
+#[test]
+fn verify_says_plainly_when_the_vcpu_count_is_outside_the_class() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("rootfs/tuning");
+    let dir = tempfile::tempdir().unwrap();
+    let template = std::fs::read_to_string(root.join("etc/imgforge/tuning.expect.tmpl")).unwrap();
+    let mut expect = template;
+    for (k, v) in [
+        ("imgforge_version", "test"),
+        ("profile", "trading"),
+        ("size_class", "xlarge"),
+        ("min_vcpus", "128"),
+        ("max_vcpus", "192"),
+        ("housekeeping_count", "16"),
+        ("housekeeping_cpus", "0-15"),
+        ("isolated_cpus", "16-N"),
+        ("profile_cmdline", "nohz_full=16-N audit=0"),
+    ] {
+        expect = expect.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    assert!(!expect.contains("{{"), "{expect}");
+    let expect_path = dir.path().join("tuning.expect");
+    std::fs::write(&expect_path, expect).unwrap();
+    let verify = |args: &[&str]| {
+        Command::new("bash")
+            .arg(root.join("usr/local/bin/imgforge-verify"))
+            .args(args)
+            .env(
+                "IMGFORGE_LIB",
+                root.join("usr/local/libexec/imgforge/tuning-lib.sh"),
+            )
+            .env("IMGFORGE_EXPECT", &expect_path)
+            .env("IMGFORGE_EXPECT_DIR", dir.path().join("none"))
+            .env("IMGFORGE_RUN_DIR", dir.path().join("run"))
+            .output()
+            .unwrap()
+    };
+    let out = verify(&["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(json["fits_class"], false);
+    assert_eq!(json["passed"], false);
+    assert_eq!(json["class_vcpus"], "128-192");
+    let statement = json["statement"].as_str().unwrap();
+    assert!(
+        statement.contains("OUTSIDE size class xlarge (128-192 vCPUs)"),
+        "{statement}"
+    );
+    let checks = json["checks"].as_array().unwrap();
+    assert_eq!(checks[0]["name"], "vCPUs in size class xlarge");
+    assert_eq!(checks[0]["ok"], false);
+    for check in checks {
+        for field in ["name", "expected", "actual"] {
+            assert!(check[field].is_string(), "{check}");
+        }
+    }
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for want in [
+        "cmdline nohz_full=16-N",
+        "isolated CPUs",
+        "nohz_full CPUs",
+        "transparent hugepages",
+        "sysctl vm.swappiness",
+        "IRQ affinity",
+        "PID 1 Cpus_allowed_list",
+        "unit imgforge-tuning.service",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(want)),
+            "{want} not in {names:?}"
+        );
+    }
+    let table = verify(&[]);
+    assert_eq!(table.status.code(), Some(1));
+    let table = text(&table);
+    assert!(
+        table.contains("FAIL  vCPUs in size class xlarge"),
+        "{table}"
+    );
+    assert!(table.contains("OUTSIDE size class xlarge"), "{table}");
+    assert!(verify(&["--bogus"]).status.code() == Some(2));
 }

@@ -3,9 +3,10 @@
 # tuning-report. Bash only (plus coreutils): the same file works on x86_64 and
 # arm64, on every distro.
 
-IMGFORGE_RUN=/run/imgforge
-EXPECT_FILE=/etc/imgforge/tuning.expect
-EXPECT_DIR=/etc/imgforge/tuning.expect.d
+# The IMGFORGE_* overrides are for testing the scripts off the image.
+IMGFORGE_RUN=${IMGFORGE_RUN_DIR:-/run/imgforge}
+EXPECT_FILE=${IMGFORGE_EXPECT:-/etc/imgforge/tuning.expect}
+EXPECT_DIR=${IMGFORGE_EXPECT_DIR:-/etc/imgforge/tuning.expect.d}
 
 declare -gA EXPECT=() SYSCTL=() UNIT=()
 SYSCTL_ORDER=()

@@ -22,5 +22,7 @@ pub mod data;
 pub mod distro;
 pub mod export;
 pub mod image;
+pub mod kernelcheck;
+pub mod profile;
 pub mod sizeclass;
 pub mod sys;

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use imgforge::{aws, boottest, build, export, image::inspect, sys::interrupt};
+use imgforge::{aws, boottest, build, export, image::inspect, kernelcheck, sys::interrupt};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -43,6 +43,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Write an image into an EBS snapshot through the EBS direct APIs and register an AMI.
     Upload(aws::upload::UploadArgs),
+    /// Check a kernel config against a profile's requirements (kernel-configs/), for your own kernel.
+    KernelCheck(kernelcheck::KernelCheckArgs),
     /// Read an EBS snapshot back into a raw image file (unwritten blocks stay holes).
     Download(aws::download::DownloadArgs),
 }
@@ -84,5 +86,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Export(args) => export::run(&args).context("export failed"),
         Command::Upload(args) => aws::upload::run(&args).context("upload failed"),
         Command::Download(args) => aws::download::run(&args).context("download failed"),
+        Command::KernelCheck(args) => kernelcheck::run(&args).context("kernel-check failed"),
     }
 }

@@ -1,5 +1,8 @@
-//! Size classes: the table in `boot/size-classes.toml` and the kernel
-//! command line each class bakes into an image.
+//! Size classes: the table in `boot/size-classes.toml`, the CPU lists each
+//! class bakes into an image. The command line tokens that use them are the
+//! profile's (`rootfs/profiles.toml`, [`crate::profile`]).
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -21,8 +24,8 @@ pub struct SizeClass {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Table {
-    common_cmdline: Vec<String>,
     class: Vec<SizeClass>,
 }
 
@@ -77,17 +80,30 @@ impl SizeClass {
         (self.min_vcpus..=self.max_vcpus).contains(&vcpus)
     }
 
-    /// The class's kernel command line tokens (CPU isolation and tuning).
-    pub fn cmdline_tokens(&self) -> Vec<String> {
-        let isolated = self.isolated_list();
-        let mut tokens = vec![
-            format!("isolcpus=managed_irq,domain,{isolated}"),
-            format!("nohz_full={isolated}"),
-            format!("rcu_nocbs={isolated}"),
-            format!("irqaffinity={}", self.housekeeping_list()),
-        ];
-        tokens.extend(table().common_cmdline);
-        tokens
+    /// The housekeeping CPUs as a hex mask (`/proc/irq/*/smp_affinity`,
+    /// `xps_cpus`, the workqueue cpumask), e.g. `3` for 0-1.
+    pub fn housekeeping_mask(&self) -> String {
+        let mut digits = String::new();
+        let mut left = self.housekeeping;
+        while left > 0 {
+            let bits = left.min(4);
+            digits.insert(0, char::from_digit((1u32 << bits) - 1, 16).unwrap());
+            left -= bits;
+        }
+        digits
+    }
+
+    /// What templates (layers and the profile's command line) may use.
+    pub fn template_variables(&self) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("size_class", self.name.clone()),
+            ("housekeeping_cpus", self.housekeeping_list()),
+            ("isolated_cpus", self.isolated_list()),
+            ("housekeeping_count", self.housekeeping.to_string()),
+            ("housekeeping_mask", self.housekeeping_mask()),
+            ("min_vcpus", self.min_vcpus.to_string()),
+            ("max_vcpus", self.max_vcpus.to_string()),
+        ])
     }
 }
 
@@ -109,20 +125,30 @@ mod tests {
     }
 
     #[test]
-    fn each_class_isolates_all_but_its_housekeeping_cpus() {
-        for (name, hk, iso) in [
-            ("small", "0-1", "2-N"),
-            ("medium", "0-3", "4-N"),
-            ("large", "0-7", "8-N"),
-            ("xlarge", "0-15", "16-N"),
+    fn each_class_cpu_lists_and_masks() {
+        for (name, hk, iso, mask, on_min) in [
+            ("small", "0-1", "2-N", "3", "2-3"),
+            ("medium", "0-3", "4-N", "f", "4-15"),
+            ("large", "0-7", "8-N", "ff", "8-47"),
+            ("xlarge", "0-15", "16-N", "ffff", "16-127"),
         ] {
-            let tokens = lookup(name).unwrap().cmdline_tokens();
-            assert!(tokens.contains(&format!("isolcpus=managed_irq,domain,{iso}")));
-            assert!(tokens.contains(&format!("nohz_full={iso}")));
-            assert!(tokens.contains(&format!("rcu_nocbs={iso}")));
-            assert!(tokens.contains(&format!("irqaffinity={hk}")));
-            assert!(tokens.contains(&"skew_tick=1".to_string()));
+            let class = lookup(name).unwrap();
+            assert_eq!(class.housekeeping_list(), hk);
+            assert_eq!(class.isolated_list(), iso);
+            assert_eq!(class.housekeeping_mask(), mask);
+            assert_eq!(class.isolated_on(class.min_vcpus), on_min);
+            let vars = class.template_variables();
+            assert_eq!(vars["housekeeping_cpus"], hk);
+            assert_eq!(vars["isolated_cpus"], iso);
+            assert_eq!(vars["min_vcpus"], class.min_vcpus.to_string());
         }
+        let odd = SizeClass {
+            name: "odd".into(),
+            min_vcpus: 8,
+            max_vcpus: 8,
+            housekeeping: 6,
+        };
+        assert_eq!(odd.housekeeping_mask(), "3f");
     }
 
     #[test]

@@ -51,6 +51,14 @@ pub struct GuestReport {
     pub failed_units: String,
     /// Seconds since the kernel started.
     pub uptime: String,
+    /// `imgforge-verify`'s verdict at boot: `pass`, `fail`, or empty when
+    /// the image has no imgforge-verify (an untuned profile).
+    pub verify: String,
+    /// The names of the checks imgforge-verify found failing, `; ` separated,
+    /// each with its expected and actual value.
+    pub verify_failures: String,
+    /// `present` when /root/trading_system_tuning_report.txt was written.
+    pub tuning_report: String,
 }
 
 /// The report in a console line, if the line carries a whole one. A line
@@ -115,20 +123,51 @@ pub fn check(report: &GuestReport, want: &Expectations) -> Vec<Check> {
             .cloned()
             .collect()
     };
+    // The image isolates CPUs when its profile put `nohz_full=` on the
+    // command line (an untuned profile does not: then nothing is isolated).
+    let isolates = want
+        .manifest_cmdline
+        .iter()
+        .map(String::as_str)
+        .chain(tokens.iter().copied())
+        .any(|t| t.starts_with("nohz_full="));
     if let Some(class) = &want.class {
-        let wanted = class.cmdline_tokens();
-        let absent = missing(&wanted);
-        checks.push(Check::new(
-            &format!("size class {} cmdline tokens", class.name),
-            absent.is_empty(),
-            wanted.join(" "),
-            if absent.is_empty() {
-                "all present".to_string()
-            } else {
-                format!("missing: {}", absent.join(" "))
-            },
-        ));
-        let isolated = class.isolated_on(want.smp);
+        let lists = [
+            ("isolcpus=", class.isolated_list()),
+            ("nohz_full=", class.isolated_list()),
+            ("rcu_nocbs=", class.isolated_list()),
+            ("irqaffinity=", class.housekeeping_list()),
+        ];
+        if isolates {
+            let wrong: Vec<String> = lists
+                .iter()
+                .filter(|(key, list)| {
+                    !tokens
+                        .iter()
+                        .any(|t| t.starts_with(key) && t.ends_with(list.as_str()))
+                })
+                .map(|(key, list)| format!("{key}..{list}"))
+                .collect();
+            checks.push(Check::new(
+                &format!("size class {} CPU lists on the cmdline", class.name),
+                wrong.is_empty(),
+                lists
+                    .iter()
+                    .map(|(key, list)| format!("{key}..{list}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                if wrong.is_empty() {
+                    "all present".to_string()
+                } else {
+                    format!("missing: {}", wrong.join(" "))
+                },
+            ));
+        }
+        let isolated = if isolates {
+            class.isolated_on(want.smp)
+        } else {
+            String::new()
+        };
         checks.push(Check::equal(
             &format!("isolated CPUs on {} vCPUs", want.smp),
             &isolated,
@@ -154,6 +193,19 @@ pub fn check(report: &GuestReport, want: &Expectations) -> Vec<Check> {
         ));
     }
     checks.extend(root_checks(report, want.root_uuid.as_deref()));
+    // A tuned image runs imgforge-verify at boot; its verdict must be `pass`.
+    if isolates || !report.verify.is_empty() {
+        checks.push(Check::new(
+            "imgforge-verify in the guest",
+            report.verify == "pass",
+            "pass",
+            match (report.verify.as_str(), report.verify_failures.as_str()) {
+                ("", _) => "no verdict (imgforge-verify did not run)".to_string(),
+                (verdict, "") => verdict.to_string(),
+                (verdict, failures) => format!("{verdict}: {failures}"),
+            },
+        ));
+    }
     checks.push(Check::new(
         "network by DHCP",
         report.dhcp == "yes" && !report.net_addr.is_empty(),
@@ -246,9 +298,15 @@ mod tests {
     fn good_report() -> GuestReport {
         let mut cmdline =
             format!("BOOT_IMAGE=/boot/vmlinuz root=UUID={UUID} ro console=ttyS0,115200");
-        for token in sizeclass::lookup("small").unwrap().cmdline_tokens() {
+        for token in [
+            "isolcpus=managed_irq,domain,2-N",
+            "nohz_full=2-N",
+            "rcu_nocbs=2-N",
+            "irqaffinity=0-1",
+            "skew_tick=1",
+        ] {
             cmdline.push(' ');
-            cmdline.push_str(&token);
+            cmdline.push_str(token);
         }
         GuestReport {
             v: "1".into(),
@@ -268,6 +326,7 @@ mod tests {
             sshd: "active".into(),
             ssh_listen: "yes".into(),
             multi_user: "active".into(),
+            verify: "pass".into(),
             ..Default::default()
         }
     }
@@ -297,7 +356,7 @@ mod tests {
         report.cmdline = report
             .cmdline
             .replace(&format!("root=UUID={UUID}"), "root=/dev/nvme0n1p3")
-            .replace("skew_tick=1", "");
+            .replace("rcu_nocbs=2-N", "");
         report.sshd = "inactive".into();
         let failed: Vec<String> = check(&report, &expectations())
             .into_iter()
@@ -307,12 +366,49 @@ mod tests {
         assert_eq!(
             failed,
             [
-                "size class small cmdline tokens",
+                "size class small CPU lists on the cmdline",
                 "isolated CPUs on 4 vCPUs",
                 "root= on the kernel command line",
                 "sshd"
             ]
         );
+    }
+
+    #[test]
+    fn a_failing_verify_fails_the_boot_and_names_what_failed() {
+        let mut report = good_report();
+        report.verify = "fail".into();
+        report.verify_failures = "sysctl vm.swappiness: expected 10, actual 60".into();
+        let failed: Vec<Check> = check(&report, &expectations())
+            .into_iter()
+            .filter(|c| !c.ok)
+            .collect();
+        assert_eq!(failed.len(), 1, "{failed:#?}");
+        assert_eq!(failed[0].name, "imgforge-verify in the guest");
+        assert!(failed[0].actual.contains("vm.swappiness"));
+        report.verify = String::new();
+        let failed: Vec<Check> = check(&report, &expectations())
+            .into_iter()
+            .filter(|c| !c.ok)
+            .collect();
+        assert!(failed[0].actual.contains("did not run"), "{failed:#?}");
+    }
+
+    #[test]
+    fn an_untuned_image_isolates_nothing_and_needs_no_verify() {
+        let mut report = good_report();
+        report.cmdline = format!("root=UUID={UUID} ro console=ttyS0,115200");
+        report.isolated = String::new();
+        report.nohz_full = String::new();
+        report.verify = String::new();
+        let want = expectations();
+        let checks = check(&report, &want);
+        let failed: Vec<_> = checks.iter().filter(|c| !c.ok).collect();
+        assert!(failed.is_empty(), "{failed:#?}");
+        assert!(!checks.iter().any(|c| c.name.contains("verify")));
+        // Isolated CPUs on an untuned image are a failure.
+        report.isolated = "2-3".into();
+        assert!(check(&report, &want).iter().any(|c| !c.ok));
     }
 
     #[test]

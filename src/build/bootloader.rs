@@ -14,6 +14,7 @@ use super::bootstrap::Rootfs;
 use super::configure;
 use super::context::BuildContext;
 use crate::data::{DataDir, DataError};
+use crate::profile::{Profile, ProfileError};
 use crate::sizeclass::SizeClass;
 use crate::sys::fsio::{PathError, at};
 use crate::sys::tool::{Tool, ToolError};
@@ -42,6 +43,8 @@ pub enum BootloaderError {
     Io(#[from] PathError),
     #[error(transparent)]
     Data(#[from] DataError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
     #[error("boot/bootloaders.toml: {0}")]
     Targets(String),
     #[error(
@@ -87,18 +90,19 @@ pub struct BootFiles {
     pub bios: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-/// The kernel command line: the root by UUID, the base tokens, the size
-/// class's tuning.
+/// The kernel command line: the root by UUID, the base tokens, the
+/// profile's tokens for the size class.
 pub fn kernel_cmdline(
     data: &DataDir,
     root_uuid: &str,
     class: &SizeClass,
+    profile: &Profile,
 ) -> Result<String, BootloaderError> {
     let mut tokens = vec![
         format!("root=UUID={root_uuid}"),
         targets(data)?.base_cmdline,
     ];
-    tokens.extend(class.cmdline_tokens());
+    tokens.extend(profile.cmdline_for(class)?);
     Ok(tokens.join(" "))
 }
 
@@ -107,7 +111,12 @@ pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, Bootloa
     let request = &ctx.request;
     let settings = targets(&request.data)?;
     let class = &request.size_class;
-    let cmdline = kernel_cmdline(&request.data, &ctx.ids.root_fs_uuid.to_string(), class)?;
+    let cmdline = kernel_cmdline(
+        &request.data,
+        &ctx.ids.root_fs_uuid.to_string(),
+        class,
+        &request.profile,
+    )?;
     let distro = request.distro.data();
     let mut vars = distro.template_variables(&request.kernel);
     let data_file = Path::new("rootfs/distros");

@@ -91,28 +91,17 @@ pub struct UserSpec {
     pub groups: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct LayerList {
-    default: Vec<String>,
-}
-
-/// The built-in layers (`rootfs/layers.toml`), the distro's, then the
+/// The profile's layers (`rootfs/profiles.toml`), the distro's, then the
 /// `--layer` folders. `vars` are the distro's template variables: a
 /// `layer.toml` is rendered with them before it is read.
 pub fn resolve_layers(
     rootfs_data: &Path,
+    profile_layers: &[String],
     distro_layers: &[String],
     extra: &[PathBuf],
     vars: &BTreeMap<&str, String>,
 ) -> Result<Vec<Layer>, ConfigureError> {
-    let list_path = rootfs_data.join("layers.toml");
-    let text = fs::read_to_string(&list_path).map_err(at("read", &list_path))?;
-    let list: LayerList = toml::from_str(&text).map_err(|e| ConfigureError::Settings {
-        path: list_path.clone(),
-        message: e.to_string(),
-    })?;
-    let dirs = list
-        .default
+    let dirs = profile_layers
         .iter()
         .chain(distro_layers)
         .map(|name| rootfs_data.join(name))
@@ -160,7 +149,7 @@ pub fn run(ctx: &BuildContext, rootfs: &Rootfs) -> Result<(), ConfigureError> {
         &rootfs.kernel.config,
         &rootfs.kernel.version,
     )?;
-    let vars = template_variables(ctx);
+    let vars = template_variables(ctx)?;
     for layer in &request.layers {
         ctx.progress.note(&format!("layer {}", layer.name));
         copy_layer(&layer.dir, &layer.dir, &rootfs.dir, &vars)?;
@@ -186,19 +175,31 @@ pub fn run(ctx: &BuildContext, rootfs: &Rootfs) -> Result<(), ConfigureError> {
 }
 
 /// What templates may use, as `{{name}}`.
-pub fn template_variables(ctx: &BuildContext) -> BTreeMap<&'static str, String> {
+pub fn template_variables(
+    ctx: &BuildContext,
+) -> Result<BTreeMap<&'static str, String>, ConfigureError> {
     let request = &ctx.request;
     let class = &request.size_class;
     let mut vars = request.distro.data().template_variables(&request.kernel);
+    vars.extend(class.template_variables());
     vars.extend([
-        ("size_class", class.name.clone()),
-        ("housekeeping_cpus", class.housekeeping_list()),
-        ("isolated_cpus", class.isolated_list()),
-        ("housekeeping_count", class.housekeeping.to_string()),
+        ("profile", request.profile.name.clone()),
+        (
+            "profile_cmdline",
+            request
+                .profile
+                .cmdline_for(class)
+                .map_err(|e| ConfigureError::Settings {
+                    path: "rootfs/profiles.toml".into(),
+                    message: e.to_string(),
+                })?
+                .join(" "),
+        ),
+        ("imgforge_version", env!("CARGO_PKG_VERSION").to_string()),
         ("root_uuid", ctx.ids.root_fs_uuid.to_string()),
         ("esp_uuid", ctx.ids.esp_volume_label()),
     ]);
-    vars
+    Ok(vars)
 }
 
 pub fn render(
@@ -392,29 +393,53 @@ fn glob_match(pattern: &str, name: &str) -> bool {
     true
 }
 
-/// Every `CONFIG_X=y` of every fragment must be built in; `=m` may be a
-/// module or built in.
-fn check_kernel_config(fragments: &Path, config: &str, kernel: &str) -> Result<(), ConfigureError> {
-    let have: BTreeMap<&str, &str> = config.lines().filter_map(|l| l.split_once('=')).collect();
-    let mut files: Vec<PathBuf> = fs::read_dir(fragments)
-        .map_err(at("read", fragments))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "config"))
+/// Every `CONFIG_X=y` of every fragment (the profile's, under
+/// kernel-configs/) must be built in; `=m` may be a module or built in.
+fn check_kernel_config(
+    fragments: &[PathBuf],
+    config: &str,
+    kernel: &str,
+) -> Result<(), ConfigureError> {
+    match kernel_config_gaps(fragments, config)?.into_iter().next() {
+        Some(gap) => Err(ConfigureError::KernelConfig {
+            kernel: kernel.to_string(),
+            fragment: gap.fragment.display().to_string(),
+            missing: gap.missing.join(", "),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What one fragment requires that a kernel config lacks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelConfigGap {
+    pub fragment: PathBuf,
+    pub missing: Vec<String>,
+}
+
+/// Each fragment whose requirements `config` (a kernel `.config`) does not
+/// meet, with what is missing; empty when all are met.
+pub fn kernel_config_gaps(
+    fragments: &[PathBuf],
+    config: &str,
+) -> Result<Vec<KernelConfigGap>, ConfigureError> {
+    let have: BTreeMap<&str, &str> = config
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.split_once('='))
         .collect();
-    files.sort();
-    for file in files {
-        let text = fs::read_to_string(&file).map_err(at("read", &file))?;
+    let mut gaps = Vec::new();
+    for file in fragments {
+        let text = fs::read_to_string(file).map_err(at("read", file))?;
         let missing = missing_kernel_options(&text, &have);
         if !missing.is_empty() {
-            return Err(ConfigureError::KernelConfig {
-                kernel: kernel.to_string(),
-                fragment: file.display().to_string(),
-                missing: missing.join(", "),
+            gaps.push(KernelConfigGap {
+                fragment: file.clone(),
+                missing,
             });
         }
     }
-    Ok(())
+    Ok(gaps)
 }
 
 pub fn missing_kernel_options(fragment: &str, have: &BTreeMap<&str, &str>) -> Vec<String> {
@@ -479,13 +504,16 @@ mod tests {
             ("default_user", "arch".to_string()),
             ("admin_group", "wheel".to_string()),
         ]);
-        let layers = resolve_layers(&data, &["distros/arch/layer".into()], &[], &vars).unwrap();
+        let trading = ["base".to_string(), "tuning".into(), "irqbalance-off".into()];
+        let layers =
+            resolve_layers(&data, &trading, &["distros/arch/layer".into()], &[], &vars).unwrap();
         assert_eq!(layers[0].name, "base");
         assert_eq!(layers[0].settings.users[0].name, "arch");
         assert_eq!(layers[0].settings.users[0].groups, ["wheel"]);
+        assert_eq!(layers[1].name, "tuning");
         assert_eq!(layers.last().unwrap().name, "arch");
         let missing =
-            resolve_layers(&data, &[], &[PathBuf::from("/no/such/layer")], &vars).unwrap_err();
+            resolve_layers(&data, &[], &[], &[PathBuf::from("/no/such/layer")], &vars).unwrap_err();
         assert!(missing.to_string().contains("/no/such/layer"));
     }
 }

@@ -64,6 +64,7 @@ pub fn record(
         release: request.release.clone(),
         architecture: request.distro.data().architecture.clone(),
         size_class: request.size_class.name.clone(),
+        profile: request.profile.name.clone(),
         kernel_version: rootfs.kernel.version.clone(),
         kernel_cmdline: boot.kernel_cmdline.clone(),
         boot_modes: boot.boot_modes.clone(),

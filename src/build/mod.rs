@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::data::DataError;
 use crate::distro::DistroError;
+use crate::profile::ProfileError;
 use crate::sizeclass::SizeClassError;
 use crate::sys::tool::ToolError;
 use crate::sys::workdir::WorkDirError;
@@ -32,6 +33,7 @@ use request::{BuildRequest, Plan};
 imgforge build --distro debian --release bookworm --size-class large --size 8G -o trading.raw\n  \
 imgforge build --distro arch --size-class large --mirror 'https://mirror.example/archlinux/$repo/os/$arch'\n  \
 imgforge build --distro arch --kernel lts --plan --json\n  \
+imgforge build --profile base -o plain.raw\n  \
 imgforge build --packages htop,tcpdump --layer ./my-layer -o image.raw")]
 pub struct BuildArgs {
     /// Distribution to bootstrap: debian or arch (one data file each in
@@ -54,6 +56,13 @@ pub struct BuildArgs {
     /// isolation on the kernel command line.
     #[arg(long, default_value = "small")]
     pub size_class: String,
+
+    /// What the image is for, from rootfs/profiles.toml: trading (default:
+    /// low-latency tuning for the size class), trading-irqbalance, base
+    /// (untuned). A profile is a list of layers, packages, kernel command
+    /// line tokens and kernel config fragments.
+    #[arg(long)]
+    pub profile: Option<String>,
 
     /// Disk image size, e.g. 4G, 8GiB, 2048M (default: the root filesystem
     /// plus headroom, rounded up to whole GiB, at least 2G).
@@ -126,6 +135,8 @@ pub enum BuildError {
     Distro(#[from] DistroError),
     #[error(transparent)]
     SizeClass(#[from] SizeClassError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
     #[error(transparent)]
     Tool(#[from] ToolError),
     #[error(transparent)]

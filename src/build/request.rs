@@ -12,6 +12,7 @@ use super::bootstrap;
 use super::configure::{self, Layer};
 use crate::data::DataDir;
 use crate::distro::{self, Distro, Sources};
+use crate::profile::{Profile, Profiles};
 use crate::sizeclass::{self, SizeClass};
 
 use super::BuildError;
@@ -23,12 +24,16 @@ pub struct BuildRequest {
     /// The `--kernel` choice (a key of the distro's `kernels` table).
     pub kernel: String,
     pub size_class: SizeClass,
+    /// What the image is for: its layers, packages, cmdline and kernel
+    /// config fragments.
+    pub profile: Profile,
     /// The distro's packages, the kernel's, then `--packages`.
     pub packages: Vec<String>,
     pub sources: Sources,
     pub layers: Vec<Layer>,
     pub bootstrap_files: Option<PathBuf>,
-    pub kernel_config_fragments: PathBuf,
+    /// The profile's kernel config fragments (files under kernel-configs/).
+    pub kernel_config_fragments: Vec<PathBuf>,
     /// Names the cached bootstrapped tree.
     pub cache_key: String,
     pub image_size: ImageSize,
@@ -41,6 +46,7 @@ impl BuildRequest {
         let data = DataDir::open(args.data_dir.as_deref())?;
         let distro = distro::lookup(&data, &args.distro)?;
         let size_class = sizeclass::lookup(&args.size_class)?;
+        let profile = Profiles::load(&data)?.choose(args.profile.as_deref())?;
         let image_size = match &args.size {
             Some(text) => ImageSize::Fixed(assemble::parse_size(text)?),
             None => ImageSize::Auto,
@@ -50,7 +56,13 @@ impl BuildRequest {
             .kernel
             .clone()
             .unwrap_or_else(|| d.default_kernel.clone());
-        let packages = d.packages(&kernel, &args.packages)?;
+        let extra_packages: Vec<String> = profile
+            .packages
+            .iter()
+            .chain(&args.packages)
+            .cloned()
+            .collect();
+        let packages = d.packages(&kernel, &extra_packages)?;
         let release = args
             .release
             .clone()
@@ -59,6 +71,7 @@ impl BuildRequest {
         let rootfs_data = data.path().join("rootfs");
         let layers = configure::resolve_layers(
             &rootfs_data,
+            &profile.layers,
             &d.layers,
             &args.layers,
             &d.template_variables(&kernel),
@@ -71,12 +84,14 @@ impl BuildRequest {
             bootstrap_files.as_deref(),
         )
         .map_err(super::configure::ConfigureError::from)?;
-        let kernel_config_fragments = data.path().join("kernel-configs");
+        let kernel_config_fragments =
+            profile.kernel_config_paths(&data.path().join("kernel-configs"));
         Ok(Self {
             distro,
             release,
             kernel,
             size_class,
+            profile,
             packages,
             sources,
             layers,
@@ -109,6 +124,7 @@ pub struct Plan {
     pub release: String,
     pub architecture: String,
     pub kernel: String,
+    pub profile: PlanProfile,
     pub sources: Sources,
     pub packages: Vec<String>,
     pub default_user: String,
@@ -126,6 +142,13 @@ pub struct Plan {
     pub output: PathBuf,
     pub data_dir: String,
     pub notes: Vec<(String, String)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanProfile {
+    pub name: String,
+    pub description: String,
+    pub kernel_configs: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -176,6 +199,11 @@ impl Plan {
             release: request.release.clone(),
             architecture: d.architecture.clone(),
             kernel: request.kernel.clone(),
+            profile: PlanProfile {
+                name: request.profile.name.clone(),
+                description: request.profile.description.clone(),
+                kernel_configs: request.profile.kernel_configs.clone(),
+            },
             sources: request.sources.clone(),
             packages: request.packages.clone(),
             default_user: d.default_user.clone(),
@@ -192,6 +220,7 @@ impl Plan {
                 &request.data,
                 "(root filesystem UUID, chosen at build time)",
                 class,
+                &request.profile,
             )?,
             grub_kernel: render(&d.grub_kernel)?,
             grub_initrd: render(&d.grub_initrd)?,
@@ -232,6 +261,15 @@ impl Plan {
             &format!("{} {} ({})", self.distro, self.release, self.architecture),
         );
         row("kernel", &self.kernel);
+        row(
+            "profile",
+            &format!(
+                "{} ({}); kernel must satisfy {}",
+                self.profile.name,
+                self.profile.description,
+                self.profile.kernel_configs.join(" ")
+            ),
+        );
         row(
             "sources",
             &self.sources.lines.join("\n                    "),

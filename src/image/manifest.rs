@@ -15,6 +15,10 @@ pub struct Manifest {
     pub release: String,
     pub architecture: String,
     pub size_class: String,
+    /// The profile (rootfs/profiles.toml) the image was built with; empty
+    /// in manifests written before profiles existed.
+    #[serde(default)]
+    pub profile: String,
     pub kernel_version: String,
     pub kernel_cmdline: String,
     /// `bios` and/or `uefi`.

@@ -2,6 +2,8 @@
 //! EC2 AMIs. This file is only the command line; each subcommand lives in
 //! its own module.
 
+mod commands;
+
 use std::process::ExitCode;
 
 use imgforge::{aws, boottest, build, export, image::inspect, sys::interrupt};
@@ -42,9 +44,11 @@ enum Command {
     /// Convert an image for VirtualBox or other hypervisors (vdi, vmdk, qcow2).
     Export(export::ExportArgs),
     /// Write an image into an EBS snapshot through the EBS direct APIs and register an AMI.
-    Upload(aws::upload::UploadArgs),
+    Upload(commands::upload::UploadArgs),
     /// Read an EBS snapshot back into a raw image file (unwritten blocks stay holes).
     Download(aws::download::DownloadArgs),
+    /// List, prune and promote published AMIs (by name prefix, per region).
+    Ami(commands::ami::AmiArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,7 +86,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(&args).context("inspect failed"),
         Command::BootTest(args) => boottest::run(&args).context("boot test failed"),
         Command::Export(args) => export::run(&args).context("export failed"),
-        Command::Upload(args) => aws::upload::run(&args).context("upload failed"),
+        Command::Upload(args) => commands::upload::run(&args).context("upload failed"),
+        Command::Ami(args) => commands::ami::run(&args).context("ami failed"),
         Command::Download(args) => aws::download::run(&args).context("download failed"),
     }
 }

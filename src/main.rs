@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use imgforge::{aws, boottest, build, export, image::inspect, sys::interrupt};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -22,7 +22,12 @@ of instance, assembles a GPT disk (BIOS boot, EFI system and ext4 root partition
 installs GRUB for BIOS and UEFI. It then boot-tests the image under QEMU, exports it for \
 VirtualBox, and uploads it straight into an EBS snapshot to register an AMI.",
     after_help = "Example:\n  imgforge build --distro debian --size-class small -o image.raw\n  \
-imgforge boot-test image.raw --firmware both\n  imgforge upload image.raw --name web-small-v1"
+imgforge boot-test image.raw --firmware both\n  imgforge upload image.raw --name web-small-v1\n\n\
+With a config file (imgforge.toml: [defaults] and [[image]] variants; see `imgforge config`):\n  \
+imgforge build --config imgforge.toml --image trading-large\n  \
+imgforge build --config imgforge.toml --all\n  \
+imgforge upload trading-large.raw --config imgforge.toml --image trading-large --copy-to eu-west-1\n\
+Flags given on the command line override the file."
 )]
 struct Cli {
     /// More log output: -v shows every command imgforge runs, -vv also their output.
@@ -49,11 +54,30 @@ enum Command {
     Download(aws::download::DownloadArgs),
     /// List, prune and promote published AMIs (by name prefix, per region).
     Ami(commands::ami::AmiArgs),
+    /// Show imgforge.toml's merged variants, or the CI job matrix they make.
+    Config(commands::config::ConfigArgs),
+}
+
+/// Parses one command line; a flag given twice keeps its last value, so that
+/// the command line overrides what a config file put before it.
+fn parse(argv: Vec<std::ffi::OsString>) -> Cli {
+    let command = Cli::command()
+        .mut_subcommand("build", |c| c.args_override_self(true))
+        .mut_subcommand("upload", |c| c.args_override_self(true));
+    let matches = command.get_matches_from(argv);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let level = match cli.verbose {
+    let argvs = match commands::config::expand(std::env::args_os().collect()) {
+        Ok(argvs) => argvs,
+        Err(err) => {
+            eprintln!("imgforge: error: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let clis: Vec<Cli> = argvs.into_iter().map(parse).collect();
+    let level = match clis[0].verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -65,7 +89,14 @@ fn main() -> ExitCode {
         eprintln!("imgforge: cannot install signal handlers: {err}");
         return ExitCode::FAILURE;
     }
-    let result = run(cli.command);
+    // One command line, or one per config variant (`build --all`), in order.
+    let mut result = Ok(());
+    for cli in clis {
+        result = run(cli.command);
+        if result.is_err() {
+            break;
+        }
+    }
     interrupt::terminate_all();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -88,6 +119,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Export(args) => export::run(&args).context("export failed"),
         Command::Upload(args) => commands::upload::run(&args).context("upload failed"),
         Command::Ami(args) => commands::ami::run(&args).context("ami failed"),
+        Command::Config(args) => commands::config::run(&args).context("config failed"),
         Command::Download(args) => aws::download::run(&args).context("download failed"),
     }
 }

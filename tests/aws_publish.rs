@@ -746,3 +746,53 @@ fn every_publish_flag_names_its_packer_option() {
         "says there is no Packer option"
     );
 }
+
+#[test]
+fn upload_takes_its_publish_settings_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto, dir.path(), &[]);
+    let config = dir.path().join("imgforge.toml");
+    std::fs::write(
+        &config,
+        "[defaults]\nregions = [\"eu-west-1\"]\nami_name = \"{image}-v1\"\n\
+         ssm_parameter = \"/images/{image}/latest\"\nboot_mode = \"legacy-bios\"\n\
+         [defaults.tags]\nteam = \"infra\"\n\n\
+         [[image]]\nname = \"cfg-large\"\nshare_with = [\"210987654321\"]\n\
+         deprecate_in = \"30d\"\n",
+    )
+    .unwrap();
+    let image = small_image(dir.path(), 51);
+    let out = run(imgforge(dir.path())
+        .arg("upload")
+        .arg(&image)
+        .args(["--endpoint-url", &proxy.url(), "--workers", "4", "--json"])
+        .arg("--config")
+        .arg(&config)
+        .args(["--image", "cfg-large", "--tag", "extra=flag"]));
+    let result = json_stdout(&out);
+    assert_eq!(result["name"], "cfg-large-v1", "ami_name from the file");
+    let requests = proxy.requests();
+    let copies = Proxy::operations(&requests, "CopyImage");
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0]["region"], "eu-west-1");
+    let register = &Proxy::operations(&requests, "RegisterImage")[0]["params"];
+    assert_eq!(register["BootMode"], "legacy-bios");
+    let tags = register.to_string();
+    assert!(
+        tags.contains("infra") && tags.contains("extra"),
+        "file tags and flag tags add up: {tags}"
+    );
+    for region in ["us-east-1", "eu-west-1"] {
+        assert_eq!(
+            in_region(&requests, "ModifyImageAttribute", region).len(),
+            1
+        );
+        assert_eq!(
+            in_region(&requests, "EnableImageDeprecation", region).len(),
+            1
+        );
+        let put = in_region(&requests, "PutParameter", region);
+        assert_eq!(put[0]["body"]["Name"], "/images/cfg-large/latest");
+    }
+}

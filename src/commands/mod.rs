@@ -2,4 +2,5 @@
 //! conversion to the engine's plain request, printing.
 
 pub mod ami;
+pub mod config;
 pub mod upload;

@@ -796,3 +796,46 @@ fn upload_takes_its_publish_settings_from_the_config_file() {
         assert_eq!(put[0]["body"]["Name"], "/images/cfg-large/latest");
     }
 }
+
+#[test]
+fn a_copy_that_stays_pending_fails_its_region_after_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto, dir.path(), &["--image-state", "pending@eu-west-1"]);
+    let image = small_image(dir.path(), 61);
+    let out = upload(
+        dir.path(),
+        &proxy.url(),
+        &image,
+        "slow-v1",
+        &["--copy-to", "eu-west-1", "--copy-timeout", "5s", "--json"],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("is still `pending` after 5 s (--copy-timeout)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("is pending, waited 0 s of at most 5 s; next check in 2 s"),
+        "progress while waiting: {err}"
+    );
+    assert!(
+        err.contains("published in us-east-1; failed in eu-west-1"),
+        "{err}"
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let eu = result["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["region"] == "eu-west-1")
+        .unwrap();
+    assert!(eu["ami_id"].is_null() || eu["error"].is_string());
+    assert!(
+        Proxy::operations(&proxy.requests(), "DescribeImages")
+            .iter()
+            .any(|r| r["rewritten_state"] == "pending"),
+        "the proxy made the copy pending"
+    );
+}

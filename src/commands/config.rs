@@ -210,6 +210,13 @@ const SETTINGS: &[Setting] = &[
         Some(region),
     ),
     s(
+        "copy_timeout",
+        For::Upload,
+        "--copy-timeout",
+        Kind::Text,
+        Some(duration),
+    ),
+    s(
         "share_with",
         For::Upload,
         "--share-with",

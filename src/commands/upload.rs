@@ -129,10 +129,10 @@ pub struct UploadArgs {
     #[arg(long, value_delimiter = ',', value_name = "REGION,...", value_parser = parse_region)]
     pub copy_to: Vec<String>,
 
-    /// Minutes to wait for each copy to become `available`.
+    /// How long to wait for each copy to become `available` (e.g. 90m, 2h).
     /// Packer: aws_polling (max_attempts x delay_seconds).
-    #[arg(long, default_value_t = 60, value_name = "MINUTES")]
-    pub copy_timeout: u64,
+    #[arg(long, default_value = "60m", value_name = "DURATION", value_parser = parse_duration)]
+    pub copy_timeout: Duration,
 
     /// Share the AMI in every region: a 12-digit account ID (which also gets
     /// createVolumePermission on the snapshots, so it can copy the AMI), `all`
@@ -238,7 +238,7 @@ impl UploadArgs {
                 family: self.family.clone(),
                 tags: self.tags.clone(),
                 snapshot_tags: self.snapshot_tags.clone(),
-                copy_timeout: Duration::from_secs(self.copy_timeout.saturating_mul(60)),
+                copy_timeout: self.copy_timeout,
                 copies_in_flight: 4,
             },
         }

@@ -4,7 +4,8 @@
 Usage: aws_proxy.py --listen PORT --upstream PORT --log FILE
                     [--throttle R] [--server-error R] [--drop R] [--access-denied R]
                     [--delay-ms MS] [--snapshot-state STATE] [--start-status STATUS]
-                    [--fail OPERATION@REGION]... [--seed S]
+                    [--fail OPERATION@REGION]... [--image-state STATE@REGION]
+                    [--seed S]
 
 Every request becomes one JSON line in --log, written when its answer is
 sent: the operation (EC2 `Action`, or the EBS direct API named from the
@@ -31,7 +32,9 @@ it with HTTP 500 NotImplemented. The proxy answers what EC2 answers
 (`<return>true</return>`) and records the request (`answered_by_proxy`), so
 tests assert on what was sent. --fail OPERATION@REGION answers that EC2 or
 SSM operation in that region with HTTP 400 UnauthorizedOperation (a failure
-no client retries), to make one region of a publish fail.
+no client retries), to make one region of a publish fail. --image-state
+STATE@REGION rewrites the state in every DescribeImages answer for that
+region (e.g. `pending`, which moto's copies never are).
 Stdlib only.
 """
 
@@ -219,6 +222,16 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             state = self.config.snapshot_state.encode()
             payload = re.sub(rb"<status>[a-z]+</status>", b"<status>" + state + b"</status>", payload)
             entry["rewritten_state"] = self.config.snapshot_state
+        if entry["operation"] == "DescribeImages":
+            for rule in self.config.image_state:
+                state, region = rule.split("@", 1)
+                if region == entry["region"]:
+                    payload = re.sub(
+                        rb"<imageState>[a-z]+</imageState>",
+                        b"<imageState>" + state.encode() + b"</imageState>",
+                        payload,
+                    )
+                    entry["rewritten_state"] = state
         entry["status"] = status
         self.record(entry)
         self.answer(status, headers, payload)
@@ -245,6 +258,7 @@ def main():
     parser.add_argument("--snapshot-state", default=None)
     parser.add_argument("--start-status", default=None)
     parser.add_argument("--fail", action="append", default=[])
+    parser.add_argument("--image-state", action="append", default=[])
     parser.add_argument("--seed", type=int, default=1)
     config = parser.parse_args()
     config.rng = random.Random(config.seed)

@@ -141,19 +141,21 @@ pub async fn wait_available(
                 image_id: image_id.to_string(),
                 region: clients.region.clone(),
                 state,
-                minutes: timeout.as_secs() / 60,
+                seconds: started.elapsed().as_secs(),
             });
         }
         if interrupt::requested() {
             return Err(PublishError::Interrupted);
         }
+        let delay_now = delay.min(timeout.saturating_sub(started.elapsed()));
         eprintln!(
-            "imgforge: {}: {image_id} is {state} ({}s of at most {}s)",
+            "imgforge: {}: {image_id} is {state}, waited {} s of at most {} s; next check in {} s",
             clients.region,
             started.elapsed().as_secs(),
-            timeout.as_secs()
+            timeout.as_secs(),
+            delay_now.as_secs()
         );
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(delay_now).await;
         delay = (delay * 2).min(Duration::from_secs(30));
     }
 }

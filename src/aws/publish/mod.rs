@@ -87,14 +87,14 @@ enabled for the account)"
         reason: Option<String>,
     },
     #[error(
-        "AMI {image_id} in {region} is still `{state}` after {minutes} minutes (--copy-timeout); \
+        "AMI {image_id} in {region} is still `{state}` after {seconds} s (--copy-timeout); \
 rerun the same command later to finish"
     )]
     WaitTimedOut {
         image_id: String,
         region: String,
         state: String,
-        minutes: u64,
+        seconds: u64,
     },
 }
 

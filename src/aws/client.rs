@@ -11,17 +11,27 @@ use aws_sdk_ebs::config::ProvideCredentials;
 use super::retry::RetryPolicy;
 
 /// Where and how to reach AWS; shared by `upload` and `download`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConnectionArgs {
     /// AWS region (default: the SDK chain: AWS_REGION, then the profile's `region`).
+    /// Packer: region.
     #[arg(long)]
     pub region: Option<String>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+/// How to reach AWS, whatever the region: the part of [`ConnectionArgs`] that
+/// commands working in several regions (`imgforge ami`) share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
     /// Named profile from ~/.aws/config and ~/.aws/credentials (SSO profiles work;
     /// run `aws sso login --profile P` first). Default: AWS_PROFILE, then `default`.
     #[arg(long)]
     pub profile: Option<String>,
     /// Send every AWS request (EBS direct APIs and EC2) to this URL instead of
     /// the regional endpoints, e.g. a local moto server: http://127.0.0.1:5000.
+    /// Packer: custom_endpoint_ec2.
     #[arg(long, value_name = "URL")]
     pub endpoint_url: Option<String>,
     /// Seconds to wait for a TCP/TLS connection before the attempt fails.
@@ -35,6 +45,18 @@ pub struct ConnectionArgs {
     /// timeouts and dropped connections (other errors are never retried).
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
+}
+
+impl Default for ServiceArgs {
+    fn default() -> Self {
+        Self {
+            profile: None,
+            endpoint_url: None,
+            connect_timeout: 10,
+            attempt_timeout: 60,
+            max_attempts: 8,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,19 +77,50 @@ and pass --profile or set AWS_PROFILE"
     BadTimeout { flag: &'static str },
 }
 
-/// Configured clients for the two services imgforge talks to.
+/// Configured clients for the services imgforge talks to, in one region.
 #[derive(Debug, Clone)]
 pub struct Clients {
     pub ebs: aws_sdk_ebs::Client,
     pub ec2: aws_sdk_ec2::Client,
+    pub ssm: aws_sdk_ssm::Client,
     pub region: String,
     pub retry: RetryPolicy,
+    config: aws_config::SdkConfig,
+}
+
+impl Clients {
+    fn new(config: aws_config::SdkConfig, region: String, retry: RetryPolicy) -> Self {
+        let region_value = aws_config::Region::new(region.clone());
+        let ebs = aws_sdk_ebs::config::Builder::from(&config)
+            .region(region_value.clone())
+            .build();
+        let ec2 = aws_sdk_ec2::config::Builder::from(&config)
+            .region(region_value.clone())
+            .build();
+        let ssm = aws_sdk_ssm::config::Builder::from(&config)
+            .region(region_value)
+            .build();
+        Self {
+            ebs: aws_sdk_ebs::Client::from_conf(ebs),
+            ec2: aws_sdk_ec2::Client::from_conf(ec2),
+            ssm: aws_sdk_ssm::Client::from_conf(ssm),
+            region,
+            retry,
+            config,
+        }
+    }
+
+    /// The same configuration (credentials, endpoint, timeouts) in another region.
+    pub fn for_region(&self, region: &str) -> Self {
+        Self::new(self.config.clone(), region.to_string(), self.retry)
+    }
 }
 
 /// Builds the SDK configuration from the standard chain plus the flags, and
 /// checks up front that a region and credentials exist, so that a missing
 /// one is reported as such instead of as a failed request.
-pub async fn connect(args: &ConnectionArgs) -> Result<Clients, ClientError> {
+pub async fn connect(connection: &ConnectionArgs) -> Result<Clients, ClientError> {
+    let args = &connection.service;
     if args.connect_timeout == 0 {
         return Err(ClientError::BadTimeout {
             flag: "connect-timeout",
@@ -90,7 +143,7 @@ pub async fn connect(args: &ConnectionArgs) -> Result<Clients, ClientError> {
         )
         // Retries are ours (retry.rs), visible in the log.
         .retry_config(RetryConfig::disabled());
-    if let Some(region) = &args.region {
+    if let Some(region) = &connection.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }
     if let Some(profile) = &args.profile {
@@ -125,15 +178,16 @@ pub async fn connect(args: &ConnectionArgs) -> Result<Clients, ClientError> {
                 .to_string(),
         })?;
 
-    Ok(Clients {
-        ebs: aws_sdk_ebs::Client::new(&config),
-        ec2: aws_sdk_ec2::Client::new(&config),
-        region,
-        retry: RetryPolicy {
-            max_attempts: args.max_attempts,
-            ..RetryPolicy::default()
-        },
-    })
+    let retry = RetryPolicy {
+        max_attempts: args.max_attempts,
+        ..RetryPolicy::default()
+    };
+    Ok(Clients::new(config, region, retry))
+}
+
+/// [`connect`] for an owned configuration.
+pub async fn connect_owned(connection: ConnectionArgs) -> Result<Clients, ClientError> {
+    connect(&connection).await
 }
 
 /// The tokio runtime the AWS subcommands run on: enough worker threads for

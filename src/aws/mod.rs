@@ -1,17 +1,23 @@
-//! The online half: EBS direct APIs and EC2.
+//! The online half: EBS direct APIs and EC2, one module per job.
 //!
-//! One module per job: `client` (SDK configuration), `retry` (which failures
-//! are retried, and how), `blocks` (reading and hashing the image),
-//! `journal` (resume state), `snapshot` (start/put/complete/wait),
-//! `register` (RegisterImage), `output` (result files), and the two
-//! subcommands `upload` and `download`.
+//! `client` (SDK configuration, per region), `retry` (which failures are
+//! retried, and how), `names` (parsers and naming rules), `blocks` (reading
+//! and hashing the image), `journal` (resume state), `snapshot`
+//! (start/put/complete/wait), `writer` (the snapshot writer), `register`
+//! (RegisterImage), `publish` (copy, tags, share, deprecate, SSM, list,
+//! prune), `output` (result files), `request` (what an upload is asked to
+//! do), and the jobs `upload` and `download`.
 
 pub mod blocks;
 pub mod client;
 pub mod download;
 pub mod journal;
+pub mod names;
 pub mod output;
+pub mod publish;
 pub mod register;
+pub mod request;
 pub mod retry;
 pub mod snapshot;
 pub mod upload;
+pub mod writer;

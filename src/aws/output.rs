@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::publish::RegionResult;
+
 pub const PACKER_MANIFEST: &str = "packer-manifest.json";
 pub const AMI_LATEST: &str = "ami-latest.txt";
 
@@ -56,6 +58,43 @@ pub struct UploadResult {
     pub elapsed_seconds: f64,
     /// Data sent by this run over the upload phase's duration.
     pub upload_mib_per_second: f64,
+    /// Every region's AMI (the source region's and each copy's), sorted by
+    /// region; empty with --no-register.
+    pub regions: Vec<RegionResult>,
+}
+
+impl UploadResult {
+    /// Regions that have their AMI, and regions that failed with the reason.
+    pub fn succeeded_and_failed(&self) -> (Vec<String>, Vec<(String, String)>) {
+        let mut succeeded = Vec::new();
+        let mut failed = Vec::new();
+        for region in &self.regions {
+            match &region.error {
+                None => succeeded.push(region.region.clone()),
+                Some(err) => failed.push((region.region.clone(), err.clone())),
+            }
+        }
+        (succeeded, failed)
+    }
+
+    /// Packer's artifact_id: `region:ami,region:ami`, sorted by region.
+    pub fn artifact_id(&self) -> String {
+        let mut pairs: Vec<(String, String)> = self
+            .regions
+            .iter()
+            .filter(|r| r.error.is_none())
+            .filter_map(|r| Some((r.region.clone(), r.ami_id.clone()?)))
+            .collect();
+        if pairs.is_empty() {
+            pairs.push((self.region.clone(), self.ami_id.clone().unwrap_or_default()));
+        }
+        pairs.sort();
+        pairs
+            .iter()
+            .map(|(r, a)| format!("{r}:{a}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
@@ -107,13 +146,12 @@ pub fn append_packer_manifest(
         });
     };
     let run_uuid = uuid::Uuid::new_v4().to_string();
-    let ami_id = result.ami_id.as_deref().unwrap_or_default();
     builds.push(json!({
         "name": result.name.as_deref().unwrap_or("imgforge"),
         "builder_type": "imgforge-upload",
         "build_time": build_time,
         "files": null,
-        "artifact_id": format!("{}:{}", result.region, ami_id),
+        "artifact_id": result.artifact_id(),
         "packer_run_uuid": run_uuid,
         "custom_data": {
             "snapshot_id": result.snapshot_id,
@@ -121,6 +159,7 @@ pub fn append_packer_manifest(
             "boot_mode": result.boot_mode,
             "architecture": result.architecture,
             "reused_existing_ami": result.reused_existing_ami,
+            "source_region": result.region,
         },
     }));
     manifest["last_run_uuid"] = Value::String(run_uuid);
@@ -154,6 +193,7 @@ mod tests {
             bytes_read: 1,
             elapsed_seconds: 1.0,
             upload_mib_per_second: 1.0,
+            regions: Vec::new(),
         }
     }
 
@@ -169,6 +209,21 @@ mod tests {
         assert_eq!(builds[0]["artifact_id"], "us-east-1:ami-1");
         assert_eq!(builds[1]["artifact_id"], "us-east-1:ami-2");
         assert_eq!(v["last_run_uuid"], builds[1]["packer_run_uuid"]);
+
+        let mut multi = result("ami-1");
+        for (region, ami) in [
+            ("us-west-2", "ami-3"),
+            ("eu-west-1", "ami-2"),
+            ("us-east-1", "ami-1"),
+        ] {
+            let mut r = RegionResult::new(region);
+            r.ami_id = Some(ami.into());
+            multi.regions.push(r);
+        }
+        assert_eq!(
+            multi.artifact_id(),
+            "eu-west-1:ami-2,us-east-1:ami-1,us-west-2:ami-3"
+        );
 
         std::fs::write(dir.path().join(PACKER_MANIFEST), "[]").unwrap();
         assert!(append_packer_manifest(dir.path(), &result("ami-3"), 12).is_err());

@@ -4,6 +4,7 @@
 Usage: aws_proxy.py --listen PORT --upstream PORT --log FILE
                     [--throttle R] [--server-error R] [--drop R] [--access-denied R]
                     [--delay-ms MS] [--snapshot-state STATE] [--start-status STATUS]
+                    [--fail OPERATION@REGION]... [--image-state STATE@REGION]
                     [--seed S]
 
 Every request becomes one JSON line in --log, written when its answer is
@@ -21,6 +22,19 @@ AccessDeniedException (which a client must not retry). --delay-ms slows every Pu
 the state in every DescribeSnapshots answer (e.g. `error`, which moto never
 reports); --start-status rewrites the Status StartSnapshot answers (e.g.
 `completed`, as EBS answers a ClientToken whose snapshot is complete).
+
+Every entry also names the `region` and `service` of the request's SigV4
+signing scope, so a test can tell which region a call went to. SSM (JSON
+protocol, header X-Amz-Target) is recorded with its operation and `body`.
+
+EnableImageDeprecation is answered here, never forwarded: moto 5.2 answers
+it with HTTP 500 NotImplemented. The proxy answers what EC2 answers
+(`<return>true</return>`) and records the request (`answered_by_proxy`), so
+tests assert on what was sent. --fail OPERATION@REGION answers that EC2 or
+SSM operation in that region with HTTP 400 UnauthorizedOperation (a failure
+no client retries), to make one region of a publish fail. --image-state
+STATE@REGION rewrites the state in every DescribeImages answer for that
+region (e.g. `pending`, which moto's copies never are).
 Stdlib only.
 """
 
@@ -121,7 +135,13 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         operation = ebs_operation(self.command, self.path)
         entry = {"time": time.time(), "method": self.command, "path": self.path}
-        if operation is None:
+        scope = re.search(r"Credential=[^/]+/\d+/([^/]+)/([^/]+)/", self.headers.get("Authorization", ""))
+        entry["region"], entry["service"] = (scope.group(1), scope.group(2)) if scope else (None, None)
+        target = self.headers.get("X-Amz-Target")
+        if operation is None and target:
+            entry["operation"] = target.rsplit(".", 1)[-1]
+            entry["body"] = json.loads(body or b"{}")
+        elif operation is None:
             params = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
             params = {k: v[0] if len(v) == 1 else v for k, v in params.items()}
             entry["operation"] = params.get("Action")
@@ -144,6 +164,33 @@ class Proxy(http.server.BaseHTTPRequestHandler):
 
         fault = self.choose_fault() if operation == "PutSnapshotBlock" else None
         entry["fault"] = fault
+        if f"{entry['operation']}@{entry['region']}" in self.config.fail:
+            entry["fault"] = "fail"
+            entry["status"] = 400
+            self.record(entry)
+            if target:
+                payload = json.dumps({"__type": "UnauthorizedOperation", "message": "injected failure"}).encode()
+                headers = [("x-amzn-ErrorType", "UnauthorizedOperation"), ("Content-Type", "application/x-amz-json-1.1")]
+            else:
+                payload = (
+                    "<Response><Errors><Error><Code>UnauthorizedOperation</Code>"
+                    f"<Message>injected failure of {entry['operation']} in {entry['region']}</Message>"
+                    "</Error></Errors><RequestID>proxy</RequestID></Response>"
+                ).encode()
+                headers = [("Content-Type", "text/xml")]
+            self.answer(400, headers, payload)
+            return
+        if entry["operation"] == "EnableImageDeprecation":
+            entry["status"] = 200
+            entry["answered_by_proxy"] = True
+            self.record(entry)
+            payload = (
+                '<EnableImageDeprecationResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+                "<requestId>imgforge-test-proxy</requestId><return>true</return>"
+                "</EnableImageDeprecationResponse>"
+            ).encode()
+            self.answer(200, [("Content-Type", "text/xml")], payload)
+            return
         if operation == "PutSnapshotBlock" and self.config.delay_ms:
             time.sleep(self.config.delay_ms / 1000)
         if fault == "drop":
@@ -175,6 +222,16 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             state = self.config.snapshot_state.encode()
             payload = re.sub(rb"<status>[a-z]+</status>", b"<status>" + state + b"</status>", payload)
             entry["rewritten_state"] = self.config.snapshot_state
+        if entry["operation"] == "DescribeImages":
+            for rule in self.config.image_state:
+                state, region = rule.split("@", 1)
+                if region == entry["region"]:
+                    payload = re.sub(
+                        rb"<imageState>[a-z]+</imageState>",
+                        b"<imageState>" + state.encode() + b"</imageState>",
+                        payload,
+                    )
+                    entry["rewritten_state"] = state
         entry["status"] = status
         self.record(entry)
         self.answer(status, headers, payload)
@@ -200,6 +257,8 @@ def main():
     parser.add_argument("--delay-ms", type=int, default=0)
     parser.add_argument("--snapshot-state", default=None)
     parser.add_argument("--start-status", default=None)
+    parser.add_argument("--fail", action="append", default=[])
+    parser.add_argument("--image-state", action="append", default=[])
     parser.add_argument("--seed", type=int, default=1)
     config = parser.parse_args()
     config.rng = random.Random(config.seed)

@@ -7,11 +7,16 @@ moto 5.x answers BlockSize 512 (real EBS: 524288), which makes clients that
 trust the answer (coldsnap) upload 512-byte blocks, and it answers BlockIndex
 as a string in ListSnapshotBlocks/ListChangedBlocks (real EBS: an integer),
 which typed SDKs (aws-sdk-ebs) refuse to parse. Everything else is moto as
-installed (`pip install 'moto[server]'`).
+installed (`pip install 'moto[server]'`), with MOTO_EC2_LOAD_DEFAULT_AMIS=false.
 """
 
 import json
+import os
 import sys
+
+# moto's ~1300 built-in AMIs would answer every DescribeImages; tests want
+# only what they made.
+os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
 
 from moto.ebs import models, responses
 from moto.server import main

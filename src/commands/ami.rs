@@ -1,0 +1,314 @@
+//! `imgforge ami list|prune|promote`: the command line only; the jobs are in
+//! [`imgforge::aws::publish`].
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use imgforge::aws::client::{self, Clients, ConnectionArgs, ServiceArgs};
+use imgforge::aws::names::{
+    FAMILY_TAG, family_of, parse_ami_name, parse_duration, parse_region, parse_ssm_template,
+    parse_tag, render_ssm_name,
+};
+use imgforge::aws::publish::list::{self, ImageInfo};
+use imgforge::aws::publish::prune::{self, PruneRequest};
+use imgforge::aws::publish::{self as publish_jobs, ssm};
+
+#[derive(Debug, Args)]
+pub struct AmiArgs {
+    #[command(subcommand)]
+    pub command: AmiCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AmiCommand {
+    /// List this account's AMIs by name prefix: snapshots, region, state, creation
+    /// and deprecation times.
+    List(ListArgs),
+    /// Deregister the older AMIs of a name prefix and delete their snapshots (a dry run
+    /// unless --yes).
+    Prune(PruneArgs),
+    /// Point an SSM parameter at another AMI (roll forward or back), per region.
+    Promote(PromoteArgs),
+}
+
+/// Regions and how to reach AWS, for commands that work in several regions.
+#[derive(Debug, Args)]
+pub struct Regions {
+    /// A region to work in; repeat for more. Default: the SDK chain's region
+    /// (AWS_REGION, the profile). Packer: region / ami_regions.
+    #[arg(long = "region", value_name = "REGION", value_parser = parse_region)]
+    pub regions: Vec<String>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+impl Regions {
+    /// Clients for each region, after checking that EC2 knows them.
+    async fn clients(&self) -> anyhow::Result<Vec<Clients>> {
+        // Regions are checked from the default region (a made-up region has no
+        // endpoint to ask); without one, from the first region given.
+        let connect = |region: Option<String>| {
+            client::connect_owned(ConnectionArgs {
+                region,
+                service: self.service.clone(),
+            })
+        };
+        let base = match connect(None).await {
+            Err(client::ClientError::NoRegion) if !self.regions.is_empty() => {
+                connect(self.regions.first().cloned()).await?
+            }
+            other => other?,
+        };
+        publish_jobs::check_regions(&base, &self.regions).await?;
+        if self.regions.is_empty() {
+            return Ok(vec![base]);
+        }
+        Ok(self.regions.iter().map(|r| base.for_region(r)).collect())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// AMIs whose name starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub name_prefix: String,
+    /// Only AMIs with this tag; repeat for more (all must match).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    #[command(flatten)]
+    pub regions: Regions,
+    /// Print JSON (an array of AMIs) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  imgforge ami prune --name-prefix trading-large- --keep 3\n  \
+imgforge ami prune --name-prefix trading-large- --keep 3 --older-than 30d --region eu-west-1 --yes"
+)]
+pub struct PruneArgs {
+    /// AMIs whose name starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub name_prefix: String,
+    /// How many of the newest AMIs to keep in each region.
+    #[arg(long, value_name = "N")]
+    pub keep: usize,
+    /// Prune only AMIs older than this (e.g. 30d); the newest --keep stay regardless.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+    /// Only AMIs with this tag; repeat for more.
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    #[command(flatten)]
+    pub regions: Regions,
+    /// Really deregister and delete (without it: a dry run that lists what would go).
+    #[arg(long)]
+    pub yes: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["image", "name"])))]
+pub struct PromoteArgs {
+    /// The SSM parameter ({name} and {region} placeholders allowed).
+    #[arg(long, value_name = "NAME", value_parser = parse_ssm_template)]
+    pub ssm_parameter: String,
+    /// The AMI to point at (one region: its id is regional).
+    #[arg(long, value_name = "AMI_ID")]
+    pub image: Option<String>,
+    /// The AMI to point at, by name, in each region.
+    #[arg(long, value_name = "AMI_NAME", value_parser = parse_ami_name)]
+    pub name: Option<String>,
+    /// Point it even when it names an AMI of another image family.
+    #[arg(long)]
+    pub ssm_overwrite: bool,
+    #[command(flatten)]
+    pub regions: Regions,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &AmiArgs) -> anyhow::Result<()> {
+    let runtime = client::runtime()?;
+    runtime.block_on(async {
+        match &args.command {
+            AmiCommand::List(a) => list_amis(a).await,
+            AmiCommand::Prune(a) => prune_amis(a).await,
+            AmiCommand::Promote(a) => promote(a).await,
+        }
+    })
+}
+
+fn print_image(image: &ImageInfo) {
+    println!(
+        "{:<14} {:<21} {:<40} {:<10} created {} deprecated {} snapshots {}",
+        image.region,
+        image.image_id,
+        image.name,
+        image.state,
+        image.creation_date.as_deref().unwrap_or("-"),
+        image.deprecation_time.as_deref().unwrap_or("-"),
+        if image.snapshot_ids.is_empty() {
+            "-".to_string()
+        } else {
+            image.snapshot_ids.join(",")
+        }
+    );
+}
+
+async fn list_amis(args: &ListArgs) -> anyhow::Result<()> {
+    let mut all = Vec::new();
+    for clients in args.regions.clients().await? {
+        all.extend(list::owned(&clients, &args.name_prefix, false, &args.tags).await?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else if all.is_empty() {
+        eprintln!("no AMI named {}*", args.name_prefix);
+    } else {
+        all.iter().for_each(print_image);
+    }
+    Ok(())
+}
+
+async fn prune_amis(args: &PruneArgs) -> anyhow::Result<()> {
+    let request = PruneRequest {
+        name_prefix: args.name_prefix.clone(),
+        keep: args.keep,
+        older_than: args.older_than,
+        tags: args.tags.clone(),
+        execute: args.yes,
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+    let clients = args.regions.clients().await?;
+    let mut reports = Vec::new();
+    for c in &clients {
+        reports.push(prune::prune_region(c, &request, now).await?);
+    }
+    if reports
+        .iter()
+        .all(|r| r.kept.is_empty() && r.pruned.is_empty())
+    {
+        let regions: Vec<&str> = clients.iter().map(|c| c.region.as_str()).collect();
+        bail!(
+            "no AMI of this account is named {}* in {}; check --name-prefix and --region",
+            args.name_prefix,
+            regions.join(", ")
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(());
+    }
+    let verb = if args.yes {
+        "deregistered"
+    } else {
+        "would deregister"
+    };
+    for report in &reports {
+        for image in &report.kept {
+            println!("{}: keep {} {}", report.region, image.image_id, image.name);
+        }
+        for item in &report.pruned {
+            println!(
+                "{}: {verb} {} {} (created {}); {} snapshots {}",
+                report.region,
+                item.image.image_id,
+                item.image.name,
+                item.image.creation_date.as_deref().unwrap_or("?"),
+                if args.yes { "deleted" } else { "would delete" },
+                if item.delete_snapshots.is_empty() {
+                    "none".to_string()
+                } else {
+                    item.delete_snapshots.join(",")
+                }
+            );
+            for (snap, why) in &item.keep_snapshots {
+                println!("{}:   keep snapshot {snap}: {why}", report.region);
+            }
+        }
+    }
+    if !args.yes && reports.iter().any(|r| !r.pruned.is_empty()) {
+        eprintln!("imgforge: dry run; pass --yes to deregister and delete");
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct Promoted {
+    region: String,
+    ssm_parameter: String,
+    ami_id: String,
+    previous_value: Option<String>,
+}
+
+async fn promote(args: &PromoteArgs) -> anyhow::Result<()> {
+    if args.image.is_some() && args.regions.regions.len() > 1 {
+        bail!(
+            "--image names an AMI in one region (AMI ids are regional); use --name to promote \
+in several regions"
+        );
+    }
+    let mut done = Vec::new();
+    for clients in args.regions.clients().await? {
+        let region = clients.region.clone();
+        let image = match (&args.image, &args.name) {
+            (Some(id), _) => list::by_id(&clients, id)
+                .await?
+                .with_context(|| format!("{region}: no AMI {id}"))?,
+            (None, Some(name)) => {
+                let mut found = list::owned(&clients, name, true, &[]).await?;
+                if found.len() != 1 {
+                    bail!(
+                        "{region}: {} AMIs named {name:?}; promote needs exactly one",
+                        found.len()
+                    );
+                }
+                found.remove(0)
+            }
+            (None, None) => unreachable!("clap requires --image or --name"),
+        };
+        let family = image
+            .tags
+            .get(FAMILY_TAG)
+            .cloned()
+            .unwrap_or_else(|| family_of(&image.name));
+        let parameter = render_ssm_name(&args.ssm_parameter, &image.name, &region);
+        let previous = ssm::point(
+            &clients,
+            &parameter,
+            &image.image_id,
+            &family,
+            args.ssm_overwrite,
+        )
+        .await?;
+        done.push(Promoted {
+            region,
+            ssm_parameter: parameter,
+            ami_id: image.image_id,
+            previous_value: previous,
+        });
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        for p in &done {
+            println!(
+                "{}: {} -> {}{}",
+                p.region,
+                p.ssm_parameter,
+                p.ami_id,
+                p.previous_value
+                    .as_ref()
+                    .map(|v| format!(" (was {v})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}

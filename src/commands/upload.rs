@@ -1,0 +1,409 @@
+//! `imgforge upload`: the command line only. The flags become a plain
+//! [`UploadRequest`] for the engine ([`imgforge::aws::upload`]); this file
+//! parses and prints.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use imgforge::aws::blocks;
+use imgforge::aws::client::{self, ConnectionArgs};
+use imgforge::aws::names::{
+    ShareTarget, parse_ami_name, parse_duration, parse_region, parse_rfc3339, parse_share_target,
+    parse_ssm_template, parse_tag,
+};
+use imgforge::aws::publish::{Deprecation, PublishPlan};
+use imgforge::aws::register::{Architecture, BootMode};
+use imgforge::aws::upload::{self, UploadError, UploadRequest};
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "How it works: the image's blocks are written straight into a new EBS \
+snapshot through the EBS direct APIs (StartSnapshot, PutSnapshotBlock, CompleteSnapshot), then \
+registered as an AMI with EC2 RegisterImage (hvm, /dev/xvda, gp3, ENA, IMDSv2).\n\n\
+Only the image's data is read: holes (SEEK_DATA/SEEK_HOLE) and all-zero blocks are skipped on \
+an unencrypted snapshot. The upload is resumable: a journal beside the image \
+(IMAGE.upload-journal.json) records the snapshot and every block EBS confirmed, so rerunning the \
+same command after a crash, kill -9 or Ctrl-C continues the same snapshot and sends only the \
+missing blocks.\n\n\
+Publishing: once the AMI exists it is published in its region and each --copy-to region (at \
+most 4 at a time): copies, tags, --share-with, --deprecate-in/--deprecate-at, --ssm-parameter. \
+A region that fails does not stop the others; the command then names the regions that \
+succeeded and failed and exits non-zero, and rerunning it does only what is missing. \
+packer-manifest.json's artifact_id lists every region (region:ami,..., sorted).\n\n\
+Credentials and region come from the standard AWS chain (AWS_ACCESS_KEY_ID and \
+AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/config including SSO, instance roles). Prints the AMI \
+ID on stdout, and writes ami-latest.txt and packer-manifest.json (appended) in --output-dir.\n\n\
+Examples:\n  imgforge upload image.raw --name web-small-v1 --tag team=infra\n  \
+imgforge upload image.raw --name web-small-v1 --force-deregister --boot-mode uefi\n  \
+imgforge upload image.raw --no-register --json\n  \
+imgforge upload image.raw --name app-v2 --copy-to eu-west-1,us-west-2 --share-with 123456789012 \
+--deprecate-in 90d --ssm-parameter /images/app/latest\n  \
+imgforge upload image.raw --endpoint-url http://127.0.0.1:5000 --region us-east-1",
+    after_help = "Examples:\n  imgforge upload image.raw --name web-small-v1 --tag team=infra\n  \
+imgforge upload image.raw --no-register --json"
+)]
+pub struct UploadArgs {
+    /// The raw disk image to upload (a regular file; sparse files upload fastest).
+    pub image: PathBuf,
+
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    /// AMI name (3-128 characters: letters, digits, ( ) [ ] . / - ' @ _ and spaces).
+    /// Default: the image's file name and the start of its content hash. If an AMI
+    /// of this name exists it is reused (see --force-deregister). Packer: ami_name.
+    #[arg(long, value_parser = parse_ami_name)]
+    pub name: Option<String>,
+
+    /// Description of the snapshot and the AMI. Default: "imgforge upload of FILE".
+    /// Packer: ami_description.
+    #[arg(long)]
+    pub description: Option<String>,
+
+    /// A tag for the snapshots and the AMIs, in every region; repeat for more.
+    /// Packer: tags.
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+
+    /// A tag for the snapshots only, in every region; repeat for more.
+    /// Packer: snapshot_tags.
+    #[arg(long = "snapshot-tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub snapshot_tags: Vec<(String, String)>,
+
+    /// Size of the volume the snapshot describes, in GiB (at least the image's size
+    /// rounded up to a GiB, which is the default; at most 65536).
+    /// Packer: volume_size in ami_block_device_mappings.
+    #[arg(long, value_name = "GIB")]
+    pub volume_size: Option<u64>,
+
+    /// Concurrent PutSnapshotBlock requests (EBS accepts about 1000 blocks/s per snapshot).
+    /// Packer: none (Packer has no direct snapshot upload).
+    #[arg(long, default_value_t = 64, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+
+    /// Firmware the AMI boots with. Default: read from the image (both bootloaders:
+    /// uefi-preferred; only UEFI: uefi; only BIOS or unreadable: legacy-bios).
+    /// Packer: boot_mode.
+    #[arg(long, value_enum)]
+    pub boot_mode: Option<BootMode>,
+
+    /// CPU architecture of the image. Packer: ami_architecture.
+    #[arg(long, value_enum, default_value = "x86_64")]
+    pub architecture: Architecture,
+
+    /// Register the AMI with NitroTPM (TpmSupport v2.0; needs --boot-mode uefi or
+    /// uefi-preferred). Packer: tpm_support.
+    #[arg(long)]
+    pub tpm: bool,
+
+    /// Make an encrypted snapshot (with the account's default EBS key unless
+    /// --kms-key-id). Every block is written, zeros included. Packer: encrypt_boot.
+    #[arg(long)]
+    pub encrypted: bool,
+
+    /// KMS key ARN for --encrypted. Packer: kms_key_id.
+    #[arg(long, requires = "encrypted", value_name = "ARN")]
+    pub kms_key_id: Option<String>,
+
+    /// Stop after the snapshot is completed: no RegisterImage; prints the snapshot ID.
+    /// Packer: skip_create_ami.
+    #[arg(long, conflicts_with_all = ["force_deregister", "tpm", "copy_to", "share_with",
+          "deprecate_in", "deprecate_at", "ssm_parameter"])]
+    pub no_register: bool,
+
+    /// If an AMI of this name exists, deregister it and delete its snapshot after the
+    /// new snapshot is complete, then register the new AMI under the name.
+    /// Packer: force_deregister and force_delete_snapshot.
+    #[arg(long)]
+    pub force_deregister: bool,
+
+    /// When the upload fails after the snapshot was started, keep the snapshot and the
+    /// journal (a rerun resumes) instead of deleting them. Packer: none.
+    #[arg(long)]
+    pub keep_snapshot: bool,
+
+    /// Copy the AMI to these regions (comma-separated or repeated), at most 4 at a
+    /// time, with its tags; a region that already holds an AMI of the name keeps it.
+    /// Packer: ami_regions.
+    #[arg(long, value_delimiter = ',', value_name = "REGION,...", value_parser = parse_region)]
+    pub copy_to: Vec<String>,
+
+    /// How long to wait for each copy to become `available` (e.g. 90m, 2h).
+    /// Packer: aws_polling (max_attempts x delay_seconds).
+    #[arg(long, default_value = "60m", value_name = "DURATION", value_parser = parse_duration)]
+    pub copy_timeout: Duration,
+
+    /// Share the AMI in every region: a 12-digit account ID (which also gets
+    /// createVolumePermission on the snapshots, so it can copy the AMI), `all`
+    /// (public), an organization ARN or an OU ARN; repeat for more.
+    /// Packer: ami_users / ami_groups / ami_org_arns / ami_ou_arns (and snapshot_users).
+    #[arg(long, value_name = "ACCOUNT|all|ORG_ARN|OU_ARN", value_parser = parse_share_target)]
+    pub share_with: Vec<ShareTarget>,
+
+    /// Deprecate the AMI this long from now, in every region (e.g. 30d, 12w).
+    /// Packer: deprecate_at (given as a duration).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          conflicts_with = "deprecate_at")]
+    pub deprecate_in: Option<Duration>,
+
+    /// Deprecate the AMI at this RFC 3339 time, in every region (e.g. 2027-01-31T00:00:00Z).
+    /// Packer: deprecate_at.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub deprecate_at: Option<i64>,
+
+    /// Point this SSM parameter at the AMI, in every region (DataType aws:ec2:image).
+    /// Placeholders: {name} (the AMI name), {region}. e.g. /images/trading-large/latest.
+    /// Refuses to overwrite a parameter naming an AMI of another image family.
+    /// Packer: none (usually a shell-local post-processor running `aws ssm put-parameter`).
+    #[arg(long, value_name = "TEMPLATE", value_parser = parse_ssm_template)]
+    pub ssm_parameter: Option<String>,
+
+    /// Overwrite the --ssm-parameter even when it names an AMI of another image family.
+    /// Packer: none.
+    #[arg(long, requires = "ssm_parameter")]
+    pub ssm_overwrite: bool,
+
+    /// The image family (tagged imgforge:family on every AMI and snapshot, checked by
+    /// --ssm-parameter). Default: the AMI name without its trailing version
+    /// (trading-large-v3 -> trading-large). Packer: none.
+    #[arg(long)]
+    pub family: Option<String>,
+
+    /// Print the whole result as JSON on stdout (with one entry per region) instead
+    /// of the AMI ID. Packer: none (see packer-manifest.json).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Where ami-latest.txt and packer-manifest.json are written.
+    /// Packer: the manifest post-processor's output.
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub output_dir: PathBuf,
+
+    /// The resume journal. Default: IMAGE.upload-journal.json beside the image.
+    #[arg(long, value_name = "PATH")]
+    pub journal: Option<PathBuf>,
+
+    /// Minutes without a written block after which EBS gives up on the pending
+    /// snapshot (StartSnapshot Timeout, 10-4320). A later rerun notices and starts over.
+    #[arg(long, default_value_t = 240, value_name = "MINUTES",
+          value_parser = clap::value_parser!(u32).range(10..=4320))]
+    pub snapshot_timeout: u32,
+
+    /// Minutes to wait for the snapshot to become `completed` after CompleteSnapshot.
+    #[arg(long, default_value_t = 60, value_name = "MINUTES")]
+    pub wait_timeout: u64,
+
+    /// Benchmark only: read, zero-check and SHA-256 the image's data as an upload
+    /// would, print the throughput (GB/s) and exit. Needs no AWS access.
+    #[arg(long)]
+    pub hash_only: bool,
+}
+
+impl UploadArgs {
+    /// The plain request the engine takes.
+    pub fn to_request(&self) -> UploadRequest {
+        let deprecate = match (self.deprecate_in, self.deprecate_at) {
+            (Some(after), _) => Some(Deprecation::In(after)),
+            (None, Some(at)) => Some(Deprecation::At(at)),
+            (None, None) => None,
+        };
+        UploadRequest {
+            image: self.image.clone(),
+            connection: self.connection.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            tags: self.tags.clone(),
+            snapshot_tags: self.snapshot_tags.clone(),
+            volume_size: self.volume_size,
+            workers: self.workers,
+            boot_mode: self.boot_mode,
+            architecture: self.architecture,
+            tpm: self.tpm,
+            encrypted: self.encrypted,
+            kms_key_id: self.kms_key_id.clone(),
+            no_register: self.no_register,
+            force_deregister: self.force_deregister,
+            keep_snapshot: self.keep_snapshot,
+            output_dir: self.output_dir.clone(),
+            journal: self.journal.clone(),
+            snapshot_timeout: self.snapshot_timeout,
+            wait_timeout: self.wait_timeout,
+            publish: PublishPlan {
+                copy_to: self.copy_to.clone(),
+                share_with: self.share_with.clone(),
+                deprecate,
+                ssm_parameter: self.ssm_parameter.clone(),
+                ssm_overwrite: self.ssm_overwrite,
+                family: self.family.clone(),
+                tags: self.tags.clone(),
+                snapshot_tags: self.snapshot_tags.clone(),
+                copy_timeout: self.copy_timeout,
+                copies_in_flight: 4,
+            },
+        }
+    }
+}
+
+pub fn run(args: &UploadArgs) -> Result<(), UploadError> {
+    if args.hash_only {
+        return hash_only(args);
+    }
+    let request = args.to_request();
+    let runtime = client::runtime().map_err(UploadError::Runtime)?;
+    let result = match runtime.block_on(upload::upload(&request)) {
+        Ok(result) => result,
+        Err(UploadError::PartialPublish {
+            succeeded,
+            failed,
+            result,
+        }) => {
+            // The regions that worked are worth printing: a rerun finishes the rest.
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).expect("result serializes")
+                );
+            }
+            return Err(UploadError::PartialPublish {
+                succeeded,
+                failed,
+                result,
+            });
+        }
+        Err(err) => return Err(err),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).expect("result serializes")
+        );
+    } else if let Some(ami) = &result.ami_id {
+        println!("{ami}");
+        for region in result.regions.iter().filter(|r| r.region != result.region) {
+            if let Some(id) = &region.ami_id {
+                eprintln!("{}: {id}", region.region);
+            }
+        }
+    } else {
+        println!("{}", result.snapshot_id);
+    }
+    Ok(())
+}
+
+fn hash_only(args: &UploadArgs) -> Result<(), UploadError> {
+    let (file, size) = upload::open_image(&args.image)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bench = blocks::bench(&file, size, threads)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&bench).expect("serializes")
+        );
+    } else {
+        println!(
+            "read+zero-check+sha256 of {} MiB of data ({} blocks, {} all-zero): \
+{:.2} GB/s per CPU-second on 1 thread ({:.2} GB/s wall clock; {:.2} GB/s wall clock on {} threads); \
+in memory per CPU-second: sha256 {:.2} GB/s, zero check {:.2} GB/s",
+            bench.data_bytes >> 20,
+            bench.blocks,
+            bench.zero_blocks,
+            bench.one_thread_gbps_per_cpu_second,
+            bench.one_thread_gbps,
+            bench.all_threads_gbps,
+            bench.threads,
+            bench.sha256_gbps,
+            bench.zero_check_gbps
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: UploadArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<UploadArgs, clap::Error> {
+        let mut argv = vec!["imgforge", "image.raw"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|cli| cli.args)
+    }
+
+    #[test]
+    fn flags_parse_and_validate() {
+        let args = parse(&[
+            "--tag",
+            "a=b",
+            "--tag",
+            "c=d=e",
+            "--boot-mode",
+            "uefi-preferred",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.tags,
+            vec![("a".into(), "b".into()), ("c".into(), "d=e".into())]
+        );
+        assert_eq!(args.workers, 64);
+        assert_eq!(args.boot_mode, Some(BootMode::UefiPreferred));
+        assert_eq!(args.architecture, Architecture::X86_64);
+        assert!(parse(&["--architecture", "arm64"]).is_ok());
+        assert!(parse(&["--tag", "novalue"]).is_err());
+        assert!(parse(&["--tag", "aws:x=1"]).is_err());
+        assert!(parse(&["--kms-key-id", "k"]).is_err(), "needs --encrypted");
+        assert!(parse(&["--encrypted", "--kms-key-id", "k"]).is_ok());
+        assert!(parse(&["--workers", "0"]).is_err());
+        assert!(parse(&["--no-register", "--force-deregister"]).is_err());
+        assert!(parse(&["--name", "ab"]).is_err());
+        assert!(parse(&["--name", "bad*name"]).is_err());
+        assert!(parse(&["--snapshot-timeout", "5"]).is_err());
+    }
+
+    #[test]
+    fn publish_flags_parse_into_the_plan() {
+        let args = parse(&[
+            "--copy-to",
+            "eu-west-1,us-west-2",
+            "--share-with",
+            "123456789012",
+            "--share-with",
+            "all",
+            "--deprecate-in",
+            "30d",
+            "--ssm-parameter",
+            "/images/{name}/latest",
+            "--snapshot-tag",
+            "k=v",
+        ])
+        .unwrap();
+        let req = args.to_request();
+        assert_eq!(req.publish.copy_to, ["eu-west-1", "us-west-2"]);
+        assert_eq!(req.publish.share_with.len(), 2);
+        assert_eq!(
+            req.publish.deprecate,
+            Some(Deprecation::In(Duration::from_secs(30 * 86_400)))
+        );
+        assert_eq!(req.snapshot_tags, vec![("k".into(), "v".into())]);
+        assert!(parse(&["--copy-to", "Mars"]).is_err());
+        assert!(parse(&["--share-with", "bob"]).is_err());
+        assert!(parse(&["--ssm-parameter", "images/latest"]).is_err());
+        assert!(
+            parse(&[
+                "--deprecate-in",
+                "1d",
+                "--deprecate-at",
+                "2030-01-01T00:00:00Z"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["--no-register", "--copy-to", "eu-west-1"]).is_err());
+        assert!(parse(&["--ssm-overwrite"]).is_err());
+    }
+}

@@ -745,6 +745,33 @@ fn every_publish_flag_names_its_packer_option() {
         ssm.contains("Packer: none"),
         "says there is no Packer option"
     );
+    // Every option's text names a Packer option (or says there is none).
+    let options = help.split("Options:").nth(1).unwrap();
+    let options = options.split("How it works").next().unwrap();
+    let mut blocks: Vec<String> = Vec::new();
+    for line in options.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("--")
+            || (trimmed.starts_with('-') && trimmed.chars().nth(2) == Some(','))
+        {
+            blocks.push(String::new());
+        }
+        if let Some(block) = blocks.last_mut() {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    assert!(blocks.len() > 30, "{} options found", blocks.len());
+    for block in blocks {
+        let flag = block.split_whitespace().next().unwrap().to_string();
+        if ["-h,", "-v,", "-V,"].contains(&flag.as_str()) {
+            continue;
+        }
+        assert!(
+            block.contains("Packer:"),
+            "{flag} does not name a Packer option:\n{block}"
+        );
+    }
 }
 
 #[test]

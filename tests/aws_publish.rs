@@ -404,6 +404,38 @@ fn ssm_parameter_of_another_family_is_kept_unless_ssm_overwrite() {
     for put in Proxy::operations(&proxy.requests(), "PutParameter") {
         assert_eq!(put["body"]["DataType"], "aws:ec2:image", "every write");
     }
+
+    // A parameter that holds something else than an AMI id is not taken over,
+    // and --deprecate-at sends the time as given.
+    boto(
+        &moto,
+        "client('ssm', 'us-east-1').put_parameter(Name='/config/text', Value='hello', Type='String')\n\
+         print('null')",
+    );
+    let out = upload(
+        dir.path(),
+        &proxy.url(),
+        &small_image(dir.path(), 24),
+        "gamma-v1",
+        &[
+            "--ssm-parameter",
+            "/config/text",
+            "--deprecate-at",
+            "2030-01-31T12:00:00Z",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds \"hello\", which is not an AMI id"),
+        "{}",
+        stderr(&out)
+    );
+    let requests = proxy.requests();
+    let dep = Proxy::operations(&requests, "EnableImageDeprecation");
+    assert_eq!(
+        dep.last().unwrap()["params"]["DeprecateAt"],
+        "2030-01-31T12:00:00Z"
+    );
 }
 
 #[test]
@@ -502,6 +534,28 @@ fn ami_list_prune_and_promote() {
     );
     assert_eq!(values[0], ids[0].as_str());
     assert_eq!(values[1], promoted[1]["ami_id"]);
+
+    // promote --image: one region, by id (forward again to v3).
+    let forward = json_stdout(&run(imgforge(dir.path()).args([
+        "ami",
+        "promote",
+        "--ssm-parameter",
+        "/images/fleet/latest",
+        "--image",
+        &ids[2],
+        "--endpoint-url",
+        &url,
+        "--json",
+    ])));
+    assert_eq!(forward.as_array().unwrap().len(), 1);
+    assert_eq!(forward[0]["region"], "us-east-1");
+    assert_eq!(forward[0]["previous_value"], ids[0].as_str());
+    let requests = proxy.requests();
+    let puts = Proxy::operations(&requests, "PutParameter");
+    assert!(
+        puts.iter()
+            .all(|p| p["body"]["DataType"] == "aws:ec2:image")
+    );
 
     // prune: a dry run by default.
     let before = proxy.requests().len();
@@ -745,6 +799,33 @@ fn every_publish_flag_names_its_packer_option() {
         ssm.contains("Packer: none"),
         "says there is no Packer option"
     );
+    // Every option's text names a Packer option (or says there is none).
+    let options = help.split("Options:").nth(1).unwrap();
+    let options = options.split("How it works").next().unwrap();
+    let mut blocks: Vec<String> = Vec::new();
+    for line in options.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("--")
+            || (trimmed.starts_with('-') && trimmed.chars().nth(2) == Some(','))
+        {
+            blocks.push(String::new());
+        }
+        if let Some(block) = blocks.last_mut() {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    assert!(blocks.len() > 30, "{} options found", blocks.len());
+    for block in blocks {
+        let flag = block.split_whitespace().next().unwrap().to_string();
+        if ["-h,", "-v,", "-V,"].contains(&flag.as_str()) {
+            continue;
+        }
+        assert!(
+            block.contains("Packer:"),
+            "{flag} does not name a Packer option:\n{block}"
+        );
+    }
 }
 
 #[test]

@@ -27,6 +27,7 @@ pub struct ConnectionArgs {
 pub struct ServiceArgs {
     /// Named profile from ~/.aws/config and ~/.aws/credentials (SSO profiles work;
     /// run `aws sso login --profile P` first). Default: AWS_PROFILE, then `default`.
+    /// Packer: profile.
     #[arg(long)]
     pub profile: Option<String>,
     /// Send every AWS request (EBS direct APIs and EC2) to this URL instead of
@@ -35,14 +36,17 @@ pub struct ServiceArgs {
     #[arg(long, value_name = "URL")]
     pub endpoint_url: Option<String>,
     /// Seconds to wait for a TCP/TLS connection before the attempt fails.
+    /// Packer: none.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub connect_timeout: u64,
     /// Seconds one attempt of one request may take (connect, send, answer)
     /// before it is abandoned and retried.
+    /// Packer: none.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub attempt_timeout: u64,
     /// Attempts per request, the first one included, for throttling, 5xx,
     /// timeouts and dropped connections (other errors are never retried).
+    /// Packer: none (the AWS_MAX_ATTEMPTS environment variable).
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
 }

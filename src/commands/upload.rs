@@ -181,21 +181,25 @@ pub struct UploadArgs {
     pub output_dir: PathBuf,
 
     /// The resume journal. Default: IMAGE.upload-journal.json beside the image.
+    /// Packer: none.
     #[arg(long, value_name = "PATH")]
     pub journal: Option<PathBuf>,
 
     /// Minutes without a written block after which EBS gives up on the pending
     /// snapshot (StartSnapshot Timeout, 10-4320). A later rerun notices and starts over.
+    /// Packer: none.
     #[arg(long, default_value_t = 240, value_name = "MINUTES",
           value_parser = clap::value_parser!(u32).range(10..=4320))]
     pub snapshot_timeout: u32,
 
     /// Minutes to wait for the snapshot to become `completed` after CompleteSnapshot.
+    /// Packer: aws_polling.
     #[arg(long, default_value_t = 60, value_name = "MINUTES")]
     pub wait_timeout: u64,
 
     /// Benchmark only: read, zero-check and SHA-256 the image's data as an upload
     /// would, print the throughput (GB/s) and exit. Needs no AWS access.
+    /// Packer: none.
     #[arg(long)]
     pub hash_only: bool,
 }

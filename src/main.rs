@@ -45,6 +45,13 @@ enum Command {
     Upload(aws::upload::UploadArgs),
     /// Read an EBS snapshot back into a raw image file (unwritten blocks stay holes).
     Download(aws::download::DownloadArgs),
+    /// Internal: QEMU runs this for each guest connection to the metadata
+    /// address during `boot-test --ec2`.
+    #[command(hide = true)]
+    ImdsRelay {
+        /// The metadata stand-in's address (127.0.0.1:PORT).
+        addr: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,5 +91,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Export(args) => export::run(&args).context("export failed"),
         Command::Upload(args) => aws::upload::run(&args).context("upload failed"),
         Command::Download(args) => aws::download::run(&args).context("download failed"),
+        Command::ImdsRelay { addr } => boottest::imds::relay(&addr).context("imds-relay failed"),
     }
 }

@@ -18,6 +18,8 @@ use super::BuildError;
 
 pub struct BuildRequest {
     pub data: DataDir,
+    /// The `--first-boot` mode (a key of rootfs/first-boot.toml).
+    pub first_boot: String,
     pub distro: Box<dyn Distro>,
     pub release: String,
     /// The `--kernel` choice (a key of the distro's `kernels` table).
@@ -50,16 +52,25 @@ impl BuildRequest {
             .kernel
             .clone()
             .unwrap_or_else(|| d.default_kernel.clone());
-        let packages = d.packages(&kernel, &args.packages)?;
+        let first_boot = FirstBootModes::read(&data)?.choose(args.first_boot.as_deref())?;
+        let extra: Vec<String> = first_boot
+            .packages
+            .iter()
+            .chain(&args.packages)
+            .cloned()
+            .collect();
+        let packages = d.packages(&kernel, &extra)?;
         let release = args
             .release
             .clone()
             .unwrap_or_else(|| d.default_release.clone());
         let sources = distro.sources(&release, args.mirror.as_deref())?;
         let rootfs_data = data.path().join("rootfs");
+        let built_in_layers: Vec<String> =
+            d.layers.iter().chain(&first_boot.layers).cloned().collect();
         let layers = configure::resolve_layers(
             &rootfs_data,
-            &d.layers,
+            &built_in_layers,
             &args.layers,
             &d.template_variables(&kernel),
         )?;
@@ -73,6 +84,7 @@ impl BuildRequest {
         .map_err(super::configure::ConfigureError::from)?;
         let kernel_config_fragments = data.path().join("kernel-configs");
         Ok(Self {
+            first_boot: first_boot.name,
             distro,
             release,
             kernel,
@@ -102,10 +114,54 @@ impl BuildRequest {
     }
 }
 
+/// `rootfs/first-boot.toml`: how instances set themselves up at first boot.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirstBootModes {
+    default: String,
+    mode: std::collections::BTreeMap<String, FirstBootMode>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirstBootMode {
+    #[serde(skip)]
+    name: String,
+    layers: Vec<String>,
+    packages: Vec<String>,
+}
+
+const FIRST_BOOT_TABLE: &str = "rootfs/first-boot.toml";
+
+impl FirstBootModes {
+    fn read(data: &DataDir) -> Result<Self, BuildError> {
+        let text = data.read_to_string(FIRST_BOOT_TABLE)?;
+        toml::from_str(&text).map_err(|e| BuildError::Table {
+            path: FIRST_BOOT_TABLE,
+            message: e.to_string(),
+        })
+    }
+
+    fn choose(mut self, name: Option<&str>) -> Result<FirstBootMode, BuildError> {
+        let name = name.unwrap_or(&self.default).to_string();
+        let known = self.mode.keys().cloned().collect::<Vec<_>>().join(", ");
+        let mut mode = self
+            .mode
+            .remove(&name)
+            .ok_or(BuildError::UnknownFirstBoot {
+                given: name.clone(),
+                known,
+            })?;
+        mode.name = name;
+        Ok(mode)
+    }
+}
+
 /// `imgforge build --plan`: the request as a reader (or a pipeline) sees it.
 #[derive(Debug, Serialize)]
 pub struct Plan {
     pub distro: String,
+    pub first_boot: String,
     pub release: String,
     pub architecture: String,
     pub kernel: String,
@@ -173,6 +229,7 @@ impl Plan {
             .collect();
         Ok(Self {
             distro: d.name.clone(),
+            first_boot: request.first_boot.clone(),
             release: request.release.clone(),
             architecture: d.architecture.clone(),
             kernel: request.kernel.clone(),
@@ -248,6 +305,7 @@ impl Plan {
                 &format!("{} ({})", layer.name, layer.dir.display()),
             );
         }
+        row("first boot", &self.first_boot);
         row("units enabled", &self.first_boot_units.join(" "));
         row(
             "size class",

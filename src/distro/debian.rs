@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{BootstrapJob, Distro, DistroData, DistroError, Kernel, Sources};
+use crate::data::DataDir;
 use crate::image::manifest::Package;
 use crate::sys::fsio::at;
 use crate::sys::tool::{HostTool, Tool};
@@ -38,7 +39,7 @@ pub struct Debian {
 }
 
 impl Debian {
-    pub fn boxed(data: DistroData) -> Result<Box<dyn Distro>, DistroError> {
+    pub fn boxed(data: DistroData, _dir: &DataDir) -> Result<Box<dyn Distro>, DistroError> {
         let settings = super::bootstrap_settings(&data)?;
         Ok(Box::new(Self { data, settings }))
     }

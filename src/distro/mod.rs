@@ -21,11 +21,11 @@ use crate::sys::fsio::PathError;
 use crate::sys::progress::Progress;
 use crate::sys::tool::{HostTool, ToolError};
 
-/// Makes a distro from its data file.
-type Constructor = fn(DistroData) -> Result<Box<dyn Distro>, DistroError>;
+/// Makes a distro from its data file (and the data folder, for files it reads).
+type Make = fn(DistroData, &DataDir) -> Result<Box<dyn Distro>, DistroError>;
 
 /// Every distro imgforge knows: its name and how to make it from its data.
-const REGISTRY: &[(&str, Constructor)] = &[
+const REGISTRY: &[(&str, Make)] = &[
     ("debian", debian::Debian::boxed),
     ("arch", arch::Arch::boxed),
 ];
@@ -218,6 +218,11 @@ pub fn lookup(data: &DataDir, name: &str) -> Result<Box<dyn Distro>, DistroError
             known: names().join(", "),
         });
     };
+    make(read_data(data, name)?, data)
+}
+
+/// `rootfs/distros/NAME.toml` from the data directory, checked.
+pub fn read_data(data: &DataDir, name: &str) -> Result<DistroData, DistroError> {
     let relative = format!("rootfs/distros/{name}.toml");
     let text = data.read_to_string(&relative)?;
     let parsed: DistroData = toml::from_str(&text).map_err(|e| DistroError::Data {
@@ -230,7 +235,7 @@ pub fn lookup(data: &DataDir, name: &str) -> Result<Box<dyn Distro>, DistroError
             message: format!("`name` is `{}`, expected `{name}`", parsed.name),
         });
     }
-    make(parsed)
+    Ok(parsed)
 }
 
 /// A distro module's own settings, from the data file's `[bootstrap]` table.

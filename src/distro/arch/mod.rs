@@ -1,0 +1,605 @@
+//! Arch Linux from a Debian host: the host's pacman (Debian's
+//! pacman-package-manager) with imgforge's own pacman.conf, a private
+//! keyring, the package cache under imgforge's cache, and mkinitcpio set up
+//! by a drop-in before the kernel is installed.
+
+mod chroot;
+pub mod ikconfig;
+pub mod keyring;
+pub mod pacman;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{BootstrapJob, Distro, DistroData, DistroError, Kernel, Sources};
+use crate::data::DataDir;
+use crate::image::manifest::Package;
+use crate::sys::fsio::{PathError, at};
+use crate::sys::interrupt;
+use crate::sys::tool::{HostTool, Tool, ToolError};
+pub use ikconfig::extract_ikconfig;
+use keyring::Keyring;
+use pacman::Pacman;
+pub use pacman::{SigLevel, render_pacman_conf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchError {
+    #[error(
+        "--mirror {0} lacks the `$repo` placeholder: pass a URL like https://mirror.example/archlinux/$repo/os/$arch"
+    )]
+    MirrorWithoutRepo(String),
+    #[error(
+        "the Arch mirror {mirror} cannot be reached: {reason}; check the URL and the network, \
+         or pass another --mirror (a URL with $repo and $arch, e.g. https://geo.mirror.pkgbuild.com/$repo/os/$arch)"
+    )]
+    MirrorUnreachable { mirror: String, reason: String },
+    #[error(
+        "pacman could not read the repositories from the Arch mirror {mirror}:\n{detail}\n\
+         check that the URL names a mirror's `$repo/os/$arch` folder, or pass another --mirror"
+    )]
+    Mirror { mirror: String, detail: String },
+    #[error(
+        "a package is not in the repositories of {mirror}: {detail}; check --packages and --kernel, \
+         or whether the mirror is complete"
+    )]
+    NotFound { detail: String, mirror: String },
+    #[error(
+        "pacman refused {package}: its signature could not be verified with the build's keyring:\n{detail}\n\
+         If the key is newer than the keyring, pass --keyring DIR with a current Arch keyring (archlinux.gpg, \
+         archlinux-trusted and archlinux-revoked, from usr/share/pacman/keyrings/ of a current \
+         archlinux-keyring package) or update the host's archlinux-keyring package; if the keyring is current, \
+         the file is corrupt or tampered with: try another --mirror (the bad download was deleted from the cache)"
+    )]
+    Signature { package: String, detail: String },
+    #[error(
+        "{what}: {dir} has no archlinux.gpg (a keyring folder holds archlinux.gpg, archlinux-trusted \
+         and archlinux-revoked, as usr/share/pacman/keyrings/ of an archlinux-keyring package does)"
+    )]
+    KeyringFiles { dir: PathBuf, what: String },
+    #[error("pacman downloaded {package}, but its file is not in {cache}")]
+    Downloaded { package: String, cache: PathBuf },
+    #[error(
+        "cannot mount {target} for the package scripts: {errno} (imgforge must run as root, \
+         outside a container that forbids mounts)"
+    )]
+    Mount {
+        target: PathBuf,
+        errno: nix::errno::Errno,
+    },
+    #[error(
+        "still mounted below the tree after unmounting: {0:?}; unmount them (umount -l) before \
+         removing the work directory"
+    )]
+    MountsLeft(Vec<PathBuf>),
+    #[error("interrupted")]
+    Interrupted,
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error(transparent)]
+    Io(#[from] PathError),
+    #[error(
+        "the bootstrapped tree has no kernel (expected exactly one /boot/vmlinuz-*, found {found})"
+    )]
+    Kernel { found: usize },
+    #[error(
+        "cannot find the kernel configuration inside {0} (IKCONFIG): the kernel was built without \
+         CONFIG_IKCONFIG, or compressed in a format imgforge does not read (gzip, zstd and xz are read)"
+    )]
+    NoIkconfig(String),
+}
+
+/// `[bootstrap]` in rootfs/distros/arch.toml.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub default_mirror: String,
+    pub repositories: Vec<String>,
+    pub first_package: String,
+    pub keyring_package: String,
+    /// Always `Required` from the data file; [`Arch::with_sig_level`] lets
+    /// imgforge's tests use unsigned test repositories.
+    #[serde(skip)]
+    pub sig_level: SigLevel,
+}
+
+pub struct Arch {
+    data: DistroData,
+    settings: Settings,
+    /// `MODULES=`/`HOOKS=` lines of the mkinitcpio drop-ins in the
+    /// bootstrap files, for `--plan`.
+    mkinitcpio: Vec<String>,
+}
+
+impl Arch {
+    pub fn boxed(data: DistroData, dir: &DataDir) -> Result<Box<dyn Distro>, DistroError> {
+        Ok(Box::new(Self::new(data, dir)?))
+    }
+
+    pub fn new(data: DistroData, dir: &DataDir) -> Result<Self, DistroError> {
+        let settings = super::bootstrap_settings(&data)?;
+        let mut mkinitcpio = Vec::new();
+        if let Some(files) = &data.bootstrap_files {
+            let dropins = dir
+                .path()
+                .join("rootfs")
+                .join(files)
+                .join("etc/mkinitcpio.conf.d");
+            let mut paths: Vec<PathBuf> = fs::read_dir(&dropins)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            paths.sort();
+            for path in paths {
+                let text = fs::read_to_string(&path).map_err(at("read", &path))?;
+                mkinitcpio.extend(mkinitcpio_settings(&text));
+            }
+        }
+        Ok(Self {
+            data,
+            settings,
+            mkinitcpio,
+        })
+    }
+
+    /// The same distro verifying packages at `level` (tests only: the
+    /// command line always gets `Required`).
+    pub fn with_sig_level(mut self, level: SigLevel) -> Self {
+        self.settings.sig_level = level;
+        self
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn pacman_conf(&self, sources: &Sources) -> String {
+        render_pacman_conf(
+            &self.data.architecture,
+            self.settings.sig_level,
+            &self.settings.repositories,
+            &sources.lines,
+        )
+    }
+}
+
+/// The `MODULES=(...)` and `HOOKS=(...)` lines of a mkinitcpio config.
+pub fn mkinitcpio_settings(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("MODULES=") || l.starts_with("HOOKS="))
+        .map(String::from)
+        .collect()
+}
+
+/// The words of a mkinitcpio array setting, `NAME=(a b c)`.
+pub fn mkinitcpio_array(lines: &[String], name: &str) -> Option<Vec<String>> {
+    let prefix = format!("{name}=(");
+    lines.iter().rev().find_map(|l| {
+        let inner = l.strip_prefix(&prefix)?.split(')').next()?;
+        Some(inner.split_whitespace().map(String::from).collect())
+    })
+}
+
+fn check_interrupt() -> Result<(), ArchError> {
+    if interrupt::requested() {
+        Err(ArchError::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+impl Distro for Arch {
+    fn data(&self) -> &DistroData {
+        &self.data
+    }
+
+    fn host_tools(&self) -> Vec<HostTool> {
+        vec![
+            HostTool::new("pacman", "pacman-package-manager"),
+            HostTool::new("pacman-key", "pacman-package-manager"),
+            HostTool::new("bsdtar", "libarchive-tools"),
+            HostTool::new("gpg", "gpg"),
+            HostTool::new("gpgconf", "gpgconf"),
+            HostTool::new("unshare", "util-linux"),
+            HostTool::new("mount", "mount"),
+            HostTool::new("cp", "coreutils"),
+            HostTool::new("tar", "tar"),
+        ]
+    }
+
+    /// One `Server =` URL for every repository; `--mirror` or Arch's geo mirror.
+    fn sources(&self, _release: &str, mirror: Option<&str>) -> Result<Sources, DistroError> {
+        let (url, origin) = match mirror {
+            Some(m) => (m.to_string(), "--mirror"),
+            None => (
+                self.settings.default_mirror.clone(),
+                "Arch's geo mirror (default)",
+            ),
+        };
+        if !url.contains("$repo") {
+            return Err(ArchError::MirrorWithoutRepo(url).into());
+        }
+        Ok(Sources {
+            lines: vec![format!("Server = {url}")],
+            origin: origin.into(),
+        })
+    }
+
+    /// pacman from the host into `work_dir/tree`: the bootstrap files, a
+    /// private keyring (refreshed from the mirror's keyring package unless
+    /// `job.keyring` is given), `filesystem` alone, then /proc, /sys, /dev
+    /// and /run mounted and every package installed; then the tree, as tar.
+    fn bootstrap(&self, job: &BootstrapJob) -> Result<(), DistroError> {
+        Ok(self.bootstrap_tree(job)?)
+    }
+
+    /// Read from pacman's local database (`var/lib/pacman/local/*/desc`).
+    fn installed_packages(&self, root: &Path) -> Result<Vec<Package>, DistroError> {
+        let local = root.join("var/lib/pacman/local");
+        let mut packages = Vec::new();
+        for entry in fs::read_dir(&local).map_err(at("read", &local))?.flatten() {
+            let desc = entry.path().join("desc");
+            let Ok(text) = fs::read_to_string(&desc) else {
+                continue;
+            };
+            if let Some(package) = parse_desc(&text) {
+                packages.push(package);
+            }
+        }
+        packages.sort();
+        Ok(packages)
+    }
+
+    fn kernel(&self, root: &Path) -> Result<Kernel, DistroError> {
+        let boot = root.join("boot");
+        let images: Vec<_> = fs::read_dir(&boot)
+            .map_err(at("read", &boot))?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
+            .map(|e| e.path())
+            .collect();
+        let [image] = images.as_slice() else {
+            return Err(ArchError::Kernel {
+                found: images.len(),
+            }
+            .into());
+        };
+        let bytes = fs::read(image).map_err(at("read", image))?;
+        let config = extract_ikconfig(&bytes)
+            .ok_or_else(|| ArchError::NoIkconfig(image.display().to_string()))?;
+        Ok(Kernel {
+            version: kernel_version(root).unwrap_or_default(),
+            config,
+        })
+    }
+
+    /// The image's own /etc/pacman.d/mirrorlist: the build's mirror, so that
+    /// `pacman -Syu` works on the instance.
+    fn configure(&self, root: &Path, sources: &Sources) -> Result<(), DistroError> {
+        let dir = root.join("etc/pacman.d");
+        fs::create_dir_all(&dir).map_err(at("create", &dir))?;
+        let path = dir.join("mirrorlist");
+        fs::write(&path, render_mirrorlist(sources)).map_err(at("write", &path))?;
+        Ok(())
+    }
+
+    fn plan_notes(&self) -> Vec<(String, String)> {
+        let mut notes = vec![
+            (
+                "keyring".to_string(),
+                format!(
+                    "--keyring DIR if given; else the host's archlinux-keyring \
+                     (/usr/share/keyrings/archlinux*), refreshed from the mirror's {} \
+                     (verified with it first); private to the build, not in the image",
+                    self.settings.keyring_package
+                ),
+            ),
+            (
+                "pacman SigLevel".to_string(),
+                self.settings.sig_level.as_pacman().to_string(),
+            ),
+            (
+                "first package".to_string(),
+                format!(
+                    "{} (then /proc, /sys, /dev, /run mounted for scriptlets and hooks)",
+                    self.settings.first_package
+                ),
+            ),
+        ];
+        if !self.mkinitcpio.is_empty() {
+            notes.push(("mkinitcpio".to_string(), self.mkinitcpio.join(" ")));
+        }
+        notes
+    }
+}
+
+/// /etc/pacman.d/mirrorlist for the image.
+pub fn render_mirrorlist(sources: &Sources) -> String {
+    let mut text = format!(
+        "# Written by imgforge: the mirror the image was built from ({}).\n",
+        sources.origin
+    );
+    for line in &sources.lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+impl Arch {
+    fn bootstrap_tree(&self, job: &BootstrapJob) -> Result<(), ArchError> {
+        let mirror = job
+            .sources
+            .lines
+            .first()
+            .map(|l| pacman::server_url(l).to_string())
+            .unwrap_or_default();
+        let first_repo = self
+            .settings
+            .repositories
+            .first()
+            .map_or("core", String::as_str);
+        job.progress.note(&format!("pacman from {mirror}"));
+        for line in &job.sources.lines {
+            pacman::check_mirror(
+                pacman::server_url(line),
+                first_repo,
+                &self.data.architecture,
+            )?;
+        }
+
+        let tree = job.work_dir.join("tree");
+        let pacman = Pacman {
+            config: job.work_dir.join("pacman.conf"),
+            root: tree.clone(),
+            cache: job.package_cache.to_path_buf(),
+            gpgdir: job.work_dir.join("gnupg"),
+            logfile: job.work_dir.join("pacman.log"),
+            mirror: mirror.clone(),
+        };
+        let dbpath = pacman.dbpath();
+        fs::create_dir_all(&dbpath).map_err(at("create", &dbpath))?;
+        fs::create_dir_all(&pacman.cache).map_err(at("create", &pacman.cache))?;
+        pacman::write_file(&pacman.config, &self.pacman_conf(job.sources))?;
+
+        if let Some(files) = job.bootstrap_files {
+            Tool::new("cp")
+                .args(["-a", "--no-preserve=ownership"])
+                .arg(files.join("."))
+                .arg(&tree)
+                .run()?;
+        }
+
+        check_interrupt()?;
+        let keyring = Keyring::init(&pacman.gpgdir, &pacman.config)?;
+        match job.keyring {
+            Some(dir) => keyring.populate_from(dir, "--keyring")?,
+            None => keyring.populate_from_host()?,
+        }
+        check_interrupt()?;
+        pacman.sync()?;
+        if job.keyring.is_none() {
+            job.progress.note(&format!(
+                "refreshing the keyring from {}",
+                self.settings.keyring_package
+            ));
+            let newer = Keyring::fetch_newer(
+                &pacman,
+                &self.settings.keyring_package,
+                &job.work_dir.join("keyring"),
+            )?;
+            keyring.populate_from(&newer, &self.settings.keyring_package)?;
+        }
+
+        check_interrupt()?;
+        pacman.install(std::slice::from_ref(&self.settings.first_package))?;
+        check_interrupt()?;
+        let mounts = chroot::ApiMounts::mount(&tree)?;
+        pacman.install(job.packages)?;
+        mounts.unmount()?;
+        drop(keyring);
+
+        check_interrupt()?;
+        Tool::new("tar")
+            .args([
+                "--create",
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=*",
+                "--acls",
+                "--one-file-system",
+                "--sort=name",
+                "--file",
+            ])
+            .arg(job.output)
+            .arg("-C")
+            .arg(&tree)
+            .arg(".")
+            .run()?;
+        Ok(())
+    }
+}
+
+/// The module folder name under usr/lib/modules: the kernel's version.
+fn kernel_version(root: &Path) -> Option<String> {
+    let modules = root.join("usr/lib/modules");
+    fs::read_dir(modules)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| e.path().join("vmlinuz").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+}
+
+/// `%NAME%` and `%VERSION%` of a pacman `desc` file.
+pub fn parse_desc(text: &str) -> Option<Package> {
+    let mut lines = text.lines();
+    let mut name = None;
+    let mut version = None;
+    while let Some(line) = lines.next() {
+        match line {
+            "%NAME%" => name = lines.next().map(String::from),
+            "%VERSION%" => version = lines.next().map(String::from),
+            _ => {}
+        }
+    }
+    Some(Package {
+        name: name?,
+        version: version?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arch() -> (Arch, DataDir) {
+        let dir = DataDir::open(None).unwrap();
+        let data = crate::distro::read_data(&dir, "arch").unwrap();
+        (Arch::new(data, &dir).unwrap(), dir)
+    }
+
+    #[test]
+    fn pacman_conf_from_the_data_file_and_the_mirror() {
+        let (arch, _dir) = arch();
+        let sources = arch
+            .sources("rolling", Some("https://m.example/arch/$repo/os/$arch"))
+            .unwrap();
+        let conf = arch.pacman_conf(&sources);
+        assert!(
+            conf.contains("\nSigLevel = Required DatabaseOptional\n"),
+            "{conf}"
+        );
+        assert!(conf.contains("\nArchitecture = x86_64\n"), "{conf}");
+        for repo in &arch.settings().repositories {
+            assert!(
+                conf.contains(&format!(
+                    "[{repo}]\nServer = https://m.example/arch/$repo/os/$arch\n"
+                )),
+                "{repo}: {conf}"
+            );
+        }
+        // Without --mirror: the data file's default mirror, in every repository.
+        let default = arch.pacman_conf(&arch.sources("rolling", None).unwrap());
+        assert_eq!(
+            default.matches(&arch.settings().default_mirror).count(),
+            arch.settings().repositories.len()
+        );
+        let never = arch.with_sig_level(SigLevel::Never);
+        assert!(never.pacman_conf(&sources).contains("\nSigLevel = Never\n"));
+    }
+
+    #[test]
+    fn mirror_must_have_the_repo_placeholder() {
+        let (arch, _dir) = arch();
+        let err = arch
+            .sources("rolling", Some("https://m.example/arch/core/os/x86_64"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("$repo") && err.contains("m.example"), "{err}");
+    }
+
+    #[test]
+    fn mkinitcpio_drop_in_has_cloud_drivers_and_no_autodetect() {
+        let (arch, dir) = arch();
+        let files = arch.data().bootstrap_files.clone().unwrap();
+        let path = dir
+            .path()
+            .join("rootfs")
+            .join(files)
+            .join("etc/mkinitcpio.conf.d/imgforge.conf");
+        let lines = mkinitcpio_settings(&fs::read_to_string(&path).unwrap());
+        let modules = mkinitcpio_array(&lines, "MODULES").unwrap();
+        let hooks = mkinitcpio_array(&lines, "HOOKS").unwrap();
+        for module in ["nvme", "ena", "virtio_blk", "virtio_pci"] {
+            assert!(modules.iter().any(|m| m == module), "{module}: {modules:?}");
+        }
+        assert!(!hooks.iter().any(|h| h == "autodetect"), "{hooks:?}");
+        for hook in ["base", "udev", "block", "filesystems"] {
+            assert!(hooks.iter().any(|h| h == hook), "{hook}: {hooks:?}");
+        }
+        // base before udev before block before filesystems.
+        let at = |h: &str| hooks.iter().position(|x| x == h).unwrap();
+        assert!(
+            at("base") < at("udev") && at("udev") < at("block") && at("block") < at("filesystems")
+        );
+        // --plan shows the same settings.
+        let notes = arch.plan_notes();
+        let plan = notes.iter().find(|(k, _)| k == "mkinitcpio").unwrap();
+        assert!(
+            plan.1.contains("ena") && !plan.1.contains("autodetect"),
+            "{plan:?}"
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|(k, v)| k == "pacman SigLevel" && v == "Required DatabaseOptional")
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|(k, v)| k == "keyring" && v.contains("archlinux-keyring"))
+        );
+    }
+
+    #[test]
+    fn package_list_for_each_kernel() {
+        let (arch, _dir) = arch();
+        let data = arch.data();
+        assert!(data.kernels.len() >= 2, "{:?}", data.kernels);
+        for (kernel, kernel_packages) in &data.kernels {
+            let packages = data.packages(kernel, &["htop".into()]).unwrap();
+            for p in kernel_packages.iter().chain(&data.packages) {
+                assert!(
+                    packages.contains(p),
+                    "{kernel}: {p} missing from {packages:?}"
+                );
+            }
+            assert_eq!(packages.last().map(String::as_str), Some("htop"));
+            // No other kernel's packages.
+            for (other, other_packages) in &data.kernels {
+                if other != kernel {
+                    for p in other_packages
+                        .iter()
+                        .filter(|p| !kernel_packages.contains(p))
+                    {
+                        assert!(!packages.contains(p), "{kernel} has {other}'s {p}");
+                    }
+                }
+            }
+            let mut unique = packages.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), packages.len(), "{packages:?}");
+        }
+        let err = data.packages("zen", &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("`zen`") && err.contains("linux") && err.contains("lts"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn image_mirrorlist_names_the_build_mirror() {
+        let (arch, _dir) = arch();
+        let sources = arch
+            .sources("rolling", Some("https://m.example/$repo/os/$arch"))
+            .unwrap();
+        let root = tempfile::tempdir().unwrap();
+        arch.configure(root.path(), &sources).unwrap();
+        let text = fs::read_to_string(root.path().join("etc/pacman.d/mirrorlist")).unwrap();
+        let servers: Vec<&str> = text.lines().filter(|l| l.starts_with("Server")).collect();
+        assert_eq!(servers, ["Server = https://m.example/$repo/os/$arch"]);
+    }
+
+    #[test]
+    fn desc_files_give_name_and_version() {
+        let desc = "%NAME%\nlinux\n\n%VERSION%\n6.6.1.arch1-1\n\n%BASE%\nlinux\n";
+        let p = parse_desc(desc).unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.version.as_str()),
+            ("linux", "6.6.1.arch1-1")
+        );
+        assert!(parse_desc("%NAME%\nx\n").is_none());
+    }
+}

@@ -1,0 +1,966 @@
+//! imgforge's own Arch bootstrap (`imgforge::distro::arch`), offline,
+//! against tiny Arch-format packages made here with `makepkg` (run as
+//! `nobody`: makepkg refuses root) and `repo-add`, served as `file://`
+//! repositories `core` and `extra`:
+//!
+//! - `filesystem`: the first package (a few folders, /etc/os-release, the
+//!   usr-merge symlinks);
+//! - `testshell`: /usr/bin/sh (the host's dash and its libraries), which
+//!   scriptlets and hooks need inside the tree;
+//! - `scripted`: a post_install scriptlet that reads /proc/self/stat and
+//!   writes /scripted-marker: proof that it ran chrooted with /proc mounted;
+//! - `hooked`: ships an alpm hook (usr/share/libalpm/hooks) that writes
+//!   /hook-marker when `hooked` is installed;
+//! - `archlinux-keyring`: the test key as an Arch keyring package, for the
+//!   default keyring path (host keyring, then the mirror's keyring package).
+//!
+//! Runs: unsigned (`SigLevel = Never`, default keyring path), signed with a
+//! throw-away key under `Required` (the `--keyring` path), a tampered
+//! package (refused, with the clear error), an unreachable mirror (fails
+//! fast, leaves nothing), and a missing host tool (names its package).
+//!
+//! Needs root (pacman installs as root, mounts /proc) and the host tools;
+//! skips with the reason printed otherwise.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use imgforge::data::DataDir;
+use imgforge::distro::arch::{Arch, SigLevel};
+use imgforge::distro::{BootstrapJob, Distro, DistroError, read_data};
+use imgforge::sys::progress::Progress;
+use imgforge::sys::workdir::mounts_below;
+
+const IMGFORGE: &str = env!("CARGO_BIN_EXE_imgforge");
+
+const TOOLS: &[&str] = &[
+    "pacman",
+    "pacman-key",
+    "makepkg",
+    "repo-add",
+    "bsdtar",
+    "fakeroot",
+    "zstd",
+    "gpg",
+    "gpgconf",
+    "setpriv",
+    "unshare",
+    "tar",
+    "dash",
+];
+
+/// One bootstrap at a time: the machine has 2 cores.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn heavy() -> MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn which(tool: &str) -> bool {
+    imgforge::sys::tool::find_in_path(tool).is_some()
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root (pacman installs as root and mounts /proc)".into());
+    }
+    let missing: Vec<&str> = TOOLS.iter().copied().filter(|t| !which(t)).collect();
+    if !missing.is_empty() {
+        return Some(format!(
+            "missing host tools {missing:?} (run `bash .ci/setup`)"
+        ));
+    }
+    None
+}
+
+macro_rules! skip_unless_ready {
+    () => {
+        if let Some(reason) = skip_reason() {
+            println!("SKIPPED: {reason}");
+            return;
+        }
+    };
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The built repositories, made once per test process.
+struct Fixture {
+    /// `file://…/$repo/os/$arch` of the three repository sets.
+    unsigned: String,
+    signed: String,
+    tampered: String,
+    /// A keyring folder with the test key (the --keyring form).
+    keyring: PathBuf,
+}
+
+static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+
+fn fixture() -> &'static Fixture {
+    FIXTURE.get_or_init(build_fixture)
+}
+
+struct PackageSpec {
+    name: &'static str,
+    repo: &'static str,
+    depends: &'static [&'static str],
+    install: Option<&'static str>,
+}
+
+const PACKAGES: &[PackageSpec] = &[
+    PackageSpec {
+        name: "filesystem",
+        repo: "core",
+        depends: &[],
+        install: None,
+    },
+    PackageSpec {
+        name: "testshell",
+        repo: "core",
+        depends: &["filesystem"],
+        install: None,
+    },
+    PackageSpec {
+        name: "archlinux-keyring",
+        repo: "core",
+        depends: &[],
+        install: None,
+    },
+    PackageSpec {
+        name: "scripted",
+        repo: "extra",
+        depends: &["testshell"],
+        install: Some(
+            "post_install() {\n  \
+               if read line < /proc/self/stat; then\n    \
+                 echo \"proc: $line\" > /scripted-marker\n  \
+               else\n    \
+                 echo 'no /proc' > /scripted-marker\n  \
+               fi\n\
+             }\n",
+        ),
+    },
+    PackageSpec {
+        name: "hooked",
+        repo: "extra",
+        depends: &["testshell"],
+        install: None,
+    },
+    // Keeps pacman busy in a scriptlet (with the API filesystems mounted)
+    // long enough to be interrupted; the test shell has no `sleep`.
+    PackageSpec {
+        name: "sleepy",
+        repo: "extra",
+        depends: &["testshell"],
+        install: Some(
+            "post_install() {\n  \
+               echo started > /sleepy-started\n  \
+               i=0\n  \
+               while [ $i -lt 200000000 ]; do i=$((i + 1)); done\n\
+             }\n",
+        ),
+    },
+];
+
+const HOOK: &str = "[Trigger]\nOperation = Install\nType = Package\nTarget = hooked\n\n\
+[Action]\nDescription = imgforge test hook\nWhen = PostTransaction\n\
+Exec = /bin/sh -c 'echo hooked > /hook-marker'\n";
+
+fn build_fixture() -> Fixture {
+    // A fixed place under target/ (a static is never dropped, so a temporary
+    // folder would outlive the run): made afresh by every run.
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("arch-fixture");
+    if base.exists() {
+        fs::remove_dir_all(&base).unwrap();
+    }
+    fs::create_dir_all(&base).unwrap();
+    let base = base.as_path();
+    // A throw-away signing key, its keyring folder as --keyring takes it.
+    let gnupg = base.join("gnupg");
+    fs::create_dir(&gnupg).unwrap();
+    fs::set_permissions(&gnupg, fs::Permissions::from_mode(0o700)).unwrap();
+    let home = gnupg.to_str().unwrap();
+    let gpg = |args: &[&str]| {
+        let mut all = vec!["--homedir", home, "--batch", "--pinentry-mode", "loopback"];
+        all.extend_from_slice(args);
+        run("gpg", &all)
+    };
+    gpg(&[
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "imgforge test <test@imgforge.invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    let listing = String::from_utf8(gpg(&["--with-colons", "--list-keys"]).stdout).unwrap();
+    let fingerprint = listing
+        .lines()
+        .find_map(|l| l.strip_prefix("fpr:"))
+        .map(|l| l.trim_matches(':').to_string())
+        .expect("fingerprint");
+    let keyring = base.join("keyring");
+    fs::create_dir(&keyring).unwrap();
+    fs::write(keyring.join("archlinux.gpg"), gpg(&["--export"]).stdout).unwrap();
+    fs::write(
+        keyring.join("archlinux-trusted"),
+        format!("{fingerprint}:4:\n"),
+    )
+    .unwrap();
+    fs::write(keyring.join("archlinux-revoked"), "").unwrap();
+
+    // Packages, built by nobody.
+    let build = base.join("build");
+    let pkgdest = base.join("pkgs");
+    for d in [&build, &pkgdest] {
+        fs::create_dir_all(d).unwrap();
+    }
+    for spec in PACKAGES {
+        let pkg = build.join(spec.name);
+        let payload = pkg.join("payload");
+        fs::create_dir_all(&payload).unwrap();
+        stage_payload(spec.name, &payload, &keyring);
+        let mut pkgbuild = format!(
+            "pkgname={}\npkgver=1\npkgrel=1\npkgdesc='imgforge test package'\narch=(x86_64)\n\
+             license=(MIT)\noptions=(!strip !debug emptydirs)\ndepends=({})\n",
+            spec.name,
+            spec.depends.join(" ")
+        );
+        if let Some(script) = spec.install {
+            fs::write(pkg.join(format!("{}.install", spec.name)), script).unwrap();
+            pkgbuild.push_str(&format!("install={}.install\n", spec.name));
+        }
+        pkgbuild.push_str("package() {\n  cp -a \"$startdir/payload/.\" \"$pkgdir/\"\n}\n");
+        fs::write(pkg.join("PKGBUILD"), pkgbuild).unwrap();
+    }
+    run("chown", &["-R", "nobody:nogroup", build.to_str().unwrap()]);
+    run("chown", &["nobody:nogroup", pkgdest.to_str().unwrap()]);
+    for spec in PACKAGES {
+        let pkg = build.join(spec.name);
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "makepkg",
+                "--force",
+                "--nodeps",
+                "--noconfirm",
+            ])
+            .current_dir(&pkg)
+            .env("HOME", &pkg)
+            .env("PKGDEST", &pkgdest)
+            .env("BUILDDIR", pkg.join("work"))
+            .env("SRCDEST", pkg.join("src"))
+            .env("PKGEXT", ".pkg.tar.zst")
+            .env("LC_ALL", "C")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "makepkg {}: {}{}",
+            spec.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let file_of = |name: &str| pkgdest.join(format!("{name}-1-1-x86_64.pkg.tar.zst"));
+
+    // Three repository sets: unsigned, signed, signed with one package
+    // altered after signing.
+    let make_repo = |set: &str, sign: bool, tamper: Option<&str>| -> String {
+        for spec in PACKAGES {
+            let dir = base.join(set).join(spec.repo).join("os/x86_64");
+            fs::create_dir_all(&dir).unwrap();
+            let file = dir.join(file_of(spec.name).file_name().unwrap());
+            fs::copy(file_of(spec.name), &file).unwrap();
+            let file_str = file.to_str().unwrap();
+            if sign {
+                gpg(&[
+                    "--yes",
+                    "--detach-sign",
+                    "--no-armor",
+                    "--output",
+                    &format!("{file_str}.sig"),
+                    file_str,
+                ]);
+            }
+            let db = dir.join(format!("{}.db.tar.gz", spec.repo));
+            run("repo-add", &["--quiet", db.to_str().unwrap(), file_str]);
+            if tamper == Some(spec.name) {
+                let mut bytes = fs::read(&file).unwrap();
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 0xff;
+                fs::write(&file, bytes).unwrap();
+            }
+        }
+        format!("file://{}/{set}/$repo/os/$arch", base.display())
+    };
+    let unsigned = make_repo("unsigned", false, None);
+    let signed = make_repo("signed", true, None);
+    let tampered = make_repo("tampered", true, Some("hooked"));
+    let _ = Command::new("gpgconf")
+        .args(["--homedir", home, "--kill", "all"])
+        .output();
+    Fixture {
+        unsigned,
+        signed,
+        tampered,
+        keyring,
+    }
+}
+
+fn stage_payload(name: &str, payload: &Path, keyring: &Path) {
+    match name {
+        "filesystem" => {
+            for d in [
+                "usr/bin",
+                "usr/lib",
+                "etc",
+                "var/lib",
+                "var/cache",
+                "root",
+                "boot",
+            ] {
+                fs::create_dir_all(payload.join(d)).unwrap();
+            }
+            let tmp = payload.join("tmp");
+            fs::create_dir_all(&tmp).unwrap();
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).unwrap();
+            for (link, to) in [
+                ("bin", "usr/bin"),
+                ("sbin", "usr/bin"),
+                ("lib", "usr/lib"),
+                ("lib64", "usr/lib"),
+            ] {
+                symlink(to, payload.join(link)).unwrap();
+            }
+            fs::write(payload.join("etc/os-release"), "ID=imgforge-test\n").unwrap();
+        }
+        "testshell" => {
+            let bin = payload.join("usr/bin");
+            let lib = payload.join("usr/lib");
+            fs::create_dir_all(&bin).unwrap();
+            fs::create_dir_all(&lib).unwrap();
+            let dash = imgforge::sys::tool::find_in_path("dash").unwrap();
+            fs::copy(&dash, bin.join("sh")).unwrap();
+            let ldd = run("ldd", &[dash.to_str().unwrap()]);
+            for word in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
+                if word.starts_with('/') && Path::new(word).is_file() {
+                    let name = Path::new(word).file_name().unwrap();
+                    fs::copy(word, lib.join(name)).unwrap();
+                }
+            }
+        }
+        "hooked" => {
+            let hooks = payload.join("usr/share/libalpm/hooks");
+            fs::create_dir_all(&hooks).unwrap();
+            fs::write(hooks.join("imgforge-test.hook"), HOOK).unwrap();
+        }
+        "archlinux-keyring" => {
+            let dir = payload.join("usr/share/pacman/keyrings");
+            fs::create_dir_all(&dir).unwrap();
+            for file in ["archlinux.gpg", "archlinux-trusted", "archlinux-revoked"] {
+                fs::copy(keyring.join(file), dir.join(file)).unwrap();
+            }
+        }
+        _ => {
+            fs::create_dir_all(payload.join("usr/share/doc")).unwrap();
+            fs::write(payload.join(format!("usr/share/doc/{name}")), name).unwrap();
+        }
+    }
+}
+
+/// The host's /usr/share/keyrings: names, modes and contents.
+fn host_keyrings() -> BTreeMap<String, (u32, Vec<u8>)> {
+    fs::read_dir("/usr/share/keyrings")
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let meta = fs::symlink_metadata(e.path()).unwrap();
+            let bytes = fs::read(e.path()).unwrap_or_default();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                (meta.permissions().mode(), bytes),
+            )
+        })
+        .collect()
+}
+
+/// Processes whose command line names `path` (a gpg-agent left behind).
+fn processes_using(path: &Path) -> Vec<String> {
+    let needle = path.to_string_lossy().into_owned();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&needle))
+        .collect()
+}
+
+struct Run {
+    dir: tempfile::TempDir,
+    result: Result<(), DistroError>,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn output(&self) -> PathBuf {
+        self.dir.path().join("rootfs.tar")
+    }
+}
+
+fn arch(level: SigLevel) -> (Arch, DataDir) {
+    let data_dir = DataDir::open(None).unwrap();
+    let data = read_data(&data_dir, "arch").unwrap();
+    (
+        Arch::new(data, &data_dir).unwrap().with_sig_level(level),
+        data_dir,
+    )
+}
+
+/// Runs imgforge's Arch bootstrap; checks what must hold whatever the
+/// outcome: no mount left, no process left using the work folder, the
+/// host's keyrings unchanged, nothing written to the host's root.
+fn bootstrap(
+    mirror: &str,
+    level: SigLevel,
+    keyring: Option<&Path>,
+    cache: &Path,
+    packages: &[&str],
+) -> Run {
+    let (arch, data_dir) = arch(level);
+    let dir = tempfile::Builder::new()
+        .prefix("imgforge-arch-run-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let work = dir.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    let sources = arch.sources("rolling", Some(mirror)).unwrap();
+    let packages: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
+    let bootstrap_files = data_dir
+        .path()
+        .join("rootfs")
+        .join(arch.data().bootstrap_files.as_ref().unwrap());
+    let output = dir.path().join("rootfs.tar");
+    let progress = Progress::new(false);
+    let keyrings_before = host_keyrings();
+    let started = Instant::now();
+    let job = BootstrapJob {
+        release: "rolling",
+        packages: &packages,
+        sources: &sources,
+        package_cache: cache,
+        bootstrap_files: Some(&bootstrap_files),
+        work_dir: &work,
+        output: &output,
+        source_date_epoch: 0,
+        keyring,
+        progress: &progress,
+    };
+    let result = arch.bootstrap(&job);
+    let elapsed = started.elapsed();
+    assert_eq!(
+        mounts_below(dir.path()),
+        Vec::<PathBuf>::new(),
+        "mounts left below the run folder"
+    );
+    assert_eq!(
+        processes_using(&work),
+        Vec::<String>::new(),
+        "processes left using the work folder"
+    );
+    assert!(
+        host_keyrings() == keyrings_before,
+        "the host's /usr/share/keyrings changed"
+    );
+    for marker in ["/scripted-marker", "/hook-marker"] {
+        assert!(
+            !Path::new(marker).exists(),
+            "{marker} on the host: a script ran outside the tree"
+        );
+    }
+    Run {
+        dir,
+        result,
+        elapsed,
+    }
+}
+
+/// Path -> contents (files) of the tar archive, paths without `./`.
+fn tar_contents(tar: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut archive = tar::Archive::new(fs::File::open(tar).unwrap());
+    let mut files = BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let path = path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        files.insert(path, bytes);
+    }
+    files
+}
+
+/// What a successful bootstrap's archive must hold.
+fn check_tree(run: &Run, arch: &Arch) {
+    if let Err(err) = &run.result {
+        panic!("bootstrap failed: {err}");
+    }
+    let files = tar_contents(&run.output());
+    let text = |p: &str| {
+        String::from_utf8_lossy(
+            files
+                .get(p)
+                .unwrap_or_else(|| panic!("{p} not in the archive")),
+        )
+        .into_owned()
+    };
+    assert_eq!(text("etc/os-release"), "ID=imgforge-test\n");
+    assert!(files.contains_key("usr/bin/sh"));
+    assert!(files.contains_key("usr/share/libalpm/hooks/imgforge-test.hook"));
+    // The bootstrap files came first, and stayed.
+    assert!(text("etc/mkinitcpio.conf.d/imgforge.conf").contains("MODULES=("));
+    // The scriptlet ran chrooted, with /proc mounted.
+    let scripted = text("scripted-marker");
+    assert!(scripted.starts_with("proc: "), "{scripted}");
+    assert_eq!(text("hook-marker"), "hooked\n");
+    // The API filesystems were unmounted before archiving: empty mount points.
+    for mount_point in ["proc", "sys", "dev", "run"] {
+        let inside: Vec<&String> = files
+            .keys()
+            .filter(|p| p.starts_with(&format!("{mount_point}/")))
+            .collect();
+        assert!(inside.is_empty(), "{mount_point} not empty: {inside:?}");
+    }
+    // The image does not get the build's keyring.
+    assert!(!files.keys().any(|p| p.starts_with("etc/pacman.d/gnupg/")));
+    // pacman's database in the tree lists what was installed.
+    let root = run.dir.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    run_ok(Command::new("tar").args([
+        "--numeric-owner",
+        "-xpf",
+        run.output().to_str().unwrap(),
+        "-C",
+        root.to_str().unwrap(),
+    ]));
+    let installed: Vec<String> = arch
+        .installed_packages(&root)
+        .unwrap()
+        .into_iter()
+        .map(|p| format!("{} {}", p.name, p.version))
+        .collect();
+    for want in [
+        "filesystem 1-1",
+        "testshell 1-1",
+        "scripted 1-1",
+        "hooked 1-1",
+    ] {
+        assert!(installed.iter().any(|p| p == want), "{want}: {installed:?}");
+    }
+}
+
+fn run_ok(command: &mut Command) {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const TEST_PACKAGES: &[&str] = &["testshell", "scripted", "hooked"];
+
+#[test]
+fn unsigned_repository_with_the_default_keyring_path() {
+    skip_unless_ready!();
+    let _heavy = heavy();
+    let fx = fixture();
+    let cache = tempfile::tempdir().unwrap();
+    // SigLevel Never for the packages, but the keyring is still made the
+    // default way: the host's archlinux-keyring, then the mirror's
+    // archlinux-keyring package (here: the test key) populated in a private
+    // mount namespace.
+    let run = bootstrap(
+        &fx.unsigned,
+        SigLevel::Never,
+        None,
+        cache.path(),
+        TEST_PACKAGES,
+    );
+    let (arch, _d) = arch(SigLevel::Never);
+    check_tree(&run, &arch);
+    // Downloads were kept in the package cache, outside the tree.
+    let cached: Vec<String> = fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for p in ["filesystem", "scripted", "archlinux-keyring"] {
+        assert!(
+            cached.iter().any(|c| c.starts_with(&format!("{p}-1-1"))),
+            "{p}: {cached:?}"
+        );
+    }
+}
+
+#[test]
+fn signed_repository_with_keyring_folder() {
+    skip_unless_ready!();
+    let _heavy = heavy();
+    let fx = fixture();
+    let cache = tempfile::tempdir().unwrap();
+    let run = bootstrap(
+        &fx.signed,
+        SigLevel::Required,
+        Some(&fx.keyring),
+        cache.path(),
+        TEST_PACKAGES,
+    );
+    let (arch, _d) = arch(SigLevel::Required);
+    check_tree(&run, &arch);
+    // With --keyring, the mirror's keyring package is not fetched.
+    assert!(
+        !fs::read_dir(cache.path()).unwrap().flatten().any(|e| e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("archlinux-keyring")),
+        "archlinux-keyring was downloaded although --keyring was given"
+    );
+}
+
+#[test]
+fn tampered_package_is_refused_with_a_clear_error() {
+    skip_unless_ready!();
+    let _heavy = heavy();
+    let fx = fixture();
+    let cache = tempfile::tempdir().unwrap();
+    let run = bootstrap(
+        &fx.tampered,
+        SigLevel::Required,
+        Some(&fx.keyring),
+        cache.path(),
+        TEST_PACKAGES,
+    );
+    let err = run
+        .result
+        .as_ref()
+        .expect_err("a tampered package was installed");
+    let text = err.to_string();
+    println!("the error, as the user sees it:\n{text}");
+    assert!(text.contains("hooked"), "names the package: {text}");
+    assert!(text.contains("signature"), "{text}");
+    assert!(text.contains("--keyring"), "says what to do: {text}");
+    assert!(!run.output().exists(), "an archive was written");
+    // The bad download does not stay in the cache to fail the next build.
+    assert!(
+        !cache.path().join("hooked-1-1-x86_64.pkg.tar.zst").exists(),
+        "the tampered file stayed in the cache"
+    );
+}
+
+#[test]
+fn unreachable_mirror_fails_fast_and_leaves_nothing() {
+    skip_unless_ready!();
+    let _heavy = heavy();
+    let cache = tempfile::tempdir().unwrap();
+    let mirror = "http://127.0.0.1:9/$repo/os/$arch";
+    let run = bootstrap(
+        mirror,
+        SigLevel::Required,
+        None,
+        cache.path(),
+        TEST_PACKAGES,
+    );
+    let text = run.result.as_ref().expect_err("succeeded").to_string();
+    assert!(text.contains(mirror), "names the mirror: {text}");
+    assert!(run.elapsed < Duration::from_secs(30), "{:?}", run.elapsed);
+    assert!(!run.output().exists());
+
+    // The same through the command line: no work folder under TMPDIR, no
+    // partial archive in the cache, no mount.
+    let tmp = tempfile::Builder::new()
+        .prefix("imgforge-tmpdir-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let started = Instant::now();
+    let out = Command::new(IMGFORGE)
+        .args(["build", "--distro", "arch", "--mirror", mirror])
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .arg("-o")
+        .arg(tmp.path().join("image.raw"))
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("127.0.0.1:9"), "{text}");
+    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+    let left: Vec<String> = fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("imgforge-build-"))
+        .collect();
+    assert!(left.is_empty(), "work folders left: {left:?}");
+    let partial: Vec<String> = fs::read_dir(cache.path().join("rootfs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(partial.is_empty(), "left in the cache: {partial:?}");
+    assert!(mounts_below(tmp.path()).is_empty());
+}
+
+#[test]
+fn mirror_without_repo_and_unknown_kernel_are_refused_before_any_work() {
+    // No root needed: --plan stops before the bootstrap.
+    let out = Command::new(IMGFORGE)
+        .args([
+            "build",
+            "--distro",
+            "arch",
+            "--plan",
+            "--mirror",
+            "https://m.example/core/os/x86_64",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("$repo"), "{text}");
+    let out = Command::new(IMGFORGE)
+        .args(["build", "--distro", "arch", "--plan", "--kernel", "zen"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("`zen`") && text.contains("lts"),
+        "{text}"
+    );
+    let out = Command::new(IMGFORGE)
+        .args(["build", "--distro", "arch", "--plan", "--kernel", "lts"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("linux-lts") && text.contains("Required DatabaseOptional"),
+        "{text}"
+    );
+}
+
+#[test]
+fn missing_host_tool_names_its_debian_package() {
+    skip_unless_ready!();
+    // A PATH with every tool the build checks except pacman.
+    let bin = tempfile::tempdir().unwrap();
+    for tool in [
+        "tar",
+        "pacman-key",
+        "bsdtar",
+        "gpg",
+        "gpgconf",
+        "unshare",
+        "mount",
+        "cp",
+        "sh",
+    ] {
+        if let Some(path) = imgforge::sys::tool::find_in_path(tool) {
+            symlink(path, bin.path().join(tool)).unwrap();
+        }
+    }
+    if Path::new("/usr/sbin/pacman").exists() || Path::new("/sbin/pacman").exists() {
+        println!("SKIPPED: pacman is in sbin, which imgforge always searches");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(IMGFORGE)
+        .args(["build", "--distro", "arch"])
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache"))
+        .arg("-o")
+        .arg(tmp.path().join("image.raw"))
+        .env("PATH", bin.path())
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("`pacman`") && text.contains("apt-get install pacman-package-manager"),
+        "{text}"
+    );
+}
+
+/// Every process whose root directory lies below `dir` (chrooted there).
+fn processes_rooted_below(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let root = entry.path().join("root");
+        if let Ok(target) = fs::read_link(&root)
+            && target.starts_with(dir)
+        {
+            found.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if entry.file_name() == name {
+            return Some(path);
+        }
+        let kind = entry.file_type().ok()?;
+        // Not into the API filesystems mounted in the tree.
+        if kind.is_dir()
+            && !["proc", "sys", "dev", "run"].contains(&&*entry.file_name().to_string_lossy())
+            && let Some(found) = find_file(&path, name)
+        {
+            return Some(found);
+        }
+    }
+    None
+}
+
+#[test]
+fn ctrl_c_during_pacman_leaves_no_mount_process_work_dir_or_partial_tarball() {
+    skip_unless_ready!();
+    let _heavy = heavy();
+    let fixture = fixture();
+    // A data folder whose Arch installs only test packages (the binary
+    // always verifies signatures, so the signed repository and --keyring).
+    let data = tempfile::Builder::new()
+        .prefix("imgforge-arch-data-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for folder in ["rootfs", "boot", "kernel-configs"] {
+        run_ok(
+            Command::new("cp")
+                .arg("-a")
+                .arg(source.join(folder))
+                .arg(data.path()),
+        );
+    }
+    let toml = data.path().join("rootfs/distros/arch.toml");
+    let text = fs::read_to_string(&toml).unwrap();
+    let start = text.find("packages = [").unwrap();
+    let end = start + text[start..].find(']').unwrap() + 1;
+    let mut text = format!(
+        "{}packages = [\"testshell\", \"sleepy\"]{}",
+        &text[..start],
+        &text[end..]
+    );
+    text = text.replace("linux = [\"linux\"]", "linux = [\"hooked\"]");
+    fs::write(&toml, text).unwrap();
+
+    let tmp = tempfile::Builder::new()
+        .prefix("imgforge-tmpdir-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut child = Command::new(IMGFORGE)
+        .args(["build", "--distro", "arch", "--mirror", &fixture.signed])
+        .arg("--keyring")
+        .arg(&fixture.keyring)
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .arg("-o")
+        .arg(tmp.path().join("image.raw"))
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the scriptlet: pacman is then running with /proc, /sys and
+    // /dev mounted in the tree.
+    let until = Instant::now() + Duration::from_secs(120);
+    let started = loop {
+        if let Some(marker) = find_file(tmp.path(), "sleepy-started") {
+            break marker;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "imgforge ended ({status}) before the scriptlet ran: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(Instant::now() < until, "the scriptlet never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        !mounts_below(tmp.path()).is_empty(),
+        "the API filesystems are mounted while pacman runs ({})",
+        started.display()
+    );
+    let interrupted = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stopped_in = interrupted.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(stopped_in < Duration::from_secs(20), "{stopped_in:?}");
+    assert!(mounts_below(tmp.path()).is_empty(), "mounts left");
+    assert!(
+        processes_rooted_below(tmp.path()).is_empty(),
+        "processes left in the tree"
+    );
+    let left: Vec<String> = fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+    let cached: Vec<String> = fs::read_dir(cache.path().join("rootfs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(cached.is_empty(), "left in the cache: {cached:?}");
+}

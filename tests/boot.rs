@@ -245,6 +245,16 @@ fn assert_good_report(result: &serde_json::Value, firmware: &str, root_uuid: &st
     assert_eq!(report["sshd"], "active");
     assert_eq!(report["ssh_listen"], "yes");
     assert!(result["failures"].as_array().unwrap().is_empty());
+    // Attempts: the passing one is the last; only stalls came before it.
+    let attempts = result["attempts"].as_array().expect("attempts");
+    assert_eq!(result["attempt"].as_u64(), Some(attempts.len() as u64));
+    let (last, earlier) = attempts.split_last().expect("at least one attempt");
+    assert_eq!(last["outcome"], "passed", "{result:#}");
+    assert!(
+        earlier.iter().all(|a| a["outcome"] == "stalled"),
+        "{result:#}"
+    );
+    assert!(last["longest_silence_seconds"].as_f64().unwrap() < 60.0);
 }
 
 #[test]
@@ -352,6 +362,40 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
         "{all}"
     );
     assert!(all.contains("console lines ---"), "{all}");
+    assert_nothing_left(&tmp);
+
+    // A stall on every attempt fails, with both attempts in the JSON. One
+    // second of console silence before systemd happens in every boot under
+    // TCG (firmware start, kernel decompression), so --stall-seconds 1 makes
+    // this image "stall" each time, in seconds rather than the timeout.
+    let started = Instant::now();
+    let out = imgforge()
+        .arg("boot-test")
+        .arg(&image)
+        .args(["--firmware", "bios", "--accel", "tcg", "--json"])
+        .args(["--stall-seconds", "1"])
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(started.elapsed() < Duration::from_secs(120), "{all}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{all}"));
+    let result = &summary["results"][0];
+    assert_eq!(summary["passed"], false, "{all}");
+    assert_eq!(result["stalled"], true, "{all}");
+    assert_eq!(result["attempt"], 2, "{all}");
+    let attempts = result["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{all}");
+    assert!(attempts.iter().all(|a| a["outcome"] == "stalled"), "{all}");
+    assert!(
+        result["failures"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("the guest stalled after: "),
+        "{all}"
+    );
+    assert!(all.contains("attempt 2 of 2"), "{all}");
     assert_nothing_left(&tmp);
 
     // Ctrl-C while QEMU runs: imgforge stops it and exits 130.

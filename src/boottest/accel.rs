@@ -79,6 +79,8 @@ pub struct AccelDecision {
     pub accel: super::qemu::Accel,
     /// The `-cpu` model to use with it.
     pub cpu: String,
+    /// QEMU's `-accel` value (TCG is single-threaded, see `Accel::qemu_accel`).
+    pub qemu_accel: &'static str,
     pub reason: String,
     /// Seconds the probe took (0 when there was none).
     pub probe_seconds: f64,
@@ -94,12 +96,14 @@ pub fn choose(choice: AccelChoice) -> AccelDecision {
         AccelChoice::Tcg => AccelDecision {
             accel: Accel::Tcg,
             cpu: TCG_CPU.into(),
+            qemu_accel: Accel::Tcg.qemu_accel(),
             reason: "asked for (--accel tcg)".into(),
             probe_seconds: 0.0,
         },
         AccelChoice::Kvm => AccelDecision {
             accel: Accel::Kvm,
             cpu: "host".into(),
+            qemu_accel: Accel::Kvm.qemu_accel(),
             reason: "asked for (--accel kvm); not probed".into(),
             probe_seconds: 0.0,
         },
@@ -115,6 +119,7 @@ pub fn choose(choice: AccelChoice) -> AccelDecision {
                         return AccelDecision {
                             accel: Accel::Kvm,
                             cpu: cpu.into(),
+                            qemu_accel: Accel::Kvm.qemu_accel(),
                             reason: format!(
                                 "a probe guest ran under KVM with -cpu {cpu} ({probe_seconds:.1} s)"
                             ),
@@ -133,6 +138,7 @@ pub fn choose(choice: AccelChoice) -> AccelDecision {
             AccelDecision {
                 accel: Accel::Tcg,
                 cpu: TCG_CPU.into(),
+                qemu_accel: Accel::Tcg.qemu_accel(),
                 reason: format!("KVM not used ({})", reasons.join("; ")),
                 probe_seconds: started.elapsed().as_secs_f64(),
             }

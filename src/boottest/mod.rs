@@ -268,9 +268,10 @@ pub fn run(args: &BootTestArgs) -> Result<(), BootTestError> {
 
     let decision = accel::choose(args.accel);
     progress(&format!(
-        "accelerator: {} ({})",
+        "accelerator: {} ({}; -accel {})",
         decision.accel.name(),
-        decision.reason
+        decision.reason,
+        decision.qemu_accel
     ));
     if interrupted() {
         return Err(BootTestError::Interrupted);

@@ -77,7 +77,24 @@ impl Accel {
             Accel::Tcg => "tcg",
         }
     }
+
+    /// QEMU's `-accel` value. TCG runs single-threaded (all vCPUs in one
+    /// host thread, round-robin) rather than QEMU's default multi-threaded
+    /// TCG: on a busy host (fewer free cores than vCPUs) MTTCG's one thread
+    /// per vCPU is no faster, and it is the mode in which a vCPU that halts
+    /// depends on a cross-thread kick to see an IPI; the image's nohz_full
+    /// CPUs have no tick to recover a missed one (see
+    /// tests/bench/stall-matrix.sh). KVM is unchanged.
+    pub fn qemu_accel(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => TCG_ACCEL,
+        }
+    }
 }
+
+/// `-accel` for TCG; see [`Accel::qemu_accel`].
+pub const TCG_ACCEL: &str = "tcg,thread=single";
 
 /// UEFI firmware: the read-only code and a template of the variable store
 /// (each run gets its own copy of the variables).
@@ -200,7 +217,9 @@ impl Machine {
         let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
         push(&[
             "-machine",
-            &format!("q35,accel={}", self.accel.name()),
+            "q35",
+            "-accel",
+            self.accel.qemu_accel(),
             "-cpu",
             &self.cpu,
             "-smp",
@@ -592,7 +611,10 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         let joined = args.join(" ");
-        assert!(joined.contains("-machine q35,accel=tcg"), "{joined}");
+        assert!(
+            joined.contains("-machine q35 -accel tcg,thread=single"),
+            "{joined}"
+        );
         assert!(joined.contains("-smp 4 -m 1024"), "{joined}");
         assert!(joined.contains("file=/tmp/x,,y/overlay.qcow2"), "{joined}");
         assert!(joined.contains("-device nvme,serial=imgforge-boot-test,drive=disk0"));
@@ -629,5 +651,7 @@ mod tests {
         ));
         assert!(joined.contains("if=pflash,unit=1,format=raw,file=/tmp/run/OVMF_VARS.fd"));
         assert!(joined.contains("-cpu host"));
+        assert!(joined.contains("-machine q35 -accel kvm "), "{joined}");
+        assert!(!joined.contains("thread="), "{joined}");
     }
 }

@@ -4,14 +4,18 @@
 #
 #   tests/bench/boot-soak.sh IMAGE [N] [--firmware bios|uefi|both] [--smp 4]
 #                            [--no-hog] [--stall-seconds S] [--bin IMGFORGE]
+#                            [--mttcg]
 #
 # N boot-tests (default 20) with --accel tcg --json, one firmware each (with
 # `both`, bios and uefi alternate, N each). A CPU hog runs on the other core
 # unless --no-hog; it is killed on exit. Per boot: firmware, result, seconds
-# (all attempts), attempts, and what the first attempt did. A pass on a
+# (all attempts), attempts, the longest console silence before systemd
+# (seconds, over all attempts), and what the first attempt did. A pass on a
 # second attempt is printed "pass-after-stall" and its first attempt counts
 # as a stall: the totals report first-attempt stalls separately from final
 # results. Exit status 0 only with zero stalls and zero failures.
+# --mttcg puts QEMU back on multi-threaded TCG (a wrapper on PATH rewrites
+# boot-test's `-accel tcg,thread=single`): the "before" configuration.
 set -u
 cd "$(dirname "$0")/../.."
 image=
@@ -19,6 +23,7 @@ n=20
 firmware=bios
 smp=4
 hog=1
+mttcg=0
 extra=()
 bin=${IMGFORGE:-target/release/imgforge}
 while [ $# -gt 0 ]; do
@@ -28,6 +33,7 @@ while [ $# -gt 0 ]; do
     --no-hog) hog=0; shift ;;
     --stall-seconds) extra+=(--stall-seconds "$2"); shift 2 ;;
     --bin) bin=$2; shift 2 ;;
+    --mttcg) mttcg=1; shift ;;
     -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
     *)
         if [ -z "$image" ]; then image=$1; else n=$1; fi
@@ -50,14 +56,26 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+if [ "$mttcg" = 1 ]; then
+    real=$(command -v qemu-system-x86_64)
+    mkdir "$tmp/wrap"
+    cat >"$tmp/wrap/qemu-system-x86_64" <<EOF
+#!/bin/bash
+args=()
+for a in "\$@"; do args+=("\${a/tcg,thread=single/tcg,thread=multi}"); done
+exec "$real" "\${args[@]}"
+EOF
+    chmod +x "$tmp/wrap/qemu-system-x86_64"
+    export PATH=$tmp/wrap:$PATH
+fi
 if [ "$hog" = 1 ]; then
     sh -c 'while :; do :; done' &
     hog_pid=$!
 fi
 
-echo "# boot-soak: $image, $n boot(s) per firmware (${order[*]}), smp $smp, hog $([ "$hog" = 1 ] && echo on || echo off), $(date -Is)"
+echo "# boot-soak: $image, $n boot(s) per firmware (${order[*]}), smp $smp, hog $([ "$hog" = 1 ] && echo on || echo off), TCG $([ "$mttcg" = 1 ] && echo 'multi-threaded (--mttcg)' || echo 'as boot-test sets it'), $(date -Is)"
 echo "# $("$bin" --version 2>/dev/null), $(qemu-system-x86_64 --version | head -1)"
-printf '%-4s %-5s %-17s %8s %8s  %s\n' boot fw result seconds attempts "first attempt"
+printf '%-4s %-5s %-17s %8s %8s %8s  %s\n' boot fw result seconds attempts silence "first attempt"
 : >"$tmp/rows"
 i=0
 for run in $(seq 1 "$n"); do
@@ -68,8 +86,8 @@ for run in $(seq 1 "$n"); do
         "$bin" boot-test "$image" --firmware "$fw" --accel tcg --smp "$smp" --json "${extra[@]}" \
             >"$out" 2>"$tmp/$i.err"
         wall=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
-        # One row: fw result seconds attempts first-outcome first-detail
-        python3 - "$out" "$fw" "$wall" >>"$tmp/rows" <<'EOF' || echo "$fw fail $wall 1 error no-json" >>"$tmp/rows"
+        # One row: fw result seconds attempts first-outcome silence first-detail
+        python3 - "$out" "$fw" "$wall" >>"$tmp/rows" <<'EOF' || echo "$fw fail $wall 1 error - no-json" >>"$tmp/rows"
 import json, sys
 path, fw, wall = sys.argv[1], sys.argv[2], float(sys.argv[3])
 summary = json.load(open(path))
@@ -88,11 +106,12 @@ if first["outcome"] == "stalled":
     detail += " after: " + first.get("after", "")
 elif first["outcome"] == "failed":
     detail += ": " + "; ".join(r.get("failures", []))[:160]
-print(fw, result, "%.1f" % seconds, len(attempts), first["outcome"], detail.replace("\n", " "))
+silence = max(a.get("longest_silence_seconds", 0) for a in attempts)
+print(fw, result, "%.1f" % seconds, len(attempts), first["outcome"], "%.1f" % silence, detail.replace("\n", " "))
 EOF
         row=$(tail -1 "$tmp/rows")
-        read -r rfw result seconds attempts first detail <<<"$row"
-        printf '%-4d %-5s %-17s %8s %8s  %s\n' "$i" "$rfw" "$result" "$seconds" "$attempts" "$first${detail:+ ${detail#"$first"}}"
+        read -r rfw result seconds attempts first silence detail <<<"$row"
+        printf '%-4d %-5s %-17s %8s %8s %8s  %s\n' "$i" "$rfw" "$result" "$seconds" "$attempts" "$silence" "$detail"
     done
 done
 

@@ -145,6 +145,7 @@ for entry in "${configs[@]}"; do
                 "$(grep -a . "$out" | tail -1 | tr -d '\r')" "$keep" >&2
         else
             echo "$secs" >>"$work/times"
+            printf '  %s boot %d: %s s\n' "$name" "$i" "$secs" >&2
             grep -aq 'Kernel panic' "$out" ||
                 printf '  note: %s boot %d ended (rc %s) without a panic line\n' "$name" "$i" "$rc" >&2
         fi

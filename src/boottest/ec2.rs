@@ -170,6 +170,10 @@ pub fn run_all(p: &Preflight, log: Option<File>) -> Result<(), BootTestError> {
                 r.seconds,
                 r.volume_bytes as f64 / (1u64 << 30) as f64
             );
+            println!(
+                "  metadata stand-in: {} tokens, {} answers, {} user-data fetches, {} refused without a token",
+                r.imds.tokens_issued, r.imds.metadata_answered, r.imds.user_data_fetches, r.imds.refused_without_token
+            );
             for c in &r.checks {
                 let detail = if c.ok {
                     c.actual.clone()

@@ -58,6 +58,13 @@ enum Command {
     Ami(commands::ami::AmiArgs),
     /// Show imgforge.toml's merged variants, or the CI job matrix they make.
     Config(commands::config::ConfigArgs),
+    /// Internal: QEMU runs this for each guest connection to the metadata
+    /// address during `boot-test --ec2`.
+    #[command(hide = true)]
+    ImdsRelay {
+        /// The metadata stand-in's address (127.0.0.1:PORT).
+        addr: String,
+    },
 }
 
 /// Parses one command line; a flag given twice keeps its last value, so that
@@ -124,5 +131,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Config(args) => commands::config::run(&args).context("config failed"),
         Command::Download(args) => aws::download::run(&args).context("download failed"),
         Command::KernelCheck(args) => kernelcheck::run(&args).context("kernel-check failed"),
+        Command::ImdsRelay { addr } => boottest::imds::relay(&addr).context("imds-relay failed"),
     }
 }

@@ -14,7 +14,9 @@
 //! ```
 
 mod accel;
+mod ec2;
 pub mod image;
+pub mod imds;
 mod qemu;
 pub mod report;
 mod stall;
@@ -80,6 +82,18 @@ pub struct BootTestArgs {
     /// Print the result as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// A launch rehearsal: boot like an EC2 launch (a metadata stand-in at
+    /// 169.254.169.254 answering IMDSv2 with a fresh launch key, user-data,
+    /// instance-id and local-hostname; a root volume larger than the image),
+    /// log in over SSH as the image's default user and check sudo, volume
+    /// growth, the partition table, user-data (once, not again after a
+    /// reboot of the same instance), hostname, machine-id and host keys.
+    #[arg(long)]
+    pub ec2: bool,
+    /// With --ec2: the root volume's size, e.g. 8G [default: the image's
+    /// size + 2 GiB].
+    #[arg(long, value_name = "SIZE", requires = "ec2")]
+    pub volume_size: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -115,6 +129,8 @@ pub enum BootTestError {
     Interrupted,
     #[error("{failed} did not pass (details above)")]
     Failed { failed: String },
+    #[error("launch rehearsal: {0}")]
+    Ec2(String),
 }
 
 /// How one boot ended.
@@ -268,6 +284,20 @@ pub fn run(args: &BootTestArgs) -> Result<(), BootTestError> {
         None => None,
     };
 
+    if args.ec2 {
+        let preflight = ec2::Preflight {
+            args,
+            format: &format,
+            firmwares,
+            ovmf: ovmf.as_ref(),
+            decision: &decision,
+            smp,
+            class: class.as_ref(),
+            info: &info,
+            scratch: scratch.path(),
+        };
+        return ec2::run_all(&preflight, log);
+    }
     let stall = (args.stall_seconds > 0).then(|| Duration::from_secs(args.stall_seconds));
     let mut results = Vec::new();
     for &firmware in firmwares {

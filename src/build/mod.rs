@@ -103,6 +103,13 @@ pub struct BuildArgs {
     #[arg(short, long, default_value = "image.raw")]
     pub output: PathBuf,
 
+    /// How an instance sets itself up at first boot: `imgforge` (lean units:
+    /// root volume growth, launch key, hostname, #! user-data once per
+    /// instance; no cloud-init) or `cloud-init` (EC2 datasource only, IMDSv2;
+    /// for cloud-config user-data). See rootfs/first-boot.toml.
+    #[arg(long, value_name = "MODE")]
+    pub first_boot: Option<String>,
+
     /// Print what the build would use (distro, sources, packages, layers,
     /// size class, kernel command line, partitions, cache key) and stop:
     /// no bootstrap, no root, no network.
@@ -158,6 +165,10 @@ pub enum BuildError {
     NotRoot,
     #[error("output directory {0} does not exist: create it or choose another -o")]
     OutputDir(PathBuf),
+    #[error("unknown --first-boot `{given}`; choose one of: {known}")]
+    UnknownFirstBoot { given: String, known: String },
+    #[error("{path}: {message}")]
+    Table { path: &'static str, message: String },
     #[error("--keyring {0} is not a folder")]
     Keyring(PathBuf),
     #[error("cannot use cache directory {path}")]

@@ -19,6 +19,8 @@ use super::BuildError;
 
 pub struct BuildRequest {
     pub data: DataDir,
+    /// The `--first-boot` mode (a key of rootfs/first-boot.toml).
+    pub first_boot: String,
     pub distro: Box<dyn Distro>,
     pub release: String,
     /// The `--kernel` choice (a key of the distro's `kernels` table).
@@ -56,9 +58,11 @@ impl BuildRequest {
             .kernel
             .clone()
             .unwrap_or_else(|| d.default_kernel.clone());
+        let first_boot = FirstBootModes::read(&data)?.choose(args.first_boot.as_deref())?;
         let extra_packages: Vec<String> = profile
             .packages
             .iter()
+            .chain(&first_boot.packages)
             .chain(&args.packages)
             .cloned()
             .collect();
@@ -69,10 +73,12 @@ impl BuildRequest {
             .unwrap_or_else(|| d.default_release.clone());
         let sources = distro.sources(&release, args.mirror.as_deref())?;
         let rootfs_data = data.path().join("rootfs");
+        let built_in_layers: Vec<String> =
+            d.layers.iter().chain(&first_boot.layers).cloned().collect();
         let layers = configure::resolve_layers(
             &rootfs_data,
             &profile.layers,
-            &d.layers,
+            &built_in_layers,
             &args.layers,
             &d.template_variables(&kernel),
         )?;
@@ -87,6 +93,7 @@ impl BuildRequest {
         let kernel_config_fragments =
             profile.kernel_config_paths(&data.path().join("kernel-configs"));
         Ok(Self {
+            first_boot: first_boot.name,
             distro,
             release,
             kernel,
@@ -117,10 +124,54 @@ impl BuildRequest {
     }
 }
 
+/// `rootfs/first-boot.toml`: how instances set themselves up at first boot.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirstBootModes {
+    default: String,
+    mode: std::collections::BTreeMap<String, FirstBootMode>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirstBootMode {
+    #[serde(skip)]
+    name: String,
+    layers: Vec<String>,
+    packages: Vec<String>,
+}
+
+const FIRST_BOOT_TABLE: &str = "rootfs/first-boot.toml";
+
+impl FirstBootModes {
+    fn read(data: &DataDir) -> Result<Self, BuildError> {
+        let text = data.read_to_string(FIRST_BOOT_TABLE)?;
+        toml::from_str(&text).map_err(|e| BuildError::Table {
+            path: FIRST_BOOT_TABLE,
+            message: e.to_string(),
+        })
+    }
+
+    fn choose(mut self, name: Option<&str>) -> Result<FirstBootMode, BuildError> {
+        let name = name.unwrap_or(&self.default).to_string();
+        let known = self.mode.keys().cloned().collect::<Vec<_>>().join(", ");
+        let mut mode = self
+            .mode
+            .remove(&name)
+            .ok_or(BuildError::UnknownFirstBoot {
+                given: name.clone(),
+                known,
+            })?;
+        mode.name = name;
+        Ok(mode)
+    }
+}
+
 /// `imgforge build --plan`: the request as a reader (or a pipeline) sees it.
 #[derive(Debug, Serialize)]
 pub struct Plan {
     pub distro: String,
+    pub first_boot: String,
     pub release: String,
     pub architecture: String,
     pub kernel: String,
@@ -196,6 +247,7 @@ impl Plan {
             .collect();
         Ok(Self {
             distro: d.name.clone(),
+            first_boot: request.first_boot.clone(),
             release: request.release.clone(),
             architecture: d.architecture.clone(),
             kernel: request.kernel.clone(),
@@ -286,6 +338,7 @@ impl Plan {
                 &format!("{} ({})", layer.name, layer.dir.display()),
             );
         }
+        row("first boot", &self.first_boot);
         row("units enabled", &self.first_boot_units.join(" "));
         row(
             "size class",

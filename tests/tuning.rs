@@ -215,10 +215,14 @@ fn scratch() -> tempfile::TempDir {
 }
 
 fn build_small(dir: &Path, extra: &[&str]) -> PathBuf {
-    let image = dir.join("small.raw");
+    build_class(dir, "small", extra)
+}
+
+fn build_class(dir: &Path, class: &str, extra: &[&str]) -> PathBuf {
+    let image = dir.join(format!("{class}.raw"));
     let started = Instant::now();
     let out = Command::new(IMGFORGE)
-        .args(["build", "--size-class", "small", "-o"])
+        .args(["build", "--size-class", class, "-o"])
         .arg(&image)
         .args(extra)
         .env("TMPDIR", dir)
@@ -238,13 +242,19 @@ fn build_small(dir: &Path, extra: &[&str]) -> PathBuf {
 /// shared machine, which is being fixed apart from this work) is tried once
 /// more, and says so; a boot that reported is never retried.
 fn boot_small(dir: &Path, image: &Path) -> (bool, serde_json::Value, String) {
+    boot(dir, image, 4, 1024)
+}
+
+fn boot(dir: &Path, image: &Path, smp: u32, memory: u32) -> (bool, serde_json::Value, String) {
+    let (smp, memory) = (smp.to_string(), memory.to_string());
     for attempt in 1..=2 {
         let started = Instant::now();
         let log = dir.join(format!("console-{attempt}.log"));
         let out = Command::new(IMGFORGE)
             .arg("boot-test")
             .arg(image)
-            .args(["--firmware", "uefi", "--accel", "tcg", "--smp", "4"])
+            .args(["--firmware", "uefi", "--accel", "tcg", "--smp", &smp])
+            .args(["--memory", &memory])
             .args(["--timeout", "600", "--json", "--log"])
             .arg(&log)
             .env("TMPDIR", dir)
@@ -425,4 +435,32 @@ fn verify_says_plainly_when_the_vcpu_count_is_outside_the_class() {
     );
     assert!(table.contains("OUTSIDE size class xlarge"), "{table}");
     assert!(verify(&["--bogus"]).status.code() == Some(2));
+}
+
+/// A medium image on 16 vCPUs: opt-in (`--ignored`), because under TCG on a
+/// shared 2-core machine one manual such boot passed in 191 s while three
+/// others (both attempts of this test's only run among them) panicked at
+/// 0.03-0.05 s in the kernel's IO-APIC timer check (the host too slow to
+/// deliver the timer), which boot-test only notices at its timeout.
+#[test]
+#[ignore = "a 16-vCPU TCG boot: minutes, and flaky on a loaded host"]
+fn verify_passes_in_a_medium_guest_with_16_vcpus() {
+    if !can_boot() {
+        return;
+    }
+    let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch();
+    let image = build_class(dir.path(), "medium", &[]);
+    let (passed, result, all) = boot(dir.path(), &image, 16, 2048);
+    assert!(passed, "{all}");
+    let report = &result["report"];
+    assert_eq!(report["verify"], "pass", "{report:#}");
+    assert_eq!(report["isolated"], "4-15");
+    assert_eq!(report["nohz_full"], "4-15");
+    assert!(
+        report["cmdline"]
+            .as_str()
+            .unwrap()
+            .contains("irqaffinity=0-3")
+    );
 }

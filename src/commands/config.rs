@@ -135,6 +135,8 @@ const SETTINGS: &[Setting] = &[
     s("distro", For::Build, "--distro", Kind::Text, None),
     s("release", For::Build, "--release", Kind::Text, None),
     s("kernel", For::Build, "--kernel", Kind::Text, None),
+    s("profile", For::Build, "--profile", Kind::Text, None),
+    s("first_boot", For::Build, "--first-boot", Kind::Text, None),
     s(
         "size_class",
         For::Build,
@@ -718,6 +720,8 @@ team = "infra"
 [[image]]
 name = "trading-small"
 size_class = "small"
+profile = "base"
+first_boot = "cloud-init"
 
 [[image]]
 name = "trading-large"
@@ -757,6 +761,17 @@ regions = ["us-west-2", "eu-west-1"]
         assert_eq!(
             file.variant("trading-small").unwrap().line_of("size_class"),
             Some(12)
+        );
+        let small = file.variant("trading-small").unwrap().flags(For::Build);
+        assert!(small.windows(2).any(|w| w == ["--profile", "base"]));
+        assert!(
+            small
+                .windows(2)
+                .any(|w| w == ["--first-boot", "cloud-init"])
+        );
+        assert!(
+            !build.iter().any(|f| f == "--profile"),
+            "unset keys give no flag"
         );
     }
 

@@ -21,8 +21,10 @@ use crate::sys::fsio::PathError;
 use crate::sys::progress::Progress;
 use crate::sys::tool::{HostTool, ToolError};
 
+type Make = fn(DistroData) -> Result<Box<dyn Distro>, DistroError>;
+
 /// Every distro imgforge knows: its name and how to make it from its data.
-const REGISTRY: &[(&str, fn(DistroData) -> Result<Box<dyn Distro>, DistroError>)] = &[
+const REGISTRY: &[(&str, Make)] = &[
     ("debian", debian::Debian::boxed),
     ("arch", arch::Arch::boxed),
 ];

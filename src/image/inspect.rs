@@ -321,7 +321,24 @@ fn read_esp<D: Read + Seek>(file: &mut D, esp: &PartitionInfo) -> (bool, Option<
 
 /// Whether a FAT file system holds a removable-media bootloader, and the
 /// manifest (see [`read_esp`]); the volume is read, never written.
+///
+/// fatfs 0.3.6 does unchecked arithmetic on cluster numbers it reads from
+/// the volume (`cluster - 2` in `FileSystem::sector_from_cluster`, for a
+/// directory entry or FAT entry naming cluster 1, say): a panic where
+/// overflow checks are on (debug and test builds, fuzzing), a read of the
+/// wrong sector in release builds. Ruling that out beforehand would mean
+/// walking every directory and cluster chain fatfs will follow, i.e. a
+/// second FAT reader; so, as a last resort, a panic inside fatfs counts as
+/// an unreadable ESP, like any other error it reports.
 pub fn read_fat<D: Read + Seek>(volume: D) -> (bool, Option<Manifest>) {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_fat_unguarded(volume)))
+        .unwrap_or_else(|_| {
+            log::warn!("the FAT file system is corrupt (its reader panicked)");
+            (false, None)
+        })
+}
+
+fn read_fat_unguarded<D: Read + Seek>(volume: D) -> (bool, Option<Manifest>) {
     let mut volume = ReadOnly(ReadBudget {
         inner: volume,
         left: ESP_READ_BUDGET,
@@ -617,5 +634,49 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(read_fat(Cursor::new(&volume[..])), (false, None));
         assert!(started.elapsed().as_secs() < 30);
+    }
+
+    /// A FAT12 volume made by fatfs with EFI/BOOT/BOOTX64.EFI; `patch`
+    /// edits its bytes, given the offset of EFI's root directory entry.
+    fn fat12_with_efi(patch: impl FnOnce(&mut [u8], usize)) -> Vec<u8> {
+        let mut volume = vec![0u8; 256 << 10];
+        {
+            let mut cursor = Cursor::new(&mut volume[..]);
+            fatfs::format_volume(
+                &mut cursor,
+                fatfs::FormatVolumeOptions::new().fat_type(fatfs::FatType::Fat12),
+            )
+            .unwrap();
+            cursor.set_position(0);
+            let fs = fatfs::FileSystem::new(&mut cursor, fatfs::FsOptions::new()).unwrap();
+            fs.root_dir().create_dir("EFI").unwrap();
+            fs.root_dir().create_dir("EFI/BOOT").unwrap();
+            fs.root_dir()
+                .create_file("EFI/BOOT/BOOTX64.EFI")
+                .unwrap()
+                .write_all(b"MZ")
+                .unwrap();
+        }
+        let reserved = u16::from_le_bytes([volume[14], volume[15]]) as usize;
+        let fat_sectors = u16::from_le_bytes([volume[22], volume[23]]) as usize;
+        let root_dir = (reserved + volume[16] as usize * fat_sectors) * 512;
+        let efi = (0..512)
+            .map(|i| root_dir + i * 32)
+            .find(|&e| &volume[e..e + 11] == b"EFI        ")
+            .unwrap();
+        patch(&mut volume, efi);
+        volume
+    }
+
+    /// Found by the esp_fat and gpt_image fuzz targets: a directory entry
+    /// naming cluster 1 made fatfs compute `1 - 2` (a panic with overflow
+    /// checks on, as in `cargo test` and fuzzing; a wrong sector without).
+    #[test]
+    fn fat_directory_at_cluster_1_is_an_unreadable_esp_not_a_panic() {
+        let good = fat12_with_efi(|_, _| ());
+        assert_eq!(read_fat(Cursor::new(&good[..])), (true, None));
+        let bad =
+            fat12_with_efi(|v, efi| v[efi + 26..efi + 28].copy_from_slice(&1u16.to_le_bytes()));
+        assert_eq!(read_fat(Cursor::new(&bad[..])), (false, None));
     }
 }

@@ -11,6 +11,9 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 
+#[path = "guarded_panics.rs"]
+mod guarded_panics;
+
 const SECTOR: usize = 512;
 
 fn crc32(bytes: &[u8]) -> u32 {
@@ -45,6 +48,7 @@ fn fix_header(image: &mut [u8], at: usize) {
 }
 
 fuzz_target!(|data: &[u8]| {
+    guarded_panics::let_imgforge_catch_fatfs_panics();
     let mut image = data.to_vec();
     fix_header(&mut image, SECTOR);
     if image.len() >= 3 * SECTOR {

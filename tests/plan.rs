@@ -99,7 +99,16 @@ fn arch_large_plan_resolves_without_root_or_network() {
         .iter()
         .map(|l| l["name"].as_str().unwrap())
         .collect();
-    assert_eq!(layers, ["base", "tuning", "irqbalance-off", "arch"]);
+    assert_eq!(
+        layers,
+        [
+            "base",
+            "tuning",
+            "irqbalance-off",
+            "arch",
+            "first-boot-imgforge"
+        ]
+    );
     assert_eq!(p["profile"]["name"], "trading");
     let units = strings(&p["first_boot_units"]);
     assert!(

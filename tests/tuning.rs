@@ -75,7 +75,11 @@ fn trading_is_the_default_profile_and_base_has_no_tuning() {
         .iter()
         .map(|l| l["name"].as_str().unwrap())
         .collect();
-    assert_eq!(layers, ["base", "tuning", "irqbalance-off"]);
+    // The profile's layers, then the first-boot mode's.
+    assert_eq!(
+        layers,
+        ["base", "tuning", "irqbalance-off", "first-boot-imgforge"]
+    );
     assert_eq!(
         trading["profile"]["kernel_configs"],
         serde_json::json!(["cloud.config", "low-latency.config"])
@@ -96,7 +100,13 @@ fn trading_is_the_default_profile_and_base_has_no_tuning() {
         );
     }
     assert!(b.iter().any(|t| t.starts_with("root=UUID=")));
-    assert_eq!(base["layers"].as_array().unwrap().len(), 1);
+    let base_layers: Vec<&str> = base["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(base_layers, ["base", "first-boot-imgforge"]);
     assert_eq!(
         base["profile"]["kernel_configs"],
         serde_json::json!(["cloud.config"])

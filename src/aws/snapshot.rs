@@ -164,8 +164,11 @@ pub async fn complete(
     Ok(())
 }
 
-/// The snapshot's state, from EC2 DescribeSnapshots.
-pub async fn state(clients: &Clients, snapshot_id: &str) -> Result<State, SnapshotError> {
+/// One snapshot from EC2 DescribeSnapshots; `None` when it is gone.
+pub async fn describe(
+    clients: &Clients,
+    snapshot_id: &str,
+) -> Result<Option<aws_sdk_ec2::types::Snapshot>, RetryError> {
     let result = with_retries(
         &clients.retry,
         "DescribeSnapshots",
@@ -179,12 +182,16 @@ pub async fn state(clients: &Clients, snapshot_id: &str) -> Result<State, Snapsh
         },
     )
     .await;
-    let output = match result {
-        Ok(output) => output,
-        Err(RetryError::Api(api)) if api.is_not_found() => return Ok(State::Missing),
-        Err(err) => return Err(err.into()),
-    };
-    let Some(snapshot) = output.snapshots().first() else {
+    match result {
+        Ok(output) => Ok(output.snapshots().first().cloned()),
+        Err(RetryError::Api(api)) if api.is_not_found() => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// The snapshot's state, from EC2 DescribeSnapshots.
+pub async fn state(clients: &Clients, snapshot_id: &str) -> Result<State, SnapshotError> {
+    let Some(snapshot) = describe(clients, snapshot_id).await? else {
         return Ok(State::Missing);
     };
     Ok(match snapshot.state() {

@@ -136,26 +136,8 @@ pub async fn snapshot_tags(
     clients: &Clients,
     snapshot_id: &str,
 ) -> Result<BTreeMap<String, String>, PublishError> {
-    let result = with_retries(
-        &clients.retry,
-        "DescribeSnapshots",
-        "DescribeSnapshots",
-        || {
-            clients
-                .ec2
-                .describe_snapshots()
-                .snapshot_ids(snapshot_id)
-                .send()
-        },
-    )
-    .await;
-    let output = match result {
-        Ok(output) => output,
-        Err(RetryError::Api(api)) if api.is_not_found() => return Ok(BTreeMap::new()),
-        Err(err) => return Err(err.into()),
-    };
-    Ok(output
-        .snapshots()
+    let snapshot = crate::aws::snapshot::describe(clients, snapshot_id).await?;
+    Ok(snapshot
         .iter()
         .flat_map(|s| s.tags())
         .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))

@@ -10,7 +10,6 @@
 //! the guest still gets its address by DHCP. The host's network is not
 //! touched: SSH reaches the guest through a forwarded port on 127.0.0.1.
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -53,19 +52,6 @@ fn netdev(relay_command: &str, ssh_port: u16) -> String {
          hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
         relay_command.replace(',', ",,")
     )
-}
-
-/// The boot test's QEMU arguments, made into an instance's: the rehearsal
-/// network instead of the plain one, and a reboot that restarts the guest
-/// instead of ending QEMU. Fails if the boot test's own arguments no longer
-/// have what it replaces (a unit test keeps the two in step).
-pub fn instance_args(boot_test_args: Vec<OsString>, netdev: &str) -> Option<Vec<OsString>> {
-    let plain = boot_test_args.iter().position(|a| a == "user,id=net0")?;
-    let no_reboot = boot_test_args.iter().position(|a| a == "-no-reboot")?;
-    let mut args = boot_test_args;
-    args[plain] = netdev.into();
-    args.remove(no_reboot);
-    Some(args)
 }
 
 /// What boot-test's preflight found, for the rehearsals.
@@ -124,6 +110,8 @@ pub fn run_all(p: &Preflight, log: Option<File>) -> Result<(), BootTestError> {
             disk,
             disk_format: "qcow2".into(),
             firmware_log: Some(dir.path().join("firmware.log")),
+            // Set by `rehearse` once the metadata stand-in listens.
+            launch_network: None,
         };
         let log_copy = match log.as_ref() {
             Some(file) => Some(file.try_clone().map_err(BootTestError::TempDir)?),
@@ -319,9 +307,8 @@ pub fn rehearse(mut r: Rehearsal) -> Result<RehearsalResult, BootTestError> {
     let ssh_port = free_port()?;
     let exe = std::env::current_exe().map_err(BootTestError::TempDir)?;
     let relay = format!("{} imds-relay {}", exe.display(), imds.addr());
-    let args = instance_args(r.machine.args(), &netdev(&relay, ssh_port)).ok_or_else(|| {
-        BootTestError::Ec2("the boot test's QEMU arguments lack the network to replace".into())
-    })?;
+    r.machine.launch_network = Some(netdev(&relay, ssh_port));
+    let args = r.machine.args();
     progress(&format!(
         "{}: launch rehearsal: {:.1} GiB root volume, metadata stand-in, SSH on 127.0.0.1:{ssh_port}",
         r.firmware,
@@ -586,8 +573,8 @@ mod tests {
     use crate::boottest::qemu::MachineFirmware;
 
     #[test]
-    fn instance_args_replace_the_network_and_allow_reboots() {
-        let machine = Machine {
+    fn a_launch_network_replaces_the_plain_one_and_allows_reboots() {
+        let mut machine = Machine {
             accel: crate::boottest::qemu::Accel::Tcg,
             cpu: "max".into(),
             firmware: MachineFirmware::Bios,
@@ -596,15 +583,21 @@ mod tests {
             disk: "/tmp/disk.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: None,
+            launch_network: None,
         };
-        let net = netdev("/usr/bin/imgforge imds-relay 127.0.0.1:1234", 2222);
-        let args =
-            instance_args(machine.args(), &net).expect("boot-test args have a plain network");
-        let joined = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let joined = |machine: &Machine| {
+            machine
+                .args()
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let plain = joined(&machine);
+        assert!(plain.contains("-no-reboot"), "{plain}");
+        assert!(plain.contains("-netdev user,id=net0 "), "{plain}");
+        machine.launch_network = Some(netdev("/usr/bin/imgforge imds-relay 127.0.0.1:1234", 2222));
+        let joined = joined(&machine);
         assert!(!joined.contains("-no-reboot"), "{joined}");
         assert!(joined.contains("net=169.254.0.0/16"), "{joined}");
         assert!(
@@ -617,6 +610,5 @@ mod tests {
             joined.contains("hostfwd=tcp:127.0.0.1:2222-:22"),
             "{joined}"
         );
-        assert!(instance_args(vec!["-m".into()], &net).is_none());
     }
 }

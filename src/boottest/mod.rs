@@ -325,6 +325,7 @@ pub fn run(args: &BootTestArgs) -> Result<(), BootTestError> {
                 disk: overlay,
                 disk_format: "qcow2".into(),
                 firmware_log: Some(run_dir.path().join("firmware.log")),
+                launch_network: None,
             };
             let label = if attempt == 1 {
                 firmware.to_string()
@@ -919,6 +920,7 @@ mod tests {
             disk,
             disk_format: "raw".into(),
             firmware_log: None,
+            launch_network: None,
         };
         let want = Expectations {
             firmware: "bios".into(),

@@ -196,6 +196,10 @@ pub struct Machine {
     pub disk_format: String,
     /// Where the firmware's debug port (0x402) output goes, if anywhere.
     pub firmware_log: Option<PathBuf>,
+    /// A launch rehearsal's `-netdev` (see `boot-test --ec2`) instead of the
+    /// plain user network; a guest reboot then restarts the guest instead
+    /// of ending QEMU.
+    pub launch_network: Option<String>,
 }
 
 /// No devices, config, display or monitor of QEMU's own choosing; the
@@ -230,7 +234,14 @@ impl Machine {
             "-m",
             &self.memory_mib.to_string(),
         ]);
-        push(&HEADLESS_SERIAL_ARGS);
+        let reboots = self.launch_network.is_some();
+        args.extend(
+            HEADLESS_SERIAL_ARGS
+                .iter()
+                .filter(|a| !(reboots && **a == "-no-reboot"))
+                .map(OsString::from),
+        );
+        let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
         if let MachineFirmware::Uefi { ovmf, vars_copy } = &self.firmware {
             push(&[
                 "-drive",
@@ -260,7 +271,7 @@ impl Machine {
             "-device",
             "nvme,serial=imgforge-boot-test,drive=disk0",
             "-netdev",
-            "user,id=net0",
+            self.launch_network.as_deref().unwrap_or("user,id=net0"),
             "-device",
             "virtio-net-pci,netdev=net0",
         ]);
@@ -607,6 +618,7 @@ mod tests {
             disk: "/tmp/x,y/overlay.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: None,
+            launch_network: None,
         };
         let args: Vec<String> = machine
             .args()
@@ -642,6 +654,7 @@ mod tests {
             disk: "/tmp/run/overlay.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: None,
+            launch_network: None,
         };
         let joined = machine
             .args()

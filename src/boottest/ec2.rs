@@ -23,6 +23,7 @@ use super::imds::{ImdsCounts, ImdsServer, InstanceMetadata};
 use super::qemu::{Event, Machine, MachineFirmware, Ovmf, Qemu};
 use super::report::{self, Check, Expectations, GuestReport};
 use super::{BootTestArgs, BootTestError, expectations, progress};
+use crate::build::request::{FirstBootModes, RehearsalProbes};
 use crate::image::inspect::ImageInfo;
 use crate::sizeclass::SizeClass;
 use crate::sys::tool::{HostTool, Tool};
@@ -30,13 +31,79 @@ use crate::sys::tool::{HostTool, Tool};
 pub const SSH: HostTool = HostTool::new("ssh", "openssh-client");
 pub const SSH_KEYGEN: HostTool = HostTool::new("ssh-keygen", "openssh-client");
 
-/// The user-data script the rehearsal launches with: it counts its runs in
-/// a file, so a second run (after a reboot) shows.
+/// The user-data script the rehearsal launches with unless `--user-data`:
+/// it counts its runs in a file, so a second run (after a reboot) shows.
 const USER_DATA: &str = "#!/bin/sh\n\
 echo IMGFORGE-USER-DATA-RAN\n\
 mkdir -p /var/lib/imgforge-rehearsal\n\
 echo run >> /var/lib/imgforge-rehearsal/user-data-runs\n\
 exit 0\n";
+
+/// Where [`USER_DATA`] counts its runs.
+const USER_DATA_RUNS: &str = "/var/lib/imgforge-rehearsal/user-data-runs";
+
+/// EC2's limit on user-data, before base64.
+const USER_DATA_MAX_BYTES: usize = 16 * 1024;
+
+/// The user-data a rehearsal launches with.
+pub struct UserData {
+    bytes: Vec<u8>,
+    /// The rehearsal's own script, which counts its runs.
+    counts_runs: bool,
+    /// A `#!` script, which the first boot runs.
+    is_script: bool,
+}
+
+impl UserData {
+    fn rehearsal_script() -> Self {
+        Self {
+            bytes: USER_DATA.as_bytes().to_vec(),
+            counts_runs: true,
+            is_script: true,
+        }
+    }
+
+    fn from_file(path: &Path) -> Result<Self, BootTestError> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            BootTestError::Ec2(format!("--user-data {}: {e}", path.display()))
+        })?;
+        if bytes.len() > USER_DATA_MAX_BYTES {
+            return Err(BootTestError::Ec2(format!(
+                "--user-data {}: {} bytes; EC2 accepts at most {USER_DATA_MAX_BYTES} (compress it, \
+                 or fetch the rest from S3 in the script)",
+                path.display(),
+                bytes.len()
+            )));
+        }
+        Ok(Self {
+            is_script: bytes.starts_with(b"#!"),
+            bytes,
+            counts_runs: false,
+        })
+    }
+}
+
+/// The image's first-boot mode's probes: from the manifest's layers, else
+/// imgforge's own units.
+fn first_boot_probes(info: &ImageInfo) -> Result<RehearsalProbes, BootTestError> {
+    let data = crate::data::DataDir::open(None).map_err(|e| BootTestError::Ec2(e.to_string()))?;
+    let modes = FirstBootModes::read(&data).map_err(|e| BootTestError::Ec2(e.to_string()))?;
+    let layers = info
+        .manifest
+        .as_ref()
+        .map(|m| m.layers.clone())
+        .unwrap_or_else(|| vec!["first-boot-imgforge".into()]);
+    modes
+        .of_layers(&layers)
+        .map(|mode| mode.rehearsal)
+        .ok_or_else(|| {
+            BootTestError::Ec2(format!(
+                "the image's layers ({}) name no first-boot mode of rootfs/first-boot.toml: \
+                 it does not set itself up on EC2, so there is nothing to rehearse",
+                layers.join(", ")
+            ))
+        })
+}
 
 const INSTANCE_ID: &str = "i-0imgforge0rehearsal";
 const LOCAL_HOSTNAME: &str = "ip-10-11-12-13.ec2.internal";
@@ -91,6 +158,11 @@ pub fn run_all(p: &Preflight, log: Option<File>) -> Result<(), BootTestError> {
         )));
     }
     let default_user = default_user(p.info);
+    let user_data = match &p.args.user_data {
+        Some(path) => UserData::from_file(path)?,
+        None => UserData::rehearsal_script(),
+    };
+    let probes = first_boot_probes(p.info)?;
     let mut results = Vec::new();
     for &firmware in p.firmwares {
         let dir = tempfile::Builder::new()
@@ -126,6 +198,9 @@ pub fn run_all(p: &Preflight, log: Option<File>) -> Result<(), BootTestError> {
             timeout: Duration::from_secs(p.args.timeout),
             dir: dir.path(),
             log: log_copy,
+            user_data: &user_data,
+            probes: &probes,
+            ssh_command: p.args.ssh_command.as_deref(),
         })?;
         progress(&format!(
             "{firmware}: launch rehearsal {} in {:.1} s",
@@ -183,6 +258,12 @@ pub fn run_all(p: &Preflight, log: Option<File>) -> Result<(), BootTestError> {
                 .filter(|f| !r.checks.iter().any(|c| f.starts_with(&c.name)))
             {
                 println!("  FAIL {f}");
+            }
+            if let Some(run) = &r.ssh_command {
+                println!("  ssh command `{}` exited {}:", run.command, run.status);
+                for line in run.output.lines() {
+                    println!("  > {line}");
+                }
             }
             for line in &r.console_tail {
                 println!("  | {line}");
@@ -249,8 +330,19 @@ pub struct RehearsalResult {
     pub checks: Vec<Check>,
     pub imds: ImdsCounts,
     pub failures: Vec<String>,
+    /// `--ssh-command`'s run in the booted guest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_command: Option<SshCommandRun>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub console_tail: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SshCommandRun {
+    pub command: String,
+    pub status: i32,
+    /// Its standard output, then its standard error.
+    pub output: String,
 }
 
 /// What the rehearsal needs from boot-test's preflight.
@@ -263,6 +355,9 @@ pub struct Rehearsal<'a> {
     pub timeout: Duration,
     pub dir: &'a Path,
     pub log: Option<File>,
+    pub user_data: &'a UserData,
+    pub probes: &'a RehearsalProbes,
+    pub ssh_command: Option<&'a str>,
 }
 
 /// The guest, its metadata service and its SSH door, for one rehearsal.
@@ -301,7 +396,7 @@ pub fn rehearse(mut r: Rehearsal) -> Result<RehearsalResult, BootTestError> {
         local_hostname: LOCAL_HOSTNAME.into(),
         availability_zone: "eu-west-1a".into(),
         public_key,
-        user_data: Some(USER_DATA.as_bytes().to_vec()),
+        user_data: Some(r.user_data.bytes.clone()),
     })
     .map_err(|e| BootTestError::Ec2(e.to_string()))?;
     let ssh_port = free_port()?;
@@ -329,9 +424,10 @@ pub fn rehearse(mut r: Rehearsal) -> Result<RehearsalResult, BootTestError> {
         checks: Vec::new(),
         imds: ImdsCounts::default(),
         failures: Vec::new(),
+        ssh_command: None,
         console_tail: Vec::new(),
     };
-    let outcome = run_checks(&mut instance, &r, &mut result.checks);
+    let outcome = run_checks(&mut instance, &r, &mut result);
     instance.qemu.stop();
     result.imds = imds.counts();
     result.checks.push(Check {
@@ -364,24 +460,47 @@ pub fn rehearse(mut r: Rehearsal) -> Result<RehearsalResult, BootTestError> {
 fn run_checks(
     instance: &mut Instance,
     r: &Rehearsal,
-    checks: &mut Vec<Check>,
+    result: &mut RehearsalResult,
 ) -> Result<(), String> {
+    let checks = &mut result.checks;
     let deadline = Instant::now() + r.timeout;
     let report = instance.wait_for_report(deadline)?;
     checks.extend(report::check(&report, &r.want));
+    checks.push(no_failed_units("no failed units", &report));
     first_boot_checks(instance, r.volume_bytes, checks)?;
+    user_data_checks(instance, r, checks)?;
+    if let Some(command) = r.ssh_command {
+        let (status, output) = instance.ssh_run(command)?;
+        result.ssh_command = Some(SshCommandRun {
+            command: command.to_string(),
+            status,
+            output,
+        });
+    }
 
     progress(&format!("{}: rebooting the instance", r.firmware));
     // The reboot drops the SSH connection; its exit status says nothing.
     let _ = instance.ssh("sudo -n systemctl reboot");
     let deadline = Instant::now() + r.timeout;
-    instance.wait_for_report(deadline)?;
-    let runs = instance.ssh("cat /var/lib/imgforge-rehearsal/user-data-runs | wc -l")?;
+    let report = instance.wait_for_report(deadline)?;
+    let checks = &mut result.checks;
+    checks.push(no_failed_units("no failed units after the reboot", &report));
+    let skipped = instance.ssh(&probe(&r.probes.user_data_skipped))?;
+    let runs = if r.user_data.counts_runs {
+        let runs = instance.ssh(&format!("cat {USER_DATA_RUNS} | wc -l"))?;
+        format!(", the script counted {} run(s)", runs.trim())
+    } else {
+        String::new()
+    };
     checks.push(Check {
-        name: "user-data once per instance".into(),
-        ok: runs.trim() == "1",
-        expected: "1 run after a reboot of the same instance".into(),
-        actual: format!("{} run(s)", runs.trim()),
+        name: "user-data not run again after a reboot".into(),
+        ok: !skipped.trim().is_empty() && (!r.user_data.counts_runs || runs.contains(" 1 run")),
+        expected: "this boot skipped it as already run on this instance".into(),
+        actual: if skipped.trim().is_empty() {
+            format!("no sign of a skip in this boot{runs}")
+        } else {
+            format!("{}{runs}", skipped.trim())
+        },
     });
     let after = instance.ssh("findmnt -bno SIZE /")?;
     checks.push(Check {
@@ -390,6 +509,75 @@ fn run_checks(
         expected: "mounted".into(),
         actual: after.trim().to_string(),
     });
+    Ok(())
+}
+
+/// A failing user-data script must not fail a unit (nor the boot).
+fn no_failed_units(name: &str, report: &GuestReport) -> Check {
+    Check {
+        name: name.into(),
+        ok: report.failed_units.trim().is_empty(),
+        expected: "none".into(),
+        actual: if report.failed_units.trim().is_empty() {
+            "none".into()
+        } else {
+            report.failed_units.clone()
+        },
+    }
+}
+
+/// A probe command of the first-boot mode, for this instance.
+fn probe(command: &str) -> String {
+    command.replace("{instance_id}", INSTANCE_ID)
+}
+
+/// User-data on the first boot: whether it ran, its exit status and its
+/// last output lines.
+fn user_data_checks(
+    instance: &mut Instance,
+    r: &Rehearsal,
+    checks: &mut Vec<Check>,
+) -> Result<(), String> {
+    let status = instance.ssh(&probe(&r.probes.user_data_status))?;
+    let status = status.trim();
+    let output = instance.ssh(&probe(&r.probes.user_data_output))?;
+    let last_lines = output
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let ran = status.parse::<i32>().ok();
+    checks.push(Check {
+        name: "user-data ran".into(),
+        ok: ran.is_some() == r.user_data.is_script,
+        expected: if r.user_data.is_script {
+            "the #! script run once, as root".into()
+        } else {
+            "not run (not a #! script)".into()
+        },
+        actual: match ran {
+            Some(_) => "ran".into(),
+            None => format!("not run ({})", if status.is_empty() { "no record" } else { status }),
+        },
+    });
+    if let Some(code) = ran {
+        checks.push(Check {
+            name: "user-data exit status".into(),
+            ok: code == 0,
+            expected: "0".into(),
+            actual: format!("{code}; last lines: {last_lines}"),
+        });
+    }
+    if r.user_data.counts_runs {
+        let runs = instance.ssh(&format!("cat {USER_DATA_RUNS} 2>/dev/null | wc -l"))?;
+        checks.push(Check {
+            name: "user-data runs recorded by the script".into(),
+            ok: runs.trim() == "1",
+            expected: "1".into(),
+            actual: runs.trim().to_string(),
+        });
+    }
     Ok(())
 }
 
@@ -449,21 +637,12 @@ fn first_boot_checks(
         expected: "sfdisk --verify clean".into(),
         actual: verify.split_whitespace().collect::<Vec<_>>().join(" "),
     });
-    let status = instance.ssh(&format!(
-        "sudo -n cat /var/lib/imgforge/user-data/{INSTANCE_ID}/status; \
-         cat /var/lib/imgforge-rehearsal/user-data-runs 2>/dev/null | wc -l"
-    ))?;
-    let lines: Vec<&str> = status.lines().map(str::trim).collect();
-    checks.push(Check {
-        name: "user-data ran".into(),
-        ok: lines == ["0", "1"],
-        expected: "exit status 0, 1 run".into(),
-        actual: format!("status and runs: {}", lines.join(", ")),
-    });
     let hostname = instance.ssh("hostname")?;
     checks.push(Check {
         name: "hostname from IMDS local-hostname".into(),
-        ok: hostname.trim() == LOCAL_HOSTNAME,
+        // cloud-init sets the short name, imgforge's unit the whole one.
+        ok: hostname.trim() == LOCAL_HOSTNAME
+            || Some(hostname.trim()) == LOCAL_HOSTNAME.split('.').next(),
         expected: LOCAL_HOSTNAME.into(),
         actual: hostname.trim().to_string(),
     });
@@ -515,7 +694,23 @@ impl Instance {
 
     /// Runs a command in the guest as the default user; its stdout. Retries
     /// the connection for a while: sshd may still be starting.
+    /// Runs `command` in the guest; its standard output.
     fn ssh(&self, command: &str) -> Result<String, String> {
+        let out = self.ssh_output(command)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `command` in the guest: its exit status, and its standard
+    /// output followed by its standard error.
+    fn ssh_run(&self, command: &str) -> Result<(i32, String), String> {
+        let out = self.ssh_output(command)?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.code().unwrap_or(-1), text))
+    }
+
+    /// Retries while ssh itself fails (the guest's sshd may not listen yet).
+    fn ssh_output(&self, command: &str) -> Result<std::process::Output, String> {
         let until = Instant::now() + Duration::from_secs(60);
         loop {
             let out = Command::new("ssh")
@@ -543,7 +738,7 @@ impl Instance {
                 .map_err(|e| format!("cannot run ssh: {e}"))?;
             // 255: ssh itself failed (connection, authentication).
             if out.status.code() != Some(255) {
-                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+                return Ok(out);
             }
             if Instant::now() >= until || crate::sys::interrupt::requested() {
                 return Err(format!(

@@ -66,6 +66,7 @@ impl ImdsServer {
         let counts = Arc::new(Mutex::new(ImdsCounts::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let state = Arc::new(ServerState {
+            tree: MetadataTree::of(&metadata),
             metadata,
             tokens: Mutex::new(Vec::new()),
             counts: counts.clone(),
@@ -113,6 +114,7 @@ impl Drop for ImdsServer {
 
 struct ServerState {
     metadata: InstanceMetadata,
+    tree: MetadataTree,
     tokens: Mutex<Vec<String>>,
     counts: Arc<Mutex<ImdsCounts>>,
 }
@@ -211,25 +213,13 @@ fn answer(request: &Request, state: &ServerState) -> (u16, Vec<u8>) {
         counts.refused_without_token += 1;
         return (401, Vec::new());
     }
-    let m = &state.metadata;
-    let text = |s: &str| Some(s.as_bytes().to_vec());
-    let body = match request.path.trim_end_matches('/') {
-        "/latest/meta-data/instance-id" => text(&m.instance_id),
-        "/latest/meta-data/local-hostname" | "/latest/meta-data/hostname" => {
-            text(&m.local_hostname)
-        }
-        "/latest/meta-data/placement/availability-zone" => text(&m.availability_zone),
-        "/latest/meta-data/placement/region" => text(
-            m.availability_zone
-                .trim_end_matches(|c: char| c.is_ascii_alphabetic()),
-        ),
-        "/latest/meta-data/public-keys" => text("0=imgforge-boot-test"),
-        "/latest/meta-data/public-keys/0/openssh-key" => text(&m.public_key),
-        "/latest/user-data" => {
+    let body = match version_relative(&request.path) {
+        Some("user-data") => {
             counts.user_data_fetches += 1;
-            m.user_data.clone()
+            state.metadata.user_data.clone()
         }
-        _ => None,
+        Some(path) => state.tree.get(path),
+        None => None,
     };
     match body {
         Some(body) => {
@@ -240,6 +230,91 @@ fn answer(request: &Request, state: &ServerState) -> (u16, Vec<u8>) {
             counts.not_found += 1;
             (404, Vec::new())
         }
+    }
+}
+
+/// The path below the version ("latest" or a dated version such as
+/// "2021-03-23", which cloud-init asks for), without slashes at either end.
+fn version_relative(path: &str) -> Option<&str> {
+    let path = path.trim_start_matches('/');
+    let (version, rest) = path.split_once('/').unwrap_or((path, ""));
+    let dated = version.len() == 10
+        && version
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+    (version == "latest" || dated).then(|| rest.trim_end_matches('/'))
+}
+
+/// The instance's metadata as the service lays it out: leaves by path, and
+/// a listing for every folder (names, with `/` on sub-folders), which
+/// cloud-init's EC2 datasource walks.
+struct MetadataTree {
+    leaves: BTreeMap<String, Vec<u8>>,
+}
+
+impl MetadataTree {
+    fn of(m: &InstanceMetadata) -> Self {
+        let region = m
+            .availability_zone
+            .trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let document = serde_json::json!({
+            "instanceId": m.instance_id,
+            "availabilityZone": m.availability_zone,
+            "region": region,
+            "instanceType": "c7i.xlarge",
+            "imageId": "ami-0imgforge0rehearsal",
+            "architecture": "x86_64",
+            "accountId": "123456789012",
+            "privateIp": "169.254.10.10",
+        });
+        let leaves = [
+            ("meta-data/instance-id", m.instance_id.clone()),
+            ("meta-data/local-hostname", m.local_hostname.clone()),
+            ("meta-data/hostname", m.local_hostname.clone()),
+            ("meta-data/instance-type", "c7i.xlarge".into()),
+            ("meta-data/ami-id", "ami-0imgforge0rehearsal".into()),
+            ("meta-data/placement/availability-zone", m.availability_zone.clone()),
+            ("meta-data/placement/region", region.to_string()),
+            ("meta-data/public-keys/0/openssh-key", m.public_key.clone()),
+            ("dynamic/instance-identity/document", document.to_string()),
+        ];
+        Self {
+            leaves: leaves
+                .into_iter()
+                .map(|(path, value)| (path.to_string(), value.into_bytes()))
+                .collect(),
+        }
+    }
+
+    /// A leaf's value or a folder's listing.
+    fn get(&self, path: &str) -> Option<Vec<u8>> {
+        if let Some(value) = self.leaves.get(path) {
+            return Some(value.clone());
+        }
+        // Key pairs list as INDEX=NAME, as on EC2.
+        if path == "meta-data/public-keys" {
+            return Some(b"0=imgforge-boot-test".to_vec());
+        }
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        let mut names: Vec<String> = Vec::new();
+        for key in self.leaves.keys() {
+            let Some(below) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            let name = match below.split_once('/') {
+                Some((folder, _)) => format!("{folder}/"),
+                None => below.to_string(),
+            };
+            if names.last() != Some(&name) {
+                names.push(name);
+            }
+        }
+        (!names.is_empty()).then(|| names.join("\n").into_bytes())
     }
 }
 
@@ -331,5 +406,40 @@ mod tests {
         assert_eq!(counts.user_data_fetches, 1);
         assert_eq!(counts.metadata_answered, 3);
         assert_eq!(counts.not_found, 1);
+    }
+
+    #[test]
+    fn folders_list_their_entries_under_any_version_as_cloud_init_walks_them() {
+        let tree = MetadataTree::of(&InstanceMetadata {
+            instance_id: "i-1".into(),
+            local_hostname: "ip-10-0-0-1.ec2.internal".into(),
+            availability_zone: "eu-west-1a".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+            user_data: None,
+        });
+        let get = |path: &str| {
+            version_relative(path)
+                .and_then(|p| tree.get(p))
+                .map(|v| String::from_utf8(v).unwrap())
+        };
+        let root = get("/2021-03-23/meta-data/").unwrap();
+        assert!(root.lines().any(|l| l == "instance-id"), "{root}");
+        assert!(root.lines().any(|l| l == "placement/"), "{root}");
+        assert!(root.lines().any(|l| l == "public-keys/"), "{root}");
+        assert_eq!(get("/2009-04-04/meta-data/instance-id").as_deref(), Some("i-1"));
+        assert_eq!(
+            get("/latest/meta-data/public-keys/").as_deref(),
+            Some("0=imgforge-boot-test")
+        );
+        assert_eq!(
+            get("/latest/meta-data/public-keys/0/").as_deref(),
+            Some("openssh-key")
+        );
+        assert!(get("/latest/dynamic/instance-identity/document")
+            .unwrap()
+            .contains("\"region\":\"eu-west-1\""));
+        assert_eq!(get("/latest/meta-data/nope"), None);
+        assert_eq!(get("/not-a-version/meta-data/instance-id"), None);
+        assert_eq!(get("/2021-3-23/meta-data/instance-id"), None);
     }
 }

@@ -94,6 +94,18 @@ pub struct BootTestArgs {
     /// size + 2 GiB].
     #[arg(long, value_name = "SIZE", requires = "ec2")]
     pub volume_size: Option<String>,
+    /// With --ec2: launch with this user-data (a `#!` script, cloud-config,
+    /// anything up to EC2's 16 KiB) instead of the rehearsal's own script,
+    /// which records its runs. The report shows its exit status and last
+    /// output lines; a script that exits non-zero fails the rehearsal (not
+    /// the boot)
+    #[arg(long, value_name = "FILE", requires = "ec2")]
+    pub user_data: Option<PathBuf>,
+    /// With --ec2: run CMD in the booted guest over SSH as the default user
+    /// (after the first-boot checks, before the reboot) and print its output
+    /// and exit status; it does not decide the verdict
+    #[arg(long, value_name = "CMD", requires = "ec2")]
+    pub ssh_command: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

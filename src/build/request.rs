@@ -127,28 +127,55 @@ impl BuildRequest {
 /// `rootfs/first-boot.toml`: how instances set themselves up at first boot.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FirstBootModes {
+pub struct FirstBootModes {
     default: String,
     mode: std::collections::BTreeMap<String, FirstBootMode>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FirstBootMode {
+pub struct FirstBootMode {
     #[serde(skip)]
-    name: String,
-    layers: Vec<String>,
-    packages: Vec<String>,
+    pub name: String,
+    pub layers: Vec<String>,
+    pub packages: Vec<String>,
+    pub rehearsal: RehearsalProbes,
+}
+
+/// How `boot-test --ec2` reads a mode's user-data outcome in the guest:
+/// shell commands run over SSH as the default user (`{instance_id}` is
+/// replaced).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RehearsalProbes {
+    /// Prints the user-data script's exit status, or `none` / a word when
+    /// no script ran.
+    pub user_data_status: String,
+    /// Prints the last lines of the user-data run's output.
+    pub user_data_output: String,
+    /// Prints a line when this boot skipped user-data as already run.
+    pub user_data_skipped: String,
 }
 
 const FIRST_BOOT_TABLE: &str = "rootfs/first-boot.toml";
 
 impl FirstBootModes {
-    fn read(data: &DataDir) -> Result<Self, BuildError> {
+    pub fn read(data: &DataDir) -> Result<Self, BuildError> {
         let text = data.read_to_string(FIRST_BOOT_TABLE)?;
         toml::from_str(&text).map_err(|e| BuildError::Table {
             path: FIRST_BOOT_TABLE,
             message: e.to_string(),
+        })
+    }
+
+    /// The mode an image was built with, from the layers its manifest
+    /// lists.
+    pub fn of_layers(self, layers: &[String]) -> Option<FirstBootMode> {
+        self.mode.into_iter().find_map(|(name, mode)| {
+            mode.layers
+                .iter()
+                .all(|l| layers.contains(l))
+                .then(|| FirstBootMode { name, ..mode })
         })
     }
 

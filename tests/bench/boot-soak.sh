@@ -4,7 +4,7 @@
 #
 #   tests/bench/boot-soak.sh IMAGE [N] [--firmware bios|uefi|both] [--smp 4]
 #                            [--no-hog] [--stall-seconds S] [--bin IMGFORGE]
-#                            [--mttcg]
+#                            [--mttcg] [--keep-logs DIR]
 #
 # N boot-tests (default 20) with --accel tcg --json, one firmware each (with
 # `both`, bios and uefi alternate, N each). A CPU hog runs on the other core
@@ -14,6 +14,9 @@
 # second attempt is printed "pass-after-stall" and its first attempt counts
 # as a stall: the totals report first-attempt stalls separately from final
 # results. Exit status 0 only with zero stalls and zero failures.
+# The serial console log and JSON of every boot that is not a clean pass are
+# kept in DIR (default /tmp/boot-soak-logs-TIME); each row also shows the
+# host's 1-minute load average when the boot ended.
 # --mttcg puts QEMU back on multi-threaded TCG (a wrapper on PATH rewrites
 # boot-test's `-accel tcg,thread=single`): the "before" configuration.
 set -u
@@ -26,6 +29,7 @@ hog=1
 mttcg=0
 extra=()
 bin=${IMGFORGE:-target/release/imgforge}
+keep=/tmp/boot-soak-logs-$(date +%Y%m%dT%H%M%S)
 while [ $# -gt 0 ]; do
     case $1 in
     --firmware) firmware=$2; shift 2 ;;
@@ -34,14 +38,15 @@ while [ $# -gt 0 ]; do
     --stall-seconds) extra+=(--stall-seconds "$2"); shift 2 ;;
     --bin) bin=$2; shift 2 ;;
     --mttcg) mttcg=1; shift ;;
-    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+    --keep-logs) keep=$2; shift 2 ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
     *)
         if [ -z "$image" ]; then image=$1; else n=$1; fi
         shift
         ;;
     esac
 done
-[ -n "$image" ] || { sed -n '2,14p' "$0"; exit 2; }
+[ -n "$image" ] || { sed -n '2,19p' "$0"; exit 2; }
 case $firmware in
 bios | uefi) order=("$firmware") ;;
 both) order=(bios uefi) ;;
@@ -75,7 +80,8 @@ fi
 
 echo "# boot-soak: $image, $n boot(s) per firmware (${order[*]}), smp $smp, hog $([ "$hog" = 1 ] && echo on || echo off), TCG $([ "$mttcg" = 1 ] && echo 'multi-threaded (--mttcg)' || echo 'as boot-test sets it'), $(date -Is)"
 echo "# $("$bin" --version 2>/dev/null), $(qemu-system-x86_64 --version | head -1)"
-printf '%-4s %-5s %-17s %8s %8s %8s  %s\n' boot fw result seconds attempts silence "first attempt"
+echo "# logs of boots that are not a clean pass: $keep"
+printf '%-4s %-5s %-17s %8s %8s %8s %5s  %s\n' boot fw result seconds attempts silence load "first attempt"
 : >"$tmp/rows"
 i=0
 for run in $(seq 1 "$n"); do
@@ -84,7 +90,7 @@ for run in $(seq 1 "$n"); do
         out=$tmp/$i.json
         start=$EPOCHREALTIME
         "$bin" boot-test "$image" --firmware "$fw" --accel tcg --smp "$smp" --json "${extra[@]}" \
-            >"$out" 2>"$tmp/$i.err"
+            --log "$tmp/$i.log" >"$out" 2>"$tmp/$i.err"
         wall=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
         # One row: fw result seconds attempts first-outcome silence first-detail
         python3 - "$out" "$fw" "$wall" >>"$tmp/rows" <<'EOF' || echo "$fw fail $wall 1 error - no-json" >>"$tmp/rows"
@@ -111,7 +117,14 @@ print(fw, result, "%.1f" % seconds, len(attempts), first["outcome"], "%.1f" % si
 EOF
         row=$(tail -1 "$tmp/rows")
         read -r rfw result seconds attempts first silence detail <<<"$row"
-        printf '%-4d %-5s %-17s %8s %8s %8s  %s\n' "$i" "$rfw" "$result" "$seconds" "$attempts" "$silence" "$detail"
+        load=$(cut -d' ' -f1 /proc/loadavg)
+        if [ "$result" != pass ]; then
+            mkdir -p "$keep"
+            cp "$tmp/$i.log" "$keep/$i-$rfw.console.log" 2>/dev/null
+            cp "$out" "$keep/$i-$rfw.json"
+            cp "$tmp/$i.err" "$keep/$i-$rfw.err"
+        fi
+        printf '%-4d %-5s %-17s %8s %8s %8s %5s  %s\n' "$i" "$rfw" "$result" "$seconds" "$attempts" "$silence" "$load" "$detail"
     done
 done
 

@@ -46,7 +46,11 @@ fn image() -> (std::sync::MutexGuard<'static, ()>, PathBuf) {
             .output()
             .unwrap();
         assert!(out.status.success(), "build failed:\n{}", text(&out));
-        eprintln!("built {} in {:.0} s", image.display(), started.elapsed().as_secs_f64());
+        eprintln!(
+            "built {} in {:.0} s",
+            image.display(),
+            started.elapsed().as_secs_f64()
+        );
         (dir, image)
     });
     (guard, image.clone())
@@ -158,18 +162,28 @@ fn a_failing_user_data_script_is_reported_does_not_fail_the_boot_and_runs_once()
             "wc -l < /var/lib/imgforge-test/runs; systemctl is-system-running",
         ],
     );
-    assert!(!ok, "a failing user-data script must fail the rehearsal:\n{all}");
+    assert!(
+        !ok,
+        "a failing user-data script must fail the rehearsal:\n{all}"
+    );
     let result = &summary["results"][0];
     assert_eq!(result["passed"], false);
     // Only the script's own status fails: the instance booted, nothing else.
-    assert_eq!(failed_checks(result), ["user-data exit status"], "{result:#}");
+    assert_eq!(
+        failed_checks(result),
+        ["user-data exit status"],
+        "{result:#}"
+    );
     let status = check(result, "user-data exit status");
     let actual = status["actual"].as_str().unwrap();
     assert!(actual.starts_with("3;"), "{actual}");
     assert!(actual.contains("giving up with status 3"), "{actual}");
     assert_eq!(check(result, "user-data ran")["ok"], true);
     assert_eq!(check(result, "no failed units")["ok"], true);
-    assert_eq!(check(result, "user-data not run again after a reboot")["ok"], true);
+    assert_eq!(
+        check(result, "user-data not run again after a reboot")["ok"],
+        true
+    );
     // Its own record, read with --ssh-command before the reboot: one run.
     let run = &result["ssh_command"];
     assert_eq!(run["status"].as_i64(), Some(0), "{run:#}");

@@ -64,9 +64,8 @@ impl UserData {
     }
 
     fn from_file(path: &Path) -> Result<Self, BootTestError> {
-        let bytes = std::fs::read(path).map_err(|e| {
-            BootTestError::Ec2(format!("--user-data {}: {e}", path.display()))
-        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| BootTestError::Ec2(format!("--user-data {}: {e}", path.display())))?;
         if bytes.len() > USER_DATA_MAX_BYTES {
             return Err(BootTestError::Ec2(format!(
                 "--user-data {}: {} bytes; EC2 accepts at most {USER_DATA_MAX_BYTES} (compress it, \
@@ -558,7 +557,14 @@ fn user_data_checks(
         },
         actual: match ran {
             Some(_) => "ran".into(),
-            None => format!("not run ({})", if status.is_empty() { "no record" } else { status }),
+            None => format!(
+                "not run ({})",
+                if status.is_empty() {
+                    "no record"
+                } else {
+                    status
+                }
+            ),
         },
     });
     if let Some(code) = ran {

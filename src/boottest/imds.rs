@@ -239,10 +239,13 @@ fn version_relative(path: &str) -> Option<&str> {
     let path = path.trim_start_matches('/');
     let (version, rest) = path.split_once('/').unwrap_or((path, ""));
     let dated = version.len() == 10
-        && version
-            .bytes()
-            .enumerate()
-            .all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+        && version.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
     (version == "latest" || dated).then(|| rest.trim_end_matches('/'))
 }
 
@@ -274,7 +277,10 @@ impl MetadataTree {
             ("meta-data/hostname", m.local_hostname.clone()),
             ("meta-data/instance-type", "c7i.xlarge".into()),
             ("meta-data/ami-id", "ami-0imgforge0rehearsal".into()),
-            ("meta-data/placement/availability-zone", m.availability_zone.clone()),
+            (
+                "meta-data/placement/availability-zone",
+                m.availability_zone.clone(),
+            ),
             ("meta-data/placement/region", region.to_string()),
             ("meta-data/public-keys/0/openssh-key", m.public_key.clone()),
             ("dynamic/instance-identity/document", document.to_string()),
@@ -426,7 +432,10 @@ mod tests {
         assert!(root.lines().any(|l| l == "instance-id"), "{root}");
         assert!(root.lines().any(|l| l == "placement/"), "{root}");
         assert!(root.lines().any(|l| l == "public-keys/"), "{root}");
-        assert_eq!(get("/2009-04-04/meta-data/instance-id").as_deref(), Some("i-1"));
+        assert_eq!(
+            get("/2009-04-04/meta-data/instance-id").as_deref(),
+            Some("i-1")
+        );
         assert_eq!(
             get("/latest/meta-data/public-keys/").as_deref(),
             Some("0=imgforge-boot-test")
@@ -435,9 +444,11 @@ mod tests {
             get("/latest/meta-data/public-keys/0/").as_deref(),
             Some("openssh-key")
         );
-        assert!(get("/latest/dynamic/instance-identity/document")
-            .unwrap()
-            .contains("\"region\":\"eu-west-1\""));
+        assert!(
+            get("/latest/dynamic/instance-identity/document")
+                .unwrap()
+                .contains("\"region\":\"eu-west-1\"")
+        );
         assert_eq!(get("/latest/meta-data/nope"), None);
         assert_eq!(get("/not-a-version/meta-data/instance-id"), None);
         assert_eq!(get("/2021-3-23/meta-data/instance-id"), None);

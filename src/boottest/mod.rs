@@ -70,7 +70,10 @@ pub struct BootTestArgs {
     /// at once ("the guest stalled after: LAST LINE") and boot-test boots
     /// once more, with a fresh overlay; a firmware passes only if that
     /// second boot passes, so an image that stalls every time fails. Once
-    /// systemd runs, only --timeout applies. 0 turns stall detection off.
+    /// systemd runs, only --timeout applies. A kernel hang report on the
+    /// console at any time (a task blocked for minutes, an RCU stall, a
+    /// lockup) ends the boot the same way ("the guest hung: LINE"). 0 turns
+    /// the silence detection off.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_STALL_SECONDS)]
     pub stall_seconds: u64,
     /// Accelerator: KVM when a probe guest makes progress under it (auto), or forced.
@@ -604,6 +607,13 @@ fn boot_once(
                     tail.pop_front();
                 }
                 tail.push_back(qemu::squeeze(&line));
+                // A hung guest may keep printing (its hang detector's
+                // reports): end the attempt as a stall all the same.
+                if let Some(meaning) = stall::hang_signature(&line) {
+                    let line = qemu::squeeze(&line);
+                    stalled_after = Some(line.clone());
+                    break format!("the guest hung: {line} ({meaning})");
+                }
             }
             Event::Exited(status) => {
                 let stderr = qemu.stderr_tail();

@@ -16,6 +16,38 @@
 
 use std::time::{Duration, Instant};
 
+/// The kernel's own hang detectors, by the line each prints first: a guest
+/// that prints one of these is stuck even though its console is not silent
+/// (seen under TCG: writeback blocked for minutes in jbd2 while the host's
+/// disk was saturated). What each means, for the report.
+const HANG_SIGNATURES: &[(&str, &str)] = &[
+    (
+        "blocked for more than",
+        "the kernel's hung-task detector: a task waited minutes, e.g. for disk I/O",
+    ),
+    (
+        "self-detected stall",
+        "an RCU stall: a vCPU stopped making progress",
+    ),
+    (
+        "detected stalls on CPUs",
+        "an RCU stall: a vCPU stopped making progress",
+    ),
+    ("soft lockup", "a soft lockup: a vCPU spun in the kernel"),
+    (
+        "hard LOCKUP",
+        "a hard lockup: a vCPU stopped taking interrupts",
+    ),
+];
+
+/// What a console line says about a hung guest, if anything.
+pub fn hang_signature(line: &str) -> Option<&'static str> {
+    HANG_SIGNATURES
+        .iter()
+        .find(|(signature, _)| line.contains(signature))
+        .map(|(_, meaning)| *meaning)
+}
+
 /// Lines that show systemd (PID 1 of the real root) has started.
 pub fn is_userspace_line(line: &str) -> bool {
     line.contains("systemd[1]:")
@@ -190,5 +222,26 @@ mod tests {
         assert!(!is_userspace_line(
             "Begin: Loading essential drivers ... done."
         ));
+    }
+
+    #[test]
+    fn the_kernels_hang_detectors_are_recognised_and_ordinary_lines_are_not() {
+        assert!(
+            hang_signature(
+                "[  242.626080] INFO: task kworker/u8:4:202 blocked for more than 120 seconds."
+            )
+            .unwrap()
+            .contains("hung-task")
+        );
+        assert!(
+            hang_signature("[   30.1] rcu: INFO: rcu_sched self-detected stall on CPU").is_some()
+        );
+        assert!(
+            hang_signature("[   31.2] watchdog: BUG: soft lockup - CPU#2 stuck for 22s!").is_some()
+        );
+        assert!(
+            hang_signature("[    0.9] sched_clock: Marking stable (8000, 2)->(9000, 3)").is_none()
+        );
+        assert!(hang_signature("[  OK  ] Finished imgforge-grow-root.service").is_none());
     }
 }

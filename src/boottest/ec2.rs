@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::accel::AccelDecision;
 use super::imds::{ImdsCounts, ImdsServer, InstanceMetadata};
-use super::qemu::{Event, Machine, MachineFirmware, Ovmf, Qemu};
+use super::qemu::{Event, Launch, Machine, MachineFirmware, Ovmf, Qemu};
 use super::report::{self, Check, Expectations, GuestReport};
 use super::{BootTestArgs, BootTestError, expectations, progress};
 use crate::build::request::{FirstBootModes, RehearsalProbes};
@@ -104,6 +104,12 @@ fn first_boot_probes(info: &ImageInfo) -> Result<RehearsalProbes, BootTestError>
         })
 }
 
+/// The SMBIOS system identity of a Nitro instance: vendor "Amazon EC2", a
+/// UUID and serial starting with "ec2" (what cloud-init's and
+/// systemd-detect-virt's EC2 checks read).
+const SYSTEM_IDENTITY: &str = "type=1,manufacturer=Amazon EC2,product=c7i.xlarge,\
+serial=ec2e1916-9099-7caf-fd21-0123456789ab,uuid=ec2e1916-9099-7caf-fd21-0123456789ab";
+
 const INSTANCE_ID: &str = "i-0imgforge0rehearsal";
 const LOCAL_HOSTNAME: &str = "ip-10-11-12-13.ec2.internal";
 
@@ -182,7 +188,7 @@ pub fn run_all(p: &Preflight, log: Option<File>) -> Result<(), BootTestError> {
             disk_format: "qcow2".into(),
             firmware_log: Some(dir.path().join("firmware.log")),
             // Set by `rehearse` once the metadata stand-in listens.
-            launch_network: None,
+            launch: None,
         };
         let log_copy = match log.as_ref() {
             Some(file) => Some(file.try_clone().map_err(BootTestError::TempDir)?),
@@ -401,7 +407,10 @@ pub fn rehearse(mut r: Rehearsal) -> Result<RehearsalResult, BootTestError> {
     let ssh_port = free_port()?;
     let exe = std::env::current_exe().map_err(BootTestError::TempDir)?;
     let relay = format!("{} imds-relay {}", exe.display(), imds.addr());
-    r.machine.launch_network = Some(netdev(&relay, ssh_port));
+    r.machine.launch = Some(Launch {
+        netdev: netdev(&relay, ssh_port),
+        system_identity: SYSTEM_IDENTITY.into(),
+    });
     let args = r.machine.args();
     progress(&format!(
         "{}: launch rehearsal: {:.1} GiB root volume, metadata stand-in, SSH on 127.0.0.1:{ssh_port}",
@@ -774,7 +783,7 @@ mod tests {
     use crate::boottest::qemu::MachineFirmware;
 
     #[test]
-    fn a_launch_network_replaces_the_plain_one_and_allows_reboots() {
+    fn a_launch_replaces_the_plain_network_looks_like_ec2_and_allows_reboots() {
         let mut machine = Machine {
             accel: crate::boottest::qemu::Accel::Tcg,
             cpu: "max".into(),
@@ -784,7 +793,7 @@ mod tests {
             disk: "/tmp/disk.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: None,
-            launch_network: None,
+            launch: None,
         };
         let joined = |machine: &Machine| {
             machine
@@ -797,7 +806,11 @@ mod tests {
         let plain = joined(&machine);
         assert!(plain.contains("-no-reboot"), "{plain}");
         assert!(plain.contains("-netdev user,id=net0 "), "{plain}");
-        machine.launch_network = Some(netdev("/usr/bin/imgforge imds-relay 127.0.0.1:1234", 2222));
+        assert!(!plain.contains("-smbios"), "{plain}");
+        machine.launch = Some(Launch {
+            netdev: netdev("/usr/bin/imgforge imds-relay 127.0.0.1:1234", 2222),
+            system_identity: SYSTEM_IDENTITY.into(),
+        });
         let joined = joined(&machine);
         assert!(!joined.contains("-no-reboot"), "{joined}");
         assert!(joined.contains("net=169.254.0.0/16"), "{joined}");
@@ -809,6 +822,10 @@ mod tests {
         );
         assert!(
             joined.contains("hostfwd=tcp:127.0.0.1:2222-:22"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("-smbios type=1,manufacturer=Amazon EC2,"),
             "{joined}"
         );
     }

@@ -340,7 +340,7 @@ pub fn run(args: &BootTestArgs) -> Result<(), BootTestError> {
                 disk: overlay,
                 disk_format: "qcow2".into(),
                 firmware_log: Some(run_dir.path().join("firmware.log")),
-                launch_network: None,
+                launch: None,
             };
             let label = if attempt == 1 {
                 firmware.to_string()
@@ -942,7 +942,7 @@ mod tests {
             disk,
             disk_format: "raw".into(),
             firmware_log: None,
-            launch_network: None,
+            launch: None,
         };
         let want = Expectations {
             firmware: "bios".into(),

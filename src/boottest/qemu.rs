@@ -196,10 +196,20 @@ pub struct Machine {
     pub disk_format: String,
     /// Where the firmware's debug port (0x402) output goes, if anywhere.
     pub firmware_log: Option<PathBuf>,
-    /// A launch rehearsal's `-netdev` (see `boot-test --ec2`) instead of the
-    /// plain user network; a guest reboot then restarts the guest instead
-    /// of ending QEMU.
-    pub launch_network: Option<String>,
+    /// A launch rehearsal (`boot-test --ec2`): its network instead of the
+    /// plain user network, EC2's system identity; a guest reboot then
+    /// restarts the guest instead of ending QEMU.
+    pub launch: Option<Launch>,
+}
+
+/// What makes a QEMU guest look launched on EC2.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The `-netdev` value.
+    pub netdev: String,
+    /// The `-smbios type=1,...` value: EC2's firmware identity (cloud-init
+    /// uses IMDSv2 tokens only on a platform its DMI says is AWS).
+    pub system_identity: String,
 }
 
 /// No devices, config, display or monitor of QEMU's own choosing; the
@@ -234,7 +244,7 @@ impl Machine {
             "-m",
             &self.memory_mib.to_string(),
         ]);
-        let reboots = self.launch_network.is_some();
+        let reboots = self.launch.is_some();
         args.extend(
             HEADLESS_SERIAL_ARGS
                 .iter()
@@ -271,10 +281,15 @@ impl Machine {
             "-device",
             "nvme,serial=imgforge-boot-test,drive=disk0",
             "-netdev",
-            self.launch_network.as_deref().unwrap_or("user,id=net0"),
+            self.launch
+                .as_ref()
+                .map_or("user,id=net0", |l| l.netdev.as_str()),
             "-device",
             "virtio-net-pci,netdev=net0",
         ]);
+        if let Some(launch) = &self.launch {
+            push(&["-smbios", &launch.system_identity]);
+        }
         args
     }
 }
@@ -618,7 +633,7 @@ mod tests {
             disk: "/tmp/x,y/overlay.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: None,
-            launch_network: None,
+            launch: None,
         };
         let args: Vec<String> = machine
             .args()
@@ -654,7 +669,7 @@ mod tests {
             disk: "/tmp/run/overlay.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: None,
-            launch_network: None,
+            launch: None,
         };
         let joined = machine
             .args()

@@ -175,7 +175,7 @@ impl FirstBootModes {
             mode.layers
                 .iter()
                 .all(|l| layers.contains(l))
-                .then(|| FirstBootMode { name, ..mode })
+                .then_some(FirstBootMode { name, ..mode })
         })
     }
 

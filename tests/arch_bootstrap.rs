@@ -478,6 +478,7 @@ fn bootstrap(
         output: &output,
         source_date_epoch: 0,
         keyring,
+        locked: None,
         progress: &progress,
     };
     let result = arch.bootstrap(&job);

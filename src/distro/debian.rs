@@ -33,6 +33,12 @@ pub enum DebianError {
          FILE`) whose tree is in the cache"
     )]
     MirrorUnreachable { url: String, detail: String },
+    #[error(
+        "no cached tree matches the lock file, and the mirror cannot be read to bootstrap its \
+         versions: {detail}\nCheck the network and --mirror (a lock file's tree is built once, \
+         then reused without the mirror)"
+    )]
+    LockedNeedsMirror { detail: String },
     #[error("a package source is not an apt line `deb URI SUITE COMPONENT...`: {0}")]
     SourceLine(String),
     #[error(
@@ -345,16 +351,23 @@ impl Debian {
                  Dir::Etc::PreferencesParts \"{d}/preferences.d\";\n\
                  APT::Architecture \"{arch}\";\nAPT::Architectures {{ \"{arch}\"; }};\n\
                  APT::Sandbox::User \"root\";\nDebug::NoLocking \"true\";\n\
-                 Acquire::Languages \"none\";\n",
+                 Acquire::Languages \"none\";\n\
+                 Acquire::IndexTargets::deb::DEP-11::DefaultEnabled \"false\";\n\
+                 Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled \"false\";\n\
+                 Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled \"false\";\n\
+                 Acquire::IndexTargets::deb::DEP-11-icons-hidpi::DefaultEnabled \"false\";\n\
+                 Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled \"false\";\n",
                 arch = self.data.architecture
             ),
         )?;
         let config = dir.join("apt.conf");
         Tool::new("apt-get")
-            .arg("-q")
-            .arg("update")
+            .args(["-q", "--error-on=any", "update"])
             .env("APT_CONFIG", &config)
-            .run()?;
+            .run()
+            .map_err(|err| DebianError::LockedNeedsMirror {
+                detail: tool_detail(&err),
+            })?;
         let out = Tool::new("apt-cache")
             .arg("madison")
             .args(locked.keys())

@@ -298,3 +298,88 @@ fn the_tree_cache_follows_the_mirror_state() {
         }
     }
 }
+
+fn plan(args: &[&str]) -> Output {
+    Command::new(IMGFORGE)
+        .args(["build", "--plan", "--json"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn plan_ok(args: &[&str]) -> serde_json::Value {
+    let out = plan(args);
+    assert!(out.status.success(), "plan {args:?}:\n{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// --plan stays offline: a lock file decides the key without any mirror;
+/// without one, the plan says the mirror's state is read at build time.
+#[test]
+fn plan_shows_what_keys_the_tree_without_the_network() {
+    let unlocked = plan_ok(&[]);
+    let state = unlocked["package_state"].as_str().unwrap();
+    assert!(
+        state.contains("read at build time") && state.contains("/dists/bookworm/InRelease"),
+        "{state}"
+    );
+    let requested: Vec<String> = unlocked["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    let dir = scratch();
+    let path = dir.path().join("plan.lock");
+    let mut lock = Lock {
+        format: imgforge::build::lock::FORMAT,
+        distro: "debian".into(),
+        release: "bookworm".into(),
+        architecture: "amd64".into(),
+        kernel: "cloud".into(),
+        sources: vec![],
+        newest_package_date: None,
+        requested: requested.clone(),
+        mirror_state: vec![],
+        packages: requested
+            .iter()
+            .map(|p| (p.clone(), "1.0".into()))
+            .collect(),
+    };
+    lock.write(&path).unwrap();
+    let path_str = path.to_str().unwrap();
+    let locked = plan_ok(&["--locked", path_str]);
+    let key = locked["cache_key"].as_str().unwrap().to_string();
+    assert_eq!(key.len(), 64);
+    assert_ne!(key, unlocked["cache_key"].as_str().unwrap());
+    assert!(
+        locked["package_state"]
+            .as_str()
+            .unwrap()
+            .contains("no mirror read"),
+        "{locked}"
+    );
+    lock.packages.insert("sudo".into(), "2.0".into());
+    lock.write(&path).unwrap();
+    assert_ne!(plan_ok(&["--locked", path_str])["cache_key"], key.as_str());
+
+    // A lock for another release, or without a requested package: refused
+    // before anything runs, saying what to do.
+    let out = plan(&["--locked", path_str, "--release", "trixie"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("`bookworm`") && text(&out).contains("--lock"),
+        "{}",
+        text(&out)
+    );
+    let out = plan(&["--locked", path_str, "--packages", "htop"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("htop"), "{}", text(&out));
+    let out = plan(&["--locked", "/nonexistent/imgforge.lock"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("/nonexistent/imgforge.lock"),
+        "{}",
+        text(&out)
+    );
+}

@@ -40,7 +40,7 @@ pub const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("cannot read the lock file {path}: {source}")]
+    #[error("cannot read the lock file {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -72,7 +72,7 @@ pub enum LockError {
         .missing.join(", ")
     )]
     NotLocked { path: PathBuf, missing: Vec<String> },
-    #[error("cannot write the lock file {path}: {source}")]
+    #[error("cannot write the lock file {path}")]
     Write {
         path: PathBuf,
         #[source]

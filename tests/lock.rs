@@ -375,6 +375,12 @@ fn plan_shows_what_keys_the_tree_without_the_network() {
     let out = plan(&["--locked", path_str, "--packages", "htop"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("htop"), "{}", text(&out));
+    lock.requested.push("htop".into());
+    lock.packages.insert("htop".into(), "3.2.2-2".into());
+    lock.write(&path).unwrap();
+    let out = plan(&["--locked", path_str]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("also asked for htop"), "{}", text(&out));
     let out = plan(&["--locked", "/nonexistent/imgforge.lock"]);
     assert!(!out.status.success());
     assert!(

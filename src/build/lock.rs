@@ -72,6 +72,13 @@ pub enum LockError {
         .missing.join(", ")
     )]
     NotLocked { path: PathBuf, missing: Vec<String> },
+    #[error(
+        "{path} was written for a build that also asked for {}: a locked build installs the whole \
+         locked set, so ask for the same packages (the same --kernel, --profile, --first-boot and \
+         --packages as the build that wrote it), or write a new lock file with --lock",
+        .unasked.join(", ")
+    )]
+    NotRequested { path: PathBuf, unasked: Vec<String> },
     #[error("cannot write the lock file {path}")]
     Write {
         path: PathBuf,
@@ -189,6 +196,18 @@ impl Lock {
             return Err(LockError::NotLocked {
                 path: path.to_path_buf(),
                 missing,
+            });
+        }
+        let unasked: Vec<String> = self
+            .requested
+            .iter()
+            .filter(|p| !expected.requested.contains(p))
+            .cloned()
+            .collect();
+        if !unasked.is_empty() {
+            return Err(LockError::NotRequested {
+                path: path.to_path_buf(),
+                unasked,
             });
         }
         Ok(())
@@ -363,6 +382,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("htop") && !err.contains("sudo,"), "{err}");
+        let fewer: Vec<String> = vec![];
+        let err = l
+            .check(
+                path,
+                &Expected {
+                    requested: &fewer,
+                    distro: "debian",
+                    release: "bookworm",
+                    architecture: "amd64",
+                },
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("also asked for sudo"), "{err}");
     }
 
     #[test]

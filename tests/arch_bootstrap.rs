@@ -478,6 +478,7 @@ fn bootstrap(
         output: &output,
         source_date_epoch: 0,
         keyring,
+        locked: None,
         progress: &progress,
     };
     let result = arch.bootstrap(&job);
@@ -586,6 +587,82 @@ fn check_tree(run: &Run, arch: &Arch) {
     }
 }
 
+/// `--lock` for Arch: the set from pacman's local database, the newest
+/// build date (an Arch Linux Archive day) and the repository databases'
+/// digests, written and read back; an unchanged repository keeps its state,
+/// a changed one does not.
+fn check_lock_file(run: &Run, arch: &Arch, mirror: &str) {
+    let root = run.dir.path().join("root");
+    let packages = arch.installed_packages(&root).unwrap();
+    let sources = arch.sources("rolling", Some(mirror)).unwrap();
+    let work = run.dir.path().join("lock-work");
+    let state = arch.mirror_state("rolling", &sources, &work).unwrap();
+    let urls: Vec<&str> = state.iter().map(|m| m.url.as_str()).collect();
+    assert_eq!(urls.len(), 2, "{urls:?}");
+    assert!(urls[0].ends_with("/core/os/x86_64/core.db"), "{urls:?}");
+    assert!(urls[1].ends_with("/extra/os/x86_64/extra.db"), "{urls:?}");
+    assert_eq!(
+        state,
+        arch.mirror_state("rolling", &sources, &work).unwrap(),
+        "the same repositories, the same state"
+    );
+    let date = arch
+        .newest_package_date(&root, &state)
+        .unwrap()
+        .expect("makepkg records a build date");
+    // makepkg ran minutes ago, in this test process.
+    let today = imgforge::distro::mirror::epoch_to_iso(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    );
+    assert_eq!(date[..10], today[..10], "{date}");
+    let lock = imgforge::build::lock::Lock {
+        format: imgforge::build::lock::FORMAT,
+        distro: "arch".into(),
+        release: "rolling".into(),
+        architecture: arch.data().architecture.clone(),
+        kernel: "linux".into(),
+        sources: sources.lines.clone(),
+        newest_package_date: Some(date),
+        requested: TEST_PACKAGES.iter().map(|p| p.to_string()).collect(),
+        mirror_state: state.clone(),
+        packages: packages
+            .iter()
+            .map(|p| (p.name.clone(), p.version.clone()))
+            .collect(),
+    };
+    let path = run.dir.path().join("arch.lock");
+    lock.write(&path).unwrap();
+    let read = imgforge::build::lock::Lock::read(&path).unwrap();
+    assert_eq!(read, lock);
+    assert!(read.differences(&packages).is_empty());
+    assert_eq!(read.packages["scripted"], "1-1");
+
+    // A repository that changed (a copy with one database rewritten) has
+    // another state.
+    let copy = run.dir.path().join("mirror-copy");
+    let folder = mirror.strip_prefix("file://").unwrap();
+    let folder = folder.trim_end_matches("/$repo/os/$arch");
+    run_ok(Command::new("cp").args(["-a", folder, copy.to_str().unwrap()]));
+    let copied = arch
+        .sources(
+            "rolling",
+            Some(&format!("file://{}/$repo/os/$arch", copy.display())),
+        )
+        .unwrap();
+    let extra_db = copy.join("extra/os/x86_64/extra.db");
+    let real = fs::canonicalize(&extra_db).unwrap();
+    let mut bytes = fs::read(&real).unwrap();
+    bytes.extend_from_slice(b"\0");
+    fs::remove_file(&extra_db).unwrap();
+    fs::write(&extra_db, bytes).unwrap();
+    let changed = arch.mirror_state("rolling", &copied, &work).unwrap();
+    assert_eq!(changed[0].sha256, state[0].sha256, "core.db is the same");
+    assert_ne!(changed[1].sha256, state[1].sha256, "extra.db changed");
+}
+
 fn run_ok(command: &mut Command) {
     let out = command.output().unwrap();
     assert!(
@@ -616,6 +693,7 @@ fn unsigned_repository_with_the_default_keyring_path() {
     );
     let (arch, _d) = arch(SigLevel::Never);
     check_tree(&run, &arch);
+    check_lock_file(&run, &arch, &fx.unsigned);
     // Downloads were kept in the package cache, outside the tree.
     let cached: Vec<String> = fs::read_dir(cache.path())
         .unwrap()

@@ -6,6 +6,7 @@ pub mod bootloader;
 pub mod bootstrap;
 pub mod configure;
 pub mod context;
+pub mod lock;
 pub mod manifest;
 pub mod request;
 
@@ -25,6 +26,7 @@ use bootloader::BootloaderError;
 use bootstrap::BootstrapError;
 use configure::ConfigureError;
 pub use context::BuildContext;
+use lock::LockError;
 use manifest::ManifestError;
 use request::{BuildRequest, Plan};
 
@@ -89,6 +91,21 @@ pub struct BuildArgs {
     /// Bootstrap again even when a cached tree for this package set exists.
     #[arg(long)]
     pub refresh_cache: bool,
+
+    /// Write the installed package set with exact versions (and the
+    /// architecture, sources, mirror state and newest package date) to
+    /// FILE, as TOML, when the build succeeds. Read it back with --locked.
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
+
+    /// Install exactly the versions in FILE (written by --lock), the
+    /// dependencies included; fails naming each version the mirror no
+    /// longer has. The cached tree is keyed by FILE's versions, so a cache
+    /// hit reads no mirror (an offline rebuild). Without --locked the build
+    /// reads the mirror's state (its Release files or repository databases)
+    /// and keys the cache by it, so an update is never missed.
+    #[arg(long, value_name = "FILE")]
+    pub locked: Option<PathBuf>,
 
     /// Extra packages to install, comma-separated (part of the cache key).
     #[arg(long, value_delimiter = ',')]
@@ -158,6 +175,8 @@ pub enum BuildError {
     Assemble(#[from] AssembleError),
     #[error("manifest")]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error(
         "imgforge build must run as root (it bootstraps into a tree it chroots into and mounts \
          /proc, /sys and /dev there): run it with sudo, or use --plan to see what it would do"
@@ -190,6 +209,11 @@ pub struct BuildSummary {
     pub sha256: String,
     pub seconds: f64,
     pub bootstrap_from_cache: bool,
+    /// The cached tree's key.
+    pub tree_key: String,
+    /// The --lock file written, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<PathBuf>,
     pub stages: Vec<StageTime>,
 }
 
@@ -219,6 +243,11 @@ pub fn build(args: &BuildArgs) -> Result<BuildSummary, BuildError> {
     let sealed = p.stage("seal", || {
         manifest::seal(image, manifest, &ctx.request.output)
     })?;
+    // Last, so that a failed build leaves no lock file that names an image
+    // that was never made.
+    if let Some(path) = &args.lock {
+        lock_of(&ctx, &rootfs).write(path)?;
+    }
 
     Ok(BuildSummary {
         image: ctx.request.output.clone(),
@@ -228,8 +257,32 @@ pub fn build(args: &BuildArgs) -> Result<BuildSummary, BuildError> {
         sha256: sealed.sha256,
         seconds: started.elapsed().as_secs_f64(),
         bootstrap_from_cache: rootfs.from_cache,
+        tree_key: rootfs.key.clone(),
+        lock: args.lock.clone(),
         stages: p.times(),
     })
+}
+
+/// The lock file of this build: the installed set, as bootstrapped.
+fn lock_of(ctx: &BuildContext, rootfs: &bootstrap::Rootfs) -> lock::Lock {
+    let request = &ctx.request;
+    let d = request.distro.data();
+    lock::Lock {
+        format: lock::FORMAT,
+        distro: d.name.clone(),
+        release: request.release.clone(),
+        architecture: d.architecture.clone(),
+        kernel: request.kernel.clone(),
+        sources: request.sources.lines.clone(),
+        newest_package_date: rootfs.newest_package_date.clone(),
+        requested: request.packages.clone(),
+        mirror_state: rootfs.mirror_state.clone(),
+        packages: rootfs
+            .packages
+            .iter()
+            .map(|p| (p.name.clone(), p.version.clone()))
+            .collect(),
+    }
 }
 
 pub fn run(args: &BuildArgs) -> Result<(), BuildError> {

@@ -10,6 +10,7 @@ use super::BuildArgs;
 use super::assemble::{self, ImageSize};
 use super::bootstrap;
 use super::configure::{self, Layer};
+use super::lock::{self, Lock, LockedBuild};
 use crate::data::DataDir;
 use crate::distro::{self, Distro, Sources};
 use crate::profile::{Profile, Profiles};
@@ -36,8 +37,12 @@ pub struct BuildRequest {
     pub bootstrap_files: Option<PathBuf>,
     /// The profile's kernel config fragments (files under kernel-configs/).
     pub kernel_config_fragments: Vec<PathBuf>,
-    /// Names the cached bootstrapped tree.
+    /// What is known before the build of the cached tree's key (no
+    /// network): the tree's key adds the package state to it (see
+    /// [`bootstrap::tree_key`]).
     pub cache_key: String,
+    /// `--locked FILE`: the versions to install.
+    pub locked: Option<LockedBuild>,
     pub image_size: ImageSize,
     pub output: PathBuf,
 }
@@ -92,6 +97,25 @@ impl BuildRequest {
         .map_err(super::configure::ConfigureError::from)?;
         let kernel_config_fragments =
             profile.kernel_config_paths(&data.path().join("kernel-configs"));
+        let locked = match &args.locked {
+            Some(path) => {
+                let lock = Lock::read(path)?;
+                lock.check(
+                    path,
+                    &lock::Expected {
+                        distro: &d.name,
+                        release: &release,
+                        architecture: &d.architecture,
+                        requested: &packages,
+                    },
+                )?;
+                Some(LockedBuild {
+                    path: path.clone(),
+                    lock,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             first_boot: first_boot.name,
             distro,
@@ -105,6 +129,7 @@ impl BuildRequest {
             bootstrap_files,
             kernel_config_fragments,
             cache_key,
+            locked,
             image_size,
             output: args.output.clone(),
             data,
@@ -216,7 +241,11 @@ pub struct Plan {
     pub initramfs: String,
     pub partitions: Vec<PlanPartition>,
     pub image_size: String,
+    /// With --locked, the cached tree's key; otherwise the key of the
+    /// request's inputs, to which the build adds the mirror's state.
     pub cache_key: String,
+    /// What else decides the tree's key, and when it is known.
+    pub package_state: String,
     pub output: PathBuf,
     pub data_dir: String,
     pub notes: Vec<(String, String)>,
@@ -322,7 +351,24 @@ impl Plan {
                     "the root filesystem plus half again, whole GiB, at least 2 GiB".into()
                 }
             },
-            cache_key: request.cache_key.clone(),
+            cache_key: match &request.locked {
+                Some(locked) => bootstrap::tree_key(&request.cache_key, &locked.lock.key_lines()),
+                None => request.cache_key.clone(),
+            },
+            package_state: match &request.locked {
+                Some(locked) => format!(
+                    "the {} package versions locked in {} (no mirror read on a cache hit)",
+                    locked.lock.packages.len(),
+                    locked.path.display()
+                ),
+                None => format!(
+                    "the mirror's state, read at build time: {} (a new package version means a new bootstrap)",
+                    request
+                        .distro
+                        .mirror_state_files(&request.release, &request.sources)
+                        .join(" ")
+                ),
+            },
             output: request.output.clone(),
             data_dir: if request.data.is_embedded() {
                 "built into imgforge".into()
@@ -400,6 +446,7 @@ impl Plan {
         }
         row("image size", &self.image_size);
         row("cache key", &self.cache_key);
+        row("  and", &self.package_state);
         row("output", &self.output.display().to_string());
         row("data", &self.data_dir);
         for (k, v) in &self.notes {

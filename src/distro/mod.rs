@@ -9,6 +9,7 @@
 
 pub mod arch;
 pub mod debian;
+pub mod mirror;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -109,6 +110,25 @@ pub struct Sources {
     pub origin: String,
 }
 
+/// One index of the mirror's state: what a build without `--locked` keys
+/// its cached tree by, and what a lock file records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorDigest {
+    /// The file read (Debian: a suite's InRelease or Release; Arch: a
+    /// repository's database).
+    pub url: String,
+    /// SHA-256 of that file.
+    pub sha256: String,
+    /// SHA-256 of what in it names packages (Debian: the `SHA256:` lines of
+    /// the sources' `Packages` indexes, so that a re-signed Release with the
+    /// same packages keeps the cache); the file's own digest elsewhere.
+    pub packages_sha256: String,
+    /// When the mirror published it (Debian: the Release `Date:`), as
+    /// `YYYY-MM-DDTHH:MM:SSZ`, if the file says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+}
+
 /// One bootstrap run: everything it needs, as plain values.
 pub struct BootstrapJob<'a> {
     pub release: &'a str,
@@ -125,6 +145,9 @@ pub struct BootstrapJob<'a> {
     pub source_date_epoch: u64,
     /// A newer keyring than the host's, where the distro verifies packages.
     pub keyring: Option<&'a Path>,
+    /// `--locked`: install exactly these versions (name -> version), the
+    /// dependencies included, or fail naming what the mirror lacks.
+    pub locked: Option<&'a BTreeMap<String, String>>,
     pub progress: &'a Progress,
 }
 
@@ -145,6 +168,29 @@ pub trait Distro {
 
     /// The package sources a bootstrap would use; no network.
     fn sources(&self, release: &str, mirror: Option<&str>) -> Result<Sources, DistroError>;
+
+    /// The files [`Distro::mirror_state`] reads, for `--plan` (no network).
+    fn mirror_state_files(&self, release: &str, sources: &Sources) -> Vec<String>;
+
+    /// The mirror's current state, read from the network at build time (a
+    /// few small files, short timeouts): part of the cache key unless the
+    /// build is `--locked`.
+    fn mirror_state(
+        &self,
+        release: &str,
+        sources: &Sources,
+        work_dir: &Path,
+    ) -> Result<Vec<MirrorDigest>, DistroError>;
+
+    /// The newest date the installed package set can be pinned to (for an
+    /// archive by date), as `YYYY-MM-DDTHH:MM:SSZ`; None when unknown.
+    fn newest_package_date(
+        &self,
+        _root: &Path,
+        _mirror_state: &[MirrorDigest],
+    ) -> Result<Option<String>, DistroError> {
+        Ok(None)
+    }
 
     /// Bootstraps a root filesystem with these packages into `job.output`.
     fn bootstrap(&self, job: &BootstrapJob) -> Result<(), DistroError>;

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{BootstrapJob, Distro, DistroData, DistroError, Kernel, Sources};
+use super::mirror::{self, CURL};
+use super::{BootstrapJob, Distro, DistroData, DistroError, Kernel, MirrorDigest, Sources};
 use crate::data::DataDir;
 use crate::image::manifest::Package;
 use crate::sys::fsio::{PathError, at};
@@ -73,6 +74,14 @@ pub enum ArchError {
          removing the work directory"
     )]
     MountsLeft(Vec<PathBuf>),
+    #[error(
+        "cannot read the state of the Arch mirror at {url}: {detail}\n\
+         imgforge keys its cached tree by the mirror's repository databases, so that an update is \
+         never missed by a stale cache. Check the network and --mirror; to build without the \
+         mirror, pass --locked FILE (a lock file written by an earlier `imgforge build --lock \
+         FILE`) whose tree is in the cache"
+    )]
+    MirrorStateUnreachable { url: String, detail: String },
     #[error("interrupted")]
     Interrupted,
     #[error(transparent)]
@@ -205,7 +214,64 @@ impl Distro for Arch {
             HostTool::new("mount", "mount"),
             HostTool::new("cp", "coreutils"),
             HostTool::new("tar", "tar"),
+            CURL,
         ]
+    }
+
+    fn mirror_state_files(&self, _release: &str, sources: &Sources) -> Vec<String> {
+        self.repository_databases(sources)
+    }
+
+    /// Each repository's database (`$repo.db`) on each server: what pacman
+    /// syncs, so a new package version changes it.
+    fn mirror_state(
+        &self,
+        _release: &str,
+        sources: &Sources,
+        work_dir: &Path,
+    ) -> Result<Vec<MirrorDigest>, DistroError> {
+        let dir = work_dir.join("mirror-state");
+        fs::create_dir_all(&dir).map_err(at("create", &dir))?;
+        let mut state = Vec::new();
+        for url in self.repository_databases(sources) {
+            let repo = url.rsplit('/').next().unwrap_or_default().to_string();
+            let dest = dir.join(format!("{}-{repo}", state.len()));
+            mirror::fetch(&url, &dest).map_err(|err| ArchError::MirrorStateUnreachable {
+                url: url.clone(),
+                detail: match &err {
+                    ToolError::Failed { tail, .. } => tail.trim().to_string(),
+                    other => other.to_string(),
+                },
+            })?;
+            let sha256 = mirror::sha256_hex(&mirror::read(&dest)?);
+            state.push(MirrorDigest {
+                url,
+                packages_sha256: sha256.clone(),
+                sha256,
+                date: None,
+            });
+        }
+        Ok(state)
+    }
+
+    /// The newest `%BUILDDATE%` in pacman's local database: the Arch Linux
+    /// Archive's repositories of that day (or later) hold every version.
+    fn newest_package_date(
+        &self,
+        root: &Path,
+        _mirror_state: &[MirrorDigest],
+    ) -> Result<Option<String>, DistroError> {
+        let local = root.join("var/lib/pacman/local");
+        let mut newest: Option<u64> = None;
+        for entry in fs::read_dir(&local).map_err(at("read", &local))?.flatten() {
+            let Ok(text) = fs::read_to_string(entry.path().join("desc")) else {
+                continue;
+            };
+            if let Some(date) = desc_field(&text, "%BUILDDATE%").and_then(|d| d.parse().ok()) {
+                newest = newest.max(Some(date));
+            }
+        }
+        Ok(newest.map(mirror::epoch_to_iso))
     }
 
     /// One `Server =` URL for every repository; `--mirror` or Arch's geo mirror.
@@ -328,6 +394,18 @@ pub fn render_mirrorlist(sources: &Sources) -> String {
 }
 
 impl Arch {
+    /// `SERVER/$repo.db` of every repository on every server.
+    fn repository_databases(&self, sources: &Sources) -> Vec<String> {
+        let mut urls = Vec::new();
+        for line in &sources.lines {
+            for repo in &self.settings.repositories {
+                let base = pacman::expand(pacman::server_url(line), repo, &self.data.architecture);
+                urls.push(format!("{}/{repo}.db", base.trim_end_matches('/')));
+            }
+        }
+        urls
+    }
+
     fn bootstrap_tree(&self, job: &BootstrapJob) -> Result<(), ArchError> {
         let mirror = job
             .sources
@@ -429,6 +507,13 @@ fn kernel_version(root: &Path) -> Option<String> {
         .filter_map(Result::ok)
         .find(|e| e.path().join("vmlinuz").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
+}
+
+/// The line after `header` in a pacman `desc` file.
+fn desc_field<'a>(text: &'a str, header: &str) -> Option<&'a str> {
+    let mut lines = text.lines();
+    lines.find(|l| *l == header)?;
+    lines.next()
 }
 
 /// `%NAME%` and `%VERSION%` of a pacman `desc` file.

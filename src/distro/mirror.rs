@@ -1,0 +1,136 @@
+//! Reading a mirror's state: small index files fetched with `curl` (short
+//! timeouts, `file://` too), their digests, and the dates they carry.
+
+use std::fs;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::sys::fsio::{PathError, at};
+use crate::sys::tool::{HostTool, Tool, ToolError};
+
+/// The host tool that reads mirror state.
+pub const CURL: HostTool = HostTool::new("curl", "curl");
+
+/// Seconds to wait for a connection, and for a whole index file: the mirror
+/// state is read before every build, so an unreachable mirror must fail fast.
+const CONNECT_TIMEOUT_S: u32 = 5;
+const TRANSFER_TIMEOUT_S: u32 = 60;
+
+/// Downloads `url` into `dest` (http, https or file).
+pub fn fetch(url: &str, dest: &Path) -> Result<(), ToolError> {
+    Tool::new("curl")
+        .args(["--fail", "--silent", "--show-error", "--location"])
+        .arg("--connect-timeout")
+        .arg(CONNECT_TIMEOUT_S.to_string())
+        .arg("--max-time")
+        .arg(TRANSFER_TIMEOUT_S.to_string())
+        .arg("--output")
+        .arg(dest)
+        .arg(url)
+        .run()?;
+    Ok(())
+}
+
+/// Whether a curl failure means "the server answered, the file is not
+/// there" (HTTP 4xx, or a missing `file://` path), as opposed to an
+/// unreachable mirror.
+pub fn is_not_found(err: &ToolError) -> bool {
+    match err {
+        ToolError::Failed { tail, .. } => {
+            tail.contains("error: 404")
+                || tail.contains("error: 403")
+                || tail.contains("error: 410")
+                || tail.contains("Couldn't open file")
+        }
+        _ => false,
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+pub fn read(path: &Path) -> Result<Vec<u8>, PathError> {
+    fs::read(path).map_err(at("read", path))
+}
+
+/// `Sat, 11 Jul 2026 10:16:37 UTC` (a Release file's `Date:`) as
+/// `2026-07-11T10:16:37Z`; None for anything else. Debian's archive
+/// always writes UTC.
+pub fn rfc2822_to_iso(text: &str) -> Option<String> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let [_, day, month, year, time, zone] = words.as_slice() else {
+        return None;
+    };
+    if !matches!(*zone, "UTC" | "GMT" | "+0000" | "Z") {
+        return None;
+    }
+    let month = MONTHS.iter().position(|m| m == month)? + 1;
+    let day: u32 = day.parse().ok()?;
+    let year: u32 = year.parse().ok()?;
+    let clock: Vec<u32> = time
+        .split(':')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let [h, m, s] = clock.as_slice() else {
+        return None;
+    };
+    Some(format!(
+        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z"
+    ))
+}
+
+/// Seconds since 1970 (UTC) as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn epoch_to_iso(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let rest = seconds % 86_400;
+    // Civil date from a day count (H. Hinnant's days_from_civil, inverted).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_dates_become_sortable_utc() {
+        assert_eq!(
+            rfc2822_to_iso("Sat, 11 Jul 2026 10:16:37 UTC").as_deref(),
+            Some("2026-07-11T10:16:37Z")
+        );
+        assert_eq!(
+            rfc2822_to_iso("Mon, 1 Jan 2024 00:00:05 UTC").as_deref(),
+            Some("2024-01-01T00:00:05Z")
+        );
+        assert_eq!(rfc2822_to_iso("Sat, 11 Jul 2026 10:16:37 +0200"), None);
+        assert_eq!(rfc2822_to_iso("yesterday"), None);
+    }
+
+    #[test]
+    fn epoch_seconds_become_utc_dates() {
+        assert_eq!(epoch_to_iso(0), "1970-01-01T00:00:00Z");
+        // `date -u -d @1709251199`: leap day, last second.
+        assert_eq!(epoch_to_iso(1_709_251_199), "2024-02-29T23:59:59Z");
+        assert_eq!(epoch_to_iso(1_783_765_000), "2026-07-11T10:16:40Z");
+    }
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use imgforge::aws::blocks;
 use imgforge::aws::client::{self, ConnectionArgs};
+use imgforge::aws::delta::ParentArg;
 use imgforge::aws::names::{
     ShareTarget, parse_ami_name, parse_duration, parse_region, parse_rfc3339, parse_share_target,
     parse_ssm_template, parse_tag,
@@ -185,6 +186,22 @@ pub struct UploadArgs {
     #[arg(long, value_name = "PATH")]
     pub journal: Option<PathBuf>,
 
+    /// Make the snapshot incremental to a parent: `snap-...`, `ami-...` (its root
+    /// snapshot) or `auto` (the last snapshot of the same image family published from
+    /// this machine). Only the 512 KiB blocks whose content differs from the parent's
+    /// (and those that became zeros) are sent; the rest are inherited. Needs the
+    /// parent's block digests, which imgforge keeps for every snapshot it publishes
+    /// (see --state-dir). An encrypted parent gives an encrypted snapshot; an
+    /// unencrypted one cannot take --encrypted. Packer: none.
+    #[arg(long, value_name = "snap-ID|ami-ID|auto", value_parser = ParentArg::parse)]
+    pub parent: Option<ParentArg>,
+
+    /// Where the block digests of published snapshots are kept (for --parent):
+    /// DIR/snapshots/REGION/SNAPSHOT.json. Default: $XDG_STATE_HOME/imgforge, else
+    /// ~/.local/state/imgforge. Packer: none.
+    #[arg(long, value_name = "DIR", env = "IMGFORGE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// Minutes without a written block after which EBS gives up on the pending
     /// snapshot (StartSnapshot Timeout, 10-4320). A later rerun notices and starts over.
     /// Packer: none.
@@ -231,6 +248,8 @@ impl UploadArgs {
             keep_snapshot: self.keep_snapshot,
             output_dir: self.output_dir.clone(),
             journal: self.journal.clone(),
+            parent: self.parent.clone(),
+            state_dir: self.state_dir.clone(),
             snapshot_timeout: self.snapshot_timeout,
             wait_timeout: self.wait_timeout,
             publish: PublishPlan {

@@ -350,3 +350,64 @@ fn the_image_is_read_once_with_its_manifest() {
         &image,
     );
 }
+
+/// A delta that fails halfway keeps its journal (digests, confirmed and
+/// skipped blocks); the rerun continues the same snapshot, reads only what
+/// the first run did not handle, and sends only the missing changed blocks.
+#[test]
+fn an_interrupted_delta_resumes_and_sends_only_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start();
+    let failing = Proxy::start(&moto, dir.path(), &["--server-error", "0.5", "--seed", "3"]);
+    let parent = dir.path().join("api.raw");
+    parent_image(&parent);
+    let first = json_stdout(&upload(
+        dir.path(),
+        &moto.url(),
+        &parent,
+        &["--name", "api-v1"],
+    ));
+    let parent_snapshot = first["snapshot_id"].as_str().unwrap();
+    let child = dir.path().join("api-next.raw");
+    child_image(&child);
+    let args = [
+        "--name",
+        "api-v2",
+        "--parent",
+        parent_snapshot,
+        "--workers",
+        "1",
+    ];
+    let mut failing_args = args.to_vec();
+    failing_args.extend(["--max-attempts", "1", "--keep-snapshot"]);
+    let out = upload(dir.path(), &failing.url(), &child, &failing_args);
+    assert!(!out.status.success(), "the proxy fails half the blocks");
+    let journal: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("api-next.raw.upload-journal.json")).unwrap(),
+    )
+    .unwrap();
+    let snapshot = journal["snapshot_id"].as_str().unwrap().to_string();
+    assert_eq!(journal["params"]["parent_snapshot_id"], parent_snapshot);
+    let handled: u64 = ["confirmed", "skipped"]
+        .iter()
+        .flat_map(|k| journal[k].as_array().unwrap().iter())
+        .map(|r| r[1].as_u64().unwrap() - r[0].as_u64().unwrap())
+        .sum();
+    assert!(handled > 0, "the first run handled some blocks: {journal}");
+
+    let rerun = upload(dir.path(), &moto.url(), &child, &args);
+    let result = json_stdout(&rerun);
+    assert!(stderr(&rerun).contains(&format!("resuming snapshot {snapshot}")));
+    assert_eq!(result["snapshot_id"], snapshot.as_str());
+    assert_eq!(result["blocks_total"], 4);
+    assert_eq!(
+        result["blocks_sent"].as_u64().unwrap()
+            + result["blocks_already_confirmed"].as_u64().unwrap(),
+        4
+    );
+    assert_eq!(result["blocks_unchanged"], 10);
+    assert_eq!(
+        listed_blocks(&moto, &snapshot),
+        [3, 20, 41, 60].into_iter().collect()
+    );
+}

@@ -25,7 +25,11 @@ Only the image's data is read: holes (SEEK_DATA/SEEK_HOLE) and all-zero blocks a
 an unencrypted snapshot. The upload is resumable: a journal beside the image \
 (IMAGE.upload-journal.json) records the snapshot and every block EBS confirmed, so rerunning the \
 same command after a crash, kill -9 or Ctrl-C continues the same snapshot and sends only the \
-missing blocks.\n\n\
+missing blocks. The image is read once: each block is hashed as it is sent (an image without its \
+build manifest IMAGE.json, uploaded without --name, is hashed first for its default name).\n\n\
+Delta publishing: --parent snap-...|ami-...|auto writes only the blocks that differ from the \
+parent snapshot's, compared with the parent's block digests that imgforge keeps for every \
+snapshot it publishes (--state-dir).\n\n\
 Publishing: once the AMI exists it is published in its region and each --copy-to region (at \
 most 4 at a time): copies, tags, --share-with, --deprecate-in/--deprecate-at, --ssm-parameter. \
 A region that fails does not stop the others; the command then names the regions that \
@@ -37,6 +41,7 @@ ID on stdout, and writes ami-latest.txt and packer-manifest.json (appended) in -
 Examples:\n  imgforge upload image.raw --name web-small-v1 --tag team=infra\n  \
 imgforge upload image.raw --name web-small-v1 --force-deregister --boot-mode uefi\n  \
 imgforge upload image.raw --no-register --json\n  \
+imgforge upload image.raw --name web-small-v2 --parent auto\n  \
 imgforge upload image.raw --name app-v2 --copy-to eu-west-1,us-west-2 --share-with 123456789012 \
 --deprecate-in 90d --ssm-parameter /images/app/latest\n  \
 imgforge upload image.raw --endpoint-url http://127.0.0.1:5000 --region us-east-1",

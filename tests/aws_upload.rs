@@ -279,42 +279,58 @@ fn an_existing_ami_is_reused_by_name_or_replaced_with_force_deregister() {
     assert_eq!(manifest["builds"].as_array().unwrap().len(), 3, "appended");
 }
 
+/// With a trusted build manifest the token is derived from the manifest's
+/// sha256 and the parameters; without one, from a random nonce that the
+/// journal keeps (resuming reuses it: see the kill -9 test).
 #[test]
-fn client_token_is_derived_from_content_and_parameters() {
+fn client_token_is_derived_from_the_manifest_and_parameters() {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start();
     let proxy = Proxy::start(&moto, dir.path(), &[]);
     let image = dir.path().join("token.raw");
     make_image(&image, 4 * MIB, &[(0, pattern(9, 70_000))]);
+    write_build_manifest(&image);
     let upload = |extra: &[&str]| {
         let out = run(imgforge(dir.path())
             .arg("upload")
             .arg(&image)
-            .args(["--endpoint-url", &proxy.url(), "--no-register"])
+            .args(["--endpoint-url", &proxy.url(), "--no-register", "--json"])
             .args(extra));
-        assert!(out.status.success(), "{}", stderr(&out));
-        String::from_utf8(out.stdout).unwrap()
+        json_stdout(&out)
     };
-    let snapshot = upload(&[]);
+    let first = upload(&[]);
     assert!(
-        snapshot.trim().starts_with("snap-"),
-        "--no-register prints the snapshot"
+        first["snapshot_id"].as_str().unwrap().starts_with("snap-"),
+        "--no-register makes only the snapshot"
     );
+    assert_eq!(first["bytes_read"], BLOCK, "one block of data, read once");
     upload(&[]);
     upload(&["--tag", "x=y"]);
+    std::thread::sleep(Duration::from_millis(20));
     make_image(&image, 4 * MIB, &[(0, pattern(10, 70_000))]);
+    write_build_manifest(&image);
+    upload(&[]);
+    // Modified after its manifest: the manifest is not trusted, the token is random.
+    std::thread::sleep(Duration::from_millis(20));
+    make_image(&image, 4 * MIB, &[(0, pattern(10, 70_000))]);
+    upload(&[]);
     upload(&[]);
     let tokens: Vec<String> = Proxy::operations(&proxy.requests(), "StartSnapshot")
         .iter()
         .map(|s| s["body"]["ClientToken"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(tokens.len(), 4);
+    assert_eq!(tokens.len(), 6);
     assert_eq!(
         tokens[0], tokens[1],
         "same image, same parameters: same token"
     );
     assert_ne!(tokens[0], tokens[2], "other parameters: other token");
     assert_ne!(tokens[0], tokens[3], "other content: other token");
+    assert_ne!(tokens[4], tokens[3], "untrusted manifest: not its token");
+    assert_ne!(
+        tokens[4], tokens[5],
+        "no manifest: a fresh random token per journal"
+    );
     assert!(Proxy::operations(&proxy.requests(), "RegisterImage").is_empty());
 }
 

@@ -2,7 +2,8 @@
 //!
 //! `client` (SDK configuration, per region), `retry` (which failures are
 //! retried, and how), `names` (parsers and naming rules), `blocks` (reading
-//! and hashing the image), `journal` (resume state), `snapshot`
+//! and hashing the image), `journal` (resume state), `delta` (parent
+//! snapshots and the block digest store), `snapshot`
 //! (start/put/complete/wait), `writer` (the snapshot writer), `register`
 //! (RegisterImage), `publish` (copy, tags, share, deprecate, SSM, list,
 //! prune), `output` (result files), `request` (what an upload is asked to
@@ -10,6 +11,7 @@
 
 pub mod blocks;
 pub mod client;
+pub mod delta;
 pub mod download;
 pub mod journal;
 pub mod names;

@@ -47,7 +47,14 @@ pub struct UploadResult {
     pub encrypted: bool,
     pub architecture: String,
     pub boot_mode: Option<String>,
-    /// Blocks the snapshot holds (its ChangedBlocksCount).
+    /// The snapshot this one is incremental to (--parent).
+    pub parent_snapshot_id: Option<String>,
+    /// Blocks of the image that hold data (not all zeros).
+    pub data_blocks: u64,
+    /// Data blocks not written because the parent holds the same (delta).
+    pub blocks_unchanged: u64,
+    /// Blocks the snapshot was written with (its ChangedBlocksCount); for
+    /// a delta, the changed ones and those that became zeros.
     pub blocks_total: u64,
     /// Blocks sent by this run.
     pub blocks_sent: u64,
@@ -187,6 +194,9 @@ mod tests {
             encrypted: false,
             architecture: "x86_64".into(),
             boot_mode: Some("uefi".into()),
+            parent_snapshot_id: None,
+            data_blocks: 1,
+            blocks_unchanged: 0,
             blocks_total: 1,
             blocks_sent: 1,
             blocks_already_confirmed: 0,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::blocks::BlocksError;
 use super::client::{ClientError, ConnectionArgs};
+use super::delta::{DeltaError, ParentArg};
 use super::journal::JournalError;
 use super::output::{OutputError, UploadResult};
 use super::publish::{PublishError, PublishPlan};
@@ -40,6 +41,12 @@ pub struct UploadRequest {
     pub output_dir: PathBuf,
     /// None: IMAGE.upload-journal.json beside the image.
     pub journal: Option<PathBuf>,
+    /// Make the snapshot incremental to this parent (only changed blocks
+    /// are written).
+    pub parent: Option<ParentArg>,
+    /// The block digest store of published snapshots; None: the user's
+    /// state directory (see [`super::delta::DigestStore::new`]).
+    pub state_dir: Option<PathBuf>,
     pub snapshot_timeout: u32,
     /// Minutes.
     pub wait_timeout: u64,
@@ -85,10 +92,15 @@ pass --volume-size {needed} or more, or leave it out"
     #[error(transparent)]
     Output(#[from] OutputError),
     #[error(
-        "block {index} of {path} changed while it was being uploaded (its SHA-256 differs from the \
-first read); do not modify an image during its upload"
+        "{path} changed while it was being uploaded (its size, modification time or content \
+differs from when the upload started); the snapshot is not completed: do not modify an image \
+during its upload, then upload it again"
     )]
-    ImageChanged { path: PathBuf, index: u64 },
+    ImageChanged { path: PathBuf },
+    #[error("the upload journal {path} is damaged ({reason}); delete it and upload again")]
+    BadJournal { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
     #[error(
         "interrupted; snapshot {snapshot_id} and the journal {journal} are kept: rerun the same command to resume"
     )]

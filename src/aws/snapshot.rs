@@ -78,6 +78,12 @@ pub async fn start(
         .iter()
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
         .collect();
+    // EBS refuses Encrypted together with ParentSnapshotId: a child takes
+    // its parent's encryption (KmsKeyArn may still name another key).
+    let encrypted = params
+        .parent_snapshot_id
+        .is_none()
+        .then_some(params.encrypted);
     let output = with_retries(&clients.retry, "StartSnapshot", "StartSnapshot", || {
         clients
             .ebs
@@ -87,8 +93,9 @@ pub async fn start(
             .set_tags(Some(tags.clone()))
             .client_token(client_token)
             .timeout(params.timeout_minutes as i32)
-            .encrypted(params.encrypted)
+            .set_encrypted(encrypted)
             .set_kms_key_arn(params.kms_key_id.clone())
+            .set_parent_snapshot_id(params.parent_snapshot_id.clone())
             .send()
     })
     .await?;

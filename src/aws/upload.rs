@@ -10,20 +10,22 @@
 //! 4. outputs ([`super::output`]): ami-latest.txt, packer-manifest.json.
 
 use std::fs::File;
-use std::os::unix::fs::FileTypeExt;
-use std::path::Path;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::blocks::BLOCK_SIZE;
 use super::client::{self, Clients};
-use super::journal::{self, ImageIdentity, Journal, SnapshotParams};
+use super::delta::{self, DigestStore, SnapshotRecord};
+use super::journal::{self, ImageIdentity, Journal, SnapshotParams, TokenBasis};
 use super::names::default_ami_name;
 use super::output::{self, UploadResult};
 use super::publish::{self, SourceImage};
 use super::register::{self, BootMode, ExistingImage, ImageSpec};
 pub use super::request::{MAX_VOLUME_GIB, UploadError, UploadRequest};
 use super::writer;
+use crate::image::manifest::Manifest;
 
 const GIB: u64 = 1 << 30;
 
@@ -135,6 +137,41 @@ fn now_unix() -> u64 {
         .unwrap_or_default()
 }
 
+/// The image's sha256 from its build manifest (`IMAGE.json` beside it),
+/// when cheaply checkable facts agree with it: the manifest records the
+/// image's size, and the image was not modified after the manifest was
+/// written (the build writes the image first). Then the upload needs no
+/// pass over the image before it starts.
+pub fn trusted_manifest_sha256(image: &Path, identity: &ImageIdentity) -> Option<String> {
+    let path = PathBuf::from(format!("{}.json", image.display()));
+    let meta = std::fs::metadata(&path).ok()?;
+    let manifest = Manifest::from_json(&std::fs::read_to_string(&path).ok()?).ok()?;
+    let sha256 = manifest.sha256?;
+    let manifest_mtime_ns =
+        i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    if manifest.disk.size_bytes != identity.size {
+        log::info!(
+            "{} records a size of {} bytes, the image has {}: not using its sha256",
+            path.display(),
+            manifest.disk.size_bytes,
+            identity.size
+        );
+        return None;
+    }
+    if identity.mtime_ns > manifest_mtime_ns {
+        log::info!(
+            "{} was modified after its manifest {} was written: not using the manifest's sha256",
+            image.display(),
+            path.display()
+        );
+        return None;
+    }
+    if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(sha256)
+}
+
 /// The AMI in the connection's region: reused by name, or written and
 /// registered (replacing the old one with --force-deregister).
 async fn source_ami(
@@ -144,7 +181,7 @@ async fn source_ami(
     size: u64,
     started: Instant,
 ) -> Result<UploadResult, UploadError> {
-    let volume_gib = volume_size_gib(req.volume_size, size)?;
+    let mut volume_gib = volume_size_gib(req.volume_size, size)?;
     if req.tpm && req.boot_mode == Some(BootMode::LegacyBios) {
         return Err(UploadError::TpmNeedsUefi);
     }
@@ -153,27 +190,6 @@ async fn source_ami(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut snapshot_tags = req.tags.clone();
-    snapshot_tags.extend(req.snapshot_tags.iter().cloned());
-    let params = SnapshotParams {
-        volume_size_gib: volume_gib,
-        description: req
-            .description
-            .clone()
-            .unwrap_or_else(|| format!("imgforge upload of {file_name}")),
-        tags: snapshot_tags,
-        encrypted: req.encrypted,
-        kms_key_id: req.kms_key_id.clone(),
-        timeout_minutes: req.snapshot_timeout,
-    };
-    let journal_path = req
-        .journal
-        .clone()
-        .unwrap_or_else(|| journal::default_path(&req.image));
-    let identity = ImageIdentity::of(&req.image, &file).map_err(|e| UploadError::BadImage {
-        path: req.image.clone(),
-        reason: format!("cannot read its metadata: {e}"),
-    })?;
     // Idempotent by name: an AMI that exists is the answer, unless it is to
     // be replaced. With --name this is known before the image is read.
     let mut lookup: Option<Option<ExistingImage>> = None;
@@ -189,20 +205,93 @@ async fn source_ami(
         lookup = Some(existing);
     }
 
-    let (mut journal, block_list, scan_bytes) =
-        writer::load_or_scan(clients, &journal_path, &file, identity, &params).await?;
-    let name = req
-        .name
+    let store = DigestStore::new(req.state_dir.clone());
+    let family = delta::family_for(
+        req.publish.family.as_deref(),
+        req.name.as_deref(),
+        &req.image,
+    );
+    let parent = match &req.parent {
+        Some(arg) => Some(delta::resolve_parent(clients, &store, arg, &family).await?),
+        None => None,
+    };
+    let mut encrypted = req.encrypted;
+    if let Some(parent) = &parent {
+        volume_gib = delta::volume_with_parent(req.volume_size, volume_gib, parent)?;
+        encrypted = delta::child_encrypted(parent, req.encrypted)?;
+    }
+    let mut snapshot_tags = req.tags.clone();
+    snapshot_tags.extend(req.snapshot_tags.iter().cloned());
+    let params = SnapshotParams {
+        volume_size_gib: volume_gib,
+        description: req
+            .description
+            .clone()
+            .unwrap_or_else(|| format!("imgforge upload of {file_name}")),
+        tags: snapshot_tags,
+        encrypted,
+        kms_key_id: req.kms_key_id.clone(),
+        timeout_minutes: req.snapshot_timeout,
+        parent_snapshot_id: parent.as_ref().map(|p| p.snapshot_id.clone()),
+    };
+    let journal_path = req
+        .journal
         .clone()
-        .unwrap_or_else(|| default_ami_name(&req.image, &journal.content_sha256));
-    if lookup.is_none() && !req.no_register {
-        lookup = Some(register::find_by_name(clients, &name).await?);
+        .unwrap_or_else(|| journal::default_path(&req.image));
+    let identity = ImageIdentity::of(&req.image, &file).map_err(|e| UploadError::BadImage {
+        path: req.image.clone(),
+        reason: format!("cannot read its metadata: {e}"),
+    })?;
+
+    // The ClientToken must be fixed before StartSnapshot. The image is read
+    // once, during the upload, unless its default name (its content hash)
+    // is needed first and no trusted manifest gives it.
+    let needs_default_name = req.name.is_none() && !req.no_register;
+    let mut hash_pass_bytes = 0u64;
+    let mut journal = match writer::load_journal(clients, &journal_path, &identity, &params).await?
+    {
+        Some(journal) => journal,
+        None => {
+            let basis = if let Some(sha256) = trusted_manifest_sha256(&req.image, &identity) {
+                TokenBasis::Manifest { sha256 }
+            } else if needs_default_name {
+                let (sha256, read) = writer::content_hash_pass(&file, size)?;
+                hash_pass_bytes = read;
+                TokenBasis::Blocks { sha256 }
+            } else {
+                TokenBasis::random()
+            };
+            let journal = Journal::new(identity, params.clone(), basis);
+            journal.save(&journal_path)?;
+            journal
+        }
+    };
+    let name = match (&req.name, journal.token_basis.content_sha256()) {
+        (_, _) if req.no_register => None,
+        (Some(name), _) => Some(name.clone()),
+        (None, Some(sha256)) => Some(default_ami_name(&req.image, sha256)),
+        (None, None) => {
+            // A journal of a --no-register run, resumed to register.
+            let (sha256, read) = writer::content_hash_pass(&file, size)?;
+            hash_pass_bytes = read;
+            Some(default_ami_name(&req.image, &sha256))
+        }
+    };
+    if let (None, Some(name)) = (&lookup, &name) {
+        lookup = Some(register::find_by_name(clients, name).await?);
     }
     let mut to_replace: Option<ExistingImage> = None;
-    if let Some(Some(existing)) = lookup {
+    if let (Some(Some(existing)), Some(name)) = (lookup, &name) {
         if !req.force_deregister {
             return Ok(reuse_existing(
-                req, clients, &name, &existing, size, volume_gib, scan_bytes, started,
+                req,
+                clients,
+                name,
+                &existing,
+                size,
+                volume_gib,
+                hash_pass_bytes,
+                started,
             ));
         }
         log::warn!(
@@ -216,6 +305,12 @@ async fn source_ami(
         return Err(UploadError::TpmNeedsUefi);
     }
 
+    let plan = writer::BlockPlan::new(
+        &file,
+        size,
+        encrypted,
+        parent.as_ref().map(|p| p.content.clone()),
+    )?;
     let snapshot_id =
         writer::ensure_snapshot(clients, &journal_path, &mut journal, &params).await?;
     let file = Arc::new(file);
@@ -225,33 +320,34 @@ async fn source_ami(
             clients,
             &journal_path,
             &mut journal,
-            &block_list,
+            &plan,
             &file,
             size,
         )
         .await?;
-        let ami_id = if let Some(boot_mode) = boot_mode {
-            if let Some(old) = &to_replace {
-                register::deregister(clients, old).await?;
-                log::warn!(
-                    "deregistered AMI {} and deleted its snapshot(s) {}",
-                    old.image_id,
-                    old.snapshot_ids.join(", ")
-                );
+        let ami_id = match (boot_mode, &name) {
+            (Some(boot_mode), Some(name)) => {
+                if let Some(old) = &to_replace {
+                    register::deregister(clients, old).await?;
+                    log::warn!(
+                        "deregistered AMI {} and deleted its snapshot(s) {}",
+                        old.image_id,
+                        old.snapshot_ids.join(", ")
+                    );
+                }
+                let spec = ImageSpec {
+                    name: name.clone(),
+                    description: params.description.clone(),
+                    snapshot_id: outcome.snapshot_id.clone(),
+                    volume_size_gib: volume_gib,
+                    architecture: req.architecture,
+                    boot_mode,
+                    tpm: req.tpm,
+                    tags: req.tags.clone(),
+                };
+                Some(register::register(clients, &spec).await?)
             }
-            let spec = ImageSpec {
-                name: name.clone(),
-                description: params.description.clone(),
-                snapshot_id: outcome.snapshot_id.clone(),
-                volume_size_gib: volume_gib,
-                architecture: req.architecture,
-                boot_mode,
-                tpm: req.tpm,
-                tags: req.tags.clone(),
-            };
-            Some(register::register(clients, &spec).await?)
-        } else {
-            None
+            _ => None,
         };
         Ok::<_, UploadError>((outcome, ami_id))
     }
@@ -271,11 +367,44 @@ async fn source_ami(
         }
     };
     Journal::remove(&journal_path);
+    let record = SnapshotRecord {
+        format_version: delta::RECORD_FORMAT_VERSION,
+        snapshot_id: outcome.snapshot_id.clone(),
+        region: clients.region.clone(),
+        family: Some(family),
+        ami_name: name.clone(),
+        ami_id: ami_id.clone(),
+        image: identity_path(&req.image),
+        image_size_bytes: size,
+        volume_size_gib: volume_gib,
+        encrypted,
+        block_count: super::blocks::block_count(size),
+        zero_blocks_written: encrypted,
+        parent_snapshot_id: params.parent_snapshot_id.clone(),
+        published_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default(),
+        digests: outcome
+            .digests
+            .iter()
+            .map(|(&index, digest)| (index, hex::encode(digest)))
+            .collect(),
+    };
+    match store.save(&record) {
+        Ok(path) => log::info!(
+            "block digests of {} kept in {}",
+            record.snapshot_id,
+            path.display()
+        ),
+        // The snapshot is published; only later deltas against it suffer.
+        Err(err) => log::warn!("{err}; later uploads cannot use this snapshot as --parent"),
+    }
 
     let sent_bytes = outcome.blocks_sent * BLOCK_SIZE;
     let result = UploadResult {
         ami_id,
-        name: (!req.no_register).then_some(name),
+        name,
         region: clients.region.clone(),
         snapshot_id: outcome.snapshot_id,
         reused_existing_ami: false,
@@ -284,13 +413,16 @@ async fn source_ami(
         image: req.image.clone(),
         image_size_bytes: size,
         volume_size_gib: volume_gib,
-        encrypted: req.encrypted,
+        encrypted,
         architecture: req.architecture.as_str().into(),
         boot_mode: boot_mode.map(|m| m.as_str().into()),
+        parent_snapshot_id: params.parent_snapshot_id.clone(),
+        data_blocks: outcome.data_blocks,
+        blocks_unchanged: outcome.blocks_unchanged,
         blocks_total: outcome.blocks_total,
         blocks_sent: outcome.blocks_sent,
         blocks_already_confirmed: outcome.blocks_already_confirmed,
-        bytes_read: scan_bytes + outcome.bytes_read,
+        bytes_read: hash_pass_bytes + outcome.bytes_read,
         elapsed_seconds: started.elapsed().as_secs_f64(),
         upload_mib_per_second: sent_bytes as f64
             / (1 << 20) as f64
@@ -298,14 +430,22 @@ async fn source_ami(
         regions: Vec::new(),
     };
     log::info!(
-        "snapshot {}: {} blocks, {} sent by this run ({:.1} MiB/s), {} already confirmed",
+        "snapshot {}: {} blocks written ({} of the image's {} data blocks unchanged from the \
+parent), {} sent by this run ({:.1} MiB/s), {} already confirmed",
         result.snapshot_id,
         result.blocks_total,
+        result.blocks_unchanged,
+        result.data_blocks,
         result.blocks_sent,
         result.upload_mib_per_second,
         result.blocks_already_confirmed
     );
     Ok(result)
+}
+
+/// The image's absolute path for the digest record (as given if that fails).
+fn identity_path(image: &Path) -> PathBuf {
+    std::fs::canonicalize(image).unwrap_or_else(|_| image.to_path_buf())
 }
 
 /// The answer when an AMI of this name exists and is not to be replaced.
@@ -339,6 +479,9 @@ fn reuse_existing(
         encrypted: req.encrypted,
         architecture: req.architecture.as_str().into(),
         boot_mode: req.boot_mode.map(|m| m.as_str().into()),
+        parent_snapshot_id: None,
+        data_blocks: 0,
+        blocks_unchanged: 0,
         blocks_total: 0,
         blocks_sent: 0,
         blocks_already_confirmed: 0,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use imgforge::aws::blocks;
 use imgforge::aws::client::{self, ConnectionArgs};
+use imgforge::aws::delta::ParentArg;
 use imgforge::aws::names::{
     ShareTarget, parse_ami_name, parse_duration, parse_region, parse_rfc3339, parse_share_target,
     parse_ssm_template, parse_tag,
@@ -24,7 +25,11 @@ Only the image's data is read: holes (SEEK_DATA/SEEK_HOLE) and all-zero blocks a
 an unencrypted snapshot. The upload is resumable: a journal beside the image \
 (IMAGE.upload-journal.json) records the snapshot and every block EBS confirmed, so rerunning the \
 same command after a crash, kill -9 or Ctrl-C continues the same snapshot and sends only the \
-missing blocks.\n\n\
+missing blocks. The image is read once: each block is hashed as it is sent (an image without its \
+build manifest IMAGE.json, uploaded without --name, is hashed first for its default name).\n\n\
+Delta publishing: --parent snap-...|ami-...|auto writes only the blocks that differ from the \
+parent snapshot's, compared with the parent's block digests that imgforge keeps for every \
+snapshot it publishes (--state-dir).\n\n\
 Publishing: once the AMI exists it is published in its region and each --copy-to region (at \
 most 4 at a time): copies, tags, --share-with, --deprecate-in/--deprecate-at, --ssm-parameter. \
 A region that fails does not stop the others; the command then names the regions that \
@@ -36,6 +41,7 @@ ID on stdout, and writes ami-latest.txt and packer-manifest.json (appended) in -
 Examples:\n  imgforge upload image.raw --name web-small-v1 --tag team=infra\n  \
 imgforge upload image.raw --name web-small-v1 --force-deregister --boot-mode uefi\n  \
 imgforge upload image.raw --no-register --json\n  \
+imgforge upload image.raw --name web-small-v2 --parent auto\n  \
 imgforge upload image.raw --name app-v2 --copy-to eu-west-1,us-west-2 --share-with 123456789012 \
 --deprecate-in 90d --ssm-parameter /images/app/latest\n  \
 imgforge upload image.raw --endpoint-url http://127.0.0.1:5000 --region us-east-1",
@@ -185,6 +191,22 @@ pub struct UploadArgs {
     #[arg(long, value_name = "PATH")]
     pub journal: Option<PathBuf>,
 
+    /// Make the snapshot incremental to a parent: `snap-...`, `ami-...` (its root
+    /// snapshot) or `auto` (the last snapshot of the same image family published from
+    /// this machine). Only the 512 KiB blocks whose content differs from the parent's
+    /// (and those that became zeros) are sent; the rest are inherited. Needs the
+    /// parent's block digests, which imgforge keeps for every snapshot it publishes
+    /// (see --state-dir). An encrypted parent gives an encrypted snapshot; an
+    /// unencrypted one cannot take --encrypted. Packer: none.
+    #[arg(long, value_name = "snap-ID|ami-ID|auto", value_parser = ParentArg::parse)]
+    pub parent: Option<ParentArg>,
+
+    /// Where the block digests of published snapshots are kept (for --parent):
+    /// DIR/snapshots/REGION/SNAPSHOT.json. Default: $XDG_STATE_HOME/imgforge, else
+    /// ~/.local/state/imgforge. Packer: none.
+    #[arg(long, value_name = "DIR", env = "IMGFORGE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// Minutes without a written block after which EBS gives up on the pending
     /// snapshot (StartSnapshot Timeout, 10-4320). A later rerun notices and starts over.
     /// Packer: none.
@@ -231,6 +253,8 @@ impl UploadArgs {
             keep_snapshot: self.keep_snapshot,
             output_dir: self.output_dir.clone(),
             journal: self.journal.clone(),
+            parent: self.parent.clone(),
+            state_dir: self.state_dir.clone(),
             snapshot_timeout: self.snapshot_timeout,
             wait_timeout: self.wait_timeout,
             publish: PublishPlan {

@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Upload benchmark: imgforge vs coldsnap against the same local moto server.
 #
-# Makes an 8 GiB sparse image holding 1 GiB of random data in four extents,
-# then, for each uploader, with the image's page cache dropped and a fresh
-# moto on the same port: wall time, and the bytes read (/proc/PID/io
-# read_bytes, i.e. from storage, and rchar, i.e. through read calls) sampled
-# while it runs. Then imgforge's hashing and zero-detection throughput
-# (`imgforge upload --hash-only`).
+# Makes an 8 GiB sparse image holding BENCH_DATA_MIB (default 256) MiB of
+# random data in four extents, then, for each uploader, with the image's
+# page cache dropped and a fresh moto on the same port: wall time, and the
+# bytes read (/proc/PID/io read_bytes, i.e. from storage, and rchar, i.e.
+# through read calls) sampled while it runs. Then imgforge's hashing and
+# zero-detection throughput (`imgforge upload --hash-only`).
 #
-# imgforge reads the data twice: a first pass hashes every block (the
-# ClientToken and the journal need the content's digest before
-# StartSnapshot), the upload pass reads each block again and checks it
-# against that digest. read_bytes shows the storage reads (once); rchar
-# counts both passes (the second is served from the page cache).
+# imgforge reads the data once: block digests are computed while blocks are
+# sent (the ClientToken comes from the build manifest's sha256, or a nonce
+# kept in the journal). rchar equal to the data size shows it.
 #
-# Needs: python3 with `pip install 'moto[server]'`, cargo (coldsnap is
-# installed with `cargo install coldsnap` when missing), util-linux.
+# BENCH_BASELINE=PATH also runs another imgforge binary the same way (e.g.
+# one built before the one-read change) and prints the ratio.
+# coldsnap: used when on PATH (or in ~/.cargo/bin); BENCH_INSTALL_COLDSNAP=1
+# installs it with `cargo install coldsnap` (a long build) when missing;
+# otherwise the coldsnap run is skipped and said so.
+#
+# Needs: python3 with `pip install 'moto[server]'`, cargo, util-linux.
 # Usage: tests/bench/upload.sh [WORKDIR]   (default: a temporary directory)
 
 set -euo pipefail
@@ -34,27 +37,35 @@ mib=$((1 << 20))
 
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true
+# Digests of the snapshots the bench publishes stay in the work folder.
+export IMGFORGE_STATE_DIR=$work/state
 
 python3 -c 'import moto.server' 2>/dev/null || {
     echo "moto's server is missing: pip install 'moto[server]'" >&2
     exit 1
 }
 
+data_mib=${BENCH_DATA_MIB:-256}
+extent_mib=$((data_mib / 4))
+
 echo "== building imgforge (release)"
 cargo build --release --manifest-path "$repo/Cargo.toml" --quiet
 imgforge=$repo/target/release/imgforge
 
-if ! command -v coldsnap >/dev/null; then
+coldsnap=$(command -v coldsnap || true)
+if [ -z "$coldsnap" ] && [ -x "$HOME/.cargo/bin/coldsnap" ]; then coldsnap=$HOME/.cargo/bin/coldsnap; fi
+if [ -z "$coldsnap" ] && [ "${BENCH_INSTALL_COLDSNAP:-0}" = 1 ]; then
     echo "== installing coldsnap (cargo install coldsnap)"
     cargo install coldsnap --quiet
+    coldsnap=$HOME/.cargo/bin/coldsnap
 fi
-coldsnap=$(command -v coldsnap || echo "$HOME/.cargo/bin/coldsnap")
+[ -n "$coldsnap" ] || echo "== coldsnap is not installed: its run is skipped (BENCH_INSTALL_COLDSNAP=1 installs it)"
 
-echo "== making an 8 GiB sparse image with 1 GiB of random data in $image"
+echo "== making an 8 GiB sparse image with $data_mib MiB of random data in $image"
 rm -f "$image"
 truncate -s $((8 * gib)) "$image"
 for offset_mib in 0 2048 4608 7936; do
-    dd if=/dev/urandom of="$image" bs=1M count=256 seek=$offset_mib conv=notrunc status=none
+    dd if=/dev/urandom of="$image" bs=1M count=$extent_mib seek=$offset_mib conv=notrunc status=none
 done
 sync "$image"
 echo "   apparent size $(du --apparent-size -h "$image" | cut -f1), allocated $(du -h "$image" | cut -f1)"
@@ -124,18 +135,29 @@ read -r if_time if_read if_rchar < <(measure "$work/imgforge.log" "$imgforge" up
     --endpoint-url "$endpoint" --no-register --name bench-imgforge)
 stop_moto
 
+if [ -n "${BENCH_BASELINE:-}" ]; then
+    echo "== baseline $BENCH_BASELINE upload (64 workers) to $endpoint"
+    start_moto
+    drop_cache
+    read -r bl_time bl_read bl_rchar < <(measure "$work/baseline.log" "$BENCH_BASELINE" upload "$image" \
+        --endpoint-url "$endpoint" --no-register --name bench-imgforge --journal "$work/baseline-journal.json")
+    stop_moto
+fi
+
 # coldsnap's best case: --omit-zero-blocks (off by default), and --wait so
 # that both wait for `completed`; the same 64 workers as imgforge.
-echo "== coldsnap upload --omit-zero-blocks to the same endpoint"
-start_moto
-drop_cache
-read -r cs_time cs_read cs_rchar < <(measure "$work/coldsnap.log" "$coldsnap" --endpoint "$endpoint" --region us-east-1 \
-    upload --omit-zero-blocks --wait --no-progress --workers 64 "$image")
-stop_moto
+if [ -n "$coldsnap" ]; then
+    echo "== coldsnap upload --omit-zero-blocks to the same endpoint"
+    start_moto
+    drop_cache
+    read -r cs_time cs_read cs_rchar < <(measure "$work/coldsnap.log" "$coldsnap" --endpoint "$endpoint" --region us-east-1 \
+        upload --omit-zero-blocks --wait --no-progress --workers 64 "$image")
+    stop_moto
+fi
 
 # coldsnap as most people run it (every block, zeros included): optional,
 # as it sends 8 GiB and moto keeps it all in memory.
-if [ "${BENCH_COLDSNAP_DEFAULT:-0}" = 1 ]; then
+if [ -n "$coldsnap" ] && [ "${BENCH_COLDSNAP_DEFAULT:-0}" = 1 ]; then
     echo "== coldsnap upload (defaults) to the same endpoint"
     start_moto
     drop_cache
@@ -149,14 +171,21 @@ cat "$image" >/dev/null # warm the cache: this measures the CPU path, not the di
 hash_line=$("$imgforge" upload "$image" --hash-only)
 
 echo
-echo "Results (8 GiB image, 1 GiB of data):"
+echo "Results (8 GiB image, $data_mib MiB of data):"
 printf "  imgforge:                    %7.2f s  %7.1f MiB/s of data  read_bytes %6d MiB  rchar %6d MiB\n" \
-    "$if_time" "$(echo "1024 / $if_time" | bc -l)" $((if_read / mib)) $((if_rchar / mib))
-printf "  coldsnap --omit-zero-blocks: %7.2f s  %7.1f MiB/s of data  read_bytes %6d MiB  rchar %6d MiB\n" \
-    "$cs_time" "$(echo "1024 / $cs_time" | bc -l)" $((cs_read / mib)) $((cs_rchar / mib))
-printf "  imgforge is %.2fx as fast as coldsnap --omit-zero-blocks\n" "$(echo "$cs_time / $if_time" | bc -l)"
+    "$if_time" "$(echo "$data_mib / $if_time" | bc -l)" $((if_read / mib)) $((if_rchar / mib))
+if [ -n "${bl_time:-}" ]; then
+    printf "  baseline imgforge:           %7.2f s  %7.1f MiB/s of data  read_bytes %6d MiB  rchar %6d MiB\n" \
+        "$bl_time" "$(echo "$data_mib / $bl_time" | bc -l)" $((bl_read / mib)) $((bl_rchar / mib))
+    printf "  imgforge takes %.2fx the baseline's time\n" "$(echo "$if_time / $bl_time" | bc -l)"
+fi
+if [ -n "${cs_time:-}" ]; then
+    printf "  coldsnap --omit-zero-blocks: %7.2f s  %7.1f MiB/s of data  read_bytes %6d MiB  rchar %6d MiB\n" \
+        "$cs_time" "$(echo "$data_mib / $cs_time" | bc -l)" $((cs_read / mib)) $((cs_rchar / mib))
+    printf "  imgforge takes %.2fx coldsnap --omit-zero-blocks's time\n" "$(echo "$if_time / $cs_time" | bc -l)"
+fi
 if [ -n "${csd_time:-}" ]; then
-    printf "  coldsnap (defaults): %7.2f s  read_bytes %6d MiB  rchar %6d MiB; imgforge is %.2fx as fast\n" \
-        "$csd_time" $((csd_read / mib)) $((csd_rchar / mib)) "$(echo "$csd_time / $if_time" | bc -l)"
+    printf "  coldsnap (defaults): %7.2f s  read_bytes %6d MiB  rchar %6d MiB; imgforge takes %.2fx its time\n" \
+        "$csd_time" $((csd_read / mib)) $((csd_rchar / mib)) "$(echo "$if_time / $csd_time" | bc -l)"
 fi
 echo "  $hash_line"

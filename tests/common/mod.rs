@@ -250,3 +250,22 @@ pub fn assert_reads_back(
     );
     back
 }
+
+/// Writes the build manifest `IMAGE.json` beside `image` as `imgforge build`
+/// seals it (after the image, with the image's size and sha256), so that
+/// upload can trust its sha256 instead of hashing the image first.
+pub fn write_build_manifest(image: &Path) {
+    let size = std::fs::metadata(image).unwrap().len();
+    let manifest = serde_json::json!({
+        "imgforge_version": "test", "distro": "debian", "release": "bookworm",
+        "architecture": "x86_64", "size_class": "small", "kernel_version": "6.1",
+        "kernel_cmdline": "", "boot_modes": ["bios"],
+        "disk": {"size_bytes": size, "disk_guid": "00000000-0000-0000-0000-000000000000",
+                 "partitions": []},
+        "layers": [], "packages": [], "build_time": 0,
+        "sha256": sha256_file(image),
+    });
+    // The manifest is written after the image: its mtime is not older.
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    std::fs::write(format!("{}.json", image.display()), manifest.to_string()).unwrap();
+}

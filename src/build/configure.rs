@@ -142,7 +142,13 @@ impl Layer {
     }
 }
 
-pub fn run(ctx: &BuildContext, rootfs: &Rootfs) -> Result<(), ConfigureError> {
+/// `source_date_epoch` goes to the tools run in the tree (useradd writes
+/// it as the password's last change in /etc/shadow).
+pub fn run(
+    ctx: &BuildContext,
+    rootfs: &Rootfs,
+    source_date_epoch: u64,
+) -> Result<(), ConfigureError> {
     let request = &ctx.request;
     check_kernel_config(
         &request.kernel_config_fragments,
@@ -159,7 +165,7 @@ pub fn run(ctx: &BuildContext, rootfs: &Rootfs) -> Result<(), ConfigureError> {
     reset_machine_identity(&rootfs.dir)?;
     for layer in &request.layers {
         for user in &layer.settings.users {
-            create_user(&rootfs.dir, user)?;
+            create_user(&rootfs.dir, user, source_date_epoch)?;
         }
         systemctl(&rootfs.dir, "enable", &layer.settings.enable)?;
         systemctl(&rootfs.dir, "disable", &layer.settings.disable)?;
@@ -317,7 +323,7 @@ fn reset_machine_identity(root: &Path) -> Result<(), ConfigureError> {
     Ok(())
 }
 
-fn create_user(root: &Path, user: &UserSpec) -> Result<(), ConfigureError> {
+fn create_user(root: &Path, user: &UserSpec, epoch: u64) -> Result<(), ConfigureError> {
     let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
     if passwd
         .lines()
@@ -325,10 +331,10 @@ fn create_user(root: &Path, user: &UserSpec) -> Result<(), ConfigureError> {
     {
         return Ok(());
     }
-    let mut tool =
-        Tool::new("chroot")
-            .arg(root)
-            .args(["useradd", "--create-home", "--shell", "/bin/bash"]);
+    let mut tool = Tool::new("chroot")
+        .arg(root)
+        .args(["useradd", "--create-home", "--shell", "/bin/bash"])
+        .env("SOURCE_DATE_EPOCH", epoch.to_string());
     if !user.groups.is_empty() {
         tool = tool.arg("--groups").arg(user.groups.join(","));
     }

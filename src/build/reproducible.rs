@@ -62,6 +62,42 @@ pub fn source_date_epoch(ctx: &BuildContext, rootfs: &Rootfs) -> Result<u64, Rep
         })
 }
 
+/// Clamps the "last password change" field (days since 1970) of every
+/// entry of a shadow file to the epoch's day: the bootstrap writes the
+/// day it ran for the system users, so a tree bootstrapped on another day
+/// would differ. A missing file is fine; empty and `0` fields (no aging,
+/// must change) are kept.
+pub fn clamp_shadow_dates(path: &Path, epoch: u64) -> Result<(), ReproducibleError> {
+    let Ok(text) = fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let clamped = clamp_shadow_text(&text, epoch / 86_400);
+    if clamped != text {
+        fs::write(path, clamped).map_err(at("write", path))?;
+    }
+    Ok(())
+}
+
+fn clamp_shadow_text(text: &str, day: u64) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (body, end) = match line.strip_suffix('\n') {
+            Some(body) => (body, "\n"),
+            None => (line, ""),
+        };
+        let mut fields: Vec<String> = body.split(':').map(String::from).collect();
+        if let Some(changed) = fields.get_mut(2)
+            && let Ok(value) = changed.parse::<u64>()
+            && value > day
+        {
+            *changed = day.to_string();
+        }
+        out.push_str(&fields.join(":"));
+        out.push_str(end);
+    }
+    out
+}
+
 /// What the clamp changed.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Clamped {
@@ -124,6 +160,15 @@ mod tests {
         );
         assert_eq!(default_seed(&PathBuf::from("disk.img")), "disk.img");
         assert_eq!(default_seed(&PathBuf::from(".raw")), ".raw");
+    }
+
+    #[test]
+    fn shadow_days_are_clamped_to_the_epoch() {
+        let text = "root:*:20783:0:99999:7:::\nadmin:!:20000:0:99999:7:::\nx:*::0:99999:7:::\nmust:*:0::::::\n";
+        assert_eq!(
+            clamp_shadow_text(text, 20773),
+            "root:*:20773:0:99999:7:::\nadmin:!:20000:0:99999:7:::\nx:*::0:99999:7:::\nmust:*:0::::::\n"
+        );
     }
 
     #[test]

@@ -13,13 +13,15 @@ work=$(mktemp -d /var/tmp/imgforge-repro-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/a" "$work/b" "$work/fresh"
 build() { nice -n 10 "$bin" build -o "$1/image.raw" --json "${@:2}" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["sha256"], "seed", s["seed"], "epoch", s["source_date_epoch"], "from_cache", s["bootstrap_from_cache"])'; }
-compare() {
-    "$bin" diff "$1" "$2" --json | python3 -c 'import json,sys
-d=json.load(sys.stdin)
-print(f"differing blocks: {d[\"differing_blocks\"]} of {d[\"data_blocks\"]} data blocks")
+read -r -d '' SUMMARY <<'PY' || true
+import json, sys
+d = json.load(sys.stdin)
+print(f"differing blocks: {d['differing_blocks']} of {d['data_blocks']} data blocks")
 for r in d["regions"]:
-    print(f"  {r[\"name\"]}: {r[\"differing_blocks\"]} of {r[\"data_blocks\"]}", *(f["path"] for f in (r.get("files") or [])[:20]))'
-}
+    files = [f["path"] for f in (r.get("files") or [])[:20]]
+    print(f"  {r['name']}: {r['differing_blocks']} of {r['data_blocks']}", *files)
+PY
+compare() { "$bin" diff "$1" "$2" --json | python3 -c "$SUMMARY"; }
 echo "a: $(build "$work/a")"
 echo "b: $(build "$work/b")"
 compare "$work/a/image.raw" "$work/b/image.raw"

@@ -44,6 +44,8 @@ enum Command {
     Build(build::BuildArgs),
     /// Show an image's partitions, boot modes, kernel command line and manifest, without mounting it.
     Inspect(inspect::InspectArgs),
+    /// Name what differs between two images: partition table, 512 KiB blocks per partition, files.
+    Diff(commands::diff::DiffArgs),
     /// Boot an image under QEMU (SeaBIOS and/or OVMF) and check the guest's report.
     BootTest(boottest::BootTestArgs),
     /// Convert an image for VirtualBox or other hypervisors (vdi, vmdk, qcow2).
@@ -124,6 +126,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Build(args) => build::run(&args).context("build failed"),
         Command::Inspect(args) => inspect::run(&args).context("inspect failed"),
+        Command::Diff(args) => commands::diff::run(&args).context("diff failed"),
         Command::BootTest(args) => boottest::run(&args).context("boot test failed"),
         Command::Export(args) => export::run(&args).context("export failed"),
         Command::Upload(args) => commands::upload::run(&args).context("upload failed"),

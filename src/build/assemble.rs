@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::bootloader::{self, BootFiles};
 use super::bootstrap::Rootfs;
 use super::context::BuildContext;
-use crate::image::esp;
+use crate::image::{esp, ext4, ids};
 use crate::sys::fsio::{PathError, at};
 use crate::sys::tool::{Tool, ToolError};
 
@@ -87,6 +87,10 @@ pub enum AssembleError {
     Esp(#[from] esp::EspError),
     #[error(transparent)]
     Bootloader(#[from] bootloader::BootloaderError),
+    #[error("making the root filesystem's inode times reproducible")]
+    Ext4(#[from] ext4::Ext4Error),
+    #[error("SOURCE_DATE_EPOCH {0} is past 2106: ext4 and FAT cannot store it")]
+    EpochTooLate(u64),
 }
 
 /// The identities written into the disk, chosen before the rootfs is
@@ -96,16 +100,27 @@ pub struct DiskIds {
     pub disk_guid: Uuid,
     pub partition_guids: [Uuid; 3],
     pub root_fs_uuid: Uuid,
+    /// ext4's directory hash seed (`-E hash_seed=`).
+    pub root_hash_seed: Uuid,
     pub esp_volume_id: u32,
 }
 
 impl DiskIds {
-    pub fn random() -> Self {
+    /// Every id derived from `seed` (see [`crate::image::ids`] for the
+    /// derivation, which is fixed across imgforge versions).
+    pub fn from_seed(seed: &str) -> Self {
+        let partition = |i: usize| {
+            ids::derive_uuid(
+                seed,
+                &format!("{}{}", ids::PURPOSE_PARTITION_PREFIX, PARTITIONS[i].name),
+            )
+        };
         Self {
-            disk_guid: Uuid::new_v4(),
-            partition_guids: [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()],
-            root_fs_uuid: Uuid::new_v4(),
-            esp_volume_id: rand::random(),
+            disk_guid: ids::derive_uuid(seed, ids::PURPOSE_DISK),
+            partition_guids: [partition(0), partition(1), partition(2)],
+            root_fs_uuid: ids::derive_uuid(seed, ids::PURPOSE_ROOT_FS),
+            root_hash_seed: ids::derive_uuid(seed, ids::PURPOSE_ROOT_HASH_SEED),
+            esp_volume_id: ids::derive_u32(seed, ids::PURPOSE_ESP_VOLUME_ID),
         }
     }
 
@@ -250,11 +265,15 @@ pub struct ImageFile {
     pub temp: NamedTempFile,
 }
 
+/// Writes the image; every timestamp in it is at most `source_date_epoch`.
 pub fn run(
     ctx: &BuildContext,
     layout: &DiskLayout,
     boot: &BootFiles,
+    source_date_epoch: u64,
 ) -> Result<ImageFile, AssembleError> {
+    let epoch = u32::try_from(source_date_epoch)
+        .map_err(|_| AssembleError::EpochTooLate(source_date_epoch))?;
     let dir = ctx.request.output_dir();
     let temp = tempfile::Builder::new()
         .prefix(".imgforge-")
@@ -266,9 +285,15 @@ pub fn run(
         .map_err(at("size", temp.path()))?;
 
     ctx.progress.note("ext4 root (mkfs.ext4 -d)");
-    make_root_filesystem(ctx, temp.path(), layout)?;
-    ctx.progress.note("partition table");
+    make_root_filesystem(ctx, temp.path(), layout, epoch)?;
     let mut file = temp.reopen().map_err(at("open", temp.path()))?;
+    let fixed = ext4::normalize_inode_times(&file, layout.offset(ROOT), epoch)?;
+    log::info!(
+        "ext4: times of {} of {} inodes set to SOURCE_DATE_EPOCH {epoch}",
+        fixed.inodes_rewritten,
+        fixed.inodes_seen
+    );
+    ctx.progress.note("partition table");
     write_gpt(&mut file, layout)?;
     ctx.progress.note("EFI system partition");
     esp::write(
@@ -276,6 +301,7 @@ pub fn run(
         layout.offset(ESP),
         layout.bytes(ESP),
         layout.ids.esp_volume_id,
+        source_date_epoch,
         &ctx.esp_dir(),
     )?;
     ctx.progress.note("BIOS boot code");
@@ -284,26 +310,38 @@ pub fn run(
     Ok(ImageFile { temp })
 }
 
-/// `mkfs.ext4 -d` straight into the root partition's byte range.
+/// The root filesystem's format (a data file): the build host's own
+/// /etc/mke2fs.conf would make the image depend on the host.
+const MKE2FS_CONF: &str = "boot/mke2fs.conf";
+
+/// `mkfs.ext4 -d` straight into the root partition's byte range, with ids
+/// from the seed and e2fsprogs' own times at the epoch (1.47.0 honours
+/// `E2FSPROGS_FAKE_TIME`; 1.47.1 and later also `SOURCE_DATE_EPOCH`).
 fn make_root_filesystem(
     ctx: &BuildContext,
     image: &Path,
     layout: &DiskLayout,
+    epoch: u32,
 ) -> Result<(), AssembleError> {
     let uuid = layout.ids.root_fs_uuid.to_string();
+    let conf = ctx.request.data_path(MKE2FS_CONF);
     Tool::new("mkfs.ext4")
         .args(["-F", "-q", "-L", "root", "-U", &uuid])
+        .args(["-t", "ext4", "-b", "4096", "-I", "256"])
         .arg("-E")
         .arg(format!(
-            "offset={},hash_seed={uuid},root_owner=0:0,nodiscard",
-            layout.offset(ROOT)
+            "offset={},hash_seed={},root_owner=0:0,lazy_itable_init=1,nodiscard",
+            layout.offset(ROOT),
+            layout.ids.root_hash_seed
         ))
         .arg("-d")
         .arg(ctx.rootfs_dir())
         .arg(image)
         .arg(format!("{}k", layout.bytes(ROOT) / 1024))
-        .env("E2FSPROGS_FAKE_TIME", ctx.source_date_epoch.to_string())
-        .env("SOURCE_DATE_EPOCH", ctx.source_date_epoch.to_string())
+        .env("MKE2FS_CONFIG", &conf)
+        .env("LC_ALL", "C")
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .run()?;
     Ok(())
 }
@@ -350,7 +388,7 @@ mod tests {
     use std::io::{Read, Seek, SeekFrom};
 
     fn ids() -> DiskIds {
-        DiskIds::random()
+        DiskIds::from_seed("test")
     }
 
     #[test]
@@ -411,6 +449,23 @@ mod tests {
         file.read_exact(&mut lba0).unwrap();
         assert_eq!(lba0[446 + 4], 0xEE);
         assert_eq!(&lba0[510..], &[0x55, 0xAA]);
+    }
+
+    #[test]
+    fn ids_follow_the_seed_and_are_all_different() {
+        let a = DiskIds::from_seed("image");
+        let b = DiskIds::from_seed("image");
+        assert_eq!(a.disk_guid, b.disk_guid);
+        assert_eq!(a.partition_guids, b.partition_guids);
+        assert_eq!(a.esp_volume_id, b.esp_volume_id);
+        let c = DiskIds::from_seed("other");
+        assert_ne!(a.disk_guid, c.disk_guid);
+        assert_ne!(a.root_fs_uuid, c.root_fs_uuid);
+        let mut all = vec![a.disk_guid, a.root_fs_uuid, a.root_hash_seed];
+        all.extend(a.partition_guids);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 6, "every purpose gets its own id");
     }
 
     #[test]

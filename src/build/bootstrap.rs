@@ -119,7 +119,7 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
             bootstrap_files,
             work_dir: &scratch,
             output: &partial,
-            source_date_epoch: ctx.source_date_epoch,
+            source_date_epoch: ctx.bootstrap_epoch(),
             keyring: ctx.keyring.as_deref(),
             locked: locked.map(|l| &l.lock.packages),
             progress: &ctx.progress,

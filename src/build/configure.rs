@@ -20,16 +20,26 @@ const LAYER_SETTINGS: &str = "layer.toml";
 /// A file with this suffix is rendered, and written without it.
 const TEMPLATE_SUFFIX: &str = ".tmpl";
 
-/// Left behind by any bootstrap but specific to the build host or to one
-/// machine: removed from every image, with the distro's own `scrub` list.
-/// `*` matches within the last component.
+/// Left behind by any bootstrap but specific to the build host, to one
+/// machine or to one build (so two builds of the same inputs would
+/// differ): removed from every image, with the distro's own `scrub` list.
+/// `*` matches within the last component; a pattern starting `**/`
+/// matches its last component in every folder of the tree.
 const SCRUB: &[&str] = &[
     "etc/ssh/ssh_host_*",
     "etc/.resolv.conf.systemd-resolved.bak",
     "var/log/*.log",
+    "var/log/journal/*",
     "root/.bash_history",
     "tmp/*",
     "var/tmp/*",
+    // Per-build: regenerated on the machine when needed.
+    "var/lib/systemd/random-seed",
+    "var/cache/ldconfig/aux-cache",
+    "var/cache/man/*",
+    "var/cache/fontconfig/*",
+    "**/__pycache__",
+    "**/*.pyc",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +50,8 @@ pub enum ConfigureError {
     Io(#[from] PathError),
     #[error(transparent)]
     Distro(#[from] DistroError),
+    #[error(transparent)]
+    Reproducible(#[from] super::reproducible::ReproducibleError),
     #[error("layer folder {0} does not exist (check --layer)")]
     MissingLayer(PathBuf),
     #[error("{path}: {message}")]
@@ -142,7 +154,13 @@ impl Layer {
     }
 }
 
-pub fn run(ctx: &BuildContext, rootfs: &Rootfs) -> Result<(), ConfigureError> {
+/// `source_date_epoch` goes to the tools run in the tree (useradd writes
+/// it as the password's last change in /etc/shadow).
+pub fn run(
+    ctx: &BuildContext,
+    rootfs: &Rootfs,
+    source_date_epoch: u64,
+) -> Result<(), ConfigureError> {
     let request = &ctx.request;
     check_kernel_config(
         &request.kernel_config_fragments,
@@ -159,7 +177,7 @@ pub fn run(ctx: &BuildContext, rootfs: &Rootfs) -> Result<(), ConfigureError> {
     reset_machine_identity(&rootfs.dir)?;
     for layer in &request.layers {
         for user in &layer.settings.users {
-            create_user(&rootfs.dir, user)?;
+            create_user(&rootfs.dir, user, source_date_epoch)?;
         }
         systemctl(&rootfs.dir, "enable", &layer.settings.enable)?;
         systemctl(&rootfs.dir, "disable", &layer.settings.disable)?;
@@ -171,8 +189,15 @@ pub fn run(ctx: &BuildContext, rootfs: &Rootfs) -> Result<(), ConfigureError> {
             .iter()
             .copied()
             .chain(distro_scrub.iter().map(String::as_str)),
-    )
+    )?;
+    for file in SHADOW_FILES {
+        super::reproducible::clamp_shadow_dates(&rootfs.dir.join(file), source_date_epoch)?;
+    }
+    Ok(())
 }
+
+/// Password files whose "last changed" days are the bootstrap's date.
+const SHADOW_FILES: &[&str] = &["etc/shadow", "etc/shadow-"];
 
 /// What templates may use, as `{{name}}`.
 pub fn template_variables(
@@ -317,7 +342,7 @@ fn reset_machine_identity(root: &Path) -> Result<(), ConfigureError> {
     Ok(())
 }
 
-fn create_user(root: &Path, user: &UserSpec) -> Result<(), ConfigureError> {
+fn create_user(root: &Path, user: &UserSpec, epoch: u64) -> Result<(), ConfigureError> {
     let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
     if passwd
         .lines()
@@ -325,10 +350,10 @@ fn create_user(root: &Path, user: &UserSpec) -> Result<(), ConfigureError> {
     {
         return Ok(());
     }
-    let mut tool =
-        Tool::new("chroot")
-            .arg(root)
-            .args(["useradd", "--create-home", "--shell", "/bin/bash"]);
+    let mut tool = Tool::new("chroot")
+        .arg(root)
+        .args(["useradd", "--create-home", "--shell", "/bin/bash"])
+        .env("SOURCE_DATE_EPOCH", epoch.to_string());
     if !user.groups.is_empty() {
         tool = tool.arg("--groups").arg(user.groups.join(","));
     }
@@ -350,7 +375,12 @@ fn systemctl(root: &Path, verb: &str, units: &[String]) -> Result<(), ConfigureE
 }
 
 fn scrub<'a>(root: &Path, patterns: impl Iterator<Item = &'a str>) -> Result<(), ConfigureError> {
-    for pattern in patterns {
+    let (anywhere, rooted): (Vec<&str>, Vec<&str>) = patterns.partition(|p| p.starts_with("**/"));
+    let leaves: Vec<&str> = anywhere.iter().map(|p| &p[3..]).collect();
+    if !leaves.is_empty() {
+        scrub_everywhere(root, &leaves)?;
+    }
+    for pattern in rooted {
         let (dir, leaf) = pattern.rsplit_once('/').unwrap_or(("", pattern));
         let dir = root.join(dir);
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -368,6 +398,30 @@ fn scrub<'a>(root: &Path, patterns: impl Iterator<Item = &'a str>) -> Result<(),
                 fs::remove_file(&path)
             };
             removed.map_err(at("remove", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes every entry under `dir` whose name matches one of `leaves`,
+/// in one walk of the tree (symlinks are not followed).
+fn scrub_everywhere(dir: &Path, leaves: &[&str]) -> Result<(), ConfigureError> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if leaves.iter().any(|leaf| glob_match(leaf, &name)) {
+            let removed = if is_dir {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(at("remove", &path))?;
+        } else if is_dir {
+            scrub_everywhere(&path, leaves)?;
         }
     }
     Ok(())
@@ -476,6 +530,31 @@ mod tests {
             err.contains("`{{nope}}`") && err.contains("isolated_cpus"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn scrub_removes_rooted_and_anywhere_patterns() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for file in [
+            "var/lib/systemd/random-seed",
+            "usr/lib/python3/dist-packages/x/__pycache__/a.cpython-311.pyc",
+            "usr/lib/python3/dist-packages/x/b.pyc",
+            "usr/lib/python3/dist-packages/x/b.py",
+            "var/log/keep/me",
+        ] {
+            fs::create_dir_all(r.join(file).parent().unwrap()).unwrap();
+            fs::write(r.join(file), "x").unwrap();
+        }
+        scrub(r, SCRUB.iter().copied()).unwrap();
+        assert!(!r.join("var/lib/systemd/random-seed").exists());
+        assert!(
+            !r.join("usr/lib/python3/dist-packages/x/__pycache__")
+                .exists()
+        );
+        assert!(!r.join("usr/lib/python3/dist-packages/x/b.pyc").exists());
+        assert!(r.join("usr/lib/python3/dist-packages/x/b.py").exists());
+        assert!(r.join("var/log/keep/me").exists());
     }
 
     #[test]

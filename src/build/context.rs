@@ -28,8 +28,12 @@ pub struct CacheDirs {
 
 pub struct BuildContext {
     pub request: BuildRequest,
+    /// What `ids` are derived from (`--seed`, or the output's name).
+    pub seed: String,
     pub ids: DiskIds,
-    pub source_date_epoch: u64,
+    /// `--epoch`, else the SOURCE_DATE_EPOCH environment variable; without
+    /// either the epoch comes from the tree's packages after the bootstrap.
+    pub epoch_override: Option<u64>,
     pub cache: CacheDirs,
     pub refresh_cache: bool,
     pub keyring: Option<PathBuf>,
@@ -65,10 +69,15 @@ impl BuildContext {
                 source,
             })?;
         }
+        let seed = args
+            .seed
+            .clone()
+            .unwrap_or_else(|| super::reproducible::default_seed(&request.output));
         Ok(Self {
             request,
-            ids: DiskIds::random(),
-            source_date_epoch: source_date_epoch(),
+            ids: DiskIds::from_seed(&seed),
+            seed,
+            epoch_override: args.epoch.or_else(epoch_from_environment),
             cache,
             refresh_cache: args.refresh_cache,
             keyring: args.keyring.clone(),
@@ -90,6 +99,17 @@ impl BuildContext {
         self.work.path().join("esp")
     }
 
+    /// SOURCE_DATE_EPOCH for the bootstrap's own tools (mmdebstrap,
+    /// initramfs-tools): the override, else now.
+    pub fn bootstrap_epoch(&self) -> u64 {
+        self.epoch_override.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        })
+    }
+
     pub fn check_interrupt(&self) -> Result<(), BuildError> {
         if crate::sys::interrupt::requested() {
             Err(BuildError::Interrupted)
@@ -99,14 +119,6 @@ impl BuildContext {
     }
 }
 
-fn source_date_epoch() -> u64 {
-    std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        })
+fn epoch_from_environment() -> Option<u64> {
+    std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
 }

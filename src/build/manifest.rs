@@ -38,6 +38,7 @@ pub fn record(
     rootfs: &Rootfs,
     boot: &BootFiles,
     layout: &DiskLayout,
+    source_date_epoch: u64,
 ) -> Result<Manifest, ManifestError> {
     let request = &ctx.request;
     let partitions = PARTITIONS
@@ -75,7 +76,8 @@ pub fn record(
         },
         layers: request.layers.iter().map(|l| l.name.clone()).collect(),
         packages: rootfs.packages.clone(),
-        build_time: ctx.source_date_epoch,
+        build_time: source_date_epoch,
+        seed: Some(ctx.seed.clone()),
         sha256: None,
     };
     for path in [rootfs.dir.join(ROOTFS_PATH), ctx.esp_dir().join(ESP_PATH)] {

@@ -8,6 +8,7 @@ pub mod configure;
 pub mod context;
 pub mod lock;
 pub mod manifest;
+pub mod reproducible;
 pub mod request;
 
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use configure::ConfigureError;
 pub use context::BuildContext;
 use lock::LockError;
 use manifest::ManifestError;
+use reproducible::ReproducibleError;
 use request::{BuildRequest, Plan};
 
 #[derive(Debug, clap::Args)]
@@ -120,6 +122,22 @@ pub struct BuildArgs {
     #[arg(short, long, default_value = "image.raw")]
     pub output: PathBuf,
 
+    /// What the disk's ids (disk and partition GUIDs, filesystem UUID, ext4
+    /// hash seed, FAT volume id) are derived from; the same seed gives the
+    /// same ids. Default: the output's file name without folder and `.raw`
+    /// (`-o out/web.raw` gives `web`). Give each image you boot side by side
+    /// its own seed: two disks with one seed share their UUIDs.
+    #[arg(long)]
+    pub seed: Option<String>,
+
+    /// SOURCE_DATE_EPOCH (seconds since 1970) that every timestamp in the
+    /// image is clamped to. Default: the SOURCE_DATE_EPOCH environment
+    /// variable, else when the newest installed package was built (Debian:
+    /// the newest file dpkg installed under /usr; Arch: the newest
+    /// %BUILDDATE%).
+    #[arg(long, value_name = "SECONDS")]
+    pub epoch: Option<u64>,
+
     /// How an instance sets itself up at first boot: `imgforge` (lean units:
     /// root volume growth, launch key, hostname, #! user-data once per
     /// instance; no cloud-init) or `cloud-init` (EC2 datasource only, IMDSv2;
@@ -177,6 +195,8 @@ pub enum BuildError {
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    Reproducible(#[from] ReproducibleError),
     #[error(
         "imgforge build must run as root (it bootstraps into a tree it chroots into and mounts \
          /proc, /sys and /dev there): run it with sudo, or use --plan to see what it would do"
@@ -214,6 +234,10 @@ pub struct BuildSummary {
     /// The --lock file written, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock: Option<PathBuf>,
+    /// What the disk ids were derived from.
+    pub seed: String,
+    /// What every timestamp was clamped to.
+    pub source_date_epoch: u64,
     pub stages: Vec<StageTime>,
 }
 
@@ -231,14 +255,18 @@ pub fn build(args: &BuildArgs) -> Result<BuildSummary, BuildError> {
 
     let rootfs = p.stage("bootstrap", || bootstrap::run(&ctx))?;
     ctx.check_interrupt()?;
-    p.stage("configure", || configure::run(&ctx, &rootfs))?;
+    let epoch = reproducible::source_date_epoch(&ctx, &rootfs)?;
+    p.stage("configure", || configure::run(&ctx, &rootfs, epoch))?;
     let boot = p.stage("bootloader", || bootloader::prepare(&ctx, &rootfs))?;
     let layout = assemble::plan(&ctx, &rootfs)?;
     let manifest = p.stage("manifest", || {
-        manifest::record(&ctx, &rootfs, &boot, &layout)
+        manifest::record(&ctx, &rootfs, &boot, &layout, epoch)
+    })?;
+    p.stage("clamp times", || {
+        reproducible::clamp_tree_times(&rootfs.dir, epoch)
     })?;
     ctx.check_interrupt()?;
-    let image = p.stage("assemble", || assemble::run(&ctx, &layout, &boot))?;
+    let image = p.stage("assemble", || assemble::run(&ctx, &layout, &boot, epoch))?;
     ctx.check_interrupt()?;
     let sealed = p.stage("seal", || {
         manifest::seal(image, manifest, &ctx.request.output)
@@ -259,6 +287,8 @@ pub fn build(args: &BuildArgs) -> Result<BuildSummary, BuildError> {
         bootstrap_from_cache: rootfs.from_cache,
         tree_key: rootfs.key.clone(),
         lock: args.lock.clone(),
+        seed: ctx.seed.clone(),
+        source_date_epoch: epoch,
         stages: p.times(),
     })
 }

@@ -3,4 +3,5 @@
 
 pub mod ami;
 pub mod config;
+pub mod diff;
 pub mod upload;

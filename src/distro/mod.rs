@@ -201,6 +201,12 @@ pub trait Distro {
     /// The one kernel installed in the tree, and its configuration.
     fn kernel(&self, root: &Path) -> Result<Kernel, DistroError>;
 
+    /// SOURCE_DATE_EPOCH for an image of this tree: when its newest package
+    /// was built, from the package database (None: the tree cannot tell).
+    /// The same package versions give the same answer, whether the tree
+    /// was bootstrapped now or comes from the cache.
+    fn source_date_epoch(&self, root: &Path) -> Result<Option<u64>, DistroError>;
+
     /// Distro settings written after the layers (e.g. the image's own
     /// package sources); nothing by default.
     fn configure(&self, _root: &Path, _sources: &Sources) -> Result<(), DistroError> {

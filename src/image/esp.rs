@@ -18,12 +18,14 @@ pub enum EspError {
 }
 
 /// Formats the byte range `[start, start + len)` of `file` as FAT32 and
-/// copies the tree under `source` into it.
+/// copies the tree under `source` into it, in name order, every entry
+/// stamped with `source_date_epoch` (UTC).
 pub fn write(
     file: &mut File,
     start: u64,
     len: u64,
     volume_id: u32,
+    source_date_epoch: u64,
     source: &Path,
 ) -> Result<(), EspError> {
     let mut slice = PartitionSlice::new(file, start, len)?;
@@ -36,11 +38,69 @@ pub fn write(
     )?;
     slice.seek(SeekFrom::Start(0))?;
     {
-        let fs = fatfs::FileSystem::new(&mut slice, fatfs::FsOptions::new())?;
+        // fatfs wants a provider that lives forever: one small leak per build.
+        let clock: &'static FixedClock = Box::leak(Box::new(FixedClock::at(source_date_epoch)));
+        let fs = fatfs::FileSystem::new(&mut slice, fatfs::FsOptions::new().time_provider(clock))?;
         copy_tree(&fs.root_dir(), source)?;
         fs.unmount()?;
     }
     tidy_fat32(&mut slice)
+}
+
+/// A clock stopped at SOURCE_DATE_EPOCH, for every FAT timestamp (FAT
+/// keeps local time without a zone; UTC is written).
+#[derive(Debug)]
+struct FixedClock(fatfs::DateTime);
+
+impl FixedClock {
+    fn at(epoch: u64) -> Self {
+        let (year, month, day) = civil_from_days((epoch / 86_400) as i64);
+        let seconds = epoch % 86_400;
+        // FAT dates run from 1980 to 2107.
+        let (year, month, day) = match year {
+            ..1980 => (1980, 1, 1),
+            2108.. => (2107, 12, 31),
+            _ => (year, month, day),
+        };
+        Self(fatfs::DateTime {
+            date: fatfs::Date {
+                year: year as u16,
+                month: month as u16,
+                day: day as u16,
+            },
+            time: fatfs::Time {
+                hour: (seconds / 3600) as u16,
+                min: (seconds / 60 % 60) as u16,
+                sec: (seconds % 60) as u16,
+                millis: 0,
+            },
+        })
+    }
+}
+
+impl fatfs::TimeProvider for FixedClock {
+    fn get_current_date(&self) -> fatfs::Date {
+        self.0.date
+    }
+
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        self.0
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 fn copy_tree<T: fatfs::ReadWriteSeek>(dir: &fatfs::Dir<T>, source: &Path) -> Result<(), EspError> {
@@ -315,7 +375,15 @@ mod tests {
         let mut file = image.reopen().unwrap();
         let (start, len) = (1 << 20, 100 << 20);
         file.set_len(start + len + (1 << 20)).unwrap();
-        write(&mut file, start, len, 0x1234_5678, source.path()).unwrap();
+        write(
+            &mut file,
+            start,
+            len,
+            0x1234_5678,
+            1_700_000_000,
+            source.path(),
+        )
+        .unwrap();
 
         let partition = tempfile::NamedTempFile::new().unwrap();
         let mut bytes = vec![0u8; len as usize];
@@ -342,6 +410,24 @@ mod tests {
         let listing = String::from_utf8_lossy(&listing.stdout);
         assert!(listing.contains("::/EFI/BOOT/BOOTX64.EFI"), "{listing}");
         assert!(listing.contains("::/imgforge/manifest.json"), "{listing}");
+        // Every entry is stamped with the epoch: 2023-11-14 22:13:20 UTC.
+        let dir = std::process::Command::new("mdir")
+            .arg("-i")
+            .arg(partition.path())
+            .arg("::/EFI/BOOT")
+            .output()
+            .unwrap();
+        let dir = String::from_utf8_lossy(&dir.stdout);
+        assert!(dir.contains("2023-11-14  22:13"), "{dir}");
+    }
+
+    #[test]
+    fn civil_dates_from_days() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_675), (2023, 11, 14));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        let clock = FixedClock::at(0);
+        assert_eq!(clock.0.date.year, 1980, "FAT cannot go before 1980");
     }
 
     #[test]

@@ -224,7 +224,7 @@ fn crc32(bytes: &[u8]) -> u32 {
 /// A reader as a read-only device: the gpt crate and fatfs want a
 /// writable one, and inspect must never write (as with a file opened
 /// read-only, every write fails).
-struct ReadOnly<D>(D);
+pub(crate) struct ReadOnly<D>(pub(crate) D);
 
 impl<D> std::fmt::Debug for ReadOnly<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -26,8 +26,14 @@ pub struct Manifest {
     pub disk: DiskManifest,
     pub layers: Vec<String>,
     pub packages: Vec<Package>,
-    /// SOURCE_DATE_EPOCH of the build (seconds since 1970).
+    /// SOURCE_DATE_EPOCH of the build (seconds since 1970): every
+    /// timestamp in the image is at most this.
     pub build_time: u64,
+    /// What the disk ids were derived from (`imgforge build --seed`); with
+    /// the same inputs, the same seed and `build_time` rebuild the image
+    /// bit for bit. Absent in manifests of images with random ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
     /// sha256 of the whole raw image; only in the copy beside the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,

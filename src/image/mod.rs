@@ -2,7 +2,10 @@
 //! and upload share: an image may come from anywhere, so every parser here
 //! treats its input as untrusted.
 
+pub mod diff;
 pub mod esp;
+pub mod ext4;
+pub mod ids;
 pub mod inspect;
 pub mod manifest;
 pub mod sparse;

@@ -317,6 +317,21 @@ impl Distro for Arch {
         Ok(packages)
     }
 
+    /// The newest `%BUILDDATE%` in pacman's local database.
+    fn source_date_epoch(&self, root: &Path) -> Result<Option<u64>, DistroError> {
+        let local = root.join("var/lib/pacman/local");
+        let mut newest: Option<u64> = None;
+        for entry in fs::read_dir(&local).map_err(at("read", &local))?.flatten() {
+            let Ok(text) = fs::read_to_string(entry.path().join("desc")) else {
+                continue;
+            };
+            if let Some(date) = desc_build_date(&text) {
+                newest = Some(newest.map_or(date, |n| n.max(date)));
+            }
+        }
+        Ok(newest)
+    }
+
     fn kernel(&self, root: &Path) -> Result<Kernel, DistroError> {
         let boot = root.join("boot");
         let images: Vec<_> = fs::read_dir(&boot)
@@ -517,6 +532,17 @@ fn desc_field<'a>(text: &'a str, header: &str) -> Option<&'a str> {
 }
 
 /// `%NAME%` and `%VERSION%` of a pacman `desc` file.
+/// `%BUILDDATE%` of a pacman `desc` file (seconds since 1970).
+pub fn desc_build_date(text: &str) -> Option<u64> {
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line == "%BUILDDATE%" {
+            return lines.next()?.trim().parse().ok();
+        }
+    }
+    None
+}
+
 pub fn parse_desc(text: &str) -> Option<Package> {
     let mut lines = text.lines();
     let mut name = None;
@@ -537,6 +563,13 @@ pub fn parse_desc(text: &str) -> Option<Package> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_date_comes_from_the_desc_file() {
+        let desc = "%NAME%\nlinux\n\n%VERSION%\n6.6-1\n\n%BUILDDATE%\n1700000000\n\n%SIZE%\n1\n";
+        assert_eq!(desc_build_date(desc), Some(1_700_000_000));
+        assert_eq!(desc_build_date("%NAME%\nx\n"), None);
+    }
 
     fn arch() -> (Arch, DataDir) {
         let dir = DataDir::open(None).unwrap();

@@ -1,0 +1,236 @@
+//! Same inputs, same image: real builds of the small Debian image (from the
+//! tree cache when it is warm; a first run bootstraps), compared with
+//! sha256sum, sgdisk and blkid as well as `imgforge diff`. Needs root,
+//! like the build.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+use serde_json::Value;
+
+const IMGFORGE: &str = env!("CARGO_BIN_EXE_imgforge");
+
+/// Builds one at a time: the machine has 2 cores.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn heavy() -> MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("imgforge-repro-")
+        .tempdir_in("/var/tmp")
+        .unwrap()
+}
+
+/// `imgforge build -o DIR/NAME ARGS --json`; returns the image's path and
+/// the build summary.
+fn build(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, Value) {
+    let image = dir.join(name);
+    let mut args = vec!["build", "-o", image.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let out = run(IMGFORGE, &args);
+    assert!(out.status.success(), "imgforge build: {}", text(&out));
+    (image, serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn sha256sum(path: &Path) -> String {
+    let out = run("sha256sum", &[path.to_str().unwrap()]);
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// An image with the default seed (`repro`), in its own folder.
+fn base() -> (tempfile::TempDir, PathBuf, Value) {
+    let dir = scratch();
+    let (image, summary) = build(dir.path(), "repro.raw", &[]);
+    (dir, image, summary)
+}
+
+fn diff_json(a: &Path, b: &Path) -> Value {
+    let out = run(
+        IMGFORGE,
+        &["diff", a.to_str().unwrap(), b.to_str().unwrap(), "--json"],
+    );
+    assert!(out.status.success(), "imgforge diff: {}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Disk GUID and partition GUIDs as sgdisk reads them.
+fn sgdisk_guids(image: &Path) -> Vec<String> {
+    let mut guids = Vec::new();
+    for args in [
+        vec!["-p"],
+        vec!["-i", "1"],
+        vec!["-i", "2"],
+        vec!["-i", "3"],
+    ] {
+        let mut all = args.clone();
+        all.push(image.to_str().unwrap());
+        let out = run("sgdisk", &all);
+        let report = text(&out);
+        let guid = report
+            .lines()
+            .find(|l| l.contains("Disk identifier (GUID)") || l.contains("unique GUID"))
+            .unwrap_or_else(|| panic!("no GUID in sgdisk {args:?}: {report}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string();
+        guids.push(guid);
+    }
+    guids
+}
+
+#[test]
+fn same_name_into_other_folders_gives_the_same_sha256() {
+    let _guard = heavy();
+    let (_dir_a, image_a, summary_a) = base();
+    let image_a = &image_a;
+    let dir = scratch();
+    let (image_b, summary_b) = build(dir.path(), "repro.raw", &[]);
+    assert_ne!(image_a.parent(), image_b.parent());
+    assert_eq!(summary_a["seed"], "repro");
+    assert_eq!(summary_a["sha256"], summary_b["sha256"]);
+    // Not only imgforge's own hash: sha256sum over both files.
+    assert_eq!(sha256sum(image_a), sha256sum(&image_b));
+    assert_eq!(sha256sum(image_a), summary_a["sha256"].as_str().unwrap());
+    // The manifest beside the image records what to rebuild it with.
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}.json", image_b.display())).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["seed"], "repro");
+    assert_eq!(manifest["build_time"], summary_b["source_date_epoch"]);
+
+    let out = run(
+        IMGFORGE,
+        &[
+            "diff",
+            image_a.to_str().unwrap(),
+            image_b.to_str().unwrap(),
+            "--exit-code",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).starts_with("identical:"), "{}", text(&out));
+    let report = diff_json(image_a, &image_b);
+    assert_eq!(report["identical"], true);
+    assert_eq!(report["differing_blocks"], 0);
+    assert!(report["data_blocks"].as_u64().unwrap() > 100);
+}
+
+#[test]
+fn another_seed_gives_other_guids_and_uuids() {
+    let _guard = heavy();
+    let (_dir_a, image_a, summary_a) = base();
+    let image_a = &image_a;
+    let dir = scratch();
+    let (image_b, summary_b) = build(dir.path(), "repro.raw", &["--seed", "another"]);
+    assert_eq!(summary_b["seed"], "another");
+    assert_ne!(summary_a["sha256"], summary_b["sha256"]);
+    let (guids_a, guids_b) = (sgdisk_guids(image_a), sgdisk_guids(&image_b));
+    for (a, b) in guids_a.iter().zip(&guids_b) {
+        assert_ne!(a, b, "sgdisk: {guids_a:?} vs {guids_b:?}");
+    }
+    // The same seed again gives the same GUIDs: they are derived, not drawn.
+    let again = scratch();
+    let (image_c, _) = build(again.path(), "other-name.raw", &["--seed", "another"]);
+    assert_eq!(sgdisk_guids(&image_c), guids_b);
+
+    let report = diff_json(image_a, &image_b);
+    assert_eq!(report["identical"], false);
+    let table: Vec<&str> = report["table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["what"].as_str().unwrap())
+        .collect();
+    assert!(table.contains(&"disk GUID"), "{table:?}");
+    assert!(table.contains(&"partition 3 GUID"), "{table:?}");
+    // The files that name the root filesystem's UUID differ.
+    let root = report["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "root")
+        .unwrap();
+    let files: Vec<&str> = root["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(files.contains(&"/etc/fstab"), "{files:?}");
+}
+
+#[test]
+fn diff_names_the_one_layer_file_that_changed() {
+    let _guard = heavy();
+    let dir = scratch();
+    // Two layers with the same name (the layer's name is its folder's, and
+    // goes into the manifest) and one file whose content differs.
+    let mut images = Vec::new();
+    for (variant, content) in [("one", "setting = 1\n"), ("two", "setting = 2\n")] {
+        let layer = dir.path().join(variant).join("repro-layer");
+        std::fs::create_dir_all(layer.join("etc")).unwrap();
+        std::fs::write(layer.join("etc/imgforge-repro.conf"), content).unwrap();
+        let out_dir = dir.path().join(format!("out-{variant}"));
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let (image, _) = build(
+            &out_dir,
+            "layered.raw",
+            &["--layer", layer.to_str().unwrap()],
+        );
+        images.push(image);
+    }
+    let report = diff_json(&images[0], &images[1]);
+    assert_eq!(report["identical"], false);
+    assert!(report["table"].as_array().unwrap().is_empty(), "{report}");
+    let mut changed = Vec::new();
+    for region in report["regions"].as_array().unwrap() {
+        for file in region["files"].as_array().into_iter().flatten() {
+            let what: Vec<&str> = file["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["what"].as_str().unwrap())
+                .collect();
+            changed.push((
+                region["name"].as_str().unwrap().to_string(),
+                file["path"].as_str().unwrap().to_string(),
+                what.join(","),
+            ));
+        }
+    }
+    assert_eq!(
+        changed,
+        [(
+            "root".to_string(),
+            "/etc/imgforge-repro.conf".to_string(),
+            "content".to_string()
+        )],
+        "{report}"
+    );
+}

@@ -155,7 +155,9 @@ fn lock_records_the_image_packages_and_locked_reproduces_them() {
         .lines()
         .skip_while(|l| *l != "[packages]")
         .skip(1)
+        // TOML quotes names such as "libstdc++6"; compare the names.
         .filter_map(|l| l.split(" = ").next())
+        .map(|n| n.trim_matches('"'))
         .collect();
     let mut sorted = names.clone();
     sorted.sort_unstable();

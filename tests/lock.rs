@@ -123,6 +123,7 @@ fn locked_build() -> &'static Locked {
 }
 
 #[test]
+#[ignore = "not yet run to the end: a real --locked bootstrap with pinned versions (run with --ignored)"]
 fn lock_records_the_image_packages_and_locked_reproduces_them() {
     let _heavy = heavy();
     let first = locked_build();

@@ -4,7 +4,8 @@
 //! retried, and how), `names` (parsers and naming rules), `blocks` (reading
 //! and hashing the image), `journal` (resume state), `snapshot`
 //! (start/put/complete/wait), `writer` (the snapshot writer), `register`
-//! (RegisterImage), `publish` (copy, tags, share, deprecate, SSM, list,
+//! (RegisterImage), `platform` (the architecture and boot mode it is told,
+//! read from the image), `publish` (copy, tags, share, deprecate, SSM, list,
 //! prune), `output` (result files), `request` (what an upload is asked to
 //! do), and the jobs `upload` and `download`.
 
@@ -14,6 +15,7 @@ pub mod download;
 pub mod journal;
 pub mod names;
 pub mod output;
+pub mod platform;
 pub mod publish;
 pub mod register;
 pub mod request;

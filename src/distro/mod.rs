@@ -236,16 +236,31 @@ pub fn lookup_for(
             known: names().join(", "),
         });
     };
-    let mut distro_data = read_data(data, name)?;
+    make(read_data_for(data, name, arch)?, data)
+}
+
+/// `rootfs/distros/NAME.toml` completed for x86_64 (see [`read_data_for`]).
+pub fn read_data(data: &DataDir, name: &str) -> Result<DistroData, DistroError> {
+    read_data_for(data, name, platform::lookup("x86_64")?)
+}
+
+/// `rootfs/distros/NAME.toml` completed with `arch`'s row for the distro
+/// (its name for the architecture, the GRUB packages, the kernels).
+pub fn read_data_for(
+    data: &DataDir,
+    name: &str,
+    arch: &Architecture,
+) -> Result<DistroData, DistroError> {
+    let mut distro_data = read_data_file(data, name)?;
     let row = arch.for_distro(name)?;
     distro_data.architecture = row.name.clone();
     distro_data.packages.extend(row.packages.iter().cloned());
     distro_data.kernels = row.kernels.clone();
-    make(distro_data, data)
+    Ok(distro_data)
 }
 
 /// `rootfs/distros/NAME.toml` from the data directory, checked.
-pub fn read_data(data: &DataDir, name: &str) -> Result<DistroData, DistroError> {
+fn read_data_file(data: &DataDir, name: &str) -> Result<DistroData, DistroError> {
     let relative = format!("rootfs/distros/{name}.toml");
     let text = data.read_to_string(&relative)?;
     let parsed: DistroData = toml::from_str(&text).map_err(|e| DistroError::Data {

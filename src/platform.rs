@@ -265,7 +265,10 @@ mod tests {
             assert_eq!(lookup(given).unwrap().name, expected, "{given}");
         }
         let err = lookup("riscv64").unwrap_err().to_string();
-        assert!(err.contains("`riscv64`") && err.contains("arm64, x86_64"), "{err}");
+        assert!(
+            err.contains("`riscv64`") && err.contains("arm64, x86_64"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -293,8 +296,14 @@ mod tests {
             std::path::Path::new("/usr/share/AAVMF/AAVMF_CODE.fd")
         );
         let err = arm.for_distro("arch").unwrap_err().to_string();
-        assert!(err.contains("[arm64.distro.arch]") && err.contains("debian"), "{err}");
-        assert_eq!(by_root_type(&arm.root_type.to_lowercase()).unwrap().name, "arm64");
+        assert!(
+            err.contains("[arm64.distro.arch]") && err.contains("debian"),
+            "{err}"
+        );
+        assert_eq!(
+            by_root_type(&arm.root_type.to_lowercase()).unwrap().name,
+            "arm64"
+        );
     }
 
     #[test]
@@ -309,7 +318,9 @@ mod tests {
         assert_eq!(x86.qemu.binary, "qemu-system-x86_64");
         assert_eq!(x86.qemu.machine, "q35");
         assert_eq!(
-            by_root_type("4f68bce3-e8cd-4db1-96e7-fbcaf984b709").unwrap().name,
+            by_root_type("4f68bce3-e8cd-4db1-96e7-fbcaf984b709")
+                .unwrap()
+                .name,
             "x86_64"
         );
     }
@@ -320,7 +331,11 @@ mod tests {
         for token in ["clocksource=tsc", "tsc=reliable", "intel_idle.max_cstate=1"] {
             assert!(!arm.keep_cmdline_token(token), "{token}");
         }
-        for token in ["nohz_full=2-N", "isolcpus=managed_irq,domain,2-N", "nosoftlockup"] {
+        for token in [
+            "nohz_full=2-N",
+            "isolcpus=managed_irq,domain,2-N",
+            "nosoftlockup",
+        ] {
             assert!(arm.keep_cmdline_token(token), "{token}");
         }
         let x86 = lookup("x86_64").unwrap();

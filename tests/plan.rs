@@ -245,14 +245,23 @@ fn arm64_plan_is_graviton_uefi_only_and_x86_stays_as_it_was() {
         pf["bootstrap"].as_str().unwrap().contains("qemu-aarch64"),
         "{pf}"
     );
-    assert!(pf["qemu"].as_str().unwrap().starts_with("qemu-system-aarch64 -M virt"));
+    assert!(
+        pf["qemu"]
+            .as_str()
+            .unwrap()
+            .starts_with("qemu-system-aarch64 -M virt")
+    );
     assert!(pf["uefi_firmware"].as_str().unwrap().contains("AAVMF"));
     assert_eq!(pf["instance_sizes"], "4xlarge-8xlarge");
     let packages = strings(&p["packages"]);
     for wanted in ["linux-image-cloud-arm64", "grub-efi-arm64-bin"] {
         assert!(packages.contains(&wanted.to_string()), "{packages:?}");
     }
-    for unwanted in ["grub-pc-bin", "grub-efi-amd64-bin", "linux-image-cloud-amd64"] {
+    for unwanted in [
+        "grub-pc-bin",
+        "grub-efi-amd64-bin",
+        "linux-image-cloud-amd64",
+    ] {
         assert!(!packages.contains(&unwanted.to_string()), "{packages:?}");
     }
     // UEFI only: no BIOS boot partition; the root is arm64's type.
@@ -260,7 +269,12 @@ fn arm64_plan_is_graviton_uefi_only_and_x86_stays_as_it_was() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["name"].as_str().unwrap(), p["type_guid"].as_str().unwrap()))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["type_guid"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         partitions,
@@ -289,7 +303,10 @@ fn arm64_plan_is_graviton_uefi_only_and_x86_stays_as_it_was() {
         x86_cmdline.contains(" ro console=tty0 console=ttyS0,115200n8 nvme_core"),
         "{x86_cmdline}"
     );
-    assert!(x86_cmdline.contains("clocksource=tsc tsc=reliable"), "{x86_cmdline}");
+    assert!(
+        x86_cmdline.contains("clocksource=tsc tsc=reliable"),
+        "{x86_cmdline}"
+    );
 }
 
 #[test]

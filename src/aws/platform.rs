@@ -91,13 +91,13 @@ pub fn decide(
             }
             row
         }
-        (None, Some(given)) => platform::lookup(given.as_str()).map_err(|_| {
-            PlatformError::Ec2Name(given.as_str().to_string())
-        })?,
+        (None, Some(given)) => platform::lookup(given.as_str())
+            .map_err(|_| PlatformError::Ec2Name(given.as_str().to_string()))?,
         (None, None) => return Err(PlatformError::Unknown(path.to_path_buf())),
     };
     let boot_mode = match boot_mode {
-        Some(mode @ (BootMode::LegacyBios | BootMode::UefiPreferred)) if !arch.bios => {
+        // uefi-preferred is allowed: it means UEFI where there is no BIOS.
+        Some(mode @ BootMode::LegacyBios) if !arch.bios => {
             return Err(PlatformError::NeedsBios {
                 mode: mode.as_str(),
                 arch: arch.name.clone(),
@@ -205,17 +205,18 @@ mod tests {
     }
 
     #[test]
-    fn bios_boot_modes_are_refused_for_arm64() {
+    fn legacy_bios_is_refused_for_arm64() {
         let arm = image(Some("arm64"), "manifest", false, true);
-        for mode in [BootMode::LegacyBios, BootMode::UefiPreferred] {
-            let err = decide(path(), Some(&arm), None, Some(mode))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains(mode.as_str()) && err.contains("UEFI only"),
-                "{err}"
-            );
-        }
+        let err = decide(path(), Some(&arm), None, Some(BootMode::LegacyBios))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("legacy-bios") && err.contains("UEFI only"),
+            "{err}"
+        );
+        // uefi-preferred means UEFI on a machine without a BIOS.
+        let decided = decide(path(), Some(&arm), None, Some(BootMode::UefiPreferred)).unwrap();
+        assert_eq!(decided.boot_mode, BootMode::UefiPreferred);
     }
 
     #[test]

@@ -20,8 +20,8 @@ use super::client::{self, Clients};
 use super::journal::{self, ImageIdentity, Journal, SnapshotParams};
 use super::names::default_ami_name;
 use super::output::{self, UploadResult};
-use super::publish::{self, SourceImage};
 use super::platform::{self, Registration};
+use super::publish::{self, SourceImage};
 use super::register::{self, BootMode, ExistingImage, ImageSpec};
 pub use super::request::{MAX_VOLUME_GIB, UploadError, UploadRequest};
 use super::writer;
@@ -104,7 +104,6 @@ pub fn volume_size_gib(requested: Option<u64>, image_size: u64) -> Result<u64, U
     }
     Ok(gib)
 }
-
 
 fn now_unix() -> u64 {
     SystemTime::now()
@@ -233,9 +232,7 @@ async fn source_ami(
                 description: params.description.clone(),
                 snapshot_id: outcome.snapshot_id.clone(),
                 volume_size_gib: volume_gib,
-                architecture: registration
-                    .expect("decided when registering")
-                    .architecture,
+                architecture: registration.expect("decided when registering").architecture,
                 boot_mode,
                 tpm: req.tpm,
                 tags: req.tags.clone(),

@@ -107,11 +107,7 @@ pub fn foreign(
     }
     Ok(AccelDecision {
         accel: Accel::Tcg,
-        cpu: arch
-            .qemu
-            .tcg_cpu
-            .clone()
-            .unwrap_or_else(|| TCG_CPU.into()),
+        cpu: arch.qemu.tcg_cpu.clone().unwrap_or_else(|| TCG_CPU.into()),
         qemu_accel: Accel::Tcg.qemu_accel(),
         reason: format!("a {} image on a {host} host: emulated", arch.name),
         probe_seconds: 0.0,
@@ -226,7 +222,8 @@ pub fn probe_kvm(cpu: &str) -> Result<(), ProbeFailure> {
         .map(Into::into)
         .chain([format!("if=ide,format=raw,file={}", disk.display()).into()])
         .collect();
-    let mut qemu = Qemu::spawn(super::qemu::QEMU.name, &args, None).map_err(|e| ProbeFailure::early(e.to_string()))?;
+    let mut qemu = Qemu::spawn(super::qemu::QEMU.name, &args, None)
+        .map_err(|e| ProbeFailure::early(e.to_string()))?;
     let launched = Instant::now();
     let mut deadline = launched + START_WITHIN;
     let mut started_at = None;

@@ -484,9 +484,8 @@ fn machine_platform(info: &ImageInfo) -> &'static Architecture {
     {
         Some(arch) => arch,
         None => {
-            let host = platform::host().unwrap_or_else(|| {
-                platform::lookup("x86_64").expect("the table has x86_64")
-            });
+            let host = platform::host()
+                .unwrap_or_else(|| platform::lookup("x86_64").expect("the table has x86_64"));
             progress(&format!(
                 "note: the image does not say its architecture; booting it as {}",
                 host.name

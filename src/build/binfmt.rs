@@ -109,7 +109,10 @@ impl Emulation {
             if state.lines().next() == Some("disabled") {
                 return Err(BinfmtError::Disabled { path: entry });
             }
-            log::info!("binfmt_misc: {} is registered already; left as it is", entry.display());
+            log::info!(
+                "binfmt_misc: {} is registered already; left as it is",
+                entry.display()
+            );
             return Ok(emulation);
         }
         fs::write(&register, register_line(arch)).map_err(|source| BinfmtError::Register {
@@ -223,6 +226,9 @@ mod tests {
         let err = Emulation::ensure_in(dir.path(), arm, true)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("disabled") && err.contains("echo 1 >"), "{err}");
+        assert!(
+            err.contains("disabled") && err.contains("echo 1 >"),
+            "{err}"
+        );
     }
 }

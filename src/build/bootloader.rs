@@ -95,12 +95,13 @@ fn targets_for(all: Vec<Target>, arch: &Architecture) -> Result<Vec<Target>, Boo
     arch.grub_targets
         .iter()
         .map(|format| {
-            let at = all.iter().position(|t| &t.format == format).ok_or_else(|| {
-                BootloaderError::NoTarget {
+            let at = all
+                .iter()
+                .position(|t| &t.format == format)
+                .ok_or_else(|| BootloaderError::NoTarget {
                     arch: arch.name.clone(),
                     format: format.clone(),
-                }
-            })?;
+                })?;
             Ok(all.swap_remove(at))
         })
         .collect()
@@ -406,15 +407,27 @@ mod tests {
             .choose(None)
             .unwrap();
         let small = crate::sizeclass::lookup("small").unwrap();
-        let x86 = kernel_cmdline(&data, "U", &small, &profile, platform::lookup("x86_64").unwrap())
-            .unwrap();
+        let x86 = kernel_cmdline(
+            &data,
+            "U",
+            &small,
+            &profile,
+            platform::lookup("x86_64").unwrap(),
+        )
+        .unwrap();
         assert!(
             x86.starts_with("root=UUID=U ro console=tty0 console=ttyS0,115200n8 nvme_core"),
             "{x86}"
         );
         assert!(x86.contains(" clocksource=tsc tsc=reliable"), "{x86}");
-        let arm = kernel_cmdline(&data, "U", &small, &profile, platform::lookup("arm64").unwrap())
-            .unwrap();
+        let arm = kernel_cmdline(
+            &data,
+            "U",
+            &small,
+            &profile,
+            platform::lookup("arm64").unwrap(),
+        )
+        .unwrap();
         assert!(
             arm.starts_with(
                 "root=UUID=U ro console=ttyAMA0,115200n8 console=ttyS0,115200n8 nvme_core"
@@ -424,6 +437,9 @@ mod tests {
         for gone in ["tsc", "intel_idle", "processor.max_cstate"] {
             assert!(!arm.contains(gone), "{gone}: {arm}");
         }
-        assert!(arm.contains("nohz_full=2-N") && arm.contains("irqaffinity=0-1"), "{arm}");
+        assert!(
+            arm.contains("nohz_full=2-N") && arm.contains("irqaffinity=0-1"),
+            "{arm}"
+        );
     }
 }

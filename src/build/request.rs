@@ -308,10 +308,7 @@ impl Plan {
                     .collect(),
                 instance_sizes: arch.instance_sizes(class),
                 launch: arch.launch_note.clone(),
-                qemu: format!(
-                    "{} -M {}, NVMe disk",
-                    arch.qemu.binary, arch.qemu.machine
-                ),
+                qemu: format!("{} -M {}, NVMe disk", arch.qemu.binary, arch.qemu.machine),
                 uefi_firmware: format!(
                     "{} (Debian package {})",
                     arch.qemu
@@ -396,7 +393,11 @@ impl Plan {
         row("bootstrap", &pf.bootstrap);
         row(
             "GRUB",
-            &format!("{} -> {}", pf.grub_targets.join(" "), pf.efi_files.join(" ")),
+            &format!(
+                "{} -> {}",
+                pf.grub_targets.join(" "),
+                pf.efi_files.join(" ")
+            ),
         );
         row("console", &pf.console.join(" "));
         if !pf.cmdline_left_out.is_empty() {

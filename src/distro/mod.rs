@@ -339,7 +339,11 @@ mod tests {
         let packages = d.packages("cloud", &[]).unwrap();
         assert!(packages.iter().any(|p| p == "linux-image-cloud-arm64"));
         assert!(packages.iter().any(|p| p == "grub-efi-arm64-bin"));
-        assert!(!packages.iter().any(|p| p.contains("amd64") || p == "grub-pc-bin"));
+        assert!(
+            !packages
+                .iter()
+                .any(|p| p.contains("amd64") || p == "grub-pc-bin")
+        );
         let x86 = lookup(&data, "debian").unwrap();
         assert_eq!(x86.data().architecture, "amd64");
         assert!(x86.data().packages.iter().any(|p| p == "grub-pc-bin"));

@@ -92,10 +92,12 @@ pub fn architecture_of(
             .find_map(|p| platform::by_root_type(&p.type_guid))
             .map(|a| (a, "root partition type"))
     };
-    from_manifest.or_else(from_root).map(|(a, source)| ImageArchitecture {
-        name: a.name.clone(),
-        source: source.into(),
-    })
+    from_manifest
+        .or_else(from_root)
+        .map(|(a, source)| ImageArchitecture {
+            name: a.name.clone(),
+            source: source.into(),
+        })
 }
 
 /// Reads the GPT, the boot code and the ESP's manifest.
@@ -749,7 +751,10 @@ mod tests {
             .replace("\"x86_64\"", "\"amd64\"");
         let manifest = Manifest::from_json(&text).unwrap();
         let found = architecture_of(Some(&manifest), &[]).unwrap();
-        assert_eq!((found.name.as_str(), found.source.as_str()), ("x86_64", "manifest"));
+        assert_eq!(
+            (found.name.as_str(), found.source.as_str()),
+            ("x86_64", "manifest")
+        );
         assert!(architecture_of(None, &[part("0FC63DAF-8483-4772-8E79-3D69D8477DE4")]).is_none());
     }
 }

@@ -184,6 +184,26 @@ mod tests {
     }
 
     #[test]
+    fn a_foreign_build_needs_qemu_user_and_arch_test() {
+        let arm = platform::lookup("arm64").unwrap();
+        let x86 = platform::lookup("x86_64").unwrap();
+        let (native, foreign) = if x86.is_host() {
+            (x86, arm)
+        } else {
+            (arm, x86)
+        };
+        assert!(host_tools(native).is_empty());
+        let tools: Vec<(&str, &str)> = host_tools(foreign)
+            .iter()
+            .map(|t| (t.name, t.package))
+            .collect();
+        assert_eq!(tools.len(), 2);
+        assert_eq!(tools[0].1, "qemu-user-static");
+        assert!(tools[0].0.ends_with("-static"), "{tools:?}");
+        assert_eq!(tools[1], ("arch-test", "arch-test"));
+    }
+
+    #[test]
     fn native_builds_touch_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let arm = platform::lookup("arm64").unwrap();

@@ -178,15 +178,6 @@ impl Architecture {
         host().is_some_and(|h| h.name == self.name)
     }
 
-    /// The EFI removable-media file name the image carries for this
-    /// architecture, from its GRUB targets (e.g. `EFI/BOOT/BOOTAA64.EFI`).
-    pub fn efi_targets(&self) -> impl Iterator<Item = &str> {
-        self.grub_targets
-            .iter()
-            .map(String::as_str)
-            .filter(|t| t.ends_with("-efi"))
-    }
-
     /// The profile's command line tokens that this architecture's kernel
     /// knows (a token's parameter is the part before `=`).
     pub fn keep_cmdline_token(&self, token: &str) -> bool {
@@ -213,27 +204,6 @@ impl Architecture {
     pub fn qemu_tool(&'static self) -> HostTool {
         HostTool::new(&self.qemu.binary, &self.qemu.package)
     }
-
-    /// The first UEFI firmware pair that exists on this host; the
-    /// candidates looked at otherwise.
-    pub fn find_firmware(&self) -> Result<(PathBuf, PathBuf), Vec<PathBuf>> {
-        self.qemu
-            .firmware
-            .iter()
-            .find(|(code, vars)| code.is_file() && vars.is_file())
-            .cloned()
-            .ok_or_else(|| self.qemu.firmware.iter().map(|(c, _)| c.clone()).collect())
-    }
-
-    /// The firmware pair's code file name, for messages.
-    pub fn firmware_name(&self) -> &str {
-        self.qemu
-            .firmware
-            .first()
-            .and_then(|(c, _)| c.file_name())
-            .and_then(|n| n.to_str())
-            .unwrap_or("UEFI firmware")
-    }
 }
 
 #[cfg(test)]
@@ -246,7 +216,8 @@ mod tests {
         assert_eq!(names(), ["arm64", "x86_64"]);
         for arch in all() {
             assert!(!arch.grub_targets.is_empty(), "{}", arch.name);
-            assert!(arch.efi_targets().count() == 1, "{}", arch.name);
+            let efi = arch.grub_targets.iter().filter(|t| t.ends_with("-efi"));
+            assert_eq!(efi.count(), 1, "{}", arch.name);
             assert_eq!(arch.root_type, arch.root_type.to_uppercase());
             assert!(!arch.qemu.firmware.is_empty());
             assert!(arch.distro.contains_key("debian"), "{}", arch.name);

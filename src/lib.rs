@@ -8,6 +8,7 @@
 //! - [`distro`]: what the stages ask of a distribution, one module each;
 //! - [`image`]: the disk image's formats (partition layout, ESP, manifest)
 //!   and the reader that inspect, boot-test, export and upload share;
+//! - [`platform`]: the architecture axis (`boot/architectures.toml`);
 //! - [`boottest`]: QEMU boot tests;
 //! - [`aws`]: the online half, upload, register, download;
 //! - [`sys`]: processes, interrupts, work directories, progress.
@@ -23,6 +24,7 @@ pub mod distro;
 pub mod export;
 pub mod image;
 pub mod kernelcheck;
+pub mod platform;
 pub mod profile;
 pub mod sizeclass;
 pub mod sys;

@@ -30,7 +30,10 @@ fn upload(dir: &Path, url: &str, image: &Path, name: &str, extra: &[&str]) -> Ou
         .arg("upload")
         .arg(image)
         .args(["--endpoint-url", url, "--name", name])
-        .args(["--boot-mode", "legacy-bios", "--workers", "4"])
+        // The test images are blocks of data, not disks: nothing to read
+        // the architecture from.
+        .args(["--boot-mode", "legacy-bios", "--architecture", "x86_64"])
+        .args(["--workers", "4"])
         .args(extra))
 }
 
@@ -838,6 +841,7 @@ fn upload_takes_its_publish_settings_from_the_config_file() {
         &config,
         "[defaults]\nregions = [\"eu-west-1\"]\nami_name = \"{image}-v1\"\n\
          ssm_parameter = \"/images/{image}/latest\"\nboot_mode = \"legacy-bios\"\n\
+         architecture = \"x86_64\"\n\
          [defaults.tags]\nteam = \"infra\"\n\n\
          [[image]]\nname = \"cfg-large\"\nshare_with = [\"210987654321\"]\n\
          deprecate_in = \"30d\"\n",

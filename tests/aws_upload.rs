@@ -213,7 +213,8 @@ fn an_existing_ami_is_reused_by_name_or_replaced_with_force_deregister() {
             .arg("upload")
             .arg(&image)
             .args(["--endpoint-url", &proxy.url(), "--name", "reuse-me"])
-            .args(["--boot-mode", "legacy-bios", "--json"])
+            .args(["--boot-mode", "legacy-bios", "--architecture", "x86_64"])
+            .arg("--json")
             .args(extra))
     };
     let first = json_stdout(&upload(&[]));
@@ -377,7 +378,8 @@ fn kill_9_halfway_then_rerun_resumes_the_same_snapshot_and_sends_only_missing_bl
         cmd.arg("upload")
             .arg(&image)
             .args(["--endpoint-url", &proxy.url(), "--name", "resume-test"])
-            .args(["--boot-mode", "uefi", "--workers", "2", "--json"]);
+            .args(["--boot-mode", "uefi", "--architecture", "x86_64"])
+            .args(["--workers", "2", "--json"]);
     };
 
     let mut first = imgforge(dir.path());
@@ -903,7 +905,14 @@ fn refused_and_silent_endpoints_fail_in_bounded_time() {
     let refused = free_port();
     let started = Instant::now();
     let out = run(imgforge(d)
-        .args(["upload", "ok.raw", "--boot-mode", "uefi"])
+        .args([
+            "upload",
+            "ok.raw",
+            "--boot-mode",
+            "uefi",
+            "--architecture",
+            "x86_64",
+        ])
         .args([
             "--endpoint-url",
             &format!("http://127.0.0.1:{refused}"),
@@ -924,7 +933,14 @@ fn refused_and_silent_endpoints_fail_in_bounded_time() {
     let port = silent.local_addr().unwrap().port();
     let started = Instant::now();
     let out = run(imgforge(d)
-        .args(["upload", "ok.raw", "--boot-mode", "uefi"])
+        .args([
+            "upload",
+            "ok.raw",
+            "--boot-mode",
+            "uefi",
+            "--architecture",
+            "x86_64",
+        ])
         .args([
             "--endpoint-url",
             &format!("http://127.0.0.1:{port}"),

@@ -229,3 +229,102 @@ fn data_dir_overrides_the_built_in_data_and_a_copied_binary_needs_no_source_tree
         text(&not_data)
     );
 }
+
+#[test]
+fn arm64_plan_is_graviton_uefi_only_and_x86_stays_as_it_was() {
+    let p = plan(&["--arch", "arm64", "--size-class", "medium"], &[]);
+    assert_eq!(p["distro"], "debian");
+    assert_eq!(p["architecture"], "arm64");
+    let pf = &p["platform"];
+    assert_eq!(pf["distro_architecture"], "arm64");
+    assert_eq!(pf["ec2_architecture"], "arm64");
+    assert_eq!(pf["ec2_boot_mode"], "uefi");
+    assert_eq!(strings(&pf["grub_targets"]), ["arm64-efi"]);
+    assert_eq!(strings(&pf["efi_files"]), ["EFI/BOOT/BOOTAA64.EFI"]);
+    assert!(
+        pf["bootstrap"].as_str().unwrap().contains("qemu-aarch64"),
+        "{pf}"
+    );
+    assert!(
+        pf["qemu"]
+            .as_str()
+            .unwrap()
+            .starts_with("qemu-system-aarch64 -M virt")
+    );
+    assert!(pf["uefi_firmware"].as_str().unwrap().contains("AAVMF"));
+    assert_eq!(pf["instance_sizes"], "4xlarge-8xlarge");
+    let packages = strings(&p["packages"]);
+    for wanted in ["linux-image-cloud-arm64", "grub-efi-arm64-bin"] {
+        assert!(packages.contains(&wanted.to_string()), "{packages:?}");
+    }
+    for unwanted in [
+        "grub-pc-bin",
+        "grub-efi-amd64-bin",
+        "linux-image-cloud-amd64",
+    ] {
+        assert!(!packages.contains(&unwanted.to_string()), "{packages:?}");
+    }
+    // UEFI only: no BIOS boot partition; the root is arm64's type.
+    let partitions: Vec<(&str, &str)> = p["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["type_guid"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        partitions,
+        [
+            ("esp", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+            ("root", "B921B045-1DF0-41C3-AF44-4C6F280D3FAE")
+        ]
+    );
+    let cmdline = p["kernel_cmdline"].as_str().unwrap();
+    assert!(
+        cmdline.contains(" console=ttyAMA0,115200n8 console=ttyS0,115200n8 "),
+        "both serial ports, EC2's last: {cmdline}"
+    );
+    assert!(cmdline.contains("nohz_full=4-N"), "{cmdline}");
+    assert!(!cmdline.contains("tsc"), "{cmdline}");
+    assert!(strings(&pf["cmdline_left_out"]).contains(&"clocksource=tsc".to_string()));
+    // A different tree from x86_64's.
+    let x86 = plan(&["--size-class", "medium"], &[]);
+    assert_ne!(x86["cache_key"], p["cache_key"]);
+    assert_eq!(x86["architecture"], "x86_64");
+    assert_eq!(x86["platform"]["distro_architecture"], "amd64");
+    assert_eq!(x86["platform"]["ec2_boot_mode"], "uefi-preferred");
+    assert_eq!(x86["partitions"].as_array().unwrap().len(), 3);
+    let x86_cmdline = x86["kernel_cmdline"].as_str().unwrap();
+    assert!(
+        x86_cmdline.contains(" ro console=tty0 console=ttyS0,115200n8 nvme_core"),
+        "{x86_cmdline}"
+    );
+    assert!(
+        x86_cmdline.contains("clocksource=tsc tsc=reliable"),
+        "{x86_cmdline}"
+    );
+}
+
+#[test]
+fn arch_linux_for_arm64_and_unknown_architectures_are_refused_with_the_choices() {
+    for (args, wanted) in [
+        (
+            &["--distro", "arch", "--arch", "arm64"][..],
+            "arch cannot be built for arm64",
+        ),
+        (&["--arch", "riscv64"][..], "choose one of: arm64, x86_64"),
+    ] {
+        let out = Command::new(IMGFORGE)
+            .args(["build", "--plan"])
+            .args(args)
+            .env_remove("IMGFORGE_DATA_DIR")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(text(&out).contains(wanted), "{args:?}: {}", text(&out));
+    }
+}

@@ -5,7 +5,8 @@
 //! and hashing the image), `journal` (resume state), `delta` (parent
 //! snapshots and the block digest store), `snapshot`
 //! (start/put/complete/wait), `writer` (the snapshot writer), `register`
-//! (RegisterImage), `publish` (copy, tags, share, deprecate, SSM, list,
+//! (RegisterImage), `platform` (the architecture and boot mode it is told,
+//! read from the image), `publish` (copy, tags, share, deprecate, SSM, list,
 //! prune), `output` (result files), `request` (what an upload is asked to
 //! do), and the jobs `upload` and `download`.
 
@@ -16,6 +17,7 @@ pub mod download;
 pub mod journal;
 pub mod names;
 pub mod output;
+pub mod platform;
 pub mod publish;
 pub mod register;
 pub mod request;

@@ -8,6 +8,7 @@ use super::client::{ClientError, ConnectionArgs};
 use super::delta::{DeltaError, ParentArg};
 use super::journal::JournalError;
 use super::output::{OutputError, UploadResult};
+use super::platform::PlatformError;
 use super::publish::{PublishError, PublishPlan};
 use super::register::{Architecture, BootMode, RegisterError};
 use super::snapshot::SnapshotError;
@@ -31,7 +32,8 @@ pub struct UploadRequest {
     pub workers: u32,
     /// None: read from the image.
     pub boot_mode: Option<BootMode>,
-    pub architecture: Architecture,
+    /// None: read from the image (see [`super::platform`]).
+    pub architecture: Option<Architecture>,
     pub tpm: bool,
     pub encrypted: bool,
     pub kms_key_id: Option<String>,
@@ -79,6 +81,8 @@ pass --volume-size {needed} or more, or leave it out"
     VolumeTooLarge { gib: u64 },
     #[error("--tpm needs UEFI: pass --boot-mode uefi or uefi-preferred")]
     TpmNeedsUefi,
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error(transparent)]

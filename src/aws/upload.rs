@@ -21,6 +21,7 @@ use super::delta::{self, DigestStore, SnapshotRecord};
 use super::journal::{self, ImageIdentity, Journal, SnapshotParams, TokenBasis};
 use super::names::default_ami_name;
 use super::output::{self, UploadResult};
+use super::platform::{self, Registration};
 use super::publish::{self, SourceImage};
 use super::register::{self, BootMode, ExistingImage, ImageSpec};
 pub use super::request::{MAX_VOLUME_GIB, UploadError, UploadRequest};
@@ -106,30 +107,6 @@ pub fn volume_size_gib(requested: Option<u64>, image_size: u64) -> Result<u64, U
     Ok(gib)
 }
 
-/// The boot mode from the request, else from the image's bootloaders.
-fn resolve_boot_mode(req: &UploadRequest) -> BootMode {
-    if let Some(mode) = req.boot_mode {
-        return mode;
-    }
-    match crate::image::inspect::boot_modes(&req.image) {
-        Ok(found) => BootMode::from_bootloaders(found.bios, found.uefi).unwrap_or_else(|| {
-            log::warn!(
-                "{} has neither a BIOS nor a UEFI bootloader that imgforge recognizes; \
-registering it as legacy-bios (pass --boot-mode to choose)",
-                req.image.display()
-            );
-            BootMode::LegacyBios
-        }),
-        Err(err) => {
-            log::warn!(
-                "cannot tell which bootloaders the image has ({err}); registering it as \
-legacy-bios (pass --boot-mode to choose)"
-            );
-            BootMode::LegacyBios
-        }
-    }
-}
-
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -185,6 +162,17 @@ async fn source_ami(
     if req.tpm && req.boot_mode == Some(BootMode::LegacyBios) {
         return Err(UploadError::TpmNeedsUefi);
     }
+    // Architecture and boot mode from the image, checked against the flags
+    // before anything is written.
+    let registration: Option<Registration> = if req.no_register {
+        None
+    } else {
+        Some(platform::decide_for(
+            &req.image,
+            req.architecture,
+            req.boot_mode,
+        )?)
+    };
     let file_name = req
         .image
         .file_name()
@@ -300,7 +288,7 @@ async fn source_ami(
         );
         to_replace = Some(existing);
     }
-    let boot_mode = (!req.no_register).then(|| resolve_boot_mode(req));
+    let boot_mode = registration.map(|r| r.boot_mode);
     if req.tpm && boot_mode == Some(BootMode::LegacyBios) {
         return Err(UploadError::TpmNeedsUefi);
     }
@@ -340,7 +328,7 @@ async fn source_ami(
                     description: params.description.clone(),
                     snapshot_id: outcome.snapshot_id.clone(),
                     volume_size_gib: volume_gib,
-                    architecture: req.architecture,
+                    architecture: registration.expect("decided when registering").architecture,
                     boot_mode,
                     tpm: req.tpm,
                     tags: req.tags.clone(),
@@ -414,7 +402,10 @@ async fn source_ami(
         image_size_bytes: size,
         volume_size_gib: volume_gib,
         encrypted,
-        architecture: req.architecture.as_str().into(),
+        architecture: registration
+            .map(|r| r.architecture)
+            .or(req.architecture)
+            .map_or(String::new(), |a| a.as_str().into()),
         boot_mode: boot_mode.map(|m| m.as_str().into()),
         parent_snapshot_id: params.parent_snapshot_id.clone(),
         data_blocks: outcome.data_blocks,
@@ -477,7 +468,9 @@ fn reuse_existing(
         image_size_bytes: size,
         volume_size_gib: volume_gib,
         encrypted: req.encrypted,
-        architecture: req.architecture.as_str().into(),
+        architecture: req
+            .architecture
+            .map_or(String::new(), |a| a.as_str().into()),
         boot_mode: req.boot_mode.map(|m| m.as_str().into()),
         parent_snapshot_id: None,
         data_blocks: 0,

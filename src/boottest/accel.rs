@@ -90,6 +90,30 @@ fn accel_name<S: serde::Serializer>(a: &super::qemu::Accel, s: S) -> Result<S::O
     s.serialize_str(a.name())
 }
 
+/// For an image of another architecture than the host's: TCG with the
+/// architecture's CPU model (KVM runs only the host's own).
+pub fn foreign(
+    choice: AccelChoice,
+    arch: &crate::platform::Architecture,
+) -> Result<AccelDecision, super::BootTestError> {
+    use super::qemu::Accel;
+    let host = crate::platform::host().map_or(std::env::consts::ARCH, |h| h.name.as_str());
+    if choice == AccelChoice::Kvm {
+        return Err(super::BootTestError::Accel(format!(
+            "--accel kvm cannot run a {} image on this {host} host (KVM runs only the \
+             host's architecture): use --accel tcg or auto",
+            arch.name
+        )));
+    }
+    Ok(AccelDecision {
+        accel: Accel::Tcg,
+        cpu: arch.qemu.tcg_cpu.clone().unwrap_or_else(|| TCG_CPU.into()),
+        qemu_accel: Accel::Tcg.qemu_accel(),
+        reason: format!("a {} image on a {host} host: emulated", arch.name),
+        probe_seconds: 0.0,
+    })
+}
+
 pub fn choose(choice: AccelChoice) -> AccelDecision {
     use super::qemu::Accel;
     match choice {
@@ -198,7 +222,8 @@ pub fn probe_kvm(cpu: &str) -> Result<(), ProbeFailure> {
         .map(Into::into)
         .chain([format!("if=ide,format=raw,file={}", disk.display()).into()])
         .collect();
-    let mut qemu = Qemu::spawn(&args, None).map_err(|e| ProbeFailure::early(e.to_string()))?;
+    let mut qemu = Qemu::spawn(super::qemu::QEMU.name, &args, None)
+        .map_err(|e| ProbeFailure::early(e.to_string()))?;
     let launched = Instant::now();
     let mut deadline = launched + START_WITHIN;
     let mut started_at = None;

@@ -128,6 +128,8 @@ fn netdev(relay_command: &str, ssh_port: u16) -> String {
 
 /// What boot-test's preflight found, for the rehearsals.
 pub struct Preflight<'a> {
+    /// The image's architecture: QEMU binary, machine, firmware.
+    pub platform: &'static crate::platform::Architecture,
     pub args: &'a BootTestArgs,
     pub format: &'a str,
     pub firmwares: &'a [&'a str],
@@ -176,6 +178,7 @@ pub fn run_all(p: &Preflight, log: Option<File>) -> Result<(), BootTestError> {
             .map_err(BootTestError::TempDir)?;
         let disk = volume_overlay(&p.args.image, p.format, dir.path(), volume_bytes)?;
         let machine = Machine {
+            platform: p.platform,
             accel: p.decision.accel,
             cpu: p.decision.cpu.clone(),
             firmware: match firmware {
@@ -418,7 +421,7 @@ pub fn rehearse(mut r: Rehearsal) -> Result<RehearsalResult, BootTestError> {
         r.volume_bytes as f64 / (1u64 << 30) as f64
     ));
     let mut instance = Instance {
-        qemu: Qemu::spawn(&args, r.log.take())?,
+        qemu: Qemu::spawn(r.machine.program(), &args, r.log.take())?,
         ssh_port,
         key,
         user: r.default_user.clone(),
@@ -785,6 +788,7 @@ mod tests {
     #[test]
     fn a_launch_replaces_the_plain_network_looks_like_ec2_and_allows_reboots() {
         let mut machine = Machine {
+            platform: crate::platform::lookup("x86_64").unwrap(),
             accel: crate::boottest::qemu::Accel::Tcg,
             cpu: "max".into(),
             firmware: MachineFirmware::Bios,

@@ -173,7 +173,9 @@ pub fn require_bootloader(
     } else if !has_type(TYPE_ESP) {
         "there is no EFI system partition".to_string()
     } else {
-        "the EFI system partition has no EFI/BOOT/BOOTX64.EFI".to_string()
+        "the EFI system partition has no removable-media bootloader (EFI/BOOT/BOOTX64.EFI or \
+         BOOTAA64.EFI)"
+            .to_string()
     };
     Err(ImageError::NoBootloader {
         path: shown_as.to_path_buf(),

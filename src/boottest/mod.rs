@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::image::inspect::ImageInfo;
+use crate::platform::{self, Architecture};
 use crate::sizeclass::{self, SizeClass};
 use crate::sys::tool::ToolError;
 pub use accel::AccelChoice;
@@ -146,6 +147,10 @@ pub enum BootTestError {
     Failed { failed: String },
     #[error("launch rehearsal: {0}")]
     Ec2(String),
+    #[error("{0} machines have no BIOS: boot the image with --firmware uefi")]
+    NoBios(String),
+    #[error("{0}")]
+    Accel(String),
 }
 
 /// How one boot ended.
@@ -236,15 +241,8 @@ struct Summary<'a> {
 }
 
 pub fn run(args: &BootTestArgs) -> Result<(), BootTestError> {
-    let firmwares = args.firmware.list();
     // Preflight: everything that can be wrong before QEMU starts.
-    qemu::QEMU.require()?;
     QEMU_IMG.require()?;
-    let ovmf = if firmwares.contains(&"uefi") {
-        Some(qemu::find_ovmf()?)
-    } else {
-        None
-    };
     sweep_stale_scratch();
     let scratch = tempfile::Builder::new()
         .prefix(SCRATCH_PREFIX)
@@ -254,6 +252,14 @@ pub fn run(args: &BootTestArgs) -> Result<(), BootTestError> {
     let format = detect_format(&args.image)?;
     let raw = image::raw_view(&args.image, &format, scratch.path())?;
     let info = image::read(&raw, &args.image)?;
+    let platform = machine_platform(&info);
+    let firmwares = firmwares_for(args.firmware, platform)?;
+    platform.qemu_tool().require()?;
+    let ovmf = if firmwares.contains(&"uefi") {
+        Some(qemu::find_ovmf(platform)?)
+    } else {
+        None
+    };
     for firmware in firmwares {
         image::require_bootloader(&raw, &args.image, &info, firmware)?;
     }
@@ -281,7 +287,11 @@ pub fn run(args: &BootTestArgs) -> Result<(), BootTestError> {
         progress("note: the image has no imgforge manifest; size-class checks are skipped");
     }
 
-    let decision = accel::choose(args.accel);
+    let decision = if platform.is_host() {
+        accel::choose(args.accel)
+    } else {
+        accel::foreign(args.accel, platform)?
+    };
     progress(&format!(
         "accelerator: {} ({}; -accel {})",
         decision.accel.name(),
@@ -301,6 +311,7 @@ pub fn run(args: &BootTestArgs) -> Result<(), BootTestError> {
 
     if args.ec2 {
         let preflight = ec2::Preflight {
+            platform,
             args,
             format: &format,
             firmwares,
@@ -332,6 +343,7 @@ pub fn run(args: &BootTestArgs) -> Result<(), BootTestError> {
                 _ => MachineFirmware::uefi(ovmf.as_ref().expect("found above"), run_dir.path())?,
             };
             let machine = Machine {
+                platform,
                 accel: decision.accel,
                 cpu: decision.cpu.clone(),
                 firmware: machine_firmware,
@@ -477,6 +489,49 @@ fn sweep_stale_scratch() {
     }
 }
 
+/// The machine to boot the image on: its architecture's (from the manifest
+/// or the root partition type), else this host's.
+fn machine_platform(info: &ImageInfo) -> &'static Architecture {
+    match info
+        .architecture
+        .as_ref()
+        .and_then(|a| platform::lookup(&a.name).ok())
+    {
+        Some(arch) => arch,
+        None => {
+            let host = platform::host()
+                .unwrap_or_else(|| platform::lookup("x86_64").expect("the table has x86_64"));
+            progress(&format!(
+                "note: the image does not say its architecture; booting it as {}",
+                host.name
+            ));
+            host
+        }
+    }
+}
+
+/// The firmwares asked for that the architecture has: `both` on a machine
+/// without a BIOS is UEFI alone; `bios` there is an error.
+fn firmwares_for(
+    choice: FirmwareChoice,
+    arch: &Architecture,
+) -> Result<&'static [&'static str], BootTestError> {
+    if arch.bios {
+        return Ok(choice.list());
+    }
+    match choice {
+        FirmwareChoice::Bios => Err(BootTestError::NoBios(arch.name.clone())),
+        FirmwareChoice::Both => {
+            progress(&format!(
+                "note: {} machines have no BIOS; booting with UEFI only",
+                arch.name
+            ));
+            Ok(FirmwareChoice::Uefi.list())
+        }
+        FirmwareChoice::Uefi => Ok(choice.list()),
+    }
+}
+
 fn interrupted() -> bool {
     crate::sys::interrupt::requested()
 }
@@ -535,7 +590,7 @@ fn boot_once(
     attempt: u32,
     log: Option<File>,
 ) -> Result<(FirmwareResult, Attempt), BootTestError> {
-    let mut qemu = Qemu::spawn(&machine.args(), log)?;
+    let mut qemu = Qemu::spawn(machine.program(), &machine.args(), log)?;
     let started = Instant::now();
     let deadline = started + timeout;
     let mut watch = SilenceWatch::new(stall, started);
@@ -934,6 +989,7 @@ mod tests {
         let disk = dir.path().join("blank.raw");
         std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
         let machine = Machine {
+            platform: crate::platform::lookup("x86_64").unwrap(),
             accel: qemu::Accel::Tcg,
             cpu: "qemu64".into(),
             firmware: MachineFirmware::Bios,

@@ -20,9 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::platform::Architecture;
 use crate::sys::interrupt;
 use crate::sys::tool::HostTool;
 
+/// The x86_64 QEMU (the KVM probe's); a machine's comes from its architecture.
 pub const QEMU: HostTool = HostTool::new("qemu-system-x86_64", "qemu-system-x86");
 
 /// How many lines of QEMU's own stderr an error carries.
@@ -31,10 +33,15 @@ const STDERR_TAIL: usize = 20;
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
     #[error(
-        "OVMF (UEFI firmware for QEMU) not found; looked for {looked}. Install the Debian \
-         package `ovmf` (apt-get install ovmf), or set IMGFORGE_OVMF_CODE and IMGFORGE_OVMF_VARS"
+        "{arch} UEFI firmware for QEMU not found; looked for {looked}. Install the Debian \
+         package `{package}` (apt-get install {package}), or set IMGFORGE_OVMF_CODE and \
+         IMGFORGE_OVMF_VARS"
     )]
-    OvmfMissing { looked: String },
+    OvmfMissing {
+        arch: String,
+        looked: String,
+        package: String,
+    },
     #[error(
         "QEMU cannot find SeaBIOS (its BIOS firmware): install the Debian package `seabios` \
          (apt-get install seabios)\n--- QEMU said ---\n{tail}"
@@ -46,10 +53,10 @@ pub enum QemuError {
         #[source]
         source: std::io::Error,
     },
-    #[error("could not start qemu-system-x86_64")]
+    #[error("could not start QEMU")]
     Spawn(#[source] std::io::Error),
     #[error(
-        "qemu-system-x86_64 failed to start the machine ({status}); command: {command}\n--- QEMU said ---\n{tail}"
+        "QEMU failed to start the machine ({status}); command: {command}\n--- QEMU said ---\n{tail}"
     )]
     StartFailed {
         status: String,
@@ -107,38 +114,17 @@ pub struct Ovmf {
     pub vars: PathBuf,
 }
 
-/// Code/vars pairs in the places distributions put them, newest layout first.
-const OVMF_CANDIDATES: &[(&str, &str)] = &[
-    (
-        "/usr/share/OVMF/OVMF_CODE_4M.fd",
-        "/usr/share/OVMF/OVMF_VARS_4M.fd",
-    ),
-    (
-        "/usr/share/OVMF/OVMF_CODE.fd",
-        "/usr/share/OVMF/OVMF_VARS.fd",
-    ),
-    (
-        "/usr/share/edk2/x64/OVMF_CODE.4m.fd",
-        "/usr/share/edk2/x64/OVMF_VARS.4m.fd",
-    ),
-    (
-        "/usr/share/edk2/ovmf/OVMF_CODE.fd",
-        "/usr/share/edk2/ovmf/OVMF_VARS.fd",
-    ),
-];
-
-/// Finds OVMF; `IMGFORGE_OVMF_CODE`/`IMGFORGE_OVMF_VARS` override the search.
-pub fn find_ovmf() -> Result<Ovmf, QemuError> {
+/// Finds the architecture's UEFI firmware (OVMF, AAVMF) where its row in
+/// boot/architectures.toml says distributions put it;
+/// `IMGFORGE_OVMF_CODE`/`IMGFORGE_OVMF_VARS` override the search.
+pub fn find_ovmf(arch: &Architecture) -> Result<Ovmf, QemuError> {
     let from_env = (
         std::env::var_os("IMGFORGE_OVMF_CODE"),
         std::env::var_os("IMGFORGE_OVMF_VARS"),
     );
     let candidates: Vec<(PathBuf, PathBuf)> = match from_env {
         (Some(code), Some(vars)) => vec![(code.into(), vars.into())],
-        _ => OVMF_CANDIDATES
-            .iter()
-            .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
-            .collect(),
+        _ => arch.qemu.firmware.clone(),
     };
     for (code, vars) in &candidates {
         if code.is_file() && vars.is_file() {
@@ -149,6 +135,8 @@ pub fn find_ovmf() -> Result<Ovmf, QemuError> {
         }
     }
     Err(QemuError::OvmfMissing {
+        arch: arch.name.clone(),
+        package: arch.qemu.firmware_package.clone(),
         looked: candidates
             .iter()
             .map(|(c, _)| c.display().to_string())
@@ -181,11 +169,14 @@ impl MachineFirmware {
     }
 }
 
-/// A virtual machine like an EC2 Nitro instance: q35, the disk on an NVMe
-/// controller, one NIC on user-mode networking (DHCP from QEMU), the first
-/// serial port on QEMU's stdout, no display.
+/// A virtual machine like an EC2 Nitro instance: the architecture's machine
+/// (q35, virt), the disk on an NVMe controller, one NIC on user-mode
+/// networking (DHCP from QEMU), the first serial port on QEMU's stdout, no
+/// display.
 #[derive(Debug, Clone)]
 pub struct Machine {
+    /// The architecture's row: QEMU binary, machine type, firmware devices.
+    pub platform: &'static Architecture,
     pub accel: Accel,
     /// `-cpu` model.
     pub cpu: String,
@@ -229,12 +220,17 @@ pub const HEADLESS_SERIAL_ARGS: [&str; 11] = [
 ];
 
 impl Machine {
+    /// The QEMU program for this machine.
+    pub fn program(&self) -> &'static str {
+        &self.platform.qemu.binary
+    }
+
     pub fn args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
         push(&[
             "-machine",
-            "q35",
+            &self.platform.qemu.machine,
             "-accel",
             self.accel.qemu_accel(),
             "-cpu",
@@ -263,12 +259,15 @@ impl Machine {
                 &format!("if=pflash,unit=1,format=raw,file={}", escape_opt(vars_copy)),
             ]);
         }
-        if let Some(log) = &self.firmware_log {
+        if let (Some(log), Some(device)) = (
+            &self.firmware_log,
+            &self.platform.qemu.firmware_debug_device,
+        ) {
             push(&[
                 "-chardev",
                 &format!("file,id=fwlog,path={}", escape_opt(log)),
                 "-device",
-                "isa-debugcon,iobase=0x402,chardev=fwlog",
+                &format!("{device},chardev=fwlog"),
             ]);
         }
         push(&[
@@ -326,8 +325,8 @@ pub struct Qemu {
 impl Qemu {
     /// Starts QEMU with these arguments; the raw serial console is copied to
     /// `log` when given.
-    pub fn spawn(args: &[OsString], log: Option<File>) -> Result<Self, QemuError> {
-        let program = crate::sys::tool::find_in_path(QEMU.name).unwrap_or_else(|| QEMU.name.into());
+    pub fn spawn(program: &str, args: &[OsString], log: Option<File>) -> Result<Self, QemuError> {
+        let program = crate::sys::tool::find_in_path(program).unwrap_or_else(|| program.into());
         let command_line = std::iter::once(program.as_os_str())
             .chain(args.iter().map(OsString::as_os_str))
             .map(|a| a.to_string_lossy().into_owned())
@@ -625,6 +624,7 @@ mod tests {
     #[test]
     fn machine_looks_like_nitro() {
         let machine = Machine {
+            platform: crate::platform::lookup("x86_64").unwrap(),
             accel: Accel::Tcg,
             cpu: "max".into(),
             firmware: MachineFirmware::Bios,
@@ -655,6 +655,7 @@ mod tests {
     #[test]
     fn uefi_machine_has_pflash_code_read_only_and_its_own_vars() {
         let machine = Machine {
+            platform: crate::platform::lookup("x86_64").unwrap(),
             accel: Accel::Kvm,
             cpu: "host".into(),
             firmware: MachineFirmware::Uefi {
@@ -684,5 +685,45 @@ mod tests {
         assert!(joined.contains("-cpu host"));
         assert!(joined.contains("-machine q35 -accel kvm "), "{joined}");
         assert!(!joined.contains("thread="), "{joined}");
+    }
+
+    #[test]
+    fn arm64_machine_is_virt_with_aavmf_and_nvme() {
+        let arm = crate::platform::lookup("arm64").unwrap();
+        let machine = Machine {
+            platform: arm,
+            accel: Accel::Tcg,
+            cpu: arm.qemu.tcg_cpu.clone().unwrap(),
+            firmware: MachineFirmware::Uefi {
+                ovmf: Ovmf {
+                    code: "/usr/share/AAVMF/AAVMF_CODE.fd".into(),
+                    vars: "/usr/share/AAVMF/AAVMF_VARS.fd".into(),
+                },
+                vars_copy: "/tmp/run/AAVMF_VARS.fd".into(),
+            },
+            smp: 4,
+            memory_mib: 1024,
+            disk: "/tmp/run/overlay.qcow2".into(),
+            disk_format: "qcow2".into(),
+            firmware_log: Some("/tmp/run/firmware.log".into()),
+            launch_network: None,
+        };
+        assert_eq!(machine.program(), "qemu-system-aarch64");
+        let joined = machine
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            joined.contains("-machine virt -accel tcg,thread=single -cpu cortex-a72"),
+            "{joined}"
+        );
+        assert!(joined.contains("readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd"));
+        assert!(joined.contains("-device nvme,serial=imgforge-boot-test,drive=disk0"));
+        assert!(
+            !joined.contains("isa-debugcon"),
+            "virt has no ISA bus: {joined}"
+        );
     }
 }

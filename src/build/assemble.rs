@@ -1,5 +1,6 @@
-//! Stage 5, assemble: the disk image file. A sparse file, a GPT (BIOS boot,
-//! EFI system, root), a FAT ESP written in-process, an ext4 root made from
+//! Stage 5, assemble: the disk image file. A sparse file, a GPT (BIOS boot
+//! where the architecture has a BIOS, EFI system, root of the
+//! architecture's type), a FAT ESP written in-process, an ext4 root made from
 //! the directory by `mkfs.ext4 -d` at the partition's offset, and the BIOS
 //! boot code. No loop device and no mount.
 
@@ -14,6 +15,7 @@ use super::bootloader::{self, BootFiles};
 use super::bootstrap::Rootfs;
 use super::context::BuildContext;
 use crate::image::{esp, ext4, ids};
+use crate::platform::Architecture;
 use crate::sys::fsio::{PathError, at};
 use crate::sys::tool::{Tool, ToolError};
 
@@ -27,10 +29,13 @@ const GPT_BACKUP_SECTORS: u64 = 33;
 
 pub const TYPE_BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
 pub const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-/// Discoverable Partitions Specification: root partition, x86-64.
+/// Discoverable Partitions Specification: root partition, x86-64 (each
+/// architecture's is in boot/architectures.toml).
 pub const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 
-/// The partitions in disk order; the root takes the rest of the disk.
+/// The partitions in disk order (the slots [`BIOS_BOOT`], [`ESP`], [`ROOT`]);
+/// the root takes the rest of the disk. [`partitions`] gives an
+/// architecture's.
 #[derive(Debug, Clone, Copy)]
 pub struct PartitionSpec {
     pub name: &'static str,
@@ -63,6 +68,28 @@ pub const PARTITIONS: [PartitionSpec; 3] = [
 pub const BIOS_BOOT: usize = 0;
 pub const ESP: usize = 1;
 pub const ROOT: usize = 2;
+
+/// The partitions of an image for `arch`, with their slots: no BIOS boot
+/// partition where there is no BIOS, the root partition of the
+/// architecture's type.
+pub fn partitions(arch: &'static Architecture) -> Vec<(usize, PartitionSpec)> {
+    PARTITIONS
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(slot, _)| *slot != BIOS_BOOT || arch.bios)
+        .map(|(slot, spec)| match slot {
+            ROOT => (
+                slot,
+                PartitionSpec {
+                    type_guid: &arch.root_type,
+                    ..spec
+                },
+            ),
+            _ => (slot, spec),
+        })
+        .collect()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssembleError {
@@ -161,43 +188,69 @@ pub fn parse_size(text: &str) -> Result<u64, AssembleError> {
         .ok_or_else(|| AssembleError::BadSize(text.into()))
 }
 
+/// One partition on the disk.
+#[derive(Debug, Clone)]
+pub struct PlacedPartition {
+    /// Its slot in [`PARTITIONS`] ([`BIOS_BOOT`], [`ESP`], [`ROOT`]).
+    pub slot: usize,
+    pub spec: PartitionSpec,
+    pub first_lba: u64,
+    pub last_lba: u64,
+}
+
 /// Where every partition goes.
 #[derive(Debug, Clone)]
 pub struct DiskLayout {
     pub disk_bytes: u64,
-    /// (first_lba, last_lba) per entry of [`PARTITIONS`].
-    pub extents: [(u64, u64); 3],
+    /// The partitions in disk order; GPT numbers them from 1.
+    pub partitions: Vec<PlacedPartition>,
     pub ids: DiskIds,
 }
 
 impl DiskLayout {
-    pub fn offset(&self, index: usize) -> u64 {
-        self.extents[index].0 * SECTOR
+    /// The partition in `slot`, if the disk has one.
+    pub fn get(&self, slot: usize) -> Option<&PlacedPartition> {
+        self.partitions.iter().find(|p| p.slot == slot)
     }
 
-    pub fn bytes(&self, index: usize) -> u64 {
-        (self.extents[index].1 - self.extents[index].0 + 1) * SECTOR
+    fn placed(&self, slot: usize) -> &PlacedPartition {
+        self.get(slot)
+            .expect("every layout has an ESP and a root; BIOS boot is checked by callers")
+    }
+
+    pub fn offset(&self, slot: usize) -> u64 {
+        self.placed(slot).first_lba * SECTOR
+    }
+
+    pub fn bytes(&self, slot: usize) -> u64 {
+        let p = self.placed(slot);
+        (p.last_lba - p.first_lba + 1) * SECTOR
     }
 }
 
-/// Lays the partitions out on a disk of `disk_bytes`.
-pub fn layout(disk_bytes: u64, ids: DiskIds) -> DiskLayout {
-    let mut extents = [(0, 0); 3];
+/// Lays `arch`'s partitions out on a disk of `disk_bytes`.
+pub fn layout(disk_bytes: u64, ids: DiskIds, arch: &'static Architecture) -> DiskLayout {
+    let mut placed = Vec::new();
     let mut next = ALIGN;
     let last_usable = disk_bytes / SECTOR - GPT_BACKUP_SECTORS - 1;
-    for (i, spec) in PARTITIONS.iter().enumerate() {
+    for (slot, spec) in partitions(arch) {
         let first = next / SECTOR;
         let last = match spec.size {
             Some(size) => first + size / SECTOR - 1,
             // Keep the root's size a multiple of 1 MiB (ext4 blocks).
             None => first + ((last_usable + 1 - first) * SECTOR / ALIGN * ALIGN) / SECTOR - 1,
         };
-        extents[i] = (first, last);
+        placed.push(PlacedPartition {
+            slot,
+            spec,
+            first_lba: first,
+            last_lba: last,
+        });
         next = (last + 1) * SECTOR;
     }
     DiskLayout {
         disk_bytes,
-        extents,
+        partitions: placed,
         ids,
     }
 }
@@ -234,7 +287,13 @@ fn usage(dir: &Path) -> (u64, u64) {
 /// Fixes the disk size (checking `--size`) and the partition extents.
 pub fn plan(ctx: &BuildContext, rootfs: &Rootfs) -> Result<DiskLayout, AssembleError> {
     let needed = root_bytes_needed(&rootfs.dir);
-    let fixed: u64 = ALIGN + PARTITIONS.iter().filter_map(|p| p.size).sum::<u64>() + ALIGN;
+    let arch = ctx.request.architecture;
+    let fixed: u64 = ALIGN
+        + partitions(arch)
+            .iter()
+            .filter_map(|(_, p)| p.size)
+            .sum::<u64>()
+        + ALIGN;
     let minimum = fixed + needed;
     let disk_bytes = match ctx.request.image_size {
         ImageSize::Fixed(bytes) if bytes < minimum => {
@@ -248,7 +307,7 @@ pub fn plan(ctx: &BuildContext, rootfs: &Rootfs) -> Result<DiskLayout, AssembleE
         // Headroom for the first boot and updates; whole GiB as EBS wants.
         ImageSize::Auto => (minimum + minimum / 2).div_ceil(GIB).max(2) * GIB,
     };
-    Ok(layout(disk_bytes, ctx.ids.clone()))
+    Ok(layout(disk_bytes, ctx.ids.clone(), arch))
 }
 
 fn human(bytes: u64) -> String {
@@ -354,21 +413,20 @@ pub fn write_gpt(file: &mut File, layout: &DiskLayout) -> Result<(), AssembleErr
         .create_from_device(&mut *file, Some(layout.ids.disk_guid))
         .map_err(|e| gpt_err(&e))?;
     let mut partitions = BTreeMap::new();
-    for (i, spec) in PARTITIONS.iter().enumerate() {
-        let (first_lba, last_lba) = layout.extents[i];
+    for (i, placed) in layout.partitions.iter().enumerate() {
         let part_type = gpt::partition_types::Type {
-            guid: spec.type_guid.parse().expect("valid type GUID"),
+            guid: placed.spec.type_guid.parse().expect("valid type GUID"),
             os: gpt::partition_types::OperatingSystem::None,
         };
         partitions.insert(
             i as u32 + 1,
             gpt::partition::Partition {
                 part_type_guid: part_type,
-                part_guid: layout.ids.partition_guids[i],
-                first_lba,
-                last_lba,
+                part_guid: layout.ids.partition_guids[placed.slot],
+                first_lba: placed.first_lba,
+                last_lba: placed.last_lba,
                 flags: 0,
-                name: spec.name.to_string(),
+                name: placed.spec.name.to_string(),
             },
         );
     }
@@ -391,6 +449,18 @@ mod tests {
         DiskIds::from_seed("test")
     }
 
+    fn x86() -> &'static Architecture {
+        crate::platform::lookup("x86_64").unwrap()
+    }
+
+    fn extents(layout: &DiskLayout) -> Vec<(u64, u64)> {
+        layout
+            .partitions
+            .iter()
+            .map(|p| (p.first_lba, p.last_lba))
+            .collect()
+    }
+
     #[test]
     fn sizes_parse_with_units() {
         assert_eq!(parse_size("4G").unwrap(), 4 * GIB);
@@ -404,18 +474,21 @@ mod tests {
 
     #[test]
     fn layout_is_aligned_and_ordered() {
-        let layout = layout(2 * GIB, ids());
+        let layout = layout(2 * GIB, ids(), x86());
         let [
             (bios_first, bios_last),
             (esp_first, esp_last),
             (root_first, root_last),
-        ] = layout.extents;
+        ] = extents(&layout)[..]
+        else {
+            panic!("three partitions")
+        };
         assert_eq!(bios_first, 2048, "BIOS boot partition at 1 MiB");
         assert_eq!(bios_last - bios_first + 1, MIB / SECTOR);
         assert_eq!(esp_first, bios_last + 1);
         assert_eq!(layout.bytes(ESP), 100 * MIB);
         assert_eq!(root_first, esp_last + 1);
-        for (first, _) in layout.extents {
+        for (first, _) in extents(&layout) {
             assert_eq!(first * SECTOR % ALIGN, 0);
         }
         // The root stops before the backup GPT.
@@ -425,7 +498,7 @@ mod tests {
 
     #[test]
     fn gpt_written_to_a_file_reads_back() {
-        let layout = layout(256 * MIB, ids());
+        let layout = layout(256 * MIB, ids(), x86());
         let mut file = tempfile::tempfile().unwrap();
         file.set_len(layout.disk_bytes).unwrap();
         write_gpt(&mut file, &layout).unwrap();
@@ -441,7 +514,11 @@ mod tests {
             parts[1].part_type_guid.guid.to_string().to_uppercase(),
             TYPE_ESP
         );
-        assert_eq!(parts[2].first_lba, layout.extents[2].0);
+        assert_eq!(parts[2].first_lba, layout.partitions[2].first_lba);
+        assert_eq!(
+            parts[2].part_type_guid.guid.to_string().to_uppercase(),
+            TYPE_ROOT_X86_64
+        );
         assert_eq!(parts[2].part_guid, layout.ids.partition_guids[2]);
         // Protective MBR: one 0xEE partition and the boot signature.
         let mut lba0 = [0u8; 512];
@@ -466,6 +543,30 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 6, "every purpose gets its own id");
+    }
+
+    #[test]
+    fn arm64_disk_has_no_bios_boot_partition_and_an_arm64_root() {
+        let arm = crate::platform::lookup("arm64").unwrap();
+        let layout = layout(256 * MIB, ids(), arm);
+        assert!(layout.get(BIOS_BOOT).is_none());
+        assert_eq!(layout.offset(ESP), MIB, "the ESP moves to the first MiB");
+        let mut file = tempfile::tempfile().unwrap();
+        file.set_len(layout.disk_bytes).unwrap();
+        write_gpt(&mut file, &layout).unwrap();
+        let disk = gpt::GptConfig::new().open_from_device(&mut file).unwrap();
+        let parts: Vec<_> = disk.partitions().values().collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(
+            parts[0].part_type_guid.guid.to_string().to_uppercase(),
+            TYPE_ESP
+        );
+        assert_eq!(
+            parts[1].part_type_guid.guid.to_string().to_uppercase(),
+            "B921B045-1DF0-41C3-AF44-4C6F280D3FAE"
+        );
+        assert_eq!(parts[1].part_guid, layout.ids.partition_guids[ROOT]);
+        assert_eq!(parts[1].first_lba * SECTOR, layout.offset(ROOT));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::bootstrap::Rootfs;
 use super::configure;
 use super::context::BuildContext;
 use crate::data::{DataDir, DataError};
+use crate::platform::Architecture;
 use crate::profile::{Profile, ProfileError};
 use crate::sizeclass::SizeClass;
 use crate::sys::fsio::{PathError, at};
@@ -48,11 +49,19 @@ pub enum BootloaderError {
     #[error("boot/bootloaders.toml: {0}")]
     Targets(String),
     #[error(
-        "the tree has no GRUB for {firmware} ({path} is missing): the distro's package list \
-         (rootfs/distros/DISTRO.toml) must include its GRUB binaries (Debian: grub-pc-bin and \
-         grub-efi-amd64-bin; Arch: grub)"
+        "the tree has no GRUB for {firmware} ({path} is missing): the architecture's row for \
+         the distro in boot/architectures.toml must list its GRUB packages (here: {packages})"
     )]
-    NoGrub { firmware: String, path: PathBuf },
+    NoGrub {
+        firmware: String,
+        path: PathBuf,
+        packages: String,
+    },
+    #[error(
+        "boot/bootloaders.toml has no [[target]] with format `{format}`, which the {arch} row \
+         of boot/architectures.toml lists in grub_targets"
+    )]
+    NoTarget { arch: String, format: String },
     #[error("core.img is {size} bytes, larger than the BIOS boot partition ({room} bytes)")]
     CoreTooLarge { size: usize, room: u64 },
     #[error("{0} is not a GRUB boot.img (expected 512 bytes ending in 55 AA)")]
@@ -80,6 +89,32 @@ fn targets(data: &DataDir) -> Result<Targets, BootloaderError> {
         .map_err(|e| BootloaderError::Targets(e.to_string()))
 }
 
+/// The targets `arch` builds, in the order its row lists them.
+fn targets_for(all: Vec<Target>, arch: &Architecture) -> Result<Vec<Target>, BootloaderError> {
+    let mut all = all;
+    arch.grub_targets
+        .iter()
+        .map(|format| {
+            let at = all
+                .iter()
+                .position(|t| &t.format == format)
+                .ok_or_else(|| BootloaderError::NoTarget {
+                    arch: arch.name.clone(),
+                    format: format.clone(),
+                })?;
+            Ok(all.swap_remove(at))
+        })
+        .collect()
+}
+
+/// The ESP paths of the UEFI bootloaders `arch` gets (`EFI/BOOT/BOOTAA64.EFI`).
+pub fn esp_paths(data: &DataDir, arch: &Architecture) -> Result<Vec<String>, BootloaderError> {
+    Ok(targets_for(targets(data)?.target, arch)?
+        .into_iter()
+        .filter_map(|t| t.esp_path)
+        .collect())
+}
+
 /// What the bootloader stage produced for the disk and the manifest.
 #[derive(Debug)]
 pub struct BootFiles {
@@ -90,19 +125,25 @@ pub struct BootFiles {
     pub bios: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-/// The kernel command line: the root by UUID, the base tokens, the
-/// profile's tokens for the size class.
+/// The kernel command line: the root by UUID, the base tokens with the
+/// architecture's consoles, the profile's tokens for the size class that
+/// the architecture's kernel has.
 pub fn kernel_cmdline(
     data: &DataDir,
     root_uuid: &str,
     class: &SizeClass,
     profile: &Profile,
+    arch: &Architecture,
 ) -> Result<String, BootloaderError> {
-    let mut tokens = vec![
-        format!("root=UUID={root_uuid}"),
-        targets(data)?.base_cmdline,
-    ];
-    tokens.extend(profile.cmdline_for(class)?);
+    let vars = std::collections::BTreeMap::from([("console", arch.console.join(" "))]);
+    let base = configure::render(&targets(data)?.base_cmdline, &vars, Path::new(TARGETS))?;
+    let mut tokens = vec![format!("root=UUID={root_uuid}"), base];
+    tokens.extend(
+        profile
+            .cmdline_for(class)?
+            .into_iter()
+            .filter(|t| arch.keep_cmdline_token(t)),
+    );
     Ok(tokens.join(" "))
 }
 
@@ -110,12 +151,14 @@ pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, Bootloa
     let root = &rootfs.dir;
     let request = &ctx.request;
     let settings = targets(&request.data)?;
+    let arch = request.architecture;
     let class = &request.size_class;
     let cmdline = kernel_cmdline(
         &request.data,
         &ctx.ids.root_fs_uuid.to_string(),
         class,
         &request.profile,
+        arch,
     )?;
     let distro = request.distro.data();
     let mut vars = distro.template_variables(&request.kernel);
@@ -126,6 +169,7 @@ pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, Bootloa
         ("size_class", class.name.clone()),
         ("root_uuid", ctx.ids.root_fs_uuid.to_string()),
         ("cmdline", cmdline.clone()),
+        ("grub_terminal", arch.grub_terminal.clone()),
         ("grub_kernel", grub_kernel),
         ("grub_initrd", grub_initrd),
         (
@@ -151,13 +195,17 @@ pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, Bootloa
         boot_modes: Vec::new(),
         bios: None,
     };
-    for target in &settings.target {
+    for target in &targets_for(settings.target, arch)? {
         ctx.progress.note(&format!("GRUB for {}", target.firmware));
         let modules_src = root.join("usr/lib/grub").join(&target.format);
         if !modules_src.is_dir() {
             return Err(BootloaderError::NoGrub {
                 firmware: target.firmware.clone(),
                 path: modules_src,
+                packages: arch
+                    .for_distro(&distro.name)
+                    .map(|d| d.packages.join(", "))
+                    .unwrap_or_default(),
             });
         }
         copy_modules(&modules_src, &grub_dir.join(&target.format))?;
@@ -238,7 +286,7 @@ pub fn embed_bios(
     layout: &DiskLayout,
     boot: &BootFiles,
 ) -> Result<(), BootloaderError> {
-    let Some((boot_img, core)) = &boot.bios else {
+    let (Some((boot_img, core)), Some(bios_boot)) = (&boot.bios, layout.get(BIOS_BOOT)) else {
         return Ok(());
     };
     let room = layout.bytes(BIOS_BOOT);
@@ -248,7 +296,7 @@ pub fn embed_bios(
             room,
         });
     }
-    let core_lba = layout.extents[BIOS_BOOT].0;
+    let core_lba = bios_boot.first_lba;
     let mut core = core.clone();
     patch_core(&mut core, core_lba);
     let image = Path::new("image");
@@ -272,6 +320,7 @@ pub fn embed_bios(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::platform;
 
     fn fake_boot_img() -> Vec<u8> {
         let mut img: Vec<u8> = (0..512).map(|i| (i % 251) as u8).collect();
@@ -329,11 +378,68 @@ mod tests {
     fn targets_parse() {
         let t = targets(&DataDir::open(None).unwrap()).unwrap();
         assert!(t.early_config.contains("{{root_uuid}}"));
-        let formats: Vec<_> = t.target.iter().map(|t| t.format.as_str()).collect();
+        let x86 = targets_for(t.target, platform::lookup("x86_64").unwrap()).unwrap();
+        let formats: Vec<_> = x86.iter().map(|t| t.format.as_str()).collect();
         assert_eq!(formats, ["i386-pc", "x86_64-efi"]);
+        assert_eq!(x86[1].esp_path.as_deref(), Some("EFI/BOOT/BOOTX64.EFI"));
+    }
+
+    #[test]
+    fn arm64_gets_only_uefi_grub_as_bootaa64() {
+        let data = DataDir::open(None).unwrap();
+        let arm = platform::lookup("arm64").unwrap();
+        let arm_targets = targets_for(targets(&data).unwrap().target, arm).unwrap();
+        assert_eq!(arm_targets.len(), 1);
+        assert_eq!(arm_targets[0].format, "arm64-efi");
+        assert_eq!(arm_targets[0].firmware, "uefi");
         assert_eq!(
-            t.target[1].esp_path.as_deref(),
-            Some("EFI/BOOT/BOOTX64.EFI")
+            esp_paths(&data, arm).unwrap(),
+            ["EFI/BOOT/BOOTAA64.EFI"],
+            "the removable-media path for arm64"
+        );
+    }
+
+    #[test]
+    fn cmdline_has_the_architectures_consoles_and_only_its_parameters() {
+        let data = DataDir::open(None).unwrap();
+        let profile = crate::profile::Profiles::load(&data)
+            .unwrap()
+            .choose(None)
+            .unwrap();
+        let small = crate::sizeclass::lookup("small").unwrap();
+        let x86 = kernel_cmdline(
+            &data,
+            "U",
+            &small,
+            &profile,
+            platform::lookup("x86_64").unwrap(),
+        )
+        .unwrap();
+        assert!(
+            x86.starts_with("root=UUID=U ro console=tty0 console=ttyS0,115200n8 nvme_core"),
+            "{x86}"
+        );
+        assert!(x86.contains(" clocksource=tsc tsc=reliable"), "{x86}");
+        let arm = kernel_cmdline(
+            &data,
+            "U",
+            &small,
+            &profile,
+            platform::lookup("arm64").unwrap(),
+        )
+        .unwrap();
+        assert!(
+            arm.starts_with(
+                "root=UUID=U ro console=ttyAMA0,115200n8 console=ttyS0,115200n8 nvme_core"
+            ),
+            "{arm}"
+        );
+        for gone in ["tsc", "intel_idle", "processor.max_cstate"] {
+            assert!(!arm.contains(gone), "{gone}: {arm}");
+        }
+        assert!(
+            arm.contains("nohz_full=2-N") && arm.contains("irqaffinity=0-1"),
+            "{arm}"
         );
     }
 }

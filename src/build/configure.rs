@@ -218,6 +218,11 @@ pub fn template_variables(
                     path: "rootfs/profiles.toml".into(),
                     message: e.to_string(),
                 })?
+                .into_iter()
+                // What imgforge-verify expects is what grub.cfg carries:
+                // the tokens the architecture's kernel has.
+                .filter(|t| request.architecture.keep_cmdline_token(t))
+                .collect::<Vec<_>>()
                 .join(" "),
         ),
         ("imgforge_version", env!("CARGO_PKG_VERSION").to_string()),

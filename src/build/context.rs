@@ -59,6 +59,7 @@ impl BuildContext {
         }
         tool::require_all(&request.distro.host_tools())?;
         tool::require_all(COMMON_HOST_TOOLS)?;
+        tool::require_all(&super::binfmt::host_tools(request.architecture))?;
         let cache = CacheDirs {
             rootfs_dir: args.cache_dir.join("rootfs"),
             packages_dir: args.cache_dir.join("packages"),

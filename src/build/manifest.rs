@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::assemble::{DiskLayout, ImageFile, PARTITIONS};
+use super::assemble::{DiskLayout, ImageFile};
 use super::bootloader::BootFiles;
 use super::bootstrap::Rootfs;
 use super::context::BuildContext;
@@ -41,16 +41,18 @@ pub fn record(
     source_date_epoch: u64,
 ) -> Result<Manifest, ManifestError> {
     let request = &ctx.request;
-    let partitions = PARTITIONS
+    let partitions = layout
+        .partitions
         .iter()
         .enumerate()
-        .map(|(i, spec)| PartitionManifest {
+        .map(|(i, placed)| (i, placed, &placed.spec))
+        .map(|(i, placed, spec)| PartitionManifest {
             number: i as u32 + 1,
             name: spec.name.to_string(),
             type_guid: spec.type_guid.to_string(),
-            partition_guid: layout.ids.partition_guids[i].to_string(),
-            first_lba: layout.extents[i].0,
-            last_lba: layout.extents[i].1,
+            partition_guid: layout.ids.partition_guids[placed.slot].to_string(),
+            first_lba: placed.first_lba,
+            last_lba: placed.last_lba,
             filesystem: spec.filesystem.map(String::from),
             filesystem_uuid: match spec.filesystem {
                 Some("ext4") => Some(layout.ids.root_fs_uuid.to_string()),
@@ -63,7 +65,7 @@ pub fn record(
         imgforge_version: env!("CARGO_PKG_VERSION").to_string(),
         distro: request.distro.data().name.clone(),
         release: request.release.clone(),
-        architecture: request.distro.data().architecture.clone(),
+        architecture: request.architecture.name.clone(),
         size_class: request.size_class.name.clone(),
         profile: request.profile.name.clone(),
         kernel_version: rootfs.kernel.version.clone(),

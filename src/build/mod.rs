@@ -2,6 +2,7 @@
 //! stage is a module here and reads the [`BuildContext`].
 
 pub mod assemble;
+pub mod binfmt;
 pub mod bootloader;
 pub mod bootstrap;
 pub mod configure;
@@ -18,11 +19,13 @@ use serde::Serialize;
 
 use crate::data::DataError;
 use crate::distro::DistroError;
+use crate::platform::PlatformError;
 use crate::profile::ProfileError;
 use crate::sizeclass::SizeClassError;
 use crate::sys::tool::ToolError;
 use crate::sys::workdir::WorkDirError;
 use assemble::AssembleError;
+use binfmt::BinfmtError;
 use bootloader::BootloaderError;
 use bootstrap::BootstrapError;
 use configure::ConfigureError;
@@ -37,6 +40,7 @@ use request::{BuildRequest, Plan};
 imgforge build --distro debian --release bookworm --size-class large --size 8G -o trading.raw\n  \
 imgforge build --distro arch --size-class large --mirror 'https://mirror.example/archlinux/$repo/os/$arch'\n  \
 imgforge build --distro arch --kernel lts --plan --json\n  \
+imgforge build --arch arm64 --size-class medium -o graviton.raw\n  \
 imgforge build --profile base -o plain.raw\n  \
 imgforge build --packages htop,tcpdump --layer ./my-layer -o image.raw")]
 pub struct BuildArgs {
@@ -44,6 +48,13 @@ pub struct BuildArgs {
     /// rootfs/distros/).
     #[arg(long, default_value = "debian")]
     pub distro: String,
+
+    /// CPU architecture of the image: x86_64 (default) or arm64 (Graviton:
+    /// UEFI only). A foreign architecture is bootstrapped through
+    /// qemu-user-static and binfmt_misc (registered only while the build
+    /// runs, if it was not already). Rows in boot/architectures.toml.
+    #[arg(long, default_value = "x86_64", value_name = "ARCH")]
+    pub arch: String,
 
     /// Distribution release (default: the distro's own, bookworm for debian,
     /// rolling for arch).
@@ -178,6 +189,8 @@ pub enum BuildError {
     #[error(transparent)]
     SizeClass(#[from] SizeClassError),
     #[error(transparent)]
+    Platform(#[from] PlatformError),
+    #[error(transparent)]
     Profile(#[from] ProfileError),
     #[error(transparent)]
     Tool(#[from] ToolError),
@@ -185,6 +198,8 @@ pub enum BuildError {
     WorkDir(#[from] WorkDirError),
     #[error("bootstrap")]
     Bootstrap(#[from] BootstrapError),
+    #[error(transparent)]
+    Binfmt(#[from] BinfmtError),
     #[error("configure")]
     Configure(#[from] ConfigureError),
     #[error("bootloader")]
@@ -252,6 +267,9 @@ pub fn build(args: &BuildArgs) -> Result<BuildSummary, BuildError> {
     let started = Instant::now();
     let ctx = BuildContext::prepare(BuildRequest::resolve(args)?, args)?;
     let p = &ctx.progress;
+    // A foreign architecture's programs (bootstrap, chroot grub-mkimage) run
+    // through qemu-user-static until this is dropped.
+    let _emulation = binfmt::Emulation::ensure(ctx.request.architecture)?;
 
     let rootfs = p.stage("bootstrap", || bootstrap::run(&ctx))?;
     ctx.check_interrupt()?;

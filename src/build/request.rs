@@ -13,6 +13,7 @@ use super::configure::{self, Layer};
 use super::lock::{self, Lock, LockedBuild};
 use crate::data::DataDir;
 use crate::distro::{self, Distro, Sources};
+use crate::platform::{self, Architecture};
 use crate::profile::{Profile, Profiles};
 use crate::sizeclass::{self, SizeClass};
 
@@ -23,6 +24,8 @@ pub struct BuildRequest {
     /// The `--first-boot` mode (a key of rootfs/first-boot.toml).
     pub first_boot: String,
     pub distro: Box<dyn Distro>,
+    /// The `--arch` row of boot/architectures.toml.
+    pub architecture: &'static Architecture,
     pub release: String,
     /// The `--kernel` choice (a key of the distro's `kernels` table).
     pub kernel: String,
@@ -51,7 +54,8 @@ impl BuildRequest {
     /// Checks and resolves the request; writes nothing.
     pub fn resolve(args: &BuildArgs) -> Result<Self, BuildError> {
         let data = DataDir::open(args.data_dir.as_deref())?;
-        let distro = distro::lookup(&data, &args.distro)?;
+        let architecture = platform::lookup(&args.arch)?;
+        let distro = distro::lookup_for(&data, &args.distro, architecture)?;
         let size_class = sizeclass::lookup(&args.size_class)?;
         let profile = Profiles::load(&data)?.choose(args.profile.as_deref())?;
         let image_size = match &args.size {
@@ -119,6 +123,7 @@ impl BuildRequest {
         Ok(Self {
             first_boot: first_boot.name,
             distro,
+            architecture,
             release,
             kernel,
             size_class,
@@ -225,7 +230,10 @@ pub struct Plan {
     pub distro: String,
     pub first_boot: String,
     pub release: String,
+    /// imgforge's name for the architecture (`x86_64`, `arm64`).
     pub architecture: String,
+    /// What the architecture means for this build (boot/architectures.toml).
+    pub platform: PlanPlatform,
     pub kernel: String,
     pub profile: PlanProfile,
     pub sources: Sources,
@@ -249,6 +257,30 @@ pub struct Plan {
     pub output: PathBuf,
     pub data_dir: String,
     pub notes: Vec<(String, String)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanPlatform {
+    /// The distro's name for the architecture (`amd64`).
+    pub distro_architecture: String,
+    /// How the bootstrap runs the target's programs: natively, or through
+    /// qemu-user-static registered with binfmt_misc.
+    pub bootstrap: String,
+    pub ec2_architecture: String,
+    /// The EC2 boot mode upload will register.
+    pub ec2_boot_mode: String,
+    pub grub_targets: Vec<String>,
+    pub efi_files: Vec<String>,
+    pub root_partition_type: String,
+    pub console: Vec<String>,
+    /// Profile tokens the architecture's kernel does not have, left out.
+    pub cmdline_left_out: Vec<String>,
+    /// The EC2 instance sizes of the size class.
+    pub instance_sizes: String,
+    pub launch: String,
+    /// boot-test's machine.
+    pub qemu: String,
+    pub uefi_firmware: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -284,6 +316,7 @@ pub struct PlanPartition {
 impl Plan {
     pub fn of(request: &BuildRequest) -> Result<Self, BuildError> {
         let d = request.distro.data();
+        let arch = request.architecture;
         let class = &request.size_class;
         let vars = d.template_variables(&request.kernel);
         let render = |text: &str| configure::render(text, &vars, Path::new("rootfs/distros"));
@@ -305,7 +338,43 @@ impl Plan {
             distro: d.name.clone(),
             first_boot: request.first_boot.clone(),
             release: request.release.clone(),
-            architecture: d.architecture.clone(),
+            architecture: arch.name.clone(),
+            platform: PlanPlatform {
+                distro_architecture: d.architecture.clone(),
+                bootstrap: if arch.is_host() {
+                    "native".into()
+                } else {
+                    format!(
+                        "foreign: the target's programs run through qemu-user-static \
+                         (binfmt_misc entry {}, registered for the build if missing)",
+                        super::binfmt::entry_name(arch)
+                    )
+                },
+                ec2_architecture: arch.ec2.clone(),
+                ec2_boot_mode: if arch.bios { "uefi-preferred" } else { "uefi" }.into(),
+                grub_targets: arch.grub_targets.clone(),
+                efi_files: super::bootloader::esp_paths(&request.data, arch)?,
+                root_partition_type: arch.root_type.clone(),
+                console: arch.console.clone(),
+                cmdline_left_out: request
+                    .profile
+                    .cmdline_for(class)?
+                    .into_iter()
+                    .filter(|t| !arch.keep_cmdline_token(t))
+                    .collect(),
+                instance_sizes: arch.instance_sizes(class),
+                launch: arch.launch_note.clone(),
+                qemu: format!("{} -M {}, NVMe disk", arch.qemu.binary, arch.qemu.machine),
+                uefi_firmware: format!(
+                    "{} (Debian package {})",
+                    arch.qemu
+                        .firmware
+                        .first()
+                        .map(|(c, _)| c.display().to_string())
+                        .unwrap_or_default(),
+                    arch.qemu.firmware_package
+                ),
+            },
             kernel: request.kernel.clone(),
             profile: PlanProfile {
                 name: request.profile.name.clone(),
@@ -329,13 +398,14 @@ impl Plan {
                 "(root filesystem UUID, chosen at build time)",
                 class,
                 &request.profile,
+                arch,
             )?,
             grub_kernel: render(&d.grub_kernel)?,
             grub_initrd: render(&d.grub_initrd)?,
             initramfs: d.initramfs.clone(),
-            partitions: assemble::PARTITIONS
+            partitions: assemble::partitions(arch)
                 .iter()
-                .map(|p| PlanPartition {
+                .map(|(_, p)| PlanPartition {
                     name: p.name.into(),
                     type_guid: p.type_guid.into(),
                     size: p
@@ -385,6 +455,28 @@ impl Plan {
             "distro",
             &format!("{} {} ({})", self.distro, self.release, self.architecture),
         );
+        let pf = &self.platform;
+        row(
+            "architecture",
+            &format!(
+                "{} (the distro's {}; EC2 {}, boot mode {})",
+                self.architecture, pf.distro_architecture, pf.ec2_architecture, pf.ec2_boot_mode
+            ),
+        );
+        row("bootstrap", &pf.bootstrap);
+        row(
+            "GRUB",
+            &format!(
+                "{} -> {}",
+                pf.grub_targets.join(" "),
+                pf.efi_files.join(" ")
+            ),
+        );
+        row("console", &pf.console.join(" "));
+        if !pf.cmdline_left_out.is_empty() {
+            row("left out", &pf.cmdline_left_out.join(" "));
+        }
+        row("boot-test", &format!("{}; {}", pf.qemu, pf.uefi_firmware));
         row("kernel", &self.kernel);
         row(
             "profile",
@@ -422,6 +514,10 @@ impl Plan {
                 self.size_class.housekeeping_cpus,
                 self.size_class.isolated_cpus
             ),
+        );
+        row(
+            "instances",
+            &format!("{} ({})", pf.instance_sizes, pf.launch),
         );
         row("kernel cmdline", &self.kernel_cmdline);
         row(

@@ -109,6 +109,11 @@ fn ssm(v: &str) -> Result<(), String> {
 fn boot_mode(v: &str) -> Result<(), String> {
     imgforge::aws::register::BootMode::from_str(v, false).map(|_| ())
 }
+fn build_arch(v: &str) -> Result<(), String> {
+    imgforge::platform::lookup(v)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
 fn architecture(v: &str) -> Result<(), String> {
     imgforge::aws::register::Architecture::from_str(v, false).map(|_| ())
 }
@@ -134,6 +139,7 @@ const SETTINGS: &[Setting] = &[
     // build
     s("distro", For::Build, "--distro", Kind::Text, None),
     s("release", For::Build, "--release", Kind::Text, None),
+    s("arch", For::Build, "--arch", Kind::Text, Some(build_arch)),
     s("kernel", For::Build, "--kernel", Kind::Text, None),
     s("profile", For::Build, "--profile", Kind::Text, None),
     s("first_boot", For::Build, "--first-boot", Kind::Text, None),

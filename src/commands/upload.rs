@@ -89,14 +89,18 @@ pub struct UploadArgs {
     pub workers: u32,
 
     /// Firmware the AMI boots with. Default: read from the image (both bootloaders:
-    /// uefi-preferred; only UEFI: uefi; only BIOS or unreadable: legacy-bios).
+    /// uefi-preferred; only UEFI: uefi; only BIOS or unreadable: legacy-bios; an
+    /// arm64 image: uefi, and a BIOS mode for it is an error).
     /// Packer: boot_mode.
     #[arg(long, value_enum)]
     pub boot_mode: Option<BootMode>,
 
-    /// CPU architecture of the image. Packer: ami_architecture.
-    #[arg(long, value_enum, default_value = "x86_64")]
-    pub architecture: Architecture,
+    /// CPU architecture of the image: x86_64 or arm64. Default: read from the image
+    /// (its manifest, else its root partition type); a value that contradicts the
+    /// image is an error, and an image that tells nothing needs it.
+    /// Packer: ami_architecture.
+    #[arg(long, value_enum)]
+    pub architecture: Option<Architecture>,
 
     /// Register the AMI with NitroTPM (TpmSupport v2.0; needs --boot-mode uefi or
     /// uefi-preferred). Packer: tpm_support.
@@ -381,7 +385,7 @@ mod tests {
         );
         assert_eq!(args.workers, 64);
         assert_eq!(args.boot_mode, Some(BootMode::UefiPreferred));
-        assert_eq!(args.architecture, Architecture::X86_64);
+        assert_eq!(args.architecture, None, "read from the image, not assumed");
         assert!(parse(&["--architecture", "arm64"]).is_ok());
         assert!(parse(&["--tag", "novalue"]).is_err());
         assert!(parse(&["--tag", "aws:x=1"]).is_err());

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{DataDir, DataError};
 use crate::image::manifest::Package;
+use crate::platform::{self, Architecture, PlatformError};
 use crate::sys::fsio::PathError;
 use crate::sys::progress::Progress;
 use crate::sys::tool::{HostTool, ToolError};
@@ -39,6 +40,8 @@ pub enum DistroError {
     Data { path: String, message: String },
     #[error(transparent)]
     DataDir(#[from] DataError),
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
     #[error(
         "unknown kernel `{given}` for {distro}; choose one of: {known} (see rootfs/distros/{distro}.toml)"
     )]
@@ -63,7 +66,9 @@ pub enum DistroError {
 pub struct DistroData {
     pub name: String,
     pub default_release: String,
-    /// The distro's own name for the CPU architecture (`amd64`, `x86_64`).
+    /// The distro's own name for the CPU architecture (`amd64`, `x86_64`):
+    /// from the architecture's row in boot/architectures.toml.
+    #[serde(default)]
     pub architecture: String,
     /// The user an instance's launch key is installed for.
     pub default_user: String,
@@ -73,9 +78,11 @@ pub struct DistroData {
     pub ssh_service: String,
     /// VirtualBox's `--ostype` for `imgforge export`'s hint.
     pub virtualbox_os_type: String,
-    /// Packages every image gets (the kernel comes from `kernels`).
+    /// Packages every image gets (the kernel comes from `kernels`, GRUB
+    /// from the architecture's row).
     pub packages: Vec<String>,
-    /// `--kernel` choices: name -> packages.
+    /// `--kernel` choices: name -> packages; from the architecture's row.
+    #[serde(default)]
     pub kernels: BTreeMap<String, Vec<String>>,
     pub default_kernel: String,
     /// Kernel and initramfs as grub.cfg names them, relative to the root
@@ -262,19 +269,50 @@ pub fn names() -> Vec<&'static str> {
     REGISTRY.iter().map(|(name, _)| *name).collect()
 }
 
-/// The distro called `name`, with its data from the data directory.
+/// The distro called `name` for x86_64, with its data from the data directory.
 pub fn lookup(data: &DataDir, name: &str) -> Result<Box<dyn Distro>, DistroError> {
+    lookup_for(data, name, platform::lookup("x86_64")?)
+}
+
+/// The distro called `name` built for `arch`: its data file completed with
+/// the architecture's row for it (the distro's name for the architecture,
+/// the GRUB packages, the kernels).
+pub fn lookup_for(
+    data: &DataDir,
+    name: &str,
+    arch: &Architecture,
+) -> Result<Box<dyn Distro>, DistroError> {
     let Some((_, make)) = REGISTRY.iter().find(|(n, _)| *n == name) else {
         return Err(DistroError::Unknown {
             given: name.to_string(),
             known: names().join(", "),
         });
     };
-    make(read_data(data, name)?, data)
+    make(read_data_for(data, name, arch)?, data)
+}
+
+/// `rootfs/distros/NAME.toml` completed for x86_64 (see [`read_data_for`]).
+pub fn read_data(data: &DataDir, name: &str) -> Result<DistroData, DistroError> {
+    read_data_for(data, name, platform::lookup("x86_64")?)
+}
+
+/// `rootfs/distros/NAME.toml` completed with `arch`'s row for the distro
+/// (its name for the architecture, the GRUB packages, the kernels).
+pub fn read_data_for(
+    data: &DataDir,
+    name: &str,
+    arch: &Architecture,
+) -> Result<DistroData, DistroError> {
+    let mut distro_data = read_data_file(data, name)?;
+    let row = arch.for_distro(name)?;
+    distro_data.architecture = row.name.clone();
+    distro_data.packages.extend(row.packages.iter().cloned());
+    distro_data.kernels = row.kernels.clone();
+    Ok(distro_data)
 }
 
 /// `rootfs/distros/NAME.toml` from the data directory, checked.
-pub fn read_data(data: &DataDir, name: &str) -> Result<DistroData, DistroError> {
+fn read_data_file(data: &DataDir, name: &str) -> Result<DistroData, DistroError> {
     let relative = format!("rootfs/distros/{name}.toml");
     let text = data.read_to_string(&relative)?;
     let parsed: DistroData = toml::from_str(&text).map_err(|e| DistroError::Data {
@@ -341,6 +379,28 @@ mod tests {
         let lts = arch.data().packages("lts", &["htop".into()]).unwrap();
         assert!(lts.iter().any(|p| p == "linux-lts") && lts.iter().any(|p| p == "htop"));
         assert!(!lts.iter().any(|p| p == "linux"));
+    }
+
+    #[test]
+    fn the_architecture_row_completes_the_distro() {
+        let data = embedded();
+        let arm = platform::lookup("arm64").unwrap();
+        let debian = lookup_for(&data, "debian", arm).unwrap();
+        let d = debian.data();
+        assert_eq!(d.architecture, "arm64");
+        let packages = d.packages("cloud", &[]).unwrap();
+        assert!(packages.iter().any(|p| p == "linux-image-cloud-arm64"));
+        assert!(packages.iter().any(|p| p == "grub-efi-arm64-bin"));
+        assert!(
+            !packages
+                .iter()
+                .any(|p| p.contains("amd64") || p == "grub-pc-bin")
+        );
+        let x86 = lookup(&data, "debian").unwrap();
+        assert_eq!(x86.data().architecture, "amd64");
+        assert!(x86.data().packages.iter().any(|p| p == "grub-pc-bin"));
+        let err = lookup_for(&data, "arch", arm).err().unwrap().to_string();
+        assert!(err.contains("arch cannot be built for arm64"), "{err}");
     }
 
     #[test]

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::build::assemble::{SECTOR, TYPE_BIOS_BOOT, TYPE_ESP, TYPE_ROOT_X86_64};
+use crate::build::assemble::{SECTOR, TYPE_BIOS_BOOT, TYPE_ESP};
 use crate::build::bootloader::{BOOT_KERNEL_SECTOR, MBR_CODE_BYTES};
 use crate::image::esp::PartitionSlice;
 use crate::image::manifest::{self, Manifest};
+use crate::platform;
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
@@ -60,7 +61,43 @@ pub struct ImageInfo {
     pub disk_guid: String,
     pub partitions: Vec<PartitionInfo>,
     pub boot_modes: BootModes,
+    /// The CPU architecture (imgforge's name), from the manifest, else from
+    /// the root partition's type; None when neither tells.
+    pub architecture: Option<ImageArchitecture>,
     pub manifest: Option<Manifest>,
+}
+
+/// An image's CPU architecture and where it was read.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ImageArchitecture {
+    /// `x86_64`, `arm64` (boot/architectures.toml).
+    pub name: String,
+    /// `manifest` or `root partition type`.
+    pub source: String,
+}
+
+/// The architecture the manifest names (any of the table's names for it,
+/// so older manifests' `amd64` counts), else the one whose root partition
+/// type the disk carries.
+pub fn architecture_of(
+    manifest: Option<&Manifest>,
+    partitions: &[PartitionInfo],
+) -> Option<ImageArchitecture> {
+    let from_manifest = manifest
+        .and_then(|m| platform::lookup(&m.architecture).ok())
+        .map(|a| (a, "manifest"));
+    let from_root = || {
+        partitions
+            .iter()
+            .find_map(|p| platform::by_root_type(&p.type_guid))
+            .map(|a| (a, "root partition type"))
+    };
+    from_manifest
+        .or_else(from_root)
+        .map(|(a, source)| ImageArchitecture {
+            name: a.name.clone(),
+            source: source.into(),
+        })
 }
 
 /// Reads the GPT, the boot code and the ESP's manifest.
@@ -153,6 +190,7 @@ pub fn read_image_from<D: Read + Seek>(
         path: shown_as.to_path_buf(),
         size_bytes,
         disk_guid,
+        architecture: architecture_of(manifest.as_ref(), &partitions),
         partitions,
         boot_modes: BootModes { bios, uefi },
         manifest,
@@ -371,13 +409,15 @@ pub fn boot_modes(path: &Path) -> Result<BootModes, InspectError> {
     read_image(path).map(|info| info.boot_modes)
 }
 
-fn describe_type(type_guid: &str) -> &'static str {
+fn describe_type(type_guid: &str) -> String {
     match type_guid {
-        TYPE_BIOS_BOOT => "BIOS boot",
-        TYPE_ESP => "EFI system",
-        TYPE_ROOT_X86_64 => "Linux root (x86-64)",
-        "0FC63DAF-8483-4772-8E79-3D69D8477DE4" => "Linux filesystem",
-        _ => "other",
+        TYPE_BIOS_BOOT => "BIOS boot".into(),
+        TYPE_ESP => "EFI system".into(),
+        "0FC63DAF-8483-4772-8E79-3D69D8477DE4" => "Linux filesystem".into(),
+        _ => match platform::by_root_type(type_guid) {
+            Some(arch) => format!("Linux root ({})", arch.name),
+            None => "other".into(),
+        },
     }
 }
 
@@ -432,6 +472,14 @@ pub fn render(info: &ImageInfo) -> String {
     if info.boot_modes.uefi {
         modes.push("uefi");
     }
+    let _ = writeln!(
+        out,
+        "arch        {}",
+        match &info.architecture {
+            Some(a) => format!("{} (from the {})", a.name, a.source),
+            None => "unknown (no manifest, no root partition type imgforge knows)".into(),
+        }
+    );
     let _ = writeln!(
         out,
         "boot modes  {}",
@@ -678,5 +726,35 @@ mod tests {
         let bad =
             fat12_with_efi(|v, efi| v[efi + 26..efi + 28].copy_from_slice(&1u16.to_le_bytes()));
         assert_eq!(read_fat(Cursor::new(&bad[..])), (false, None));
+    }
+    #[test]
+    fn architecture_comes_from_the_manifest_else_the_root_type() {
+        let part = |type_guid: &str| PartitionInfo {
+            number: 1,
+            name: "root".into(),
+            type_guid: type_guid.into(),
+            partition_guid: String::new(),
+            first_lba: 2048,
+            last_lba: 4095,
+            size_bytes: 1 << 20,
+        };
+        let arm_root = [part("B921B045-1DF0-41C3-AF44-4C6F280D3FAE")];
+        let found = architecture_of(None, &arm_root).unwrap();
+        assert_eq!(found.name, "arm64");
+        assert_eq!(found.source, "root partition type");
+        assert_eq!(
+            describe_type("B921B045-1DF0-41C3-AF44-4C6F280D3FAE"),
+            "Linux root (arm64)"
+        );
+        // An older manifest spells x86-64 as Debian does.
+        let text = include_str!("../../tests/fuzz/seeds/manifest_json/debian-small.json")
+            .replace("\"x86_64\"", "\"amd64\"");
+        let manifest = Manifest::from_json(&text).unwrap();
+        let found = architecture_of(Some(&manifest), &[]).unwrap();
+        assert_eq!(
+            (found.name.as_str(), found.source.as_str()),
+            ("x86_64", "manifest")
+        );
+        assert!(architecture_of(None, &[part("0FC63DAF-8483-4772-8E79-3D69D8477DE4")]).is_none());
     }
 }

@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         disk_guid: manifest.disk.disk_guid.clone(),
         partitions: Vec::new(),
         boot_modes: BootModes::default(),
+        architecture: None,
         manifest: Some(manifest),
     };
     let _ = render(&info);

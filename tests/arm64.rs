@@ -33,7 +33,7 @@ const ARM64_ROOT: &str = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE";
 fn arm64_disk(dir: &Path) -> PathBuf {
     let path = dir.join("graviton.raw");
     let arch = imgforge::platform::lookup("arm64").unwrap();
-    let layout = assemble::layout(256 << 20, DiskIds::random(), arch);
+    let layout = assemble::layout(256 << 20, DiskIds::from_seed("arm64-test"), arch);
     let root = layout.offset(assemble::ROOT);
     make_image(&path, layout.disk_bytes, &[(root, pattern(7, 3 << 20))]);
     let mut file = std::fs::OpenOptions::new()

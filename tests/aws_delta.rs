@@ -60,6 +60,9 @@ fn upload(dir: &Path, url: &str, image: &Path, extra: &[&str]) -> Output {
             url,
             "--boot-mode",
             "legacy-bios",
+            // The test images are data only: no manifest, no GPT.
+            "--architecture",
+            "x86_64",
             "--json",
         ])
         .args(extra))

@@ -706,7 +706,7 @@ mod tests {
             disk: "/tmp/run/overlay.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: Some("/tmp/run/firmware.log".into()),
-            launch_network: None,
+            launch: None,
         };
         assert_eq!(machine.program(), "qemu-system-aarch64");
         let joined = machine

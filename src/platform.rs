@@ -30,15 +30,6 @@ static ARCHITECTURES: LazyLock<BTreeMap<String, Architecture>> = LazyLock::new(|
 pub enum PlatformError {
     #[error("unknown architecture `{given}`; choose one of: {known} ({TABLE_PATH})")]
     Unknown { given: String, known: String },
-    #[error(
-        "{distro} cannot be built for {arch}: {TABLE_PATH} has no [{arch}.distro.{distro}] row \
-         (distros built for {arch}: {known})"
-    )]
-    NoDistro {
-        arch: String,
-        distro: String,
-        known: String,
-    },
 }
 
 /// One row of the table.
@@ -69,8 +60,6 @@ pub struct Architecture {
     pub cores_per_xlarge: u32,
     /// How to launch an instance so that the size class's CPU lists hold.
     pub launch_note: String,
-    /// Per distro: its name for the architecture, GRUB packages, kernels.
-    pub distro: BTreeMap<String, DistroArchitecture>,
     pub binfmt: BinfmtEntry,
     pub qemu: QemuMachine,
 }
@@ -88,18 +77,6 @@ pub struct BinfmtEntry {
     /// ELF header bytes and mask, in binfmt_misc's `\xNN` notation.
     pub magic: String,
     pub mask: String,
-}
-
-/// `[ARCH.distro.DISTRO]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DistroArchitecture {
-    /// The distro's name for the architecture (`amd64`, `x86_64`, `arm64`).
-    pub name: String,
-    /// Packages carrying GRUB for the architecture's targets.
-    pub packages: Vec<String>,
-    /// `--kernel` choices: name -> packages.
-    pub kernels: BTreeMap<String, Vec<String>>,
 }
 
 /// `[ARCH.qemu]`: boot-test's machine.
@@ -161,17 +138,6 @@ impl Architecture {
             .any(|n| n.eq_ignore_ascii_case(name))
     }
 
-    /// The row for `distro`, or why it cannot be built for this architecture.
-    pub fn for_distro(&self, distro: &str) -> Result<&DistroArchitecture, PlatformError> {
-        self.distro
-            .get(distro)
-            .ok_or_else(|| PlatformError::NoDistro {
-                arch: self.name.clone(),
-                distro: distro.to_string(),
-                known: self.distro.keys().cloned().collect::<Vec<_>>().join(", "),
-            })
-    }
-
     /// Whether this architecture's programs run natively on this host (else
     /// a bootstrap needs qemu-user and binfmt, and a boot test TCG).
     pub fn is_host(&self) -> bool {
@@ -220,7 +186,6 @@ mod tests {
             assert_eq!(efi.count(), 1, "{}", arch.name);
             assert_eq!(arch.root_type, arch.root_type.to_uppercase());
             assert!(!arch.qemu.firmware.is_empty());
-            assert!(arch.distro.contains_key("debian"), "{}", arch.name);
         }
     }
 
@@ -256,20 +221,11 @@ mod tests {
             "console=ttyS0,115200n8",
             "EC2's serial port is /dev/console"
         );
-        let debian = arm.for_distro("debian").unwrap();
-        assert_eq!(debian.name, "arm64");
-        assert_eq!(debian.kernels["cloud"], ["linux-image-cloud-arm64"]);
-        assert_eq!(debian.packages, ["grub-efi-arm64-bin"]);
         assert_eq!(arm.qemu.binary, "qemu-system-aarch64");
         assert_eq!(arm.qemu.machine, "virt");
         assert_eq!(
             arm.qemu.firmware[0].0,
             std::path::Path::new("/usr/share/AAVMF/AAVMF_CODE.fd")
-        );
-        let err = arm.for_distro("arch").unwrap_err().to_string();
-        assert!(
-            err.contains("[arm64.distro.arch]") && err.contains("debian"),
-            "{err}"
         );
         assert_eq!(
             by_root_type(&arm.root_type.to_lowercase()).unwrap().name,
@@ -284,8 +240,6 @@ mod tests {
         assert_eq!(x86.grub_targets, ["i386-pc", "x86_64-efi"]);
         assert_eq!(x86.console, ["console=tty0", "console=ttyS0,115200n8"]);
         assert!(x86.cmdline_unknown.is_empty());
-        assert_eq!(x86.for_distro("debian").unwrap().name, "amd64");
-        assert_eq!(x86.for_distro("arch").unwrap().name, "x86_64");
         assert_eq!(x86.qemu.binary, "qemu-system-x86_64");
         assert_eq!(x86.qemu.machine, "q35");
         assert_eq!(

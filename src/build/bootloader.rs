@@ -49,8 +49,8 @@ pub enum BootloaderError {
     #[error("boot/bootloaders.toml: {0}")]
     Targets(String),
     #[error(
-        "the tree has no GRUB for {firmware} ({path} is missing): the architecture's row for \
-         the distro in boot/architectures.toml must list its GRUB packages (here: {packages})"
+        "the tree has no GRUB for {firmware} ({path} is missing): the distro's \
+         [architectures.ARCH] table in rootfs/distros/ must list its GRUB packages (here: {packages})"
     )]
     NoGrub {
         firmware: String,
@@ -202,10 +202,7 @@ pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, Bootloa
             return Err(BootloaderError::NoGrub {
                 firmware: target.firmware.clone(),
                 path: modules_src,
-                packages: arch
-                    .for_distro(&distro.name)
-                    .map(|d| d.packages.join(", "))
-                    .unwrap_or_default(),
+                packages: distro.grub_packages.join(", "),
             });
         }
         copy_modules(&modules_src, &grub_dir.join(&target.format))?;

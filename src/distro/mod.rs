@@ -43,6 +43,15 @@ pub enum DistroError {
     #[error(transparent)]
     Platform(#[from] PlatformError),
     #[error(
+        "{distro} cannot be built for {arch}: rootfs/distros/{distro}.toml has no \
+         [architectures.{arch}] table (its architectures: {known})"
+    )]
+    NoArchitecture {
+        distro: String,
+        arch: String,
+        known: String,
+    },
+    #[error(
         "unknown kernel `{given}` for {distro}; choose one of: {known} (see rootfs/distros/{distro}.toml)"
     )]
     UnknownKernel {
@@ -66,8 +75,8 @@ pub enum DistroError {
 pub struct DistroData {
     pub name: String,
     pub default_release: String,
-    /// The distro's own name for the CPU architecture (`amd64`, `x86_64`):
-    /// from the architecture's row in boot/architectures.toml.
+    /// The distro's own name for the CPU architecture of the build (`amd64`,
+    /// `x86_64`): from its `architectures` table.
     #[serde(default)]
     pub architecture: String,
     /// The user an instance's launch key is installed for.
@@ -78,12 +87,19 @@ pub struct DistroData {
     pub ssh_service: String,
     /// VirtualBox's `--ostype` for `imgforge export`'s hint.
     pub virtualbox_os_type: String,
-    /// Packages every image gets (the kernel comes from `kernels`, GRUB
-    /// from the architecture's row).
+    /// Packages every image gets (the kernel comes from `kernels`; the
+    /// build's GRUB packages are added from its `architectures` table).
     pub packages: Vec<String>,
-    /// `--kernel` choices: name -> packages; from the architecture's row.
+    /// The build's GRUB packages (named when GRUB's modules are missing).
+    #[serde(default)]
+    pub grub_packages: Vec<String>,
+    /// `--kernel` choices for the build's architecture: name -> packages.
     #[serde(default)]
     pub kernels: BTreeMap<String, Vec<String>>,
+    /// Per architecture (boot/architectures.toml's names): the distro's
+    /// name for it, its GRUB packages and kernels. An architecture without
+    /// a table cannot be built.
+    pub architectures: BTreeMap<String, DistroArchitecture>,
     pub default_kernel: String,
     /// Kernel and initramfs as grub.cfg names them, relative to the root
     /// filesystem; `{{kernel}}` is the chosen kernel's name.
@@ -105,6 +121,18 @@ pub struct DistroData {
     /// Settings only this distro's module reads.
     #[serde(default)]
     pub bootstrap: toml::Table,
+}
+
+/// `[architectures.NAME]` in a distro's data file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistroArchitecture {
+    /// The distro's name for the architecture (`amd64`, `x86_64`, `arm64`).
+    pub name: String,
+    /// Packages carrying GRUB for the architecture's targets.
+    pub grub_packages: Vec<String>,
+    /// `--kernel` choices: name -> packages.
+    pub kernels: BTreeMap<String, Vec<String>>,
 }
 
 /// What a build asks of the bootstrap: the resolved request.
@@ -296,18 +324,29 @@ pub fn read_data(data: &DataDir, name: &str) -> Result<DistroData, DistroError> 
     read_data_for(data, name, platform::lookup("x86_64")?)
 }
 
-/// `rootfs/distros/NAME.toml` completed with `arch`'s row for the distro
-/// (its name for the architecture, the GRUB packages, the kernels).
+/// `rootfs/distros/NAME.toml` completed with its table for `arch` (its
+/// name for the architecture, the GRUB packages, the kernels).
 pub fn read_data_for(
     data: &DataDir,
     name: &str,
     arch: &Architecture,
 ) -> Result<DistroData, DistroError> {
     let mut distro_data = read_data_file(data, name)?;
-    let row = arch.for_distro(name)?;
-    distro_data.architecture = row.name.clone();
-    distro_data.packages.extend(row.packages.iter().cloned());
-    distro_data.kernels = row.kernels.clone();
+    let Some(row) = distro_data.architectures.get(&arch.name).cloned() else {
+        return Err(DistroError::NoArchitecture {
+            distro: name.to_string(),
+            arch: arch.name.clone(),
+            known: (distro_data.architectures.keys().cloned())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    distro_data.architecture = row.name;
+    distro_data
+        .packages
+        .extend(row.grub_packages.iter().cloned());
+    distro_data.grub_packages = row.grub_packages;
+    distro_data.kernels = row.kernels;
     Ok(distro_data)
 }
 
@@ -400,7 +439,18 @@ mod tests {
         assert_eq!(x86.data().architecture, "amd64");
         assert!(x86.data().packages.iter().any(|p| p == "grub-pc-bin"));
         let err = lookup_for(&data, "arch", arm).err().unwrap().to_string();
-        assert!(err.contains("arch cannot be built for arm64"), "{err}");
+        assert!(
+            err.contains("arch cannot be built for arm64")
+                && err.contains("[architectures.arm64]")
+                && err.contains("x86_64"),
+            "{err}"
+        );
+        for name in names() {
+            let d = read_data_file(&data, name).unwrap();
+            for arch in d.architectures.keys() {
+                platform::lookup(arch).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
     }
 
     #[test]

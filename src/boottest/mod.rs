@@ -669,6 +669,10 @@ fn boot_once(
                     stalled_after = Some(line.clone());
                     break format!("the guest hung: {line} ({meaning})");
                 }
+                if let Some(skew) = stall::clock_skew_signature(&line) {
+                    stalled_after = Some(qemu::squeeze(&line));
+                    break format!("the guest's clock is wrong: {skew}");
+                }
             }
             Event::Exited(status) => {
                 let stderr = qemu.stderr_tail();

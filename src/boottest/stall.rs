@@ -48,6 +48,51 @@ pub fn hang_signature(line: &str) -> Option<&'static str> {
         .map(|(_, meaning)| *meaning)
 }
 
+/// The kernel's line when its TSC calibration against the PIT disagrees with
+/// the HPET (or PM timer) by more than 10 %: it then keeps the PIT's figure.
+const PIT_DEVIATES: &str = "PIT calibration deviates from ";
+/// The clock-rate error a boot still passes with (its timeouts have margin).
+const SKEW_TOLERATED: f64 = 1.5;
+
+/// Whether a console line shows the guest's clock running at the wrong
+/// rate, and by how much. Under TCG the emulator can be starved while the
+/// kernel counts TSC ticks across a PIT interval; the kernel then takes a
+/// wrong TSC frequency (seen: 439 MHz against the HPET's 2594 MHz), and with
+/// the image's `tsc=reliable` no watchdog corrects it, so the guest's clock
+/// runs several times too fast and its service timeouts expire early. No
+/// real machine of the image's kind calibrates this way (EC2 hands the
+/// frequency to the guest), so it is an emulator artifact: the attempt ends
+/// and gets the retry, like a stall.
+pub fn clock_skew_signature(line: &str) -> Option<String> {
+    let rest = &line[line.find(PIT_DEVIATES)? + PIT_DEVIATES.len()..];
+    let (reference, figures) = rest.split_once(':')?;
+    let mut khz = figures.split_whitespace().map(|f| f.parse::<f64>());
+    let (Some(Ok(pit)), Some(Ok(other))) = (khz.next(), khz.next()) else {
+        return None;
+    };
+    if pit <= 0.0 || other <= 0.0 {
+        return None;
+    }
+    let factor = if pit < other {
+        other / pit
+    } else {
+        pit / other
+    };
+    // Within half again the boot's timeouts still hold: let it run.
+    if factor < SKEW_TOLERATED {
+        return None;
+    }
+    Some(format!(
+        "the kernel calibrated its TSC at {:.0} MHz against the PIT while the {reference} \
+         says {:.0} MHz, and kept the PIT's figure: its clock runs {:.1}x {} (QEMU was starved \
+         during the calibration)",
+        pit / 1000.0,
+        other / 1000.0,
+        factor,
+        if pit < other { "too fast" } else { "too slow" },
+    ))
+}
+
 /// Lines that show systemd (PID 1 of the real root) has started.
 pub fn is_userspace_line(line: &str) -> bool {
     line.contains("systemd[1]:")
@@ -243,5 +288,31 @@ mod tests {
             hang_signature("[    0.9] sched_clock: Marking stable (8000, 2)->(9000, 3)").is_none()
         );
         assert!(hang_signature("[  OK  ] Finished imgforge-grow-root.service").is_none());
+    }
+
+    #[test]
+    fn a_miscalibrated_guest_clock_is_recognised_with_its_error() {
+        // The line from a failed soak boot (UEFI, 4 vCPUs, TCG, busy host).
+        let seen = clock_skew_signature(
+            "[    0.513247] tsc: PIT calibration deviates from HPET: 439142 2594437",
+        )
+        .unwrap();
+        assert!(
+            seen.contains("439 MHz") && seen.contains("HPET says 2594 MHz"),
+            "{seen}"
+        );
+        assert!(seen.contains("5.9x too fast"), "{seen}");
+        let slow =
+            clock_skew_signature("tsc: PIT calibration deviates from PMTIMER: 3000000 2000000");
+        assert!(slow.unwrap().contains("1.5x too slow"));
+        for fine in [
+            "[    0.5] tsc: PIT calibration matches HPET. 1 loops",
+            "[    0.0] tsc: Fast TSC calibration failed",
+            "[    0.5] tsc: Detected 2594.437 MHz processor",
+            "tsc: PIT calibration deviates from HPET: garbage",
+            "tsc: PIT calibration deviates from HPET: 2300000 2594437",
+        ] {
+            assert!(clock_skew_signature(fine).is_none(), "{fine}");
+        }
     }
 }

@@ -136,9 +136,23 @@ fn a_file_that_is_not_a_disk_image_is_refused() {
 #[test]
 fn missing_ovmf_names_the_debian_package() {
     let dir = scratch();
+    // boot-test reads the image's architecture before it looks for that
+    // architecture's firmware: an empty GPT disk with an x86_64 root type.
+    let image = dir.path().join("any.raw");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let sgdisk = Command::new("sgdisk")
+        .args(["-o", "-n", "1:2048:+1M", "-t"])
+        .arg("1:4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(sgdisk.status.success(), "{}", text(&sgdisk));
     let out = imgforge_in(dir.path())
         .arg("boot-test")
-        .arg(dir.path().join("any.raw"))
+        .arg(&image)
         .args(["--firmware", "uefi"])
         .env("IMGFORGE_OVMF_CODE", dir.path().join("no-code.fd"))
         .env("IMGFORGE_OVMF_VARS", dir.path().join("no-vars.fd"))

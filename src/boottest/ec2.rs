@@ -24,6 +24,7 @@ use super::qemu::{Event, Launch, Machine, MachineFirmware, Ovmf, Qemu};
 use super::report::{self, Check, Expectations, GuestReport};
 use super::{BootTestArgs, BootTestError, expectations, progress};
 use crate::build::request::{FirstBootModes, RehearsalProbes};
+use crate::data::DataDir;
 use crate::image::inspect::ImageInfo;
 use crate::sizeclass::SizeClass;
 use crate::sys::tool::{HostTool, Tool};
@@ -84,9 +85,8 @@ impl UserData {
 
 /// The image's first-boot mode's probes: from the manifest's layers, else
 /// imgforge's own units.
-fn first_boot_probes(info: &ImageInfo) -> Result<RehearsalProbes, BootTestError> {
-    let data = crate::data::DataDir::open(None).map_err(|e| BootTestError::Ec2(e.to_string()))?;
-    let modes = FirstBootModes::read(&data).map_err(|e| BootTestError::Ec2(e.to_string()))?;
+fn first_boot_probes(data: &DataDir, info: &ImageInfo) -> Result<RehearsalProbes, BootTestError> {
+    let modes = FirstBootModes::read(data).map_err(|e| BootTestError::Ec2(e.to_string()))?;
     let layers = info
         .manifest
         .as_ref()
@@ -162,12 +162,14 @@ pub fn run_all(p: &Preflight, log: Option<File>) -> Result<(), BootTestError> {
             "--volume-size is smaller than the image ({image_bytes} bytes): a volume holds at least its snapshot"
         )));
     }
-    let default_user = default_user(p.info);
+    // Unpacked once for both look-ups.
+    let data = DataDir::open(None).map_err(|e| BootTestError::Ec2(e.to_string()))?;
+    let default_user = default_user(&data, p.info);
     let user_data = match &p.args.user_data {
         Some(path) => UserData::from_file(path)?,
         None => UserData::rehearsal_script(),
     };
-    let probes = first_boot_probes(p.info)?;
+    let probes = first_boot_probes(&data, p.info)?;
     let mut results = Vec::new();
     for &firmware in p.firmwares {
         let dir = tempfile::Builder::new()
@@ -291,12 +293,11 @@ pub fn run_all(p: &Preflight, log: Option<File>) -> Result<(), BootTestError> {
 
 /// The user the image installs the launch key for: its distro's data
 /// says, through the manifest's distro name.
-fn default_user(info: &ImageInfo) -> String {
+fn default_user(data: &DataDir, info: &ImageInfo) -> String {
     let from_data = || {
-        let data = crate::data::DataDir::open(None).ok()?;
         let name = info.manifest.as_ref()?.distro.clone();
         Some(
-            crate::distro::lookup(&data, &name)
+            crate::distro::lookup(data, &name)
                 .ok()?
                 .data()
                 .default_user

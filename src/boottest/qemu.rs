@@ -672,12 +672,7 @@ mod tests {
             firmware_log: None,
             launch: None,
         };
-        let joined = machine
-            .args()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let joined = command_text(&machine);
         assert!(joined.contains(
             "if=pflash,unit=0,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
         ));
@@ -685,6 +680,16 @@ mod tests {
         assert!(joined.contains("-cpu host"));
         assert!(joined.contains("-machine q35 -accel kvm "), "{joined}");
         assert!(!joined.contains("thread="), "{joined}");
+    }
+
+    /// The machine's QEMU arguments as one line, for `contains` checks.
+    fn command_text(machine: &Machine) -> String {
+        machine
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     #[test]
@@ -709,12 +714,7 @@ mod tests {
             launch: None,
         };
         assert_eq!(machine.program(), "qemu-system-aarch64");
-        let joined = machine
-            .args()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let joined = command_text(&machine);
         assert!(
             joined.contains("-machine virt -accel tcg,thread=single -cpu cortex-a72"),
             "{joined}"

@@ -661,17 +661,15 @@ fn boot_once(
                 if tail.len() == TAIL_LINES {
                     tail.pop_front();
                 }
-                tail.push_back(qemu::squeeze(&line));
+                let squeezed = qemu::squeeze(&line);
                 // A hung guest may keep printing (its hang detector's
-                // reports): end the attempt as a stall all the same.
-                if let Some(meaning) = stall::hang_signature(&line) {
-                    let line = qemu::squeeze(&line);
-                    stalled_after = Some(line.clone());
-                    break format!("the guest hung: {line} ({meaning})");
-                }
-                if let Some(skew) = stall::clock_skew_signature(&line) {
-                    stalled_after = Some(qemu::squeeze(&line));
-                    break format!("the guest's clock is wrong: {skew}");
+                // reports), and a guest with a wrong clock boots on to fail
+                // later: end the attempt as a stall all the same.
+                let verdict = stall::doomed_by(&line, &squeezed);
+                tail.push_back(squeezed);
+                if let Some(verdict) = verdict {
+                    stalled_after = tail.back().cloned();
+                    break verdict;
                 }
             }
             Event::Exited(status) => {

@@ -48,6 +48,16 @@ pub fn hang_signature(line: &str) -> Option<&'static str> {
         .map(|(_, meaning)| *meaning)
 }
 
+/// Why an attempt that printed `line` cannot pass, if it cannot: a kernel
+/// hang report or a miscalibrated clock. `shown` is the line as reports
+/// show it.
+pub fn doomed_by(line: &str, shown: &str) -> Option<String> {
+    if let Some(meaning) = hang_signature(line) {
+        return Some(format!("the guest hung: {shown} ({meaning})"));
+    }
+    clock_skew_signature(line).map(|skew| format!("the guest's clock is wrong: {skew}"))
+}
+
 /// The kernel's line when its TSC calibration against the PIT disagrees with
 /// the HPET (or PM timer) by more than 10 %: it then keeps the PIT's figure.
 const PIT_DEVIATES: &str = "PIT calibration deviates from ";

@@ -618,6 +618,14 @@ fn check_lock_file(run: &Run, arch: &Arch, mirror: &str) {
             .as_secs(),
     );
     assert_eq!(date[..10], today[..10], "{date}");
+    // Each database carries its packages' newest build date, known before
+    // a bootstrap: what a fresh one stamps the initramfs with.
+    for repository in &state {
+        let published = repository.date.as_deref().expect("a database date");
+        assert_eq!(published[..10], today[..10], "{repository:?}");
+    }
+    let installed = imgforge::distro::mirror::iso_to_epoch(&date).unwrap();
+    assert!(imgforge::distro::mirror::newest_date(&state).unwrap() >= installed);
     let lock = imgforge::build::lock::Lock {
         format: imgforge::build::lock::FORMAT,
         distro: "arch".into(),

@@ -141,6 +141,31 @@ fn same_name_into_other_folders_gives_the_same_sha256() {
     assert!(report["data_blocks"].as_u64().unwrap() > 100);
 }
 
+/// The tree cache is not what makes a rebuild identical: a tree
+/// bootstrapped again, minutes later, from the same mirror state gives the
+/// image the first one gave (its initramfs is stamped with the mirror
+/// state's date, not the time the bootstrap ran).
+#[test]
+fn a_fresh_bootstrap_gives_the_image_the_first_tree_gave() {
+    let _guard = heavy();
+    let (_dir_a, image_a, summary_a) = base();
+    let dir = scratch();
+    let (image_b, summary_b) = build(dir.path(), "repro.raw", &["--refresh-cache"]);
+    assert_eq!(summary_b["bootstrap_from_cache"], false);
+    assert_eq!(
+        summary_a["tree_key"], summary_b["tree_key"],
+        "the mirror published an update between the two builds: run again"
+    );
+    if summary_a["sha256"] != summary_b["sha256"] {
+        let out = run(
+            IMGFORGE,
+            &["diff", image_a.to_str().unwrap(), image_b.to_str().unwrap()],
+        );
+        panic!("a fresh bootstrap changed the image:\n{}", text(&out));
+    }
+    assert_eq!(sha256sum(&image_a), sha256sum(&image_b));
+}
+
 #[test]
 fn another_seed_gives_other_guids_and_uuids() {
     let _guard = heavy();

@@ -23,7 +23,7 @@ use crate::sys::fsio::{PathError, at};
 use crate::sys::tool::{Tool, ToolError};
 
 /// Bump when the way a tree is bootstrapped changes, to invalidate caches.
-const RECIPE_VERSION: &str = "imgforge-bootstrap-4";
+const RECIPE_VERSION: &str = "imgforge-bootstrap-5";
 
 /// Extra text mixed into the mirror-state part of the key. For tests only:
 /// they cannot make a real (signed) mirror publish an update, and this
@@ -119,7 +119,7 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
             bootstrap_files,
             work_dir: &scratch,
             output: &partial,
-            source_date_epoch: ctx.bootstrap_epoch(),
+            source_date_epoch: ctx.bootstrap_epoch(&mirror_state),
             keyring: ctx.keyring.as_deref(),
             locked: locked.map(|l| &l.lock.packages),
             progress: &ctx.progress,

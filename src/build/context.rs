@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::assemble::DiskIds;
 use super::request::BuildRequest;
 use super::{BuildArgs, BuildError};
+use crate::distro::{MirrorDigest, mirror};
 use crate::sys::progress::Progress;
 use crate::sys::tool::{self, HostTool};
 use crate::sys::workdir::WorkDir;
@@ -101,14 +102,26 @@ impl BuildContext {
     }
 
     /// SOURCE_DATE_EPOCH for the bootstrap's own tools (mmdebstrap,
-    /// initramfs-tools): the override, else now.
-    pub fn bootstrap_epoch(&self) -> u64 {
-        self.epoch_override.unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        })
+    /// initramfs-tools, mkinitcpio): the override, else the newest date of
+    /// the mirror state the tree is keyed by, so that a tree bootstrapped
+    /// again from the same state gets the same initramfs; else (a state
+    /// without dates) now.
+    pub fn bootstrap_epoch(&self, mirror_state: &[MirrorDigest]) -> u64 {
+        if let Some(epoch) = self.epoch_override {
+            return epoch;
+        }
+        if let Some(epoch) = mirror::newest_date(mirror_state) {
+            return epoch;
+        }
+        log::warn!(
+            "the mirror state carries no date: the bootstrap's generated files \
+             (the initramfs) are stamped with the time it runs, so a tree \
+             bootstrapped again will differ; give --epoch to pin it"
+        );
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
     }
 
     pub fn check_interrupt(&self) -> Result<(), BuildError> {

@@ -108,6 +108,41 @@ pub fn epoch_to_iso(seconds: u64) -> String {
     )
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` as seconds since 1970 (UTC); None for anything
+/// else. The inverse of [`epoch_to_iso`].
+pub fn iso_to_epoch(text: &str) -> Option<u64> {
+    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
+    let numbers =
+        |s: &str, sep: char| -> Option<Vec<i64>> { s.split(sep).map(|n| n.parse().ok()).collect() };
+    let [year, month, day] = numbers(date, '-')?[..] else {
+        return None;
+    };
+    let [h, m, s] = numbers(time, ':')?[..] else {
+        return None;
+    };
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // H. Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let mp = (month + 9) % 12;
+    let day_of_year = (153 * mp + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + m * 60 + s).ok()
+}
+
+/// The newest date a mirror state carries, as seconds since 1970: what the
+/// state was published at, known before anything is bootstrapped.
+pub fn newest_date(state: &[crate::distro::MirrorDigest]) -> Option<u64> {
+    state
+        .iter()
+        .filter_map(|m| m.date.as_deref().and_then(iso_to_epoch))
+        .max()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +159,21 @@ mod tests {
         );
         assert_eq!(rfc2822_to_iso("Sat, 11 Jul 2026 10:16:37 +0200"), None);
         assert_eq!(rfc2822_to_iso("yesterday"), None);
+    }
+
+    #[test]
+    fn utc_dates_become_epoch_seconds_and_back() {
+        for seconds in [0, 951_782_400, 1_709_251_199, 1_783_765_000, 4_102_444_800] {
+            let iso = epoch_to_iso(seconds);
+            assert_eq!(iso_to_epoch(&iso), Some(seconds), "{iso}");
+        }
+        assert_eq!(
+            iso_to_epoch("2026-07-11T10:16:37Z"),
+            Some(1_783_765_000 - 3)
+        );
+        assert_eq!(iso_to_epoch("2026-07-11T10:16:37"), None);
+        assert_eq!(iso_to_epoch("2026-13-01T00:00:00Z"), None);
+        assert_eq!(iso_to_epoch("yesterday"), None);
     }
 
     #[test]

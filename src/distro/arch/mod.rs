@@ -243,12 +243,13 @@ impl Distro for Arch {
                     other => other.to_string(),
                 },
             })?;
-            let sha256 = mirror::sha256_hex(&mirror::read(&dest)?);
+            let bytes = mirror::read(&dest)?;
+            let sha256 = mirror::sha256_hex(&bytes);
             state.push(MirrorDigest {
                 url,
                 packages_sha256: sha256.clone(),
                 sha256,
-                date: None,
+                date: pacman::database_build_date(&bytes).map(mirror::epoch_to_iso),
             });
         }
         Ok(state)
@@ -261,17 +262,7 @@ impl Distro for Arch {
         root: &Path,
         _mirror_state: &[MirrorDigest],
     ) -> Result<Option<String>, DistroError> {
-        let local = root.join("var/lib/pacman/local");
-        let mut newest: Option<u64> = None;
-        for entry in fs::read_dir(&local).map_err(at("read", &local))?.flatten() {
-            let Ok(text) = fs::read_to_string(entry.path().join("desc")) else {
-                continue;
-            };
-            if let Some(date) = desc_field(&text, "%BUILDDATE%").and_then(|d| d.parse().ok()) {
-                newest = newest.max(Some(date));
-            }
-        }
-        Ok(newest.map(mirror::epoch_to_iso))
+        Ok(self.source_date_epoch(root)?.map(mirror::epoch_to_iso))
     }
 
     /// One `Server =` URL for every repository; `--mirror` or Arch's geo mirror.
@@ -450,6 +441,7 @@ impl Arch {
             gpgdir: job.work_dir.join("gnupg"),
             logfile: job.work_dir.join("pacman.log"),
             mirror: mirror.clone(),
+            source_date_epoch: job.source_date_epoch,
         };
         let dbpath = pacman.dbpath();
         fs::create_dir_all(&dbpath).map_err(at("create", &dbpath))?;
@@ -524,14 +516,6 @@ fn kernel_version(root: &Path) -> Option<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
 }
 
-/// The line after `header` in a pacman `desc` file.
-fn desc_field<'a>(text: &'a str, header: &str) -> Option<&'a str> {
-    let mut lines = text.lines();
-    lines.find(|l| *l == header)?;
-    lines.next()
-}
-
-/// `%NAME%` and `%VERSION%` of a pacman `desc` file.
 /// `%BUILDDATE%` of a pacman `desc` file (seconds since 1970).
 pub fn desc_build_date(text: &str) -> Option<u64> {
     let mut lines = text.lines();
@@ -543,6 +527,7 @@ pub fn desc_build_date(text: &str) -> Option<u64> {
     None
 }
 
+/// `%NAME%` and `%VERSION%` of a pacman `desc` file.
 pub fn parse_desc(text: &str) -> Option<Package> {
     let mut lines = text.lines();
     let mut name = None;

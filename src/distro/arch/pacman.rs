@@ -3,7 +3,7 @@
 //! /var/cache, /etc/pacman.d/gnupg, /etc/pacman.d/hooks, /var/log) is given
 //! explicitly, so that the host's pacman setup is neither read nor written.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -147,6 +147,8 @@ pub struct Pacman {
     pub logfile: PathBuf,
     /// The mirror URL, for error messages.
     pub mirror: String,
+    /// Passed to pacman's hooks: mkinitcpio stamps the initramfs with it.
+    pub source_date_epoch: u64,
 }
 
 impl Pacman {
@@ -173,6 +175,7 @@ impl Pacman {
             .args(["--noconfirm", "--noprogressbar", "--color", "never"])
             // Messages in English: errors are recognised by their words.
             .env("LC_ALL", "C")
+            .env("SOURCE_DATE_EPOCH", self.source_date_epoch.to_string())
     }
 
     /// `pacman -Sy`: the repository databases.
@@ -217,6 +220,32 @@ impl Pacman {
     fn run(&self, tool: Tool) -> Result<ToolOutput, ArchError> {
         tool.run().map_err(|err| classify(err, &self.mirror))
     }
+}
+
+/// The newest `%BUILDDATE%` in a repository database (`$repo.db`: a tar,
+/// gzip- or zstd-compressed or plain, of `NAME-VERSION/desc` files); None
+/// when it is none of these or names no date.
+pub fn database_build_date(bytes: &[u8]) -> Option<u64> {
+    let reader: Box<dyn Read + '_> = if bytes.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::GzDecoder::new(bytes))
+    } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(ruzstd::decoding::StreamingDecoder::new(bytes).ok()?)
+    } else {
+        Box::new(bytes)
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut newest = None;
+    for entry in archive.entries().ok()? {
+        let Ok(mut entry) = entry else { break };
+        let is_desc = entry
+            .path()
+            .is_ok_and(|p| p.file_name().is_some_and(|n| n == "desc"));
+        let mut text = String::new();
+        if is_desc && entry.read_to_string(&mut text).is_ok() {
+            newest = newest.max(super::desc_build_date(&text));
+        }
+    }
+    newest
 }
 
 /// Turns pacman's failures that have a known cause into errors that say
@@ -340,6 +369,40 @@ mod tests {
         let never = render_pacman_conf("x86_64", SigLevel::Never, &repos[..1], &servers()[..1]);
         assert!(never.contains("SigLevel = Never\n"), "{never}");
         assert!(!never.contains("[extra]") && !never.contains("b.example"));
+    }
+
+    /// A repository database as repo-add writes it: a tar of desc files.
+    fn database(build_dates: &[u64]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (i, date) in build_dates.iter().enumerate() {
+            let desc = format!("%NAME%\np{i}\n\n%BUILDDATE%\n{date}\n\n%PACKAGER%\nx\n");
+            let mut header = tar::Header::new_gnu();
+            header.set_size(desc.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, format!("p{i}-1.0-1/desc"), desc.as_bytes())
+                .unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn database_date_is_its_newest_build_date_whatever_the_compression() {
+        let plain = database(&[1_700_000_000, 1_760_000_123, 1_600_000_000]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = ruzstd::encoding::compress_to_vec(
+            plain.as_slice(),
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        for bytes in [&plain, &gz, &zst] {
+            assert_eq!(database_build_date(bytes), Some(1_760_000_123));
+        }
+        assert_eq!(database_build_date(&database(&[])), None);
+        assert_eq!(database_build_date(b"<html>not found</html>"), None);
+        assert_eq!(database_build_date(&gz[..gz.len() / 2]), None);
     }
 
     #[test]

@@ -76,8 +76,10 @@ pub struct DistroData {
     pub name: String,
     pub default_release: String,
     /// The distro's own name for the CPU architecture of the build (`amd64`,
-    /// `x86_64`): from its `architectures` table.
-    #[serde(default)]
+    /// `x86_64`). This and `grub_packages` and `kernels` are not read from
+    /// the file: [`read_data_for`] fills them from the build's
+    /// `architectures` table (a file that sets them is refused).
+    #[serde(skip_deserializing)]
     pub architecture: String,
     /// The user an instance's launch key is installed for.
     pub default_user: String,
@@ -91,10 +93,10 @@ pub struct DistroData {
     /// build's GRUB packages are added from its `architectures` table).
     pub packages: Vec<String>,
     /// The build's GRUB packages (named when GRUB's modules are missing).
-    #[serde(default)]
+    #[serde(skip_deserializing)]
     pub grub_packages: Vec<String>,
     /// `--kernel` choices for the build's architecture: name -> packages.
-    #[serde(default)]
+    #[serde(skip_deserializing)]
     pub kernels: BTreeMap<String, Vec<String>>,
     /// Per architecture (boot/architectures.toml's names): the distro's
     /// name for it, its GRUB packages and kernels. An architecture without
@@ -450,6 +452,21 @@ mod tests {
             for arch in d.architectures.keys() {
                 platform::lookup(arch).unwrap_or_else(|e| panic!("{name}: {e}"));
             }
+        }
+    }
+
+    #[test]
+    fn a_distro_file_cannot_set_what_its_architecture_tables_decide() {
+        let data = embedded();
+        let text = data.read_to_string("rootfs/distros/debian.toml").unwrap();
+        assert!(toml::from_str::<DistroData>(&text).is_ok());
+        for line in [
+            "architecture = \"amd64\"",
+            "grub_packages = [\"grub-pc-bin\"]",
+            "kernels = { cloud = [\"linux-image-cloud-amd64\"] }",
+        ] {
+            let err = toml::from_str::<DistroData>(&format!("{line}\n{text}")).unwrap_err();
+            assert!(err.to_string().contains("unknown field"), "{line}: {err}");
         }
     }
 

@@ -83,7 +83,10 @@ build() { # OUTPUT [imgforge build flags...]
     local out=$1
     shift
     echo "== imgforge build -o $out $*"
-    "$imgforge" build --distro debian --size-class small --size 2G -o "$out" "$@" >"$out.build.log" 2>&1 || {
+    # One seed for all: the disk ids of a new version of an image stay put
+    # (by default they follow the output's file name, which differs here).
+    "$imgforge" build --distro debian --size-class small --size 2G --seed delta-bench \
+        -o "$out" "$@" >"$out.build.log" 2>&1 || {
         echo "build failed; see $out.build.log" >&2
         exit 1
     }

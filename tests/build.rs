@@ -204,6 +204,45 @@ fn builds_a_debian_image_that_independent_tools_accept() {
         !fstab.contains("/dev/loop") && !fstab.contains("/dev/sd"),
         "{fstab}"
     );
+    // Nothing but the usual top-level entries: a stray file here (a data
+    // folder's README copied in with its files) lands on every instance.
+    let top = debugfs(&image, root_offset, "ls -p /");
+    let names: Vec<&str> = top
+        .lines()
+        .filter_map(|l| l.split('/').nth(5))
+        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+        .collect();
+    assert!(names.contains(&"usr") && names.contains(&"etc"), "{top}");
+    for name in &names {
+        let usual = [
+            "bin",
+            "boot",
+            "dev",
+            "etc",
+            "home",
+            "lib",
+            "lib32",
+            "lib64",
+            "libx32",
+            "lost+found",
+            "media",
+            "mnt",
+            "opt",
+            "proc",
+            "root",
+            "run",
+            "sbin",
+            "srv",
+            "sys",
+            "tmp",
+            "usr",
+            "var",
+        ]
+        .contains(name)
+            || name.starts_with("vmlinuz")
+            || name.starts_with("initrd.img");
+        assert!(usual, "unexpected /{name} in the image's root: {top}");
+    }
     let ssh = debugfs(&image, root_offset, "ls /etc/ssh");
     assert!(
         !ssh.contains("ssh_host_"),

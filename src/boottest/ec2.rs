@@ -804,15 +804,7 @@ mod tests {
             firmware_log: None,
             launch: None,
         };
-        let joined = |machine: &Machine| {
-            machine
-                .args()
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let plain = joined(&machine);
+        let plain = machine.command_text();
         assert!(plain.contains("-no-reboot"), "{plain}");
         assert!(plain.contains("-netdev user,id=net0 "), "{plain}");
         assert!(!plain.contains("-smbios"), "{plain}");
@@ -820,7 +812,7 @@ mod tests {
             netdev: netdev("/usr/bin/imgforge imds-relay 127.0.0.1:1234", 2222),
             system_identity: SYSTEM_IDENTITY.into(),
         });
-        let joined = joined(&machine);
+        let joined = machine.command_text();
         assert!(!joined.contains("-no-reboot"), "{joined}");
         assert!(joined.contains("net=169.254.0.0/16"), "{joined}");
         assert!(

@@ -225,6 +225,16 @@ impl Machine {
         &self.platform.qemu.binary
     }
 
+    /// The QEMU arguments as one line, for tests' `contains` checks.
+    #[cfg(test)]
+    pub fn command_text(&self) -> String {
+        self.args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     pub fn args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
@@ -672,7 +682,7 @@ mod tests {
             firmware_log: None,
             launch: None,
         };
-        let joined = command_text(&machine);
+        let joined = machine.command_text();
         assert!(joined.contains(
             "if=pflash,unit=0,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
         ));
@@ -680,16 +690,6 @@ mod tests {
         assert!(joined.contains("-cpu host"));
         assert!(joined.contains("-machine q35 -accel kvm "), "{joined}");
         assert!(!joined.contains("thread="), "{joined}");
-    }
-
-    /// The machine's QEMU arguments as one line, for `contains` checks.
-    fn command_text(machine: &Machine) -> String {
-        machine
-            .args()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
     }
 
     #[test]
@@ -714,7 +714,7 @@ mod tests {
             launch: None,
         };
         assert_eq!(machine.program(), "qemu-system-aarch64");
-        let joined = command_text(&machine);
+        let joined = machine.command_text();
         assert!(
             joined.contains("-machine virt -accel tcg,thread=single -cpu cortex-a72"),
             "{joined}"

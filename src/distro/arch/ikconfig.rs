@@ -8,8 +8,8 @@
 use std::io::{self, Read};
 
 const START: &[u8] = b"IKCFG_ST";
-const GZIP: &[u8] = &[0x1f, 0x8b, 0x08];
-const ZSTD: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+pub(super) const GZIP: &[u8] = &[0x1f, 0x8b, 0x08];
+pub(super) const ZSTD: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 const XZ: &[u8] = &[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00];
 
 /// A decompressed payload larger than this is not a kernel.

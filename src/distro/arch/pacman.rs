@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::ArchError;
+use super::{ArchError, ikconfig};
 use crate::sys::tool::{Tool, ToolError, ToolOutput};
 
 /// How long the mirror check waits for a name lookup and a TCP connection.
@@ -226,9 +226,9 @@ impl Pacman {
 /// gzip- or zstd-compressed or plain, of `NAME-VERSION/desc` files); None
 /// when it is none of these or names no date.
 pub fn database_build_date(bytes: &[u8]) -> Option<u64> {
-    let reader: Box<dyn Read + '_> = if bytes.starts_with(&[0x1f, 0x8b]) {
+    let reader: Box<dyn Read + '_> = if bytes.starts_with(ikconfig::GZIP) {
         Box::new(flate2::read::GzDecoder::new(bytes))
-    } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+    } else if bytes.starts_with(ikconfig::ZSTD) {
         Box::new(ruzstd::decoding::StreamingDecoder::new(bytes).ok()?)
     } else {
         Box::new(bytes)

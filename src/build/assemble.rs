@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
 use uuid::Uuid;
@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::bootloader::{self, BootFiles};
 use super::bootstrap::Rootfs;
 use super::context::BuildContext;
+use super::layout_from::{self, LayoutFromError};
 use crate::image::{esp, ext4, ids};
 use crate::platform::Architecture;
 use crate::sys::fsio::{PathError, at};
@@ -118,6 +119,17 @@ pub enum AssembleError {
     Ext4(#[from] ext4::Ext4Error),
     #[error("SOURCE_DATE_EPOCH {0} is past 2106: ext4 and FAT cannot store it")]
     EpochTooLate(u64),
+    #[error(
+        "the tree needs a {needed} disk and --layout-from {parent}'s is {given}: build without \
+         --layout-from (a new, bigger layout)"
+    )]
+    ParentTooSmall {
+        parent: PathBuf,
+        given: String,
+        needed: String,
+    },
+    #[error("laying the root filesystem out on the parent's")]
+    LayoutFrom(#[from] LayoutFromError),
 }
 
 /// The identities written into the disk, chosen before the rootfs is
@@ -295,6 +307,16 @@ pub fn plan(ctx: &BuildContext, rootfs: &Rootfs) -> Result<DiskLayout, AssembleE
             .sum::<u64>()
         + ALIGN;
     let minimum = fixed + needed;
+    if let Some(parent) = &ctx.parent {
+        if parent.disk_bytes < minimum {
+            return Err(AssembleError::ParentTooSmall {
+                parent: parent.image.clone(),
+                given: human(parent.disk_bytes),
+                needed: human(minimum.div_ceil(MIB) * MIB),
+            });
+        }
+        return Ok(layout(parent.disk_bytes, ctx.ids.clone(), arch));
+    }
     let disk_bytes = match ctx.request.image_size {
         ImageSize::Fixed(bytes) if bytes < minimum => {
             return Err(AssembleError::TooSmall {
@@ -343,8 +365,31 @@ pub fn run(
         .set_len(layout.disk_bytes)
         .map_err(at("size", temp.path()))?;
 
-    ctx.progress.note("ext4 root (mkfs.ext4 -d)");
-    make_root_filesystem(ctx, temp.path(), layout, epoch)?;
+    match &ctx.parent {
+        None => {
+            ctx.progress.note("ext4 root (mkfs.ext4 -d)");
+            make_root_filesystem(ctx, temp.path(), layout, epoch)?;
+        }
+        Some(parent) => {
+            ctx.progress.note("ext4 root (laid out on the parent's)");
+            let applied = layout_from::lay_out_root(
+                parent,
+                &ctx.rootfs_dir(),
+                temp.path(),
+                layout.offset(ROOT),
+                layout.bytes(ROOT),
+                epoch,
+                ctx.work_dir(),
+            )?;
+            log::info!(
+                "layout from {}: {} entries kept, {} removed, {} written",
+                parent.image.display(),
+                applied.kept,
+                applied.removed,
+                applied.written
+            );
+        }
+    }
     let mut file = temp.reopen().map_err(at("open", temp.path()))?;
     let fixed = ext4::normalize_inode_times(&file, layout.offset(ROOT), epoch)?;
     log::info!(

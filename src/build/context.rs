@@ -5,7 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::assemble::DiskIds;
+use super::assemble::{DiskIds, ImageSize};
+use super::layout_from::Parent;
 use super::request::BuildRequest;
 use super::{BuildArgs, BuildError};
 use crate::distro::{MirrorDigest, mirror};
@@ -32,6 +33,9 @@ pub struct BuildContext {
     /// What `ids` are derived from (`--seed`, or the output's name).
     pub seed: String,
     pub ids: DiskIds,
+    /// `--layout-from`: the image whose root filesystem this build's is
+    /// laid out on; it also gives the seed and the disk size.
+    pub parent: Option<Parent>,
     /// `--epoch`, else the SOURCE_DATE_EPOCH environment variable; without
     /// either the epoch comes from the tree's packages after the bootstrap.
     pub epoch_override: Option<u64>,
@@ -71,13 +75,26 @@ impl BuildContext {
                 source,
             })?;
         }
-        let seed = args
-            .seed
-            .clone()
-            .unwrap_or_else(|| super::reproducible::default_seed(&request.output));
+        let parent = match &args.layout_from {
+            Some(path) => Some(Parent::read(path, request.architecture)?),
+            None => None,
+        };
+        let seed = match &parent {
+            Some(parent) => {
+                if let ImageSize::Fixed(bytes) = request.image_size {
+                    parent.disk_bytes_for(Some(bytes))?;
+                }
+                parent.seed_for(args.seed.as_deref())?
+            }
+            None => args
+                .seed
+                .clone()
+                .unwrap_or_else(|| super::reproducible::default_seed(&request.output)),
+        };
         Ok(Self {
             request,
             ids: DiskIds::from_seed(&seed),
+            parent,
             seed,
             epoch_override: args.epoch.or_else(epoch_from_environment),
             cache,

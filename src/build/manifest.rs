@@ -80,6 +80,7 @@ pub fn record(
         packages: rootfs.packages.clone(),
         build_time: source_date_epoch,
         seed: Some(ctx.seed.clone()),
+        layout_from: ctx.parent.as_ref().map(|p| p.record.clone()),
         sha256: None,
     };
     for path in [rootfs.dir.join(ROOTFS_PATH), ctx.esp_dir().join(ESP_PATH)] {

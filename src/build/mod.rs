@@ -7,6 +7,7 @@ pub mod bootloader;
 pub mod bootstrap;
 pub mod configure;
 pub mod context;
+pub mod layout_from;
 pub mod lock;
 pub mod manifest;
 pub mod reproducible;
@@ -30,6 +31,7 @@ use bootloader::BootloaderError;
 use bootstrap::BootstrapError;
 use configure::ConfigureError;
 pub use context::BuildContext;
+use layout_from::LayoutFromError;
 use lock::LockError;
 use manifest::ManifestError;
 use reproducible::ReproducibleError;
@@ -42,7 +44,8 @@ imgforge build --distro arch --size-class large --mirror 'https://mirror.example
 imgforge build --distro arch --kernel lts --plan --json\n  \
 imgforge build --arch arm64 --size-class medium -o graviton.raw\n  \
 imgforge build --profile base -o plain.raw\n  \
-imgforge build --packages htop,tcpdump --layer ./my-layer -o image.raw")]
+imgforge build --packages htop,tcpdump --layer ./my-layer -o image.raw\n  \
+imgforge build --packages htop --layout-from base.raw -o htop.raw")]
 pub struct BuildArgs {
     /// Distribution to bootstrap: debian or arch (one data file each in
     /// rootfs/distros/).
@@ -141,6 +144,16 @@ pub struct BuildArgs {
     #[arg(long)]
     pub seed: Option<String>,
 
+    /// Lay the root filesystem out on top of PARENT's (an image imgforge
+    /// built, with its manifest's seed) instead of anew: files that did not
+    /// change keep their blocks, so a delta upload against PARENT's snapshot
+    /// (`imgforge upload --parent`) sends only what changed (adding a
+    /// package moves a few percent of the blocks instead of nearly all).
+    /// The image keeps PARENT's disk size and ids, and depends on PARENT's
+    /// bytes as well as on its inputs (its manifest records their digest).
+    #[arg(long, value_name = "PARENT.raw")]
+    pub layout_from: Option<PathBuf>,
+
     /// SOURCE_DATE_EPOCH (seconds since 1970) that every timestamp in the
     /// image is clamped to. Default: the SOURCE_DATE_EPOCH environment
     /// variable, else when the newest installed package was built (Debian:
@@ -210,6 +223,8 @@ pub enum BuildError {
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    LayoutFrom(#[from] LayoutFromError),
     #[error(transparent)]
     Reproducible(#[from] ReproducibleError),
     #[error(

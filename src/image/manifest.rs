@@ -34,9 +34,23 @@ pub struct Manifest {
     /// bit for bit. Absent in manifests of images with random ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<String>,
+    /// The image whose root filesystem this one was laid out on
+    /// (`imgforge build --layout-from`): the image depends on its bytes too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout_from: Option<LayoutParent>,
     /// sha256 of the whole raw image; only in the copy beside the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+}
+
+/// The parent of a `--layout-from` build.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LayoutParent {
+    /// The parent's file name, as given.
+    pub image: String,
+    /// sha256 of the parent's root partition, the bytes the new root
+    /// filesystem started from.
+    pub root_sha256: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -104,6 +104,9 @@ pub struct Tool {
 #[derive(Debug)]
 pub struct ToolOutput {
     pub stdout: Vec<u8>,
+    /// The last lines of stderr: for tools that report a failed step there
+    /// and still exit 0 (debugfs running a command file).
+    pub stderr_tail: Vec<String>,
 }
 
 impl Tool {
@@ -194,16 +197,20 @@ impl Tool {
         let status = wait_interruptibly(&mut child, &self.name)?;
         let stdout = stdout_thread.join().unwrap_or_default();
         let _ = stderr_thread.join();
-        if status.success() {
-            return Ok(ToolOutput { stdout });
-        }
         let mut lines: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
-        if lines.is_empty() {
-            // Some tools report errors on stdout only.
+        if status.success() {
+            return Ok(ToolOutput {
+                stdout,
+                stderr_tail: lines,
+            });
+        }
+        if lines.len() <= 1 {
+            // Some tools report errors on stdout only, after a banner on
+            // stderr (e2fsck, debugfs).
             let text = String::from_utf8_lossy(&stdout);
             let all: Vec<&str> = text.lines().collect();
             let from = all.len().saturating_sub(TAIL_LINES);
-            lines = all[from..].iter().map(|s| s.to_string()).collect();
+            lines.extend(all[from..].iter().map(|s| s.to_string()));
         }
         Err(ToolError::Failed {
             tool: self.name,

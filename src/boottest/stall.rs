@@ -72,7 +72,10 @@ const SKEW_TOLERATED: f64 = 1.5;
 /// runs several times too fast and its service timeouts expire early. No
 /// real machine of the image's kind calibrates this way (EC2 hands the
 /// frequency to the guest), so it is an emulator artifact: the attempt ends
-/// and gets the retry, like a stall.
+/// and gets the retry, like a stall. Reproduced on demand by
+/// `tests/bench/stall-matrix.sh KERNEL --starve 3` (2 and 6 of 30 boots in
+/// two runs); QEMU 7.2's TCG offers no way to hand the guest its TSC rate
+/// instead (see README, "The wrong clock, reproduced").
 pub fn clock_skew_signature(line: &str) -> Option<String> {
     let rest = &line[line.find(PIT_DEVIATES)? + PIT_DEVIATES.len()..];
     let (reference, figures) = rest.split_once(':')?;

@@ -15,7 +15,11 @@
 #   a-rebuild   two builds of the same input (identical only once builds are
 #               reproducible),
 #   b-htop      a build, and a build with --packages htop,
-#   c-layer     a build with an extra layer, and one with a file in it changed.
+#   c-layer     a build with an extra layer, and one with a file in it changed;
+#   b-htop-layout-from, c-layer-layout-from
+#               the same children built with --layout-from PARENT (the root
+#               filesystem laid out on the parent's: unchanged files keep
+#               their blocks).
 # With neither, it makes synthetic cases from BENCH_BASE (an image; default:
 # a 2 GiB sparse image with 256 MiB of random data):
 #   same        the image twice (goal: 0 blocks sent),
@@ -101,9 +105,14 @@ if [ ${#cases[@]} -eq 0 ] && [ "${BENCH_BUILD:-0}" = 1 ]; then
     echo "setting = 2" >"$work/layer2/etc/imgforge-bench/bench.conf"
     build "$work/layer1.raw" --layer "$work/layer1"
     build "$work/layer2.raw" --layer "$work/layer2"
+    # The same children laid out on their parents' root filesystems.
+    build "$work/htop-laid-out.raw" --packages htop --layout-from "$work/base.raw"
+    build "$work/layer2-laid-out.raw" --layer "$work/layer2" --layout-from "$work/layer1.raw"
     cases=("a-rebuild=$work/base.raw:$work/base-again.raw"
         "b-htop=$work/base.raw:$work/htop.raw"
-        "c-layer=$work/layer1.raw:$work/layer2.raw")
+        "b-htop-layout-from=$work/base.raw:$work/htop-laid-out.raw"
+        "c-layer=$work/layer1.raw:$work/layer2.raw"
+        "c-layer-layout-from=$work/layer1.raw:$work/layer2-laid-out.raw")
 elif [ ${#cases[@]} -eq 0 ]; then
     base=$work/base.raw
     if [ -n "${BENCH_BASE:-}" ]; then
@@ -156,10 +165,10 @@ for case in "${cases[@]}"; do
         --journal "$work/$label.journal")
     stop_moto
     share=$(python3 -c "print(f'{100 * $delta_sent / max($data, 1):.2f}')")
-    rows+=("$(printf "%-12s %11d %11d %11d %8s%% %8.2f s %8.2f s" "$label" "$data" "$full_sent" \
+    rows+=("$(printf "%-20s %11d %11d %11d %8s%% %8.2f s %8.2f s" "$label" "$data" "$full_sent" \
         "$delta_sent" "$share" "$full_s" "$delta_s")")
 done
 
 echo
-printf "%-12s %11s %11s %11s %9s %10s %10s\n" case data_blocks full_sent delta_sent sent/data full delta
+printf "%-20s %11s %11s %11s %9s %10s %10s\n" case data_blocks full_sent delta_sent sent/data full delta
 for row in "${rows[@]}"; do echo "$row"; done

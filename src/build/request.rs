@@ -47,6 +47,9 @@ pub struct BuildRequest {
     /// `--locked FILE`: the versions to install.
     pub locked: Option<LockedBuild>,
     pub image_size: ImageSize,
+    /// `--layout-from PARENT.raw`: the image whose root filesystem (and
+    /// disk size and seed) this build's starts from.
+    pub layout_from: Option<PathBuf>,
     pub output: PathBuf,
 }
 
@@ -136,6 +139,7 @@ impl BuildRequest {
             cache_key,
             locked,
             image_size,
+            layout_from: args.layout_from.clone(),
             output: args.output.clone(),
             data,
         })
@@ -415,9 +419,13 @@ impl Plan {
                     filesystem: p.filesystem.map(String::from),
                 })
                 .collect(),
-            image_size: match request.image_size {
-                ImageSize::Fixed(bytes) => format!("{} MiB", bytes >> 20),
-                ImageSize::Auto => {
+            image_size: match (&request.layout_from, request.image_size) {
+                (Some(parent), _) => format!(
+                    "{}'s (--layout-from: the root filesystem is laid out on its, the seed is its)",
+                    parent.display()
+                ),
+                (None, ImageSize::Fixed(bytes)) => format!("{} MiB", bytes >> 20),
+                (None, ImageSize::Auto) => {
                     "the root filesystem plus half again, whole GiB, at least 2 GiB".into()
                 }
             },

@@ -248,12 +248,49 @@ pub fn lay_out_root(
         });
     }
     copy_range(&parent.image, image, offset, bytes)?;
-    let dump = work.join("layout-parent");
-    fs::create_dir_all(&dump).map_err(at("create", &dump))?;
-    let result = apply_difference(parent, tree, image, offset, epoch, work, &dump);
-    // The dump is as big as the tree: don't keep it until the build ends.
-    let _ = fs::remove_dir_all(&dump);
-    result
+    let data_bytes = sparse::data_extents(
+        &File::open(&parent.image).map_err(at("open", &parent.image))?,
+        offset + bytes,
+    )
+    .map_err(at("read", &parent.image))?
+    .iter()
+    .map(|e| {
+        e.end
+            .min(offset + bytes)
+            .saturating_sub(e.start.max(offset))
+    })
+    .sum();
+    // Dropped (deleted) on every way out: the dump is as big as the tree.
+    let dump = tempfile::Builder::new()
+        .prefix("imgforge-layout-parent-")
+        .tempdir_in(dump_folder(work, data_bytes))
+        .map_err(at("create a folder in", work))?;
+    apply_difference(parent, tree, image, offset, epoch, work, dump.path())
+}
+
+/// Where the parent's tree is dumped: memory (/dev/shm) when it and the
+/// machine have room for twice the parent's data with a GiB to spare,
+/// since writing the dump to disk is most of `--layout-from`'s cost (12 s
+/// against 0.5 s here for the 2 GiB Debian image); else `work`.
+fn dump_folder(work: &Path, data_bytes: u64) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    let wanted = 2 * data_bytes + (1 << 30);
+    let shm_free = nix::sys::statvfs::statvfs(shm)
+        .map(|s| s.blocks_available() * s.fragment_size())
+        .unwrap_or(0);
+    let memory_free = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024);
+    if shm_free >= wanted && memory_free >= wanted {
+        shm.to_path_buf()
+    } else {
+        work.to_path_buf()
+    }
 }
 
 fn apply_difference(

@@ -173,45 +173,70 @@ pub fn run_all(p: &Preflight, log: Option<File>) -> Result<(), BootTestError> {
     };
     let probes = first_boot_probes(&data, p.info)?;
     let mut results = Vec::new();
+    let stall = (p.args.stall_seconds > 0).then(|| Duration::from_secs(p.args.stall_seconds));
     for &firmware in p.firmwares {
-        let dir = tempfile::Builder::new()
-            .prefix(firmware)
-            .tempdir_in(p.scratch)
-            .map_err(BootTestError::TempDir)?;
-        let disk = volume_overlay(&p.args.image, p.format, dir.path(), volume_bytes)?;
-        let machine = Machine {
-            platform: p.platform,
-            accel: p.decision.accel,
-            cpu: p.decision.cpu.clone(),
-            firmware: match firmware {
-                "bios" => MachineFirmware::Bios,
-                _ => MachineFirmware::uefi(p.ovmf.expect("preflight found OVMF"), dir.path())?,
-            },
-            smp: p.smp,
-            memory_mib: p.args.memory,
-            disk,
-            disk_format: "qcow2".into(),
-            firmware_log: Some(dir.path().join("firmware.log")),
-            // Set by `rehearse` once the metadata stand-in listens.
-            launch: None,
+        let mut first_attempt: Option<String> = None;
+        let result = loop {
+            let dir = tempfile::Builder::new()
+                .prefix(firmware)
+                .tempdir_in(p.scratch)
+                .map_err(BootTestError::TempDir)?;
+            let disk = volume_overlay(&p.args.image, p.format, dir.path(), volume_bytes)?;
+            let machine = Machine {
+                platform: p.platform,
+                accel: p.decision.accel,
+                cpu: p.decision.cpu.clone(),
+                firmware: match firmware {
+                    "bios" => MachineFirmware::Bios,
+                    _ => MachineFirmware::uefi(p.ovmf.expect("preflight found OVMF"), dir.path())?,
+                },
+                smp: p.smp,
+                memory_mib: p.args.memory,
+                disk,
+                disk_format: "qcow2".into(),
+                firmware_log: Some(dir.path().join("firmware.log")),
+                // Set by `rehearse` once the metadata stand-in listens.
+                launch: None,
+            };
+            let log_copy = match log.as_ref() {
+                Some(file) => Some(file.try_clone().map_err(BootTestError::TempDir)?),
+                None => None,
+            };
+            let result = rehearse(Rehearsal {
+                firmware,
+                machine,
+                want: expectations(firmware, p.smp, p.class, p.info),
+                default_user: default_user.clone(),
+                volume_bytes,
+                timeout: Duration::from_secs(p.args.timeout),
+                dir: dir.path(),
+                log: log_copy,
+                user_data: &user_data,
+                probes: &probes,
+                ssh_command: p.args.ssh_command.as_deref(),
+                stall,
+            })?;
+            let stalled = result
+                .failures
+                .iter()
+                .find(|f| f.starts_with(STALLED_AFTER_REBOOT))
+                .cloned();
+            match (stalled, &first_attempt) {
+                (Some(why), None) => {
+                    progress(&format!(
+                        "{firmware}: launch rehearsal attempt 1 ended: {why}; one more attempt with a fresh volume"
+                    ));
+                    first_attempt = Some(why);
+                }
+                _ => {
+                    break RehearsalResult {
+                        attempt: if first_attempt.is_some() { 2 } else { 1 },
+                        first_attempt,
+                        ..result
+                    };
+                }
+            }
         };
-        let log_copy = match log.as_ref() {
-            Some(file) => Some(file.try_clone().map_err(BootTestError::TempDir)?),
-            None => None,
-        };
-        let result = rehearse(Rehearsal {
-            firmware,
-            machine,
-            want: expectations(firmware, p.smp, p.class, p.info),
-            default_user: default_user.clone(),
-            volume_bytes,
-            timeout: Duration::from_secs(p.args.timeout),
-            dir: dir.path(),
-            log: log_copy,
-            user_data: &user_data,
-            probes: &probes,
-            ssh_command: p.args.ssh_command.as_deref(),
-        })?;
         progress(&format!(
             "{firmware}: launch rehearsal {} in {:.1} s",
             if result.passed { "PASS" } else { "FAIL" },
@@ -243,6 +268,9 @@ pub fn run_all(p: &Preflight, log: Option<File>) -> Result<(), BootTestError> {
                 r.seconds,
                 r.volume_bytes as f64 / (1u64 << 30) as f64
             );
+            if let Some(why) = &r.first_attempt {
+                println!("  attempt 2 of 2: attempt 1 ended: {why}");
+            }
             println!(
                 "  metadata stand-in: {} tokens, {} answers, {} user-data fetches, {} refused without a token",
                 r.imds.tokens_issued,
@@ -344,7 +372,19 @@ pub struct RehearsalResult {
     pub ssh_command: Option<SshCommandRun>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub console_tail: Vec<String>,
+    /// 1, or 2 when the first attempt's guest stalled after its reboot.
+    pub attempt: u32,
+    /// Why the first attempt ended, when this is the second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_attempt: Option<String>,
 }
+
+/// How a rehearsal ends whose guest went silent while it restarted (seen
+/// once under TCG: OVMF printed nothing for minutes after the reboot). Like
+/// boot-test's stalls, it gets one more attempt with a fresh volume.
+const STALLED_AFTER_REBOOT: &str = "the guest stalled after its reboot";
+/// The kernel's last line before a restart.
+const RESTART_LINE: &str = "reboot: Restarting system";
 
 #[derive(Debug, Serialize)]
 pub struct SshCommandRun {
@@ -367,10 +407,14 @@ pub struct Rehearsal<'a> {
     pub user_data: &'a UserData,
     pub probes: &'a RehearsalProbes,
     pub ssh_command: Option<&'a str>,
+    /// `--stall-seconds`: the longest console silence while the guest
+    /// restarts (None: no limit but the timeout).
+    pub stall: Option<Duration>,
 }
 
 /// The guest, its metadata service and its SSH door, for one rehearsal.
 struct Instance {
+    stall: Option<Duration>,
     qemu: Qemu,
     ssh_port: u16,
     key: PathBuf,
@@ -422,6 +466,7 @@ pub fn rehearse(mut r: Rehearsal) -> Result<RehearsalResult, BootTestError> {
         r.volume_bytes as f64 / (1u64 << 30) as f64
     ));
     let mut instance = Instance {
+        stall: r.stall,
         qemu: Qemu::spawn(r.machine.program(), &args, r.log.take())?,
         ssh_port,
         key,
@@ -438,6 +483,8 @@ pub fn rehearse(mut r: Rehearsal) -> Result<RehearsalResult, BootTestError> {
         failures: Vec::new(),
         ssh_command: None,
         console_tail: Vec::new(),
+        attempt: 1,
+        first_attempt: None,
     };
     let outcome = run_checks(&mut instance, &r, &mut result);
     instance.qemu.stop();
@@ -689,11 +736,23 @@ impl Instance {
     /// Waits for the guest's report line (multi-user reached, first-boot
     /// units done).
     fn wait_for_report(&mut self, deadline: Instant) -> Result<GuestReport, String> {
+        // The last output while the guest restarts (from the kernel's
+        // restart line until the next boot's userspace).
+        let mut restarting: Option<Instant> = None;
         loop {
-            match self.qemu.next_event(deadline) {
+            let until = match (restarting, self.stall) {
+                (Some(last), Some(stall)) => deadline.min(last + stall),
+                _ => deadline,
+            };
+            match self.qemu.next_event(until) {
                 Event::Line(line) => {
                     if let Some(report) = report::parse_line(&line) {
                         return Ok(report);
+                    }
+                    if line.contains(RESTART_LINE) {
+                        restarting = Some(Instant::now());
+                    } else if restarting.is_some() {
+                        restarting = (!super::stall::is_userspace_line(&line)).then(Instant::now);
                     }
                     if line.contains("Kernel panic - not syncing") {
                         self.tail.push(super::qemu::squeeze(&line));
@@ -706,6 +765,13 @@ impl Instance {
                 }
                 Event::Exited(status) => {
                     return Err(format!("QEMU exited ({status}) before the guest reported"));
+                }
+                Event::Deadline if restarting.is_some() && Instant::now() < deadline => {
+                    let last = self.tail.last().cloned().unwrap_or_default();
+                    return Err(format!(
+                        "{STALLED_AFTER_REBOOT}: no console output for {} s after: {last}",
+                        self.stall.map_or(0, |s| s.as_secs())
+                    ));
                 }
                 Event::Deadline => {
                     return Err("no IMGFORGE-REPORT line on the serial console in time".into());

@@ -233,22 +233,7 @@ fn diff_names_the_one_layer_file_that_changed() {
     let report = diff_json(&images[0], &images[1]);
     assert_eq!(report["identical"], false);
     assert!(report["table"].as_array().unwrap().is_empty(), "{report}");
-    let mut changed = Vec::new();
-    for region in report["regions"].as_array().unwrap() {
-        for file in region["files"].as_array().into_iter().flatten() {
-            let what: Vec<&str> = file["changes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c["what"].as_str().unwrap())
-                .collect();
-            changed.push((
-                region["name"].as_str().unwrap().to_string(),
-                file["path"].as_str().unwrap().to_string(),
-                what.join(","),
-            ));
-        }
-    }
+    let changed = changed_files(&report);
     assert_eq!(
         changed,
         [(

@@ -19,13 +19,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::image::inspect::{self, InspectError, PartitionInfo};
 use crate::image::manifest::LayoutParent;
 use crate::image::sparse;
 use crate::platform::Architecture;
+use crate::sys::fsio::{PathError, at};
 use crate::sys::tool::{Tool, ToolError};
 
 const SECTOR: u64 = 512;
@@ -106,22 +106,8 @@ pub enum LayoutFromError {
     Check { parent: PathBuf, detail: String },
     #[error(transparent)]
     Tool(#[from] ToolError),
-    #[error("cannot {action} {path}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn at(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LayoutFromError {
-    let path = path.to_path_buf();
-    move |source| LayoutFromError::Io {
-        action,
-        path,
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] PathError),
 }
 
 /// The parent image, read and checked before the build starts.
@@ -215,7 +201,7 @@ impl Parent {
 }
 
 /// What laying the tree out on the parent changed.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone)]
 pub struct Applied {
     /// Entries of the new tree that kept the parent's inode as it was.
     pub kept: usize,

@@ -28,3 +28,4 @@ pub mod platform;
 pub mod profile;
 pub mod sizeclass;
 pub mod sys;
+pub mod units;

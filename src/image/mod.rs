@@ -5,6 +5,7 @@
 pub mod diff;
 pub mod esp;
 pub mod ext4;
+pub mod firmware;
 pub mod ids;
 pub mod inspect;
 pub mod manifest;

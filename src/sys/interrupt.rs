@@ -80,3 +80,20 @@ pub fn terminate_all() {
         terminate_group(pid, Duration::from_secs(5), || killpg(group, None).is_err());
     }
 }
+
+/// The one error every module returns when the user pressed Ctrl-C (or the
+/// process got SIGTERM/SIGHUP): module error enums wrap it with
+/// `#[error(transparent)] Interrupted(#[from] Interrupted)`, and `main` maps
+/// it to exit status 130.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("interrupted (Ctrl-C or SIGTERM): stopped and cleaned up")]
+pub struct Interrupted;
+
+/// `Err(Interrupted)` once the user asked imgforge to stop.
+pub fn check() -> Result<(), Interrupted> {
+    if requested() {
+        Err(Interrupted)
+    } else {
+        Ok(())
+    }
+}

@@ -11,7 +11,7 @@ pub mod upload;
 /// Bad input found before any work started (a flag's value, a missing file,
 /// an unknown distro): `main` exits with status 2 for it, 1 for a failure
 /// during the work and 130 for Ctrl-C. Return it as
-/// `Err(BadInput::new(message))?` or wrap an engine's validation error with
+/// `Err(BadInput::new(message))?` (anyhow converts it) or wrap an engine's validation error with
 /// `.map_err(BadInput::from_error)`.
 #[allow(dead_code)] // used as the subcommands move here (issue 20)
 #[derive(Debug, thiserror::Error)]
@@ -20,13 +20,13 @@ pub struct BadInput(pub String);
 
 #[allow(dead_code)]
 impl BadInput {
-    pub fn new(message: impl Into<String>) -> anyhow::Error {
-        anyhow::Error::new(BadInput(message.into()))
+    pub fn new(message: impl Into<String>) -> Self {
+        BadInput(message.into())
     }
 
     /// An engine's error, reported with its whole cause chain, as bad input.
-    pub fn from_error(err: impl Into<anyhow::Error>) -> anyhow::Error {
+    pub fn from_error(err: impl Into<anyhow::Error>) -> Self {
         let err: anyhow::Error = err.into();
-        anyhow::Error::new(BadInput(format!("{err:#}")))
+        BadInput(format!("{err:#}"))
     }
 }

@@ -262,4 +262,16 @@ mod tests {
     fn the_command_line_is_consistent() {
         cli_command().debug_assert();
     }
+
+    #[test]
+    fn errors_map_to_exit_statuses() {
+        let bad = anyhow::Error::new(BadInput::new("unknown distro")).context("build failed");
+        assert_eq!(exit_status(&bad), 2);
+        let stopped = anyhow::Error::new(interrupt::Interrupted).context("build failed");
+        assert_eq!(exit_status(&stopped), 130);
+        // A module error that wraps Interrupted transparently hides it from the chain.
+        let tool = imgforge::sys::tool::ToolError::from(interrupt::Interrupted);
+        assert_eq!(exit_status(&anyhow::Error::new(tool).context("x")), 130);
+        assert_eq!(exit_status(&anyhow::anyhow!("disk full")), 1);
+    }
 }

@@ -6,7 +6,7 @@ mod commands;
 
 use std::process::ExitCode;
 
-use imgforge::{aws, boottest, build, export, image::inspect, kernelcheck, sys::interrupt};
+use imgforge::{aws, boottest, export, image::inspect, sys::interrupt};
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -41,7 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build a bootable raw disk image (bootstrap, configure, bootloader, assemble).
-    Build(build::BuildArgs),
+    Build(commands::build::BuildArgs),
     /// Show an image's partitions, boot modes, kernel command line and manifest, without mounting it.
     Inspect(inspect::InspectArgs),
     /// Name what differs between two images: partition table, 512 KiB blocks per partition, files.
@@ -53,7 +53,7 @@ enum Command {
     /// Write an image into an EBS snapshot through the EBS direct APIs and register an AMI.
     Upload(commands::upload::UploadArgs),
     /// Check a kernel config against a profile's requirements (kernel-configs/), for your own kernel.
-    KernelCheck(kernelcheck::KernelCheckArgs),
+    KernelCheck(commands::kernel_check::KernelCheckArgs),
     /// Read an EBS snapshot back into a raw image file (unwritten blocks stay holes).
     Download(aws::download::DownloadArgs),
     /// List, prune and promote published AMIs (by name prefix, per region).
@@ -124,7 +124,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Build(args) => build::run(&args).context("build failed"),
+        Command::Build(args) => commands::build::run(&args).context("build failed"),
         Command::Inspect(args) => inspect::run(&args).context("inspect failed"),
         Command::Diff(args) => commands::diff::run(&args).context("diff failed"),
         Command::BootTest(args) => boottest::run(&args).context("boot test failed"),
@@ -133,7 +133,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Ami(args) => commands::ami::run(&args).context("ami failed"),
         Command::Config(args) => commands::config::run(&args).context("config failed"),
         Command::Download(args) => aws::download::run(&args).context("download failed"),
-        Command::KernelCheck(args) => kernelcheck::run(&args).context("kernel-check failed"),
+        Command::KernelCheck(args) => {
+            commands::kernel_check::run(&args).context("kernel-check failed")
+        }
         Command::ImdsRelay { addr } => boottest::imds::relay(&addr).context("imds-relay failed"),
     }
 }

@@ -1,8 +1,11 @@
 //! Stage 5, assemble: the disk image file. A sparse file, a GPT (BIOS boot
 //! where the architecture has a BIOS, EFI system, root of the
 //! architecture's type), a FAT ESP written in-process, an ext4 root made from
-//! the directory by `mkfs.ext4 -d` at the partition's offset, and the BIOS
-//! boot code. No loop device and no mount.
+//! the directory by `mkfs.ext4 -d` at the partition's offset (or laid out
+//! on a parent's, [`super::layout_from`]), and the BIOS boot code. No loop
+//! device and no mount. The format itself (layout, ids, GPT, boot code) is
+//! [`crate::image::layout`] and [`crate::image::bios_boot`]; this stage
+//! sizes the disk and writes it.
 
 use std::fs;
 use std::path::{Path, PathBuf};

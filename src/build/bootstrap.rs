@@ -9,7 +9,8 @@
 //! with `--locked`, the lock file's versions (no mirror read on a hit).
 //! Unpacking and configuring packages dominate a bootstrap, so a cache of
 //! downloads alone barely helps. Downloads are cached too (one folder per
-//! distro), so that a changed package set downloads only what is new.
+//! distro), so that a changed package set downloads only what is new. The
+//! key itself is [`super::cache_key`].
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use imgforge::{aws, boottest, build, export, image::inspect, kernelcheck, sys::interrupt};
+use imgforge::{aws, boottest, export, image::inspect, sys::interrupt};
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -51,7 +51,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build a bootable raw disk image (bootstrap, configure, bootloader, assemble).
-    Build(build::BuildArgs),
+    Build(commands::build::BuildArgs),
     /// Show an image's partitions, boot modes, kernel command line and manifest, without mounting it.
     Inspect(inspect::InspectArgs),
     /// Name what differs between two images: partition table, 512 KiB blocks per partition, files.
@@ -63,7 +63,7 @@ enum Command {
     /// Write an image into an EBS snapshot through the EBS direct APIs and register an AMI.
     Upload(commands::upload::UploadArgs),
     /// Check a kernel config against a profile's requirements (kernel-configs/), for your own kernel.
-    KernelCheck(kernelcheck::KernelCheckArgs),
+    KernelCheck(commands::kernel_check::KernelCheckArgs),
     /// Read an EBS snapshot back into a raw image file (unwritten blocks stay holes).
     Download(aws::download::DownloadArgs),
     /// List, prune and promote published AMIs (by name prefix, per region).
@@ -234,7 +234,7 @@ fn clap_error(err: clap::Error, json: bool) -> u8 {
 fn run(command: Command) -> commands::Outcome {
     let printed = |r: anyhow::Result<()>| r.map(|()| None);
     match command {
-        Command::Build(args) => printed(build::run(&args).context("build failed")),
+        Command::Build(args) => printed(commands::build::run(&args).context("build failed")),
         Command::Inspect(args) => printed(inspect::run(&args).context("inspect failed")),
         Command::Diff(args) => printed(commands::diff::run(&args).context("diff failed")),
         Command::BootTest(args) => printed(boottest::run(&args).context("boot test failed")),
@@ -244,7 +244,7 @@ fn run(command: Command) -> commands::Outcome {
         Command::Config(args) => commands::config::run(&args).context("config failed"),
         Command::Download(args) => printed(aws::download::run(&args).context("download failed")),
         Command::KernelCheck(args) => {
-            printed(kernelcheck::run(&args).context("kernel-check failed"))
+            printed(commands::kernel_check::run(&args).context("kernel-check failed"))
         }
         Command::Completions(args) => commands::completions::run(&args, cli_command()),
         Command::Clean(args) => commands::clean::run(&args).context("clean failed"),

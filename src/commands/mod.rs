@@ -10,10 +10,12 @@
 //! and `Ok(None)` when it printed its human output itself.
 
 pub mod ami;
+pub mod build;
 pub mod clean;
 pub mod completions;
 pub mod config;
 pub mod diff;
+pub mod kernel_check;
 pub mod upload;
 
 use std::ffi::OsString;

@@ -2,11 +2,14 @@
 //! and upload share: an image may come from anywhere, so every parser here
 //! treats its input as untrusted.
 
+pub mod bios_boot;
 pub mod diff;
 pub mod esp;
 pub mod ext4;
 pub mod firmware;
 pub mod ids;
 pub mod inspect;
+pub mod layout;
 pub mod manifest;
+pub mod parent;
 pub mod sparse;

@@ -3,15 +3,15 @@
 
 use std::path::PathBuf;
 
-use super::blocks::BlocksError;
+use super::ami::platform::PlatformError;
+use super::ami::register::{Architecture, BootMode, RegisterError};
 use super::client::{ClientError, ConnectionArgs};
-use super::delta::{DeltaError, ParentArg};
-use super::journal::JournalError;
+use super::ebs::blocks::BlocksError;
+use super::ebs::delta::{DeltaError, ParentArg};
+use super::ebs::journal::JournalError;
+use super::ebs::snapshot::SnapshotError;
 use super::output::{OutputError, UploadResult};
-use super::platform::PlatformError;
 use super::publish::{PublishError, PublishPlan};
-use super::register::{Architecture, BootMode, RegisterError};
-use super::snapshot::SnapshotError;
 
 /// EBS's largest volume.
 pub const MAX_VOLUME_GIB: u64 = 65_536;

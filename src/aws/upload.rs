@@ -15,17 +15,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::blocks::BLOCK_SIZE;
+use super::ami::names::{self, default_ami_name};
+use super::ami::platform::{self, Registration};
+use super::ami::register::{self, BootMode, ExistingImage, ImageSpec};
 use super::client::{self, Clients};
-use super::delta::{self, DigestStore, SnapshotRecord};
-use super::journal::{self, ImageIdentity, Journal, SnapshotParams, TokenBasis};
-use super::names::default_ami_name;
+use super::ebs::blocks::BLOCK_SIZE;
+use super::ebs::delta::{self, DigestStore, SnapshotRecord};
+use super::ebs::journal::{self, ImageIdentity, Journal, SnapshotParams, TokenBasis};
+use super::ebs::writer;
 use super::output::{self, UploadResult};
-use super::platform::{self, Registration};
-use super::publish::{self, SourceImage};
-use super::register::{self, BootMode, ExistingImage, ImageSpec};
+use super::publish;
 pub use super::request::{MAX_VOLUME_GIB, UploadError, UploadRequest};
-use super::writer;
 use crate::image::manifest::Manifest;
 
 const GIB: u64 = 1 << 30;
@@ -37,7 +37,7 @@ pub async fn upload(req: &UploadRequest) -> Result<UploadResult, UploadError> {
     let clients = client::connect(&req.connection).await?;
     publish::preflight(&clients, &req.publish).await?;
     let mut result = source_ami(req, &clients, file, size, started).await?;
-    if let Some(source) = SourceImage::of(&result) {
+    if let Some(source) = result.source_image() {
         let report = publish::publish(&clients, &source, &req.publish).await;
         result.regions = report.regions;
     }
@@ -194,7 +194,7 @@ async fn source_ami(
     }
 
     let store = DigestStore::new(req.state_dir.clone());
-    let family = delta::family_for(
+    let family = names::family_for(
         req.publish.family.as_deref(),
         req.name.as_deref(),
         &req.image,
@@ -366,7 +366,7 @@ async fn source_ami(
         image_size_bytes: size,
         volume_size_gib: volume_gib,
         encrypted,
-        block_count: super::blocks::block_count(size),
+        block_count: super::ebs::blocks::block_count(size),
         zero_blocks_written: encrypted,
         parent_snapshot_id: params.parent_snapshot_id.clone(),
         published_unix_ms: SystemTime::now()
@@ -517,7 +517,7 @@ mod tests {
     fn default_name_is_valid_and_stable() {
         let name = default_ami_name(Path::new("/x/my image+v1.raw"), &"ab".repeat(32));
         assert_eq!(name, "my image-v1-abababababab");
-        assert!(super::super::names::parse_ami_name(&name).is_ok());
+        assert!(super::super::ami::names::parse_ami_name(&name).is_ok());
     }
 
     #[test]

@@ -5,11 +5,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use imgforge::aws::client::{self, Clients, ConnectionArgs, ServiceArgs};
-use imgforge::aws::names::{
+use imgforge::aws::ami::names::{
     FAMILY_TAG, family_of, parse_ami_name, parse_duration, parse_region, parse_ssm_template,
     parse_tag, render_ssm_name,
 };
+use imgforge::aws::client::{self, Clients, ConnectionArgs, ServiceArgs};
 use imgforge::aws::publish::list::{self, ImageInfo};
 use imgforge::aws::publish::prune::{self, PruneRequest};
 use imgforge::aws::publish::{self as publish_jobs, ssm};

@@ -5,15 +5,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use imgforge::aws::blocks;
-use imgforge::aws::client::{self, ConnectionArgs};
-use imgforge::aws::delta::ParentArg;
-use imgforge::aws::names::{
+use imgforge::aws::ami::names::{
     ShareTarget, parse_ami_name, parse_duration, parse_region, parse_rfc3339, parse_share_target,
     parse_ssm_template, parse_tag,
 };
+use imgforge::aws::ami::register::{Architecture, BootMode};
+use imgforge::aws::client::{self, ConnectionArgs};
+use imgforge::aws::ebs::blocks;
+use imgforge::aws::ebs::delta::ParentArg;
 use imgforge::aws::publish::{Deprecation, PublishPlan};
-use imgforge::aws::register::{Architecture, BootMode};
 use imgforge::aws::upload::{self, UploadError, UploadRequest};
 
 #[derive(Debug, clap::Args)]

@@ -28,9 +28,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::ami::names::{ShareTarget, family_of, format_rfc3339};
 use super::client::Clients;
-use super::names::{ShareTarget, family_of, format_rfc3339};
-use super::output::UploadResult;
 use super::retry::{ApiError, RetryError, with_retries};
 
 /// What to do with the AMI after it is registered; plain values.
@@ -115,17 +114,6 @@ pub struct SourceImage {
     pub region: String,
     /// The snapshot the upload wrote (also tagged, whatever EC2 reports).
     pub snapshot_id: Option<String>,
-}
-
-impl SourceImage {
-    pub fn of(result: &UploadResult) -> Option<Self> {
-        Some(Self {
-            image_id: result.ami_id.clone()?,
-            name: result.name.clone()?,
-            region: result.region.clone(),
-            snapshot_id: (!result.snapshot_id.is_empty()).then(|| result.snapshot_id.clone()),
-        })
-    }
 }
 
 /// One region's outcome (`--json`: `regions`).
@@ -302,7 +290,7 @@ async fn publish_region(
         result.deprecate_at = Some(format_rfc3339(at));
     }
     if let Some(template) = &plan.ssm_parameter {
-        let name = super::names::render_ssm_name(template, &source.name, &clients.region);
+        let name = super::ami::names::render_ssm_name(template, &source.name, &clients.region);
         let previous =
             ssm::point(clients, &name, &image.image_id, &family, plan.ssm_overwrite).await?;
         result.ssm_parameter = Some(name);

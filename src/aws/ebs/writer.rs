@@ -14,12 +14,12 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::blocks::{self, BLOCK_SIZE, BlockRecord, BlocksError, Digest};
-use super::client::Clients;
 use super::delta::{self, BlockAction, ParentContent};
 use super::journal::{self, ImageIdentity, Journal, SnapshotParams, TokenBasis};
-use super::register::RegisterError;
-use super::request::{UploadError, UploadRequest};
 use super::snapshot::{self, SnapshotError, State};
+use crate::aws::ami::register::RegisterError;
+use crate::aws::client::Clients;
+use crate::aws::request::{UploadError, UploadRequest};
 use crate::image::sparse;
 use crate::sys::interrupt;
 

@@ -8,9 +8,9 @@ use aws_sdk_ec2::types::{
     ImdsSupportValues, ResourceType, Tag, TagSpecification, TpmSupportValues, VolumeType,
 };
 
-use super::client::Clients;
-use super::retry::{ApiError, RetryError, with_retries};
-use super::snapshot::{self, SnapshotError};
+use crate::aws::client::Clients;
+use crate::aws::ebs::snapshot::{self, SnapshotError};
+use crate::aws::retry::{ApiError, RetryError, with_retries};
 
 /// The root device every imgforge AMI uses.
 pub const ROOT_DEVICE: &str = "/dev/xvda";

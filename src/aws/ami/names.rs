@@ -76,6 +76,24 @@ pub fn family_of(name: &str) -> String {
     name[..kept.min(name.len())].to_string()
 }
 
+/// The family a snapshot is filed under: `--family`, else the family of
+/// `--name`, else of the image's file name (`trading-large.raw` ->
+/// `trading-large`; a default AMI name ends in a content hash, which would
+/// make every upload a family of its own).
+pub fn family_for(family: Option<&str>, name: Option<&str>, image: &Path) -> String {
+    if let Some(family) = family {
+        return family.to_string();
+    }
+    if let Some(name) = name {
+        return family_of(name);
+    }
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    family_of(&stem)
+}
+
 /// An AWS region name's shape (`us-east-1`, `eu-central-2`, `us-gov-west-1`);
 /// whether it exists is asked of EC2 (DescribeRegions) before anything is written.
 pub fn parse_region(text: &str) -> Result<String, String> {
@@ -276,5 +294,13 @@ mod tests {
             render_ssm_name("/i/{name}/{region}", "a-v1", "eu-west-1"),
             "/i/a-v1/eu-west-1"
         );
+    }
+
+    #[test]
+    fn family_defaults() {
+        let image = Path::new("/b/trading-large.raw");
+        assert_eq!(family_for(Some("f"), Some("x-v1"), image), "f");
+        assert_eq!(family_for(None, Some("web-small-v3"), image), "web-small");
+        assert_eq!(family_for(None, None, image), "trading-large");
     }
 }

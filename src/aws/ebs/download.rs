@@ -13,8 +13,8 @@ use base64::Engine;
 use futures::StreamExt;
 
 use super::blocks::{self, BLOCK_SIZE};
-use super::client::{self, ClientError, Clients, ConnectionArgs};
-use super::retry::{ApiError, RetryError, with_retries};
+use crate::aws::client::{self, ClientError, Clients, ConnectionArgs};
+use crate::aws::retry::{ApiError, RetryError, with_retries};
 use crate::sys::interrupt;
 
 const GIB: u64 = 1 << 30;

@@ -9,9 +9,9 @@ use aws_sdk_ec2::types::SnapshotState;
 use bytes::Bytes;
 
 use super::blocks::{self, BLOCK_SIZE, Digest};
-use super::client::Clients;
 use super::journal::SnapshotParams;
-use super::retry::{ApiError, RetryError, with_retries};
+use crate::aws::client::Clients;
+use crate::aws::retry::{ApiError, RetryError, with_retries};
 use crate::sys::interrupt;
 
 #[derive(Debug, thiserror::Error)]

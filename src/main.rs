@@ -6,7 +6,7 @@ mod commands;
 
 use std::process::ExitCode;
 
-use imgforge::{aws, boottest, build, export, image::inspect, kernelcheck, sys::interrupt};
+use imgforge::{boottest, build, export, image::inspect, kernelcheck, sys::interrupt};
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -55,7 +55,7 @@ enum Command {
     /// Check a kernel config against a profile's requirements (kernel-configs/), for your own kernel.
     KernelCheck(kernelcheck::KernelCheckArgs),
     /// Read an EBS snapshot back into a raw image file (unwritten blocks stay holes).
-    Download(aws::ebs::download::DownloadArgs),
+    Download(commands::download::DownloadArgs),
     /// List, prune and promote published AMIs (by name prefix, per region).
     Ami(commands::ami::AmiArgs),
     /// Show imgforge.toml's merged variants, or the CI job matrix they make.
@@ -132,7 +132,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Upload(args) => commands::upload::run(&args).context("upload failed"),
         Command::Ami(args) => commands::ami::run(&args).context("ami failed"),
         Command::Config(args) => commands::config::run(&args).context("config failed"),
-        Command::Download(args) => aws::ebs::download::run(&args).context("download failed"),
+        Command::Download(args) => commands::download::run(&args).context("download failed"),
         Command::KernelCheck(args) => kernelcheck::run(&args).context("kernel-check failed"),
         Command::ImdsRelay { addr } => boottest::imds::relay(&addr).context("imds-relay failed"),
     }

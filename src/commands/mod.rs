@@ -4,8 +4,10 @@
 //! `src/main.rs` and this folder imports clap.
 
 pub mod ami;
+pub mod aws_options;
 pub mod config;
 pub mod diff;
+pub mod download;
 pub mod upload;
 
 /// Bad input found before any work started (a flag's value, a missing file,

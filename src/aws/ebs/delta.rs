@@ -36,6 +36,7 @@ use super::blocks::Digest;
 use super::snapshot;
 use crate::aws::client::Clients;
 use crate::aws::retry::{ApiError, RetryError, with_retries};
+use crate::sys::interrupt::Interrupted;
 
 pub const RECORD_FORMAT_VERSION: u32 = 1;
 
@@ -81,7 +82,7 @@ parent), or upload in full with --encrypted and no --parent"
     EncryptedChildOfUnencryptedParent { snapshot_id: String },
     #[error(
         "--volume-size {given} GiB is smaller than parent snapshot {snapshot_id}'s {parent} GiB; \
-EBS needs a child at least as large as its parent: pass --volume-size {parent} or more"
+EBS needs a child at least as large as its parent: pass --volume-size {parent}G or more"
     )]
     SmallerThanParent {
         given: u64,
@@ -90,8 +91,8 @@ EBS needs a child at least as large as its parent: pass --volume-size {parent} o
     },
     #[error(transparent)]
     Api(#[from] ApiError),
-    #[error("interrupted")]
-    Interrupted,
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
     #[error("cannot read the digest store {path}: {reason}")]
     StoreRead { path: PathBuf, reason: String },
     #[error(
@@ -108,7 +109,7 @@ impl From<RetryError> for DeltaError {
     fn from(err: RetryError) -> Self {
         match err {
             RetryError::Api(api) => Self::Api(api),
-            RetryError::Interrupted => Self::Interrupted,
+            RetryError::Interrupted(i) => Self::Interrupted(i),
         }
     }
 }

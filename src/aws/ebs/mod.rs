@@ -10,4 +10,5 @@ pub mod delta;
 pub mod download;
 pub mod journal;
 pub mod snapshot;
+pub mod start;
 pub mod writer;

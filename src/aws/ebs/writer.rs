@@ -1,11 +1,12 @@
 //! The snapshot writer: picks up a matching journal, starts or resumes the
 //! snapshot, reads, hashes and sends in one pass every block not handled
 //! yet (only those that differ from the parent's, for a delta), completes
-//! it, and cleans up after a failure. Takes the plain [`UploadRequest`].
+//! it, and cleans up after a failure. Takes its own small [`WriteRequest`]
+//! (the four things of an upload it needs) and answers a [`WriteError`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,13 +16,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::blocks::{self, BLOCK_SIZE, BlockRecord, BlocksError, Digest};
 use super::delta::{self, BlockAction, ParentContent};
-use super::journal::{self, ImageIdentity, Journal, SnapshotParams, TokenBasis};
-use super::snapshot::{self, SnapshotError, State};
-use crate::aws::ami::register::RegisterError;
+use super::journal::{self, ImageIdentity, Journal, JournalError, TokenBasis};
+use super::snapshot::{self, SnapshotError};
 use crate::aws::client::Clients;
-use crate::aws::request::{UploadError, UploadRequest};
 use crate::image::sparse;
-use crate::sys::interrupt;
+use crate::sys::interrupt::{self, Interrupted};
 
 /// How often confirmed blocks are written to the journal. Blocks confirmed
 /// after the last save are sent again on resume, nothing worse.
@@ -40,6 +39,53 @@ fn progress_bar(total_bytes: u64, what: &str) -> ProgressBar {
     );
     bar.set_message(what.to_string());
     bar
+}
+
+/// What the writer needs of an upload.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    /// The image, checked again before CompleteSnapshot (it must not change).
+    pub image: PathBuf,
+    /// Concurrent PutSnapshotBlock requests.
+    pub workers: usize,
+    /// How long to wait for the snapshot to become `completed`.
+    pub wait_timeout: Duration,
+    /// After a failure, keep the snapshot and the journal (a rerun resumes).
+    pub keep_snapshot: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Blocks(#[from] BlocksError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
+    #[error(
+        "{path} changed while it was being uploaded (its size, modification time or content \
+differs from when the upload started); the snapshot is not completed: do not modify an image \
+during its upload, then upload it again"
+    )]
+    ImageChanged { path: PathBuf },
+    #[error("the upload journal {path} is damaged ({reason}); delete it and upload again")]
+    BadJournal { path: PathBuf, reason: String },
+    #[error("StartSnapshot kept answering snapshots in state `error`; see the warnings above")]
+    StartKeepsFailing,
+}
+
+impl WriteError {
+    /// Whether this failure is the user's Ctrl-C (or SIGTERM).
+    pub fn is_interrupted(&self) -> bool {
+        matches!(
+            self,
+            Self::Interrupted(_)
+                | Self::Snapshot(SnapshotError::Interrupted(_))
+                | Self::Blocks(BlocksError::Interrupted(_))
+        )
+    }
 }
 
 /// What the snapshot phase produced.
@@ -103,40 +149,11 @@ impl BlockPlan {
     }
 }
 
-/// The journal of an earlier run of this upload (same image, same
-/// parameters), if there is one. A journal of another image or other
-/// parameters is dropped, and its pending snapshot deleted.
-pub async fn load_journal(
-    clients: &Clients,
-    journal_path: &Path,
-    identity: &ImageIdentity,
-    params: &SnapshotParams,
-) -> Result<Option<Journal>, UploadError> {
-    let Some(old) = Journal::load(journal_path)? else {
-        return Ok(None);
-    };
-    if old.matches(identity, params) {
-        return Ok(Some(old));
-    }
-    log::warn!(
-        "the upload journal {} records an upload of another image or with other \
-parameters; starting a new snapshot",
-        journal_path.display()
-    );
-    if let (Some(id), false) = (&old.snapshot_id, old.completed) {
-        match snapshot::delete(clients, id).await {
-            Ok(()) => log::warn!("deleted that upload's pending snapshot {id}"),
-            Err(err) => log::warn!("cannot delete that upload's snapshot {id}: {err}"),
-        }
-    }
-    Ok(None)
-}
-
 /// A pass over the image's data for its content hash, before the upload:
 /// only for an image without a trusted manifest whose default AMI name (the
 /// content hash) is needed before anything is sent. The upload then reads
 /// the data a second time.
-pub fn content_hash_pass(file: &File, size: u64) -> Result<(String, u64), UploadError> {
+pub fn content_hash_pass(file: &File, size: u64) -> Result<(String, u64), WriteError> {
     let bar = ProgressBar::new_spinner().with_style(
         ProgressStyle::with_template("{msg:9} {binary_bytes} {binary_bytes_per_sec}")
             .expect("valid template"),
@@ -152,81 +169,6 @@ pub fn content_hash_pass(file: &File, size: u64) -> Result<(String, u64), Upload
     Ok((hex::encode(content), scan.bytes_read))
 }
 
-/// The journal's snapshot if it can still be written to, else a new one.
-pub async fn ensure_snapshot(
-    clients: &Clients,
-    journal_path: &Path,
-    journal: &mut Journal,
-    params: &SnapshotParams,
-) -> Result<String, UploadError> {
-    if let Some(id) = journal.snapshot_id.clone() {
-        match snapshot::state(clients, &id).await? {
-            // moto calls a pending snapshot `completed` at once; the journal
-            // knows better whether CompleteSnapshot was called.
-            State::Pending | State::Completed | State::Other(_) => {
-                let confirmed = journal.confirmed_set().len();
-                if !journal.completed {
-                    eprintln!(
-                        "imgforge: resuming snapshot {id}: {confirmed} blocks already confirmed"
-                    );
-                }
-                return Ok(id);
-            }
-            State::Error(message) => {
-                log::warn!(
-                    "snapshot {id} is in state `error`{} (a pending snapshot that receives no \
-block for --snapshot-timeout minutes times out this way); deleting it and starting over \
-with a new snapshot",
-                    message.map(|m| format!(" ({m})")).unwrap_or_default()
-                );
-                if let Err(err) = snapshot::delete(clients, &id).await {
-                    log::warn!("cannot delete snapshot {id}: {err}");
-                }
-            }
-            State::Missing => log::warn!(
-                "snapshot {id} from the journal no longer exists (deleted, or timed out and \
-removed); starting over with a new snapshot"
-            ),
-        }
-        journal.start_over();
-        journal.save(journal_path)?;
-    }
-    // The journal (and with it the attempt number, which the token is
-    // derived from) is saved before StartSnapshot: a crash in between reruns
-    // it with the same ClientToken, and EBS answers the same snapshot.
-    for _ in 0..3 {
-        let started = snapshot::start(clients, params, &journal.client_token).await?;
-        let id = started.snapshot_id;
-        match started.state {
-            State::Error(_) => {
-                // The token belongs to an earlier upload whose snapshot failed.
-                log::warn!(
-                    "StartSnapshot answered snapshot {id} of an earlier attempt, which is in \
-state `error`; starting over with a new snapshot"
-                );
-                journal.start_over();
-                journal.save(journal_path)?;
-                continue;
-            }
-            State::Completed => {
-                // An earlier upload of the same content with the same
-                // parameters finished this snapshot: nothing left to send.
-                log::warn!(
-                    "snapshot {id} holds this image already (an earlier upload with the same \
-content and parameters completed it); reusing it"
-                );
-                // Its blocks are still read once, for the digest store.
-                journal.completed = true;
-            }
-            _ => log::info!("started snapshot {id}"),
-        }
-        journal.snapshot_id = Some(id.clone());
-        journal.save(journal_path)?;
-        return Ok(id);
-    }
-    Err(UploadError::StartKeepsFailing)
-}
-
 /// How one block ended.
 enum Done {
     Sent,
@@ -236,174 +178,240 @@ enum Done {
     Skipped,
 }
 
+/// One block's result: its index, its digest (None: all zeros), how it
+/// ended and how many image bytes it read.
+type BlockDone = (u64, Option<Digest>, Done, u64);
+
+/// Where one upload stands: what the journal had, plus what this run did.
+struct Progress {
+    confirmed: BTreeSet<u64>,
+    skipped: BTreeSet<u64>,
+    digests: BTreeMap<u64, Digest>,
+    /// Blocks confirmed by an earlier run.
+    already: u64,
+    sent: u64,
+    bytes_read: u64,
+}
+
+impl Progress {
+    fn from_journal(journal: &Journal, journal_path: &Path) -> Result<Self, WriteError> {
+        let digests = journal
+            .digest_map()
+            .map_err(|reason| WriteError::BadJournal {
+                path: journal_path.to_path_buf(),
+                reason,
+            })?;
+        let confirmed = journal.confirmed_set();
+        Ok(Self {
+            already: confirmed.len() as u64,
+            confirmed,
+            skipped: journal.skipped_set(),
+            digests,
+            sent: 0,
+            bytes_read: 0,
+        })
+    }
+
+    /// The plan's blocks that no run has handled yet.
+    fn pending(&self, plan: &BlockPlan) -> Vec<u64> {
+        plan.candidates
+            .iter()
+            .copied()
+            .filter(|i| !self.confirmed.contains(i) && !self.skipped.contains(i))
+            .collect()
+    }
+
+    fn record(&mut self, (index, content, done, read): BlockDone) {
+        if let Some(digest) = content {
+            self.digests.insert(index, digest);
+        }
+        match done {
+            Done::Sent => {
+                self.sent += 1;
+                self.confirmed.insert(index);
+            }
+            Done::Counted => {
+                self.confirmed.insert(index);
+            }
+            Done::Skipped => {
+                self.skipped.insert(index);
+            }
+        }
+        self.bytes_read += read;
+    }
+
+    fn save(&self, journal: &mut Journal, journal_path: &Path) -> Result<(), JournalError> {
+        journal.set_digests(&self.digests);
+        journal.set_confirmed(&self.confirmed);
+        journal.set_skipped(&self.skipped);
+        journal.save(journal_path)
+    }
+}
+
+/// One snapshot being written: what every step reads.
+struct Session<'a> {
+    req: &'a WriteRequest,
+    clients: &'a Clients,
+    snapshot_id: String,
+    journal_path: &'a Path,
+    plan: &'a BlockPlan,
+    file: &'a Arc<File>,
+    size: u64,
+}
+
 /// Reads every block the plan names that no earlier run handled, hashes
 /// it, sends it when it must be written (in the same pass: the image is
 /// read once), then completes the snapshot and waits for it.
+#[allow(clippy::too_many_arguments)]
 pub async fn write_snapshot(
-    req: &UploadRequest,
+    req: &WriteRequest,
     clients: &Clients,
     journal_path: &Path,
     journal: &mut Journal,
     plan: &BlockPlan,
     file: &Arc<File>,
     size: u64,
-) -> Result<SnapshotOutcome, UploadError> {
-    let snapshot_id = journal.snapshot_id.clone().expect("snapshot started");
-    let mut confirmed: BTreeSet<u64> = journal.confirmed_set();
-    let mut skipped: BTreeSet<u64> = journal.skipped_set();
-    let mut digests = journal
-        .digest_map()
-        .map_err(|reason| UploadError::BadJournal {
-            path: journal_path.to_path_buf(),
-            reason,
-        })?;
-    let already = confirmed.len() as u64;
-    let todo: Vec<u64> = plan
-        .candidates
-        .iter()
-        .copied()
-        .filter(|i| !confirmed.contains(i) && !skipped.contains(i))
-        .collect();
-    let resumed = already > 0 || journal.completed;
-    let send = !journal.completed;
-
-    let upload_started = Instant::now();
-    let mut sent = 0u64;
-    let mut bytes_read = 0u64;
-    let bar = progress_bar(todo.len() as u64 * BLOCK_SIZE, "uploading");
-    let zero_digest = blocks::zero_block_digest();
-    let zero_block = Bytes::from(vec![0u8; BLOCK_SIZE as usize]);
-    let mut work = futures::stream::iter(todo)
-        .map(|index| {
-            let file = Arc::clone(file);
-            let zero_block = zero_block.clone();
-            let snapshot_id = snapshot_id.as_str();
-            async move {
-                let (data, content, read) = if plan.in_hole(index) {
-                    (zero_block, None, 0)
-                } else {
-                    read_block(file, index, size).await?
-                };
-                let action = delta::block_action(
-                    index,
-                    content.as_ref(),
-                    plan.parent.as_ref(),
-                    plan.write_zero_blocks,
-                    &zero_digest,
-                );
-                let done = match action {
-                    BlockAction::Skip => Done::Skipped,
-                    BlockAction::Write(_) if !send => Done::Counted,
-                    BlockAction::Write(digest) => {
-                        // A block without content reads as zeros: data is zeros.
-                        snapshot::put_block(clients, snapshot_id, index, data, &digest).await?;
-                        Done::Sent
-                    }
-                };
-                Ok::<_, UploadError>((index, content, done, read))
-            }
-        })
-        .buffer_unordered(req.workers as usize);
-    let save = |journal: &mut Journal,
-                digests: &BTreeMap<u64, Digest>,
-                confirmed: &BTreeSet<u64>,
-                skipped: &BTreeSet<u64>| {
-        journal.set_digests(digests);
-        journal.set_confirmed(confirmed);
-        journal.set_skipped(skipped);
-        journal.save(journal_path)
+) -> Result<SnapshotOutcome, WriteError> {
+    let session = Session {
+        req,
+        clients,
+        snapshot_id: journal.snapshot_id.clone().expect("snapshot started"),
+        journal_path,
+        plan,
+        file,
+        size,
     };
-    let mut last_save = Instant::now();
-    loop {
-        // Wake up now and then even when no request finishes, so that a
-        // Ctrl-C is honoured without waiting for slow requests.
-        let next = match tokio::time::timeout(INTERRUPT_POLL, work.next()).await {
-            Ok(Some(next)) => Some(next),
-            Ok(None) => break,
-            Err(_) => None,
-        };
-        match next {
-            None => {}
-            Some(Ok((index, content, done, read))) => {
-                if let Some(digest) = content {
-                    digests.insert(index, digest);
-                }
-                match done {
-                    Done::Sent => {
-                        sent += 1;
-                        confirmed.insert(index);
-                    }
-                    Done::Counted => {
-                        confirmed.insert(index);
-                    }
-                    Done::Skipped => {
-                        skipped.insert(index);
-                    }
-                }
-                bytes_read += read;
-                bar.inc(BLOCK_SIZE);
-            }
-            Some(Err(err)) => {
-                drop(work);
-                bar.abandon();
-                save(journal, &digests, &confirmed, &skipped)?;
-                return Err(interrupted_or(err, &snapshot_id, journal_path));
-            }
-        }
-        if last_save.elapsed() >= JOURNAL_SAVE_INTERVAL {
-            save(journal, &digests, &confirmed, &skipped)?;
-            last_save = Instant::now();
-        }
-        if interrupt::requested() {
-            drop(work);
-            bar.abandon();
-            save(journal, &digests, &confirmed, &skipped)?;
-            return Err(UploadError::Interrupted {
-                snapshot_id,
-                journal: journal_path.to_path_buf(),
-            });
-        }
-    }
-    drop(work);
-    bar.finish_and_clear();
-    // Everything confirmed is on disk before CompleteSnapshot, so the
-    // journal never says "incomplete" about a completed snapshot's blocks.
-    save(journal, &digests, &confirmed, &skipped)?;
-    check_unchanged(req, journal, size, &digests)?;
-
+    let mut progress = Progress::from_journal(journal, journal_path)?;
+    let resumed = progress.already > 0 || journal.completed;
+    let send = !journal.completed;
+    let upload_started = Instant::now();
+    session.send_blocks(journal, &mut progress, send).await?;
+    check_unchanged(&req.image, journal, size, &progress.digests)?;
     if send {
-        let written: Vec<Digest> = confirmed
-            .iter()
-            .map(|i| digests.get(i).copied().unwrap_or(zero_digest))
-            .collect();
-        let aggregate = blocks::linear_checksum(written.iter());
-        snapshot::complete(clients, &snapshot_id, confirmed.len() as u64, &aggregate)
-            .await
-            .map_err(|e| interrupted_or(e.into(), &snapshot_id, journal_path))?;
-        journal.completed = true;
-        journal.save(journal_path)?;
+        session.complete(journal, &progress).await?;
     }
     let upload_seconds = upload_started.elapsed().as_secs_f64();
-    snapshot::wait_completed(
-        clients,
-        &snapshot_id,
-        Duration::from_secs(req.wait_timeout.saturating_mul(60)),
-    )
-    .await
-    .map_err(|e| interrupted_or(e.into(), &snapshot_id, journal_path))?;
-    let blocks_unchanged = skipped.iter().filter(|i| digests.contains_key(i)).count() as u64;
-    Ok(SnapshotOutcome {
-        snapshot_id,
-        resumed,
-        blocks_total: confirmed.len() as u64,
-        blocks_sent: sent,
-        blocks_already_confirmed: already,
-        data_blocks: digests.len() as u64,
-        blocks_unchanged,
-        bytes_read,
-        upload_seconds,
-        digests,
-    })
+    snapshot::wait_completed(clients, &session.snapshot_id, req.wait_timeout).await?;
+    Ok(session.outcome(progress, resumed, upload_seconds))
+}
+
+impl Session<'_> {
+    /// Reads, hashes and (when `send`) writes every pending block, at most
+    /// `workers` at a time, saving the journal every second and on the way
+    /// out (an error or Ctrl-C included).
+    async fn send_blocks(
+        &self,
+        journal: &mut Journal,
+        progress: &mut Progress,
+        send: bool,
+    ) -> Result<(), WriteError> {
+        let todo = progress.pending(self.plan);
+        let bar = progress_bar(todo.len() as u64 * BLOCK_SIZE, "uploading");
+        let zero_block = Bytes::from(vec![0u8; BLOCK_SIZE as usize]);
+        let mut work = futures::stream::iter(todo)
+            .map(|index| self.one_block(index, zero_block.clone(), send))
+            .buffer_unordered(self.req.workers.max(1));
+        let mut last_save = Instant::now();
+        let result = loop {
+            // Wake up now and then even when no request finishes, so that a
+            // Ctrl-C is honoured without waiting for slow requests.
+            match tokio::time::timeout(INTERRUPT_POLL, work.next()).await {
+                Ok(None) => break Ok(()),
+                Ok(Some(Ok(done))) => {
+                    progress.record(done);
+                    bar.inc(BLOCK_SIZE);
+                }
+                Ok(Some(Err(err))) => break Err(err),
+                Err(_) => {}
+            }
+            if last_save.elapsed() >= JOURNAL_SAVE_INTERVAL {
+                progress.save(journal, self.journal_path)?;
+                last_save = Instant::now();
+            }
+            if let Err(err) = interrupt::check() {
+                break Err(err.into());
+            }
+        };
+        drop(work);
+        if result.is_ok() {
+            bar.finish_and_clear();
+        } else {
+            bar.abandon();
+        }
+        // Everything confirmed is on disk before CompleteSnapshot, so the
+        // journal never says "incomplete" about a completed snapshot's blocks.
+        progress.save(journal, self.journal_path)?;
+        result
+    }
+
+    /// One block: read (or known zeros, in a hole), hashed, and sent when
+    /// it differs from what the snapshot would hold without it.
+    async fn one_block(
+        &self,
+        index: u64,
+        zero_block: Bytes,
+        send: bool,
+    ) -> Result<BlockDone, WriteError> {
+        let (data, content, read) = if self.plan.in_hole(index) {
+            (zero_block, None, 0)
+        } else {
+            read_block(Arc::clone(self.file), index, self.size).await?
+        };
+        let action = delta::block_action(
+            index,
+            content.as_ref(),
+            self.plan.parent.as_ref(),
+            self.plan.write_zero_blocks,
+            &blocks::zero_block_digest(),
+        );
+        let done = match action {
+            BlockAction::Skip => Done::Skipped,
+            BlockAction::Write(_) if !send => Done::Counted,
+            BlockAction::Write(digest) => {
+                // A block without content reads as zeros: data is zeros.
+                snapshot::put_block(self.clients, &self.snapshot_id, index, data, &digest).await?;
+                Done::Sent
+            }
+        };
+        Ok((index, content, done, read))
+    }
+
+    /// CompleteSnapshot with the count and LINEAR checksum of every block
+    /// written, then the journal says so.
+    async fn complete(&self, journal: &mut Journal, progress: &Progress) -> Result<(), WriteError> {
+        let zero_digest = blocks::zero_block_digest();
+        let written: Vec<Digest> = progress
+            .confirmed
+            .iter()
+            .map(|i| progress.digests.get(i).copied().unwrap_or(zero_digest))
+            .collect();
+        let aggregate = blocks::linear_checksum(written.iter());
+        let count = progress.confirmed.len() as u64;
+        snapshot::complete(self.clients, &self.snapshot_id, count, &aggregate).await?;
+        journal.completed = true;
+        journal.save(self.journal_path)?;
+        Ok(())
+    }
+
+    fn outcome(self, progress: Progress, resumed: bool, upload_seconds: f64) -> SnapshotOutcome {
+        let blocks_unchanged = progress
+            .skipped
+            .iter()
+            .filter(|i| progress.digests.contains_key(i))
+            .count() as u64;
+        SnapshotOutcome {
+            snapshot_id: self.snapshot_id,
+            resumed,
+            blocks_total: progress.confirmed.len() as u64,
+            blocks_sent: progress.sent,
+            blocks_already_confirmed: progress.already,
+            data_blocks: progress.digests.len() as u64,
+            blocks_unchanged,
+            bytes_read: progress.bytes_read,
+            upload_seconds,
+            digests: progress.digests,
+        }
+    }
 }
 
 /// Reads one block on the blocking pool: its bytes, its digest (None when
@@ -412,7 +420,7 @@ async fn read_block(
     file: Arc<File>,
     index: u64,
     size: u64,
-) -> Result<(Bytes, Option<Digest>, u64), UploadError> {
+) -> Result<(Bytes, Option<Digest>, u64), WriteError> {
     let read = tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; BLOCK_SIZE as usize];
         blocks::read_block(&file, index, size, &mut buf)?;
@@ -431,16 +439,16 @@ async fn read_block(
 /// upload), and when the token was derived from a pass over its blocks, the
 /// blocks read now must hash to the same content.
 fn check_unchanged(
-    req: &UploadRequest,
+    image: &Path,
     journal: &Journal,
     size: u64,
     digests: &BTreeMap<u64, Digest>,
-) -> Result<(), UploadError> {
-    let changed = || UploadError::ImageChanged {
-        path: req.image.clone(),
+) -> Result<(), WriteError> {
+    let changed = || WriteError::ImageChanged {
+        path: image.to_path_buf(),
     };
-    let now = std::fs::File::open(&req.image)
-        .and_then(|f| ImageIdentity::of(&req.image, &f))
+    let now = std::fs::File::open(image)
+        .and_then(|f| ImageIdentity::of(image, &f))
         .map_err(|_| changed())?;
     if now != journal.image {
         return Err(changed());
@@ -455,66 +463,4 @@ fn check_unchanged(
         }
     }
     Ok(())
-}
-
-/// An interrupted call becomes the "journal kept, rerun to resume" error.
-pub fn interrupted_or(err: UploadError, snapshot_id: &str, journal_path: &Path) -> UploadError {
-    match err {
-        UploadError::Snapshot(SnapshotError::Interrupted)
-        | UploadError::Register(RegisterError::Interrupted)
-        | UploadError::Register(RegisterError::Snapshot(SnapshotError::Interrupted))
-        | UploadError::Blocks(BlocksError::Interrupted) => UploadError::Interrupted {
-            snapshot_id: snapshot_id.to_string(),
-            journal: journal_path.to_path_buf(),
-        },
-        other => other,
-    }
-}
-
-/// After the snapshot exists, a failure deletes it (unless --keep-snapshot);
-/// an interruption keeps it and the journal for a rerun.
-pub async fn clean_up_after_failure(
-    req: &UploadRequest,
-    clients: &Clients,
-    journal_path: &Path,
-    snapshot_id: &str,
-    err: UploadError,
-) -> UploadError {
-    let err = interrupted_or(err, snapshot_id, journal_path);
-    if matches!(err, UploadError::Interrupted { .. }) {
-        return err;
-    }
-    let cleanup = if req.keep_snapshot {
-        format!(
-            "kept snapshot {snapshot_id} and the journal {} (--keep-snapshot): rerun the same \
-command to resume",
-            journal_path.display()
-        )
-    } else {
-        match snapshot::delete(clients, snapshot_id).await {
-            Ok(()) => {
-                // The journal stays, with the next attempt number: the old
-                // ClientToken would make EBS answer the deleted snapshot.
-                if let Ok(Some(mut journal)) = Journal::load(journal_path) {
-                    journal.start_over();
-                    if let Err(err) = journal.save(journal_path) {
-                        log::warn!("{err}");
-                    }
-                }
-                format!(
-                    "deleted snapshot {snapshot_id} (pass --keep-snapshot to keep a failed \
-upload's snapshot and resume it later)"
-                )
-            }
-            Err(delete_err) => format!(
-                "could not delete snapshot {snapshot_id} ({delete_err}); the journal {} still \
-records it, so a rerun resumes or replaces it",
-                journal_path.display()
-            ),
-        }
-    };
-    UploadError::AfterSnapshot {
-        source: Box::new(err),
-        cleanup,
-    }
 }

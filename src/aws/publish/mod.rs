@@ -31,6 +31,7 @@ use serde::Serialize;
 use super::ami::names::{ShareTarget, family_of, format_rfc3339};
 use super::client::Clients;
 use super::retry::{ApiError, RetryError, with_retries};
+use crate::sys::interrupt::Interrupted;
 
 /// What to do with the AMI after it is registered; plain values.
 #[derive(Debug, Clone, Default)]
@@ -67,8 +68,8 @@ pub enum Deprecation {
 pub enum PublishError {
     #[error(transparent)]
     Api(#[from] ApiError),
-    #[error("interrupted")]
-    Interrupted,
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
     #[error(
         "unknown region {region:?}: EC2 knows {known} (check the spelling; a region must also be \
 enabled for the account)"
@@ -101,7 +102,7 @@ impl From<RetryError> for PublishError {
     fn from(err: RetryError) -> Self {
         match err {
             RetryError::Api(api) => Self::Api(api),
-            RetryError::Interrupted => Self::Interrupted,
+            RetryError::Interrupted(i) => Self::Interrupted(i),
         }
     }
 }

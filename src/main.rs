@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use imgforge::{aws, boottest, export, image::inspect, sys::interrupt};
+use imgforge::{boottest, export, image::inspect, sys::interrupt};
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -65,7 +65,7 @@ enum Command {
     /// Check a kernel config against a profile's requirements (kernel-configs/), for your own kernel.
     KernelCheck(commands::kernel_check::KernelCheckArgs),
     /// Read an EBS snapshot back into a raw image file (unwritten blocks stay holes).
-    Download(aws::download::DownloadArgs),
+    Download(commands::download::DownloadArgs),
     /// List, prune and promote published AMIs (by name prefix, per region).
     Ami(commands::ami::AmiArgs),
     /// Show imgforge.toml's merged variants, or the CI job matrix they make.
@@ -242,7 +242,9 @@ fn run(command: Command) -> commands::Outcome {
         Command::Upload(args) => printed(commands::upload::run(&args).context("upload failed")),
         Command::Ami(args) => printed(commands::ami::run(&args).context("ami failed")),
         Command::Config(args) => commands::config::run(&args).context("config failed"),
-        Command::Download(args) => printed(aws::download::run(&args).context("download failed")),
+        Command::Download(args) => {
+            printed(commands::download::run(&args).context("download failed"))
+        }
         Command::KernelCheck(args) => {
             printed(commands::kernel_check::run(&args).context("kernel-check failed"))
         }

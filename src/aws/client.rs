@@ -10,56 +10,66 @@ use aws_sdk_ebs::config::ProvideCredentials;
 
 use super::retry::RetryPolicy;
 
-/// Where and how to reach AWS; shared by `upload` and `download`.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ConnectionArgs {
-    /// AWS region (default: the SDK chain: AWS_REGION, then the profile's `region`).
-    /// Packer: region.
-    #[arg(long)]
+/// Where and how to reach AWS: plain values (the command line fills them
+/// in); shared by `upload`, `download` and `ami`.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// None: the SDK chain (AWS_REGION, then the profile's `region`).
     pub region: Option<String>,
-    #[command(flatten)]
-    pub service: ServiceArgs,
-}
-
-/// How to reach AWS, whatever the region: the part of [`ConnectionArgs`] that
-/// commands working in several regions (`imgforge ami`) share.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServiceArgs {
-    /// Named profile from ~/.aws/config and ~/.aws/credentials (SSO profiles work;
-    /// run `aws sso login --profile P` first). Default: AWS_PROFILE, then `default`.
-    /// Packer: profile.
-    #[arg(long)]
+    /// The named profile; None: AWS_PROFILE, then `default`.
     pub profile: Option<String>,
-    /// Send every AWS request (EBS direct APIs and EC2) to this URL instead of
-    /// the regional endpoints, e.g. a local moto server: http://127.0.0.1:5000.
-    /// Packer: custom_endpoint_ec2.
-    #[arg(long, value_name = "URL")]
+    /// Every request to this URL instead of the regional endpoints.
     pub endpoint_url: Option<String>,
-    /// Seconds to wait for a TCP/TLS connection before the attempt fails.
-    /// Packer: none.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
-    pub connect_timeout: u64,
-    /// Seconds one attempt of one request may take (connect, send, answer)
-    /// before it is abandoned and retried.
-    /// Packer: none.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
-    pub attempt_timeout: u64,
-    /// Attempts per request, the first one included, for throttling, 5xx,
-    /// timeouts and dropped connections (other errors are never retried).
-    /// Packer: none (the AWS_MAX_ATTEMPTS environment variable).
-    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub connect_timeout: Duration,
+    /// One attempt of one request (connect, send, answer).
+    pub attempt_timeout: Duration,
+    /// Attempts per request, the first one included.
     pub max_attempts: u32,
 }
 
-impl Default for ServiceArgs {
+impl Default for Connection {
     fn default() -> Self {
         Self {
+            region: None,
             profile: None,
             endpoint_url: None,
-            connect_timeout: 10,
-            attempt_timeout: 60,
+            connect_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(60),
             max_attempts: 8,
         }
+    }
+}
+
+impl Connection {
+    /// The same connection in `region`.
+    pub fn in_region(&self, region: Option<String>) -> Self {
+        Self {
+            region,
+            ..self.clone()
+        }
+    }
+
+    /// The checks that need no network: the endpoint's scheme, the timeouts.
+    pub fn check(&self) -> Result<(), ClientError> {
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ClientError::BadEndpoint { url: url.clone() });
+        }
+        if self.connect_timeout < Duration::from_secs(1) {
+            return Err(ClientError::BadTimeout {
+                flag: "connect-timeout",
+            });
+        }
+        if self.attempt_timeout < Duration::from_secs(1) {
+            return Err(ClientError::BadTimeout {
+                flag: "attempt-timeout",
+            });
+        }
+        if self.max_attempts == 0 {
+            return Err(ClientError::NoAttempts);
+        }
+        Ok(())
     }
 }
 
@@ -70,15 +80,17 @@ pub enum ClientError {
     )]
     NoRegion,
     #[error(
-        "no AWS credentials ({reason}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure a \
-profile in ~/.aws/credentials or ~/.aws/config (for SSO: `aws configure sso` then `aws sso login`) \
+        "no AWS credentials ({reason})\n  set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure \
+a profile in ~/.aws/credentials or ~/.aws/config (SSO: `aws configure sso`, then `aws sso login`) \
 and pass --profile or set AWS_PROFILE"
     )]
     NoCredentials { reason: String },
     #[error("--endpoint-url {url:?} is not an http:// or https:// URL")]
     BadEndpoint { url: String },
-    #[error("--{flag} must be at least 1 second")]
+    #[error("--{flag} must be at least 1 second (e.g. 10s, 2m)")]
     BadTimeout { flag: &'static str },
+    #[error("--max-attempts must be at least 1")]
+    NoAttempts,
 }
 
 /// Configured clients for the services imgforge talks to, in one region.
@@ -123,26 +135,16 @@ impl Clients {
 /// Builds the SDK configuration from the standard chain plus the flags, and
 /// checks up front that a region and credentials exist, so that a missing
 /// one is reported as such instead of as a failed request.
-pub async fn connect(connection: &ConnectionArgs) -> Result<Clients, ClientError> {
-    let args = &connection.service;
-    if args.connect_timeout == 0 {
-        return Err(ClientError::BadTimeout {
-            flag: "connect-timeout",
-        });
-    }
-    if args.attempt_timeout == 0 {
-        return Err(ClientError::BadTimeout {
-            flag: "attempt-timeout",
-        });
-    }
+pub async fn connect(connection: &Connection) -> Result<Clients, ClientError> {
+    connection.check()?;
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         // A request that never gets an answer must fail in bounded time
         // (coldsnap hung outside EC2 for lack of these).
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(args.connect_timeout))
-                .read_timeout(Duration::from_secs(args.attempt_timeout))
-                .operation_attempt_timeout(Duration::from_secs(args.attempt_timeout))
+                .connect_timeout(connection.connect_timeout)
+                .read_timeout(connection.attempt_timeout)
+                .operation_attempt_timeout(connection.attempt_timeout)
                 .build(),
         )
         // Retries are ours (retry.rs), visible in the log.
@@ -150,13 +152,10 @@ pub async fn connect(connection: &ConnectionArgs) -> Result<Clients, ClientError
     if let Some(region) = &connection.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }
-    if let Some(profile) = &args.profile {
+    if let Some(profile) = &connection.profile {
         loader = loader.profile_name(profile);
     }
-    if let Some(url) = &args.endpoint_url {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ClientError::BadEndpoint { url: url.clone() });
-        }
+    if let Some(url) = &connection.endpoint_url {
         loader = loader.endpoint_url(url);
     }
     let config = loader.load().await;
@@ -174,24 +173,31 @@ pub async fn connect(connection: &ConnectionArgs) -> Result<Clients, ClientError
         .provide_credentials()
         .await
         .map_err(|err| ClientError::NoCredentials {
-            reason: aws_sdk_ebs::error::DisplayErrorContext(&err)
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
+            reason: credentials_reason(&err),
         })?;
 
     let retry = RetryPolicy {
-        max_attempts: args.max_attempts,
+        max_attempts: connection.max_attempts,
         ..RetryPolicy::default()
     };
     Ok(Clients::new(config, region, retry))
 }
 
-/// [`connect`] for an owned configuration.
-pub async fn connect_owned(connection: ConnectionArgs) -> Result<Clients, ClientError> {
-    connect(&connection).await
+/// Why the credential chain came back empty, in a few words: the innermost
+/// cause's message (the SDK's Debug form of it is a page of internals).
+fn credentials_reason(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = err;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    let text = innermost.to_string();
+    let text = text.trim().trim_end_matches('.');
+    if text.chars().count() > 120 {
+        let short: String = text.chars().take(117).collect();
+        format!("{short}...")
+    } else {
+        text.to_string()
+    }
 }
 
 /// The tokio runtime the AWS subcommands run on: enough worker threads for

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::publish::RegionResult;
+use super::publish::{RegionResult, SourceImage};
 
 pub const PACKER_MANIFEST: &str = "packer-manifest.json";
 pub const AMI_LATEST: &str = "ami-latest.txt";
@@ -71,6 +71,16 @@ pub struct UploadResult {
 }
 
 impl UploadResult {
+    /// The AMI publishing starts from; None without one (--no-register).
+    pub fn source_image(&self) -> Option<SourceImage> {
+        Some(SourceImage {
+            image_id: self.ami_id.clone()?,
+            name: self.name.clone()?,
+            region: self.region.clone(),
+            snapshot_id: (!self.snapshot_id.is_empty()).then(|| self.snapshot_id.clone()),
+        })
+    }
+
     /// Regions that have their AMI, and regions that failed with the reason.
     pub fn succeeded_and_failed(&self) -> (Vec<String>, Vec<(String, String)>) {
         let mut succeeded = Vec::new();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use aws_sdk_ebs::config::http::HttpResponse;
 use aws_sdk_ebs::error::{ProvideErrorMetadata, SdkError};
 
-use crate::sys::interrupt;
+use crate::sys::interrupt::{self, Interrupted};
 
 /// Error codes AWS uses for throttling (EBS direct APIs and EC2).
 const THROTTLING_CODES: &[&str] = &[
@@ -74,9 +74,10 @@ impl RetryPolicy {
 }
 
 /// A failed AWS call, reduced to what a person needs: which call, the AWS
-/// error code and message, and whether it was worth retrying.
+/// error code and message (from the SDK's error metadata, never its Debug
+/// form), what to do about it, and whether it was worth retrying.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{operation} failed: {code}: {message}")]
+#[error("{operation} failed: {code}: {message}{}", hint(code).map(|h| format!("\n  {h}")).unwrap_or_default())]
 pub struct ApiError {
     pub operation: String,
     pub code: String,
@@ -113,6 +114,42 @@ impl ApiError {
     }
 }
 
+/// What to do about an error code, when something can be said beyond
+/// AWS's own message.
+pub fn hint(code: &str) -> Option<&'static str> {
+    let has = |part: &str| code.contains(part);
+    Some(
+        if has("AccessDenied") || has("UnauthorizedOperation") || has("Forbidden") {
+            "these credentials lack the permission for this call: allow it in their IAM policy, \
+or pass --profile for other credentials"
+        } else if has("AuthFailure")
+            || has("InvalidClientTokenId")
+            || has("ExpiredToken")
+            || has("SignatureDoesNotMatch")
+            || has("UnrecognizedClient")
+            || has("InvalidAccessKeyId")
+        {
+            "the credentials are not valid (expired or mistyped): refresh them (`aws sso login` \
+for SSO) or pass --profile"
+        } else if has("OptInRequired") {
+            "the account is not subscribed to this service in this region: enable the region \
+or pick another with --region"
+        } else if code == "ConnectionError" || code == "DispatchFailure" {
+            "no connection to AWS: check the network, --region and --endpoint-url"
+        } else if code == "Timeout" {
+            "no answer in time: check the network, or raise --attempt-timeout"
+        } else if THROTTLING_CODES.contains(&code) {
+            "AWS kept throttling: retry later, lower --workers or raise --max-attempts"
+        } else if TRANSIENT_CODES.contains(&code) || code.starts_with("HTTP 5") {
+            "AWS failed on its side: rerun the same command (it resumes)"
+        } else if has("NotFound") || has("Malformed") {
+            "check the ID and --region (IDs are regional)"
+        } else {
+            return None;
+        },
+    )
+}
+
 /// The AWS error code and message, or a stand-in naming the kind of
 /// failure when no answer arrived.
 pub fn code_and_message<E>(err: &SdkError<E, HttpResponse>) -> (String, String)
@@ -145,12 +182,22 @@ where
             } else {
                 "DispatchFailure"
             };
-            (kind.into(), source_chain(err))
+            (kind.into(), innermost_cause(err))
         }
         SdkError::ResponseError(_) => ("ResponseError".into(), source_chain(err)),
         SdkError::ConstructionFailure(_) => ("ConstructionFailure".into(), source_chain(err)),
         _ => ("Unknown".into(), source_chain(err)),
     }
+}
+
+/// The most specific cause of a failure to reach AWS ("Connection refused
+/// (os error 111)"), without the layers of the HTTP stack above it.
+fn innermost_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = err;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    innermost.to_string()
 }
 
 /// An error and its causes on one line (the SDK's Display shows only the top).
@@ -217,8 +264,8 @@ pub fn is_retryable_code(code: Option<&str>, status: u16) -> bool {
 pub enum RetryError {
     #[error(transparent)]
     Api(#[from] ApiError),
-    #[error("interrupted")]
-    Interrupted,
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
 }
 
 /// Runs `call` until it succeeds, fails for good, or runs out of attempts.
@@ -237,7 +284,7 @@ where
     let mut attempt = 1;
     loop {
         if interrupt::requested() {
-            return Err(RetryError::Interrupted);
+            return Err(RetryError::Interrupted(Interrupted));
         }
         match call().await {
             Ok(value) => return Ok(value),
@@ -319,9 +366,17 @@ mod tests {
             "PutSnapshotBlock",
             &service_error("AccessDeniedException", 403),
         );
+        let text = api.to_string();
+        assert!(
+            text.starts_with("PutSnapshotBlock failed: AccessDeniedException: m\n  "),
+            "{text}"
+        );
+        assert!(text.contains("IAM policy"), "{text}");
+        assert_eq!(text.lines().count(), 2);
+        let other = ApiError::from_sdk("PutSnapshotBlock", &service_error("SomethingElse", 400));
         assert_eq!(
-            api.to_string(),
-            "PutSnapshotBlock failed: AccessDeniedException: m"
+            other.to_string(),
+            "PutSnapshotBlock failed: SomethingElse: m"
         );
         assert!(!api.retryable);
         assert_eq!(api.status, Some(403));

@@ -3,32 +3,32 @@
 //! [`upload`] lists the steps; each is a job of its own:
 //! 1. read the image ([`open_image`]) and connect; check the publish targets
 //!    (regions exist) before anything is written;
-//! 2. the source AMI ([`source_ami`]): an AMI of the name is reused, else
-//!    the snapshot is written ([`super::writer`]) and registered
-//!    ([`super::register`]);
+//! 2. the source AMI ([`source_ami`], itself a list of steps): an AMI of the
+//!    name is reused, else the snapshot is written ([`super::ebs::writer`])
+//!    and registered ([`super::ami::register`]);
 //! 3. publish ([`super::publish`]): copies, tags, sharing, deprecation, SSM;
 //! 4. outputs ([`super::output`]): ami-latest.txt, packer-manifest.json.
 
 use std::fs::File;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::blocks::BLOCK_SIZE;
+use super::ami::names::{self, default_ami_name};
+use super::ami::platform::{self, Registration};
+use super::ami::register::{self, BootMode, ExistingImage, ImageSpec};
 use super::client::{self, Clients};
-use super::delta::{self, DigestStore, SnapshotRecord};
-use super::journal::{self, ImageIdentity, Journal, SnapshotParams, TokenBasis};
-use super::names::default_ami_name;
+use super::ebs::blocks::{self, BLOCK_SIZE};
+use super::ebs::delta::{self, DigestStore, Parent, SnapshotRecord};
+use super::ebs::journal::{self, ImageIdentity, Journal, SnapshotParams, TokenBasis};
+use super::ebs::start;
+use super::ebs::writer::{self, SnapshotOutcome, WriteRequest};
 use super::output::{self, UploadResult};
-use super::platform::{self, Registration};
-use super::publish::{self, SourceImage};
-use super::register::{self, BootMode, ExistingImage, ImageSpec};
-pub use super::request::{MAX_VOLUME_GIB, UploadError, UploadRequest};
-use super::writer;
-use crate::image::manifest::Manifest;
-
-const GIB: u64 = 1 << 30;
+use super::publish;
+pub use super::request::{
+    MAX_VOLUME_GIB, UploadError, UploadRequest, check, open_image, requested_gib,
+    snapshot_timeout_minutes, volume_size_gib,
+};
 
 /// The whole upload, step by step.
 pub async fn upload(req: &UploadRequest) -> Result<UploadResult, UploadError> {
@@ -37,7 +37,7 @@ pub async fn upload(req: &UploadRequest) -> Result<UploadResult, UploadError> {
     let clients = client::connect(&req.connection).await?;
     publish::preflight(&clients, &req.publish).await?;
     let mut result = source_ami(req, &clients, file, size, started).await?;
-    if let Some(source) = SourceImage::of(&result) {
+    if let Some(source) = result.source_image() {
         let report = publish::publish(&clients, &source, &req.publish).await;
         result.regions = report.regions;
     }
@@ -54,59 +54,6 @@ pub async fn upload(req: &UploadRequest) -> Result<UploadResult, UploadError> {
     Ok(result)
 }
 
-/// Opens the image and checks that it is something we can upload.
-pub fn open_image(path: &Path) -> Result<(File, u64), UploadError> {
-    let bad = |reason: String| UploadError::BadImage {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-    let kind = meta.file_type();
-    if !kind.is_file() {
-        let what = if kind.is_dir() {
-            "a directory"
-        } else if kind.is_block_device() {
-            "a block device"
-        } else {
-            "not a regular file"
-        };
-        return Err(bad(format!(
-            "is {what}; upload takes a raw disk image file (e.g. from `imgforge build -o image.raw`)"
-        )));
-    }
-    let file = File::open(path).map_err(|e| bad(format!("cannot open it: {e}")))?;
-    let size = meta.len();
-    if size == 0 {
-        return Err(bad("is empty; there is nothing to upload".into()));
-    }
-    if size % 512 != 0 {
-        log::warn!(
-            "{}: {size} bytes is not a multiple of 512; the last block is padded with zeros",
-            path.display()
-        );
-    }
-    Ok((file, size))
-}
-
-pub fn volume_size_gib(requested: Option<u64>, image_size: u64) -> Result<u64, UploadError> {
-    let needed = image_size.div_ceil(GIB);
-    let gib = match requested {
-        Some(given) if given < needed => {
-            return Err(UploadError::VolumeTooSmall {
-                given,
-                size: image_size,
-                needed,
-            });
-        }
-        Some(given) => given,
-        None => needed,
-    };
-    if gib > MAX_VOLUME_GIB {
-        return Err(UploadError::VolumeTooLarge { gib });
-    }
-    Ok(gib)
-}
-
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -114,39 +61,22 @@ fn now_unix() -> u64 {
         .unwrap_or_default()
 }
 
-/// The image's sha256 from its build manifest (`IMAGE.json` beside it),
-/// when cheaply checkable facts agree with it: the manifest records the
-/// image's size, and the image was not modified after the manifest was
-/// written (the build writes the image first). Then the upload needs no
-/// pass over the image before it starts.
-pub fn trusted_manifest_sha256(image: &Path, identity: &ImageIdentity) -> Option<String> {
-    let path = PathBuf::from(format!("{}.json", image.display()));
-    let meta = std::fs::metadata(&path).ok()?;
-    let manifest = Manifest::from_json(&std::fs::read_to_string(&path).ok()?).ok()?;
-    let sha256 = manifest.sha256?;
-    let manifest_mtime_ns =
-        i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-    if manifest.disk.size_bytes != identity.size {
-        log::info!(
-            "{} records a size of {} bytes, the image has {}: not using its sha256",
-            path.display(),
-            manifest.disk.size_bytes,
-            identity.size
-        );
-        return None;
-    }
-    if identity.mtime_ns > manifest_mtime_ns {
-        log::info!(
-            "{} was modified after its manifest {} was written: not using the manifest's sha256",
-            image.display(),
-            path.display()
-        );
-        return None;
-    }
-    if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    Some(sha256)
+/// One upload in its source region: what every step of [`source_ami`] reads.
+struct Job<'a> {
+    req: &'a UploadRequest,
+    clients: &'a Clients,
+    file: Arc<File>,
+    size: u64,
+    started: Instant,
+}
+
+/// What the snapshot is to be, once the parent is known.
+struct SnapshotPlan {
+    volume_gib: u64,
+    encrypted: bool,
+    family: String,
+    parent: Option<Parent>,
+    params: SnapshotParams,
 }
 
 /// The AMI in the connection's region: reused by name, or written and
@@ -158,268 +88,459 @@ async fn source_ami(
     size: u64,
     started: Instant,
 ) -> Result<UploadResult, UploadError> {
-    let mut volume_gib = volume_size_gib(req.volume_size, size)?;
-    if req.tpm && req.boot_mode == Some(BootMode::LegacyBios) {
-        return Err(UploadError::TpmNeedsUefi);
-    }
-    // Architecture and boot mode from the image, checked against the flags
-    // before anything is written.
-    let registration: Option<Registration> = if req.no_register {
-        None
-    } else {
-        Some(platform::decide_for(
-            &req.image,
-            req.architecture,
-            req.boot_mode,
-        )?)
+    let job = Job {
+        req,
+        clients,
+        file: Arc::new(file),
+        size,
+        started,
     };
-    let file_name = req
-        .image
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Idempotent by name: an AMI that exists is the answer, unless it is to
-    // be replaced. With --name this is known before the image is read.
+    let (volume_gib, registration) = job.decide_platform()?;
+    // Idempotent by name: with --name, an AMI that exists is known before
+    // the image is read.
     let mut lookup: Option<Option<ExistingImage>> = None;
     if let (Some(name), false) = (&req.name, req.no_register) {
-        let existing = register::find_by_name(clients, name).await?;
-        if let Some(existing) = &existing
-            && !req.force_deregister
-        {
-            return Ok(reuse_existing(
-                req, clients, name, existing, size, volume_gib, 0, started,
-            ));
+        match job.existing_ami(name).await? {
+            Found::Reuse(existing) => return Ok(job.reuse(name, &existing, volume_gib, 0)),
+            found => lookup = Some(found.into_replaced()),
         }
-        lookup = Some(existing);
     }
-
     let store = DigestStore::new(req.state_dir.clone());
-    let family = delta::family_for(
-        req.publish.family.as_deref(),
-        req.name.as_deref(),
-        &req.image,
-    );
-    let parent = match &req.parent {
-        Some(arg) => Some(delta::resolve_parent(clients, &store, arg, &family).await?),
-        None => None,
-    };
-    let mut encrypted = req.encrypted;
-    if let Some(parent) = &parent {
-        volume_gib = delta::volume_with_parent(req.volume_size, volume_gib, parent)?;
-        encrypted = delta::child_encrypted(parent, req.encrypted)?;
-    }
-    let mut snapshot_tags = req.tags.clone();
-    snapshot_tags.extend(req.snapshot_tags.iter().cloned());
-    let params = SnapshotParams {
-        volume_size_gib: volume_gib,
-        description: req
-            .description
-            .clone()
-            .unwrap_or_else(|| format!("imgforge upload of {file_name}")),
-        tags: snapshot_tags,
-        encrypted,
-        kms_key_id: req.kms_key_id.clone(),
-        timeout_minutes: req.snapshot_timeout,
-        parent_snapshot_id: parent.as_ref().map(|p| p.snapshot_id.clone()),
-    };
+    let plan = job.plan_snapshot(&store, volume_gib).await?;
     let journal_path = req
         .journal
         .clone()
         .unwrap_or_else(|| journal::default_path(&req.image));
-    let identity = ImageIdentity::of(&req.image, &file).map_err(|e| UploadError::BadImage {
-        path: req.image.clone(),
-        reason: format!("cannot read its metadata: {e}"),
-    })?;
-
-    // The ClientToken must be fixed before StartSnapshot. The image is read
-    // once, during the upload, unless its default name (its content hash)
-    // is needed first and no trusted manifest gives it.
-    let needs_default_name = req.name.is_none() && !req.no_register;
-    let mut hash_pass_bytes = 0u64;
-    let mut journal = match writer::load_journal(clients, &journal_path, &identity, &params).await?
-    {
-        Some(journal) => journal,
-        None => {
-            let basis = if let Some(sha256) = trusted_manifest_sha256(&req.image, &identity) {
-                TokenBasis::Manifest { sha256 }
-            } else if needs_default_name {
-                let (sha256, read) = writer::content_hash_pass(&file, size)?;
-                hash_pass_bytes = read;
-                TokenBasis::Blocks { sha256 }
-            } else {
-                TokenBasis::random()
-            };
-            let journal = Journal::new(identity, params.clone(), basis);
-            journal.save(&journal_path)?;
-            journal
-        }
+    let (mut journal, mut hash_pass_bytes) = job.open_journal(&journal_path, &plan.params).await?;
+    let (name, read) = job.ami_name(&journal)?;
+    hash_pass_bytes += read;
+    let to_replace = match (lookup, &name) {
+        (Some(known), _) => known,
+        (None, Some(name)) => match job.existing_ami(name).await? {
+            Found::Reuse(existing) => {
+                return Ok(job.reuse(name, &existing, plan.volume_gib, hash_pass_bytes));
+            }
+            found => found.into_replaced(),
+        },
+        (None, None) => None,
     };
-    let name = match (&req.name, journal.token_basis.content_sha256()) {
-        (_, _) if req.no_register => None,
-        (Some(name), _) => Some(name.clone()),
-        (None, Some(sha256)) => Some(default_ami_name(&req.image, sha256)),
-        (None, None) => {
-            // A journal of a --no-register run, resumed to register.
-            let (sha256, read) = writer::content_hash_pass(&file, size)?;
-            hash_pass_bytes = read;
-            Some(default_ami_name(&req.image, &sha256))
-        }
-    };
-    if let (None, Some(name)) = (&lookup, &name) {
-        lookup = Some(register::find_by_name(clients, name).await?);
-    }
-    let mut to_replace: Option<ExistingImage> = None;
-    if let (Some(Some(existing)), Some(name)) = (lookup, &name) {
-        if !req.force_deregister {
-            return Ok(reuse_existing(
-                req,
-                clients,
-                name,
-                &existing,
-                size,
-                volume_gib,
-                hash_pass_bytes,
-                started,
-            ));
-        }
-        log::warn!(
-            "AMI {name:?} exists ({}); it is replaced once the new snapshot is complete",
-            existing.image_id
-        );
-        to_replace = Some(existing);
-    }
-    let boot_mode = registration.map(|r| r.boot_mode);
-    if req.tpm && boot_mode == Some(BootMode::LegacyBios) {
-        return Err(UploadError::TpmNeedsUefi);
-    }
-
-    let plan = writer::BlockPlan::new(
-        &file,
-        size,
-        encrypted,
-        parent.as_ref().map(|p| p.content.clone()),
-    )?;
-    let snapshot_id =
-        writer::ensure_snapshot(clients, &journal_path, &mut journal, &params).await?;
-    let file = Arc::new(file);
-    let after_start = async {
-        let outcome = writer::write_snapshot(
-            req,
-            clients,
+    let (outcome, ami_id) = job
+        .write_and_register(
             &journal_path,
             &mut journal,
             &plan,
-            &file,
-            size,
+            registration,
+            name.as_deref(),
+            to_replace.as_ref(),
         )
         .await?;
-        let ami_id = match (boot_mode, &name) {
-            (Some(boot_mode), Some(name)) => {
-                if let Some(old) = &to_replace {
-                    register::deregister(clients, old).await?;
-                    log::warn!(
-                        "deregistered AMI {} and deleted its snapshot(s) {}",
-                        old.image_id,
-                        old.snapshot_ids.join(", ")
-                    );
-                }
-                let spec = ImageSpec {
-                    name: name.clone(),
-                    description: params.description.clone(),
-                    snapshot_id: outcome.snapshot_id.clone(),
-                    volume_size_gib: volume_gib,
-                    architecture: registration.expect("decided when registering").architecture,
-                    boot_mode,
-                    tpm: req.tpm,
-                    tags: req.tags.clone(),
-                };
-                Some(register::register(clients, &spec).await?)
-            }
-            _ => None,
-        };
-        Ok::<_, UploadError>((outcome, ami_id))
-    }
-    .await;
-
-    let (outcome, ami_id) = match after_start {
-        Ok(done) => done,
-        Err(err) => {
-            return Err(writer::clean_up_after_failure(
-                req,
-                clients,
-                &journal_path,
-                &snapshot_id,
-                err,
-            )
-            .await);
-        }
-    };
     Journal::remove(&journal_path);
-    let record = SnapshotRecord {
-        format_version: delta::RECORD_FORMAT_VERSION,
-        snapshot_id: outcome.snapshot_id.clone(),
-        region: clients.region.clone(),
-        family: Some(family),
-        ami_name: name.clone(),
-        ami_id: ami_id.clone(),
-        image: identity_path(&req.image),
-        image_size_bytes: size,
-        volume_size_gib: volume_gib,
-        encrypted,
-        block_count: super::blocks::block_count(size),
-        zero_blocks_written: encrypted,
-        parent_snapshot_id: params.parent_snapshot_id.clone(),
-        published_unix_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default(),
-        digests: outcome
-            .digests
-            .iter()
-            .map(|(&index, digest)| (index, hex::encode(digest)))
-            .collect(),
-    };
-    match store.save(&record) {
-        Ok(path) => log::info!(
-            "block digests of {} kept in {}",
-            record.snapshot_id,
-            path.display()
-        ),
-        // The snapshot is published; only later deltas against it suffer.
-        Err(err) => log::warn!("{err}; later uploads cannot use this snapshot as --parent"),
+    job.keep_digests(&store, &plan, &outcome, name.as_deref(), ami_id.as_deref());
+    let result = job.result(
+        &plan,
+        registration,
+        outcome,
+        Names {
+            ami_id,
+            name,
+            replaced: to_replace.map(|old| old.image_id),
+        },
+        hash_pass_bytes,
+    );
+    log_summary(&result);
+    Ok(result)
+}
+
+/// An AMI of the name: to reuse (nothing to upload), to replace after the
+/// new snapshot is complete (--force-deregister), or none.
+enum Found {
+    Reuse(ExistingImage),
+    Replace(ExistingImage),
+    Nothing,
+}
+
+impl Found {
+    fn into_replaced(self) -> Option<ExistingImage> {
+        match self {
+            Found::Replace(old) => Some(old),
+            _ => None,
+        }
+    }
+}
+
+/// What the AMI is called, and what it replaced.
+struct Names {
+    ami_id: Option<String>,
+    name: Option<String>,
+    replaced: Option<String>,
+}
+
+impl Job<'_> {
+    /// The volume size, and the architecture and boot mode from the image
+    /// checked against the flags, before anything is written.
+    fn decide_platform(&self) -> Result<(u64, Option<Registration>), UploadError> {
+        let req = self.req;
+        let volume_gib = volume_size_gib(req.volume_size, self.size)?;
+        if req.tpm && req.boot_mode == Some(BootMode::LegacyBios) {
+            return Err(UploadError::TpmNeedsUefi);
+        }
+        let registration = if req.no_register {
+            None
+        } else {
+            Some(platform::decide_for(
+                &req.image,
+                req.architecture,
+                req.boot_mode,
+            )?)
+        };
+        // An arm64 image is registered UEFI whatever the flags said.
+        if req.tpm && registration.map(|r| r.boot_mode) == Some(BootMode::LegacyBios) {
+            return Err(UploadError::TpmNeedsUefi);
+        }
+        Ok((volume_gib, registration))
     }
 
-    let sent_bytes = outcome.blocks_sent * BLOCK_SIZE;
-    let result = UploadResult {
-        ami_id,
-        name,
-        region: clients.region.clone(),
-        snapshot_id: outcome.snapshot_id,
-        reused_existing_ami: false,
-        replaced_ami_id: to_replace.map(|old| old.image_id),
-        resumed: outcome.resumed,
-        image: req.image.clone(),
-        image_size_bytes: size,
-        volume_size_gib: volume_gib,
-        encrypted,
-        architecture: registration
-            .map(|r| r.architecture)
-            .or(req.architecture)
-            .map_or(String::new(), |a| a.as_str().into()),
-        boot_mode: boot_mode.map(|m| m.as_str().into()),
-        parent_snapshot_id: params.parent_snapshot_id.clone(),
-        data_blocks: outcome.data_blocks,
-        blocks_unchanged: outcome.blocks_unchanged,
-        blocks_total: outcome.blocks_total,
-        blocks_sent: outcome.blocks_sent,
-        blocks_already_confirmed: outcome.blocks_already_confirmed,
-        bytes_read: hash_pass_bytes + outcome.bytes_read,
-        elapsed_seconds: started.elapsed().as_secs_f64(),
-        upload_mib_per_second: sent_bytes as f64
-            / (1 << 20) as f64
-            / outcome.upload_seconds.max(1e-6),
-        regions: Vec::new(),
-    };
+    async fn existing_ami(&self, name: &str) -> Result<Found, UploadError> {
+        Ok(match register::find_by_name(self.clients, name).await? {
+            Some(existing) if !self.req.force_deregister => Found::Reuse(existing),
+            Some(existing) => {
+                log::warn!(
+                    "AMI {name:?} exists ({}); it is replaced once the new snapshot is complete",
+                    existing.image_id
+                );
+                Found::Replace(existing)
+            }
+            None => Found::Nothing,
+        })
+    }
+
+    /// The parent (--parent), and with it the volume size and encryption,
+    /// then StartSnapshot's parameters.
+    async fn plan_snapshot(
+        &self,
+        store: &DigestStore,
+        mut volume_gib: u64,
+    ) -> Result<SnapshotPlan, UploadError> {
+        let req = self.req;
+        let family = names::family_for(
+            req.publish.family.as_deref(),
+            req.name.as_deref(),
+            &req.image,
+        );
+        let parent = match &req.parent {
+            Some(arg) => Some(delta::resolve_parent(self.clients, store, arg, &family).await?),
+            None => None,
+        };
+        let mut encrypted = req.encrypted;
+        if let Some(parent) = &parent {
+            let requested = requested_gib(req.volume_size)?;
+            volume_gib = delta::volume_with_parent(requested, volume_gib, parent)?;
+            encrypted = delta::child_encrypted(parent, req.encrypted)?;
+        }
+        let file_name = req
+            .image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut tags = req.tags.clone();
+        tags.extend(req.snapshot_tags.iter().cloned());
+        let params = SnapshotParams {
+            volume_size_gib: volume_gib,
+            description: req
+                .description
+                .clone()
+                .unwrap_or_else(|| format!("imgforge upload of {file_name}")),
+            tags,
+            encrypted,
+            kms_key_id: req.kms_key_id.clone(),
+            timeout_minutes: snapshot_timeout_minutes(req)?,
+            parent_snapshot_id: parent.as_ref().map(|p| p.snapshot_id.clone()),
+        };
+        Ok(SnapshotPlan {
+            volume_gib,
+            encrypted,
+            family,
+            parent,
+            params,
+        })
+    }
+
+    /// The journal of an earlier run of this upload, or a new one. The
+    /// ClientToken must be fixed before StartSnapshot: the image is read
+    /// once, during the upload, unless its default name (its content hash)
+    /// is needed first and no trusted manifest gives it. Answers the bytes
+    /// that pass read.
+    async fn open_journal(
+        &self,
+        journal_path: &Path,
+        params: &SnapshotParams,
+    ) -> Result<(Journal, u64), UploadError> {
+        let req = self.req;
+        let identity =
+            ImageIdentity::of(&req.image, &self.file).map_err(|e| UploadError::BadImage {
+                path: req.image.clone(),
+                reason: format!("cannot read its metadata: {e}"),
+            })?;
+        if let Some(journal) =
+            start::load_journal(self.clients, journal_path, &identity, params).await?
+        {
+            return Ok((journal, 0));
+        }
+        let needs_default_name = req.name.is_none() && !req.no_register;
+        let mut read = 0;
+        let basis = if let Some(sha256) = journal::trusted_manifest_sha256(&req.image, &identity) {
+            TokenBasis::Manifest { sha256 }
+        } else if needs_default_name {
+            let (sha256, bytes) = writer::content_hash_pass(&self.file, self.size)?;
+            read = bytes;
+            TokenBasis::Blocks { sha256 }
+        } else {
+            TokenBasis::random()
+        };
+        let journal = Journal::new(identity, params.clone(), basis);
+        journal.save(journal_path)?;
+        Ok((journal, read))
+    }
+
+    /// The AMI's name: --name, else the default from the content hash
+    /// (hashing the image first if the journal does not know it). Answers
+    /// the bytes read for it.
+    fn ami_name(&self, journal: &Journal) -> Result<(Option<String>, u64), UploadError> {
+        let req = self.req;
+        Ok(match (&req.name, journal.token_basis.content_sha256()) {
+            _ if req.no_register => (None, 0),
+            (Some(name), _) => (Some(name.clone()), 0),
+            (None, Some(sha256)) => (Some(default_ami_name(&req.image, sha256)), 0),
+            (None, None) => {
+                // A journal of a --no-register run, resumed to register.
+                let (sha256, read) = writer::content_hash_pass(&self.file, self.size)?;
+                (Some(default_ami_name(&req.image, &sha256)), read)
+            }
+        })
+    }
+
+    /// Writes the snapshot, then (unless --no-register) replaces the old AMI
+    /// and registers the new one. A failure deletes the snapshot (unless
+    /// --keep-snapshot); an interruption keeps it and the journal.
+    async fn write_and_register(
+        &self,
+        journal_path: &Path,
+        journal: &mut Journal,
+        plan: &SnapshotPlan,
+        registration: Option<Registration>,
+        name: Option<&str>,
+        to_replace: Option<&ExistingImage>,
+    ) -> Result<(SnapshotOutcome, Option<String>), UploadError> {
+        let req = self.req;
+        let blocks = writer::BlockPlan::new(
+            &self.file,
+            self.size,
+            plan.encrypted,
+            plan.parent.as_ref().map(|p| p.content.clone()),
+        )?;
+        let snapshot_id =
+            start::ensure_snapshot(self.clients, journal_path, journal, &plan.params).await?;
+        let write = WriteRequest {
+            image: req.image.clone(),
+            workers: req.workers,
+            wait_timeout: req.wait_timeout,
+            keep_snapshot: req.keep_snapshot,
+        };
+        let after_start = async {
+            let outcome = writer::write_snapshot(
+                &write,
+                self.clients,
+                journal_path,
+                journal,
+                &blocks,
+                &self.file,
+                self.size,
+            )
+            .await?;
+            let ami_id = match (registration, name) {
+                (Some(registration), Some(name)) => {
+                    let spec = ImageSpec {
+                        name: name.to_string(),
+                        description: plan.params.description.clone(),
+                        snapshot_id: outcome.snapshot_id.clone(),
+                        volume_size_gib: plan.volume_gib,
+                        architecture: registration.architecture,
+                        boot_mode: registration.boot_mode,
+                        tpm: req.tpm,
+                        tags: req.tags.clone(),
+                    };
+                    Some(self.register(&spec, to_replace).await?)
+                }
+                _ => None,
+            };
+            Ok::<_, UploadError>((outcome, ami_id))
+        }
+        .await;
+        match after_start {
+            Ok(done) => Ok(done),
+            Err(err) if err.is_interrupted() => Err(UploadError::KeptForResume {
+                snapshot_id,
+                journal: journal_path.to_path_buf(),
+            }),
+            Err(err) => Err(UploadError::AfterSnapshot {
+                source: Box::new(err),
+                cleanup: start::clean_up_after_failure(
+                    self.clients,
+                    journal_path,
+                    &snapshot_id,
+                    req.keep_snapshot,
+                )
+                .await,
+            }),
+        }
+    }
+
+    /// Deregisters the AMI being replaced, then registers the new one.
+    async fn register(
+        &self,
+        spec: &ImageSpec,
+        to_replace: Option<&ExistingImage>,
+    ) -> Result<String, UploadError> {
+        if let Some(old) = to_replace {
+            register::deregister(self.clients, old).await?;
+            log::warn!(
+                "deregistered AMI {} and deleted its snapshot(s) {}",
+                old.image_id,
+                old.snapshot_ids.join(", ")
+            );
+        }
+        Ok(register::register(self.clients, spec).await?)
+    }
+
+    /// Files the snapshot's block digests, for later deltas against it.
+    fn keep_digests(
+        &self,
+        store: &DigestStore,
+        plan: &SnapshotPlan,
+        outcome: &SnapshotOutcome,
+        name: Option<&str>,
+        ami_id: Option<&str>,
+    ) {
+        let record = SnapshotRecord {
+            format_version: delta::RECORD_FORMAT_VERSION,
+            snapshot_id: outcome.snapshot_id.clone(),
+            region: self.clients.region.clone(),
+            family: Some(plan.family.clone()),
+            ami_name: name.map(str::to_string),
+            ami_id: ami_id.map(str::to_string),
+            image: identity_path(&self.req.image),
+            image_size_bytes: self.size,
+            volume_size_gib: plan.volume_gib,
+            encrypted: plan.encrypted,
+            block_count: blocks::block_count(self.size),
+            zero_blocks_written: plan.encrypted,
+            parent_snapshot_id: plan.params.parent_snapshot_id.clone(),
+            published_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default(),
+            digests: outcome
+                .digests
+                .iter()
+                .map(|(&index, digest)| (index, hex::encode(digest)))
+                .collect(),
+        };
+        match store.save(&record) {
+            Ok(path) => log::info!(
+                "block digests of {} kept in {}",
+                record.snapshot_id,
+                path.display()
+            ),
+            // The snapshot is published; only later deltas against it suffer.
+            Err(err) => log::warn!("{err}; later uploads cannot use this snapshot as --parent"),
+        }
+    }
+
+    fn result(
+        &self,
+        plan: &SnapshotPlan,
+        registration: Option<Registration>,
+        outcome: SnapshotOutcome,
+        names: Names,
+        hash_pass_bytes: u64,
+    ) -> UploadResult {
+        let req = self.req;
+        let sent_bytes = outcome.blocks_sent * BLOCK_SIZE;
+        UploadResult {
+            ami_id: names.ami_id,
+            name: names.name,
+            region: self.clients.region.clone(),
+            snapshot_id: outcome.snapshot_id,
+            reused_existing_ami: false,
+            replaced_ami_id: names.replaced,
+            resumed: outcome.resumed,
+            image: req.image.clone(),
+            image_size_bytes: self.size,
+            volume_size_gib: plan.volume_gib,
+            encrypted: plan.encrypted,
+            architecture: registration
+                .map(|r| r.architecture.as_str().to_string())
+                .or_else(|| req.architecture.map(|a| a.ec2.clone()))
+                .unwrap_or_default(),
+            boot_mode: registration.map(|r| r.boot_mode.as_str().into()),
+            parent_snapshot_id: plan.params.parent_snapshot_id.clone(),
+            data_blocks: outcome.data_blocks,
+            blocks_unchanged: outcome.blocks_unchanged,
+            blocks_total: outcome.blocks_total,
+            blocks_sent: outcome.blocks_sent,
+            blocks_already_confirmed: outcome.blocks_already_confirmed,
+            bytes_read: hash_pass_bytes + outcome.bytes_read,
+            elapsed_seconds: self.started.elapsed().as_secs_f64(),
+            upload_mib_per_second: sent_bytes as f64
+                / (1 << 20) as f64
+                / outcome.upload_seconds.max(1e-6),
+            regions: Vec::new(),
+        }
+    }
+
+    /// The answer when an AMI of this name exists and is not to be replaced.
+    fn reuse(
+        &self,
+        name: &str,
+        existing: &ExistingImage,
+        volume_gib: u64,
+        bytes_read: u64,
+    ) -> UploadResult {
+        let req = self.req;
+        log::warn!(
+            "AMI {name:?} exists already ({}); reusing it, nothing uploaded \
+(pass --force-deregister to replace it)",
+            existing.image_id
+        );
+        UploadResult {
+            ami_id: Some(existing.image_id.clone()),
+            name: Some(name.to_string()),
+            region: self.clients.region.clone(),
+            snapshot_id: existing.snapshot_ids.first().cloned().unwrap_or_default(),
+            reused_existing_ami: true,
+            replaced_ami_id: None,
+            resumed: false,
+            image: req.image.clone(),
+            image_size_bytes: self.size,
+            volume_size_gib: volume_gib,
+            encrypted: req.encrypted,
+            architecture: req.architecture.map(|a| a.ec2.clone()).unwrap_or_default(),
+            boot_mode: req.boot_mode.map(|m| m.as_str().into()),
+            parent_snapshot_id: None,
+            data_blocks: 0,
+            blocks_unchanged: 0,
+            blocks_total: 0,
+            blocks_sent: 0,
+            blocks_already_confirmed: 0,
+            bytes_read,
+            elapsed_seconds: self.started.elapsed().as_secs_f64(),
+            upload_mib_per_second: 0.0,
+            regions: Vec::new(),
+        }
+    }
+}
+
+fn log_summary(result: &UploadResult) {
     log::info!(
         "snapshot {}: {} blocks written ({} of the image's {} data blocks unchanged from the \
 parent), {} sent by this run ({:.1} MiB/s), {} already confirmed",
@@ -431,58 +552,11 @@ parent), {} sent by this run ({:.1} MiB/s), {} already confirmed",
         result.upload_mib_per_second,
         result.blocks_already_confirmed
     );
-    Ok(result)
 }
 
 /// The image's absolute path for the digest record (as given if that fails).
 fn identity_path(image: &Path) -> PathBuf {
     std::fs::canonicalize(image).unwrap_or_else(|_| image.to_path_buf())
-}
-
-/// The answer when an AMI of this name exists and is not to be replaced.
-#[allow(clippy::too_many_arguments)]
-fn reuse_existing(
-    req: &UploadRequest,
-    clients: &Clients,
-    name: &str,
-    existing: &ExistingImage,
-    size: u64,
-    volume_gib: u64,
-    bytes_read: u64,
-    started: Instant,
-) -> UploadResult {
-    log::warn!(
-        "AMI {name:?} exists already ({}); reusing it, nothing uploaded \
-(pass --force-deregister to replace it)",
-        existing.image_id
-    );
-    UploadResult {
-        ami_id: Some(existing.image_id.clone()),
-        name: Some(name.to_string()),
-        region: clients.region.clone(),
-        snapshot_id: existing.snapshot_ids.first().cloned().unwrap_or_default(),
-        reused_existing_ami: true,
-        replaced_ami_id: None,
-        resumed: false,
-        image: req.image.clone(),
-        image_size_bytes: size,
-        volume_size_gib: volume_gib,
-        encrypted: req.encrypted,
-        architecture: req
-            .architecture
-            .map_or(String::new(), |a| a.as_str().into()),
-        boot_mode: req.boot_mode.map(|m| m.as_str().into()),
-        parent_snapshot_id: None,
-        data_blocks: 0,
-        blocks_unchanged: 0,
-        blocks_total: 0,
-        blocks_sent: 0,
-        blocks_already_confirmed: 0,
-        bytes_read,
-        elapsed_seconds: started.elapsed().as_secs_f64(),
-        upload_mib_per_second: 0.0,
-        regions: Vec::new(),
-    }
 }
 
 fn write_outputs(req: &UploadRequest, result: &UploadResult) -> Result<(), UploadError> {
@@ -492,47 +566,4 @@ fn write_outputs(req: &UploadRequest, result: &UploadResult) -> Result<(), Uploa
     output::write_ami_latest(&req.output_dir, ami_id)?;
     output::append_packer_manifest(&req.output_dir, result, now_unix())?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn volume_size_rules() {
-        assert_eq!(volume_size_gib(None, 1).unwrap(), 1);
-        assert_eq!(volume_size_gib(None, GIB).unwrap(), 1);
-        assert_eq!(volume_size_gib(None, GIB + 1).unwrap(), 2);
-        assert!(matches!(
-            volume_size_gib(Some(1), GIB + 1),
-            Err(UploadError::VolumeTooSmall { needed: 2, .. })
-        ));
-        assert!(matches!(
-            volume_size_gib(Some(70_000), 1),
-            Err(UploadError::VolumeTooLarge { .. })
-        ));
-    }
-
-    #[test]
-    fn default_name_is_valid_and_stable() {
-        let name = default_ami_name(Path::new("/x/my image+v1.raw"), &"ab".repeat(32));
-        assert_eq!(name, "my image-v1-abababababab");
-        assert!(super::super::names::parse_ami_name(&name).is_ok());
-    }
-
-    #[test]
-    fn image_checks() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            open_image(dir.path()),
-            Err(UploadError::BadImage { .. })
-        ));
-        let empty = dir.path().join("empty.raw");
-        std::fs::write(&empty, b"").unwrap();
-        let err = open_image(&empty).unwrap_err().to_string();
-        assert!(err.contains("empty"), "{err}");
-        let odd = dir.path().join("odd.raw");
-        std::fs::write(&odd, b"abc").unwrap();
-        assert_eq!(open_image(&odd).unwrap().1, 3);
-    }
 }

@@ -5,14 +5,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use imgforge::aws::client::{self, Clients, ConnectionArgs, ServiceArgs};
-use imgforge::aws::names::{
-    FAMILY_TAG, family_of, parse_ami_name, parse_duration, parse_region, parse_ssm_template,
-    parse_tag, render_ssm_name,
+use imgforge::aws::ami::names::{
+    FAMILY_TAG, family_of, parse_ami_name, parse_region, parse_ssm_template, parse_tag,
+    render_ssm_name,
 };
+use imgforge::aws::client::{self, Clients};
 use imgforge::aws::publish::list::{self, ImageInfo};
 use imgforge::aws::publish::prune::{self, PruneRequest};
 use imgforge::aws::publish::{self as publish_jobs, ssm};
+use imgforge::units::parse_duration;
+
+use super::BadInput;
+use super::aws_options::ServiceOptions;
 
 #[derive(Debug, Args)]
 pub struct AmiArgs {
@@ -40,7 +44,7 @@ pub struct Regions {
     #[arg(long = "region", value_name = "REGION", value_parser = parse_region)]
     pub regions: Vec<String>,
     #[command(flatten)]
-    pub service: ServiceArgs,
+    pub service: ServiceOptions,
 }
 
 impl Regions {
@@ -48,15 +52,10 @@ impl Regions {
     async fn clients(&self) -> anyhow::Result<Vec<Clients>> {
         // Regions are checked from the default region (a made-up region has no
         // endpoint to ask); without one, from the first region given.
-        let connect = |region: Option<String>| {
-            client::connect_owned(ConnectionArgs {
-                region,
-                service: self.service.clone(),
-            })
-        };
-        let base = match connect(None).await {
+        let connection = self.service.to_connection(None)?;
+        let base = match client::connect(&connection).await {
             Err(client::ClientError::NoRegion) if !self.regions.is_empty() => {
-                connect(self.regions.first().cloned()).await?
+                client::connect(&connection.in_region(self.regions.first().cloned())).await?
             }
             other => other?,
         };
@@ -112,14 +111,14 @@ pub struct PruneArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["image", "name"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["ami", "name"])))]
 pub struct PromoteArgs {
     /// The SSM parameter ({name} and {region} placeholders allowed).
     #[arg(long, value_name = "NAME", value_parser = parse_ssm_template)]
     pub ssm_parameter: String,
     /// The AMI to point at (one region: its id is regional).
-    #[arg(long, value_name = "AMI_ID")]
-    pub image: Option<String>,
+    #[arg(long, alias = "image", value_name = "AMI_ID")]
+    pub ami: Option<String>,
     /// The AMI to point at, by name, in each region.
     #[arg(long, value_name = "AMI_NAME", value_parser = parse_ami_name)]
     pub name: Option<String>,
@@ -248,16 +247,20 @@ struct Promoted {
 }
 
 async fn promote(args: &PromoteArgs) -> anyhow::Result<()> {
-    if args.image.is_some() && args.regions.regions.len() > 1 {
-        bail!(
-            "--image names an AMI in one region (AMI ids are regional); use --name to promote \
-in several regions"
-        );
+    if std::env::args().any(|a| a == "--image" || a.starts_with("--image=")) {
+        eprintln!("imgforge: warning: --image is now --ami; the old name goes in a later release");
+    }
+    if args.ami.is_some() && args.regions.regions.len() > 1 {
+        return Err(BadInput::new(
+            "--ami names an AMI in one region (AMI ids are regional); use --name to promote \
+in several regions",
+        )
+        .into());
     }
     let mut done = Vec::new();
     for clients in args.regions.clients().await? {
         let region = clients.region.clone();
-        let image = match (&args.image, &args.name) {
+        let image = match (&args.ami, &args.name) {
             (Some(id), _) => list::by_id(&clients, id)
                 .await?
                 .with_context(|| format!("{region}: no AMI {id}"))?,
@@ -271,7 +274,7 @@ in several regions"
                 }
                 found.remove(0)
             }
-            (None, None) => unreachable!("clap requires --image or --name"),
+            (None, None) => unreachable!("clap requires --ami or --name"),
         };
         let family = image
             .tags

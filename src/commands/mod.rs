@@ -10,11 +10,13 @@
 //! and `Ok(None)` when it printed its human output itself.
 
 pub mod ami;
+pub mod aws_options;
 pub mod build;
 pub mod clean;
 pub mod completions;
 pub mod config;
 pub mod diff;
+pub mod download;
 pub mod kernel_check;
 pub mod upload;
 

@@ -1,20 +1,28 @@
 //! `imgforge upload`: the command line only. The flags become a plain
-//! [`UploadRequest`] for the engine ([`imgforge::aws::upload`]); this file
-//! parses and prints.
+//! [`UploadRequest`] for the engine ([`imgforge::aws::upload`]), checked
+//! before any work (bad input exits 2); this file parses and prints.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
-use imgforge::aws::blocks;
-use imgforge::aws::client::{self, ConnectionArgs};
-use imgforge::aws::delta::ParentArg;
-use imgforge::aws::names::{
-    ShareTarget, parse_ami_name, parse_duration, parse_region, parse_rfc3339, parse_share_target,
+use anyhow::Context;
+use clap::ValueEnum;
+use imgforge::aws::ami::names::{
+    ShareTarget, parse_ami_name, parse_region, parse_rfc3339, parse_share_target,
     parse_ssm_template, parse_tag,
 };
+use imgforge::aws::ami::register::BootMode;
+use imgforge::aws::client;
+use imgforge::aws::ebs::blocks;
+use imgforge::aws::ebs::delta::ParentArg;
 use imgforge::aws::publish::{Deprecation, PublishPlan};
-use imgforge::aws::register::{Architecture, BootMode};
 use imgforge::aws::upload::{self, UploadError, UploadRequest};
+use imgforge::platform::{self, Architecture};
+use imgforge::units::{ByteSize, parse_duration};
+
+use super::BadInput;
+use super::aws_options::AwsOptions;
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -53,7 +61,7 @@ pub struct UploadArgs {
     pub image: PathBuf,
 
     #[command(flatten)]
-    pub connection: ConnectionArgs,
+    pub connection: AwsOptions,
 
     /// AMI name (3-128 characters: letters, digits, ( ) [ ] . / - ' @ _ and spaces).
     /// Default: the image's file name and the start of its content hash. If an AMI
@@ -76,11 +84,12 @@ pub struct UploadArgs {
     #[arg(long = "snapshot-tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
     pub snapshot_tags: Vec<(String, String)>,
 
-    /// Size of the volume the snapshot describes, in GiB (at least the image's size
-    /// rounded up to a GiB, which is the default; at most 65536).
-    /// Packer: volume_size in ami_block_device_mappings.
-    #[arg(long, value_name = "GIB")]
-    pub volume_size: Option<u64>,
+    /// Size of the volume the snapshot describes, a whole number of GiB (e.g. 8G;
+    /// at least the image's size rounded up to a GiB, which is the default; at most
+    /// 64T). A bare number is still read as GiB, for now. Packer: volume_size in
+    /// ami_block_device_mappings.
+    #[arg(long, value_name = "SIZE")]
+    pub volume_size: Option<VolumeSize>,
 
     /// Concurrent PutSnapshotBlock requests (EBS accepts about 1000 blocks/s per snapshot).
     /// Packer: none (Packer has no direct snapshot upload).
@@ -93,14 +102,14 @@ pub struct UploadArgs {
     /// arm64 image: uefi, and a BIOS mode for it is an error).
     /// Packer: boot_mode.
     #[arg(long, value_enum)]
-    pub boot_mode: Option<BootMode>,
+    pub boot_mode: Option<BootModeArg>,
 
-    /// CPU architecture of the image: x86_64 or arm64. Default: read from the image
-    /// (its manifest, else its root partition type); a value that contradicts the
-    /// image is an error, and an image that tells nothing needs it.
-    /// Packer: ami_architecture.
-    #[arg(long, value_enum)]
-    pub architecture: Option<Architecture>,
+    /// CPU architecture of the image: x86_64 or arm64 (or an alias: amd64,
+    /// aarch64). Default: read from the image (its manifest, else its root partition
+    /// type); a value that contradicts the image is an error, and an image that tells
+    /// nothing needs it. Packer: ami_architecture.
+    #[arg(long = "arch", alias = "architecture", value_name = "ARCH", value_parser = parse_arch)]
+    pub architecture: Option<&'static Architecture>,
 
     /// Register the AMI with NitroTPM (TpmSupport v2.0; needs --boot-mode uefi or
     /// uefi-preferred). Packer: tpm_support.
@@ -211,17 +220,16 @@ pub struct UploadArgs {
     #[arg(long, value_name = "DIR", env = "IMGFORGE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// Minutes without a written block after which EBS gives up on the pending
-    /// snapshot (StartSnapshot Timeout, 10-4320). A later rerun notices and starts over.
-    /// Packer: none.
-    #[arg(long, default_value_t = 240, value_name = "MINUTES",
-          value_parser = clap::value_parser!(u32).range(10..=4320))]
-    pub snapshot_timeout: u32,
+    /// How long without a written block before EBS gives up on the pending
+    /// snapshot (StartSnapshot Timeout: 10m to 72h, whole minutes; e.g. 4h). A later
+    /// rerun notices and starts over. A bare number is seconds. Packer: none.
+    #[arg(long, default_value = "4h", value_name = "DURATION")]
+    pub snapshot_timeout: Timeout,
 
-    /// Minutes to wait for the snapshot to become `completed` after CompleteSnapshot.
-    /// Packer: aws_polling.
-    #[arg(long, default_value_t = 60, value_name = "MINUTES")]
-    pub wait_timeout: u64,
+    /// How long to wait for the snapshot to become `completed` after
+    /// CompleteSnapshot (e.g. 60m, 2h; a bare number is seconds). Packer: aws_polling.
+    #[arg(long, default_value = "60m", value_name = "DURATION")]
+    pub wait_timeout: Timeout,
 
     /// Benchmark only: read, zero-check and SHA-256 the image's data as an upload
     /// would, print the throughput (GB/s) and exit. Needs no AWS access.
@@ -230,24 +238,102 @@ pub struct UploadArgs {
     pub hash_only: bool,
 }
 
+/// `--boot-mode`'s values, for clap; the engine's [`BootMode`] has no clap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BootModeArg {
+    /// UEFI where the instance type supports it, else legacy BIOS (needs both bootloaders).
+    UefiPreferred,
+    /// UEFI only (required on Graviton, and for NitroTPM).
+    Uefi,
+    /// Legacy BIOS only.
+    LegacyBios,
+}
+
+impl From<BootModeArg> for BootMode {
+    fn from(arg: BootModeArg) -> Self {
+        match arg {
+            BootModeArg::UefiPreferred => BootMode::UefiPreferred,
+            BootModeArg::Uefi => BootMode::Uefi,
+            BootModeArg::LegacyBios => BootMode::LegacyBios,
+        }
+    }
+}
+
+/// An architecture of boot/architectures.toml, by name or alias.
+fn parse_arch(text: &str) -> Result<&'static Architecture, String> {
+    platform::lookup(text).map_err(|e| e.to_string())
+}
+
+/// `--volume-size`: a size in the one notation; a bare number is still read
+/// as GiB (its old unit), with a warning, for one release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeSize {
+    pub size: ByteSize,
+    /// Given as a bare number (GiB).
+    pub bare: bool,
+}
+
+impl FromStr for VolumeSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Ok(gib) = text.parse::<u64>() {
+            return gib
+                .checked_mul(ByteSize::GIB)
+                .filter(|b| *b > 0)
+                .map(|bytes| VolumeSize {
+                    size: ByteSize(bytes),
+                    bare: true,
+                })
+                .ok_or_else(|| format!("{text:?} is not a volume size (e.g. 8G)"));
+        }
+        Ok(VolumeSize {
+            size: text.parse()?,
+            bare: false,
+        })
+    }
+}
+
+/// A duration flag that remembers whether it was a bare number (seconds),
+/// to warn where that used to mean minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout {
+    pub duration: Duration,
+    pub bare: bool,
+}
+
+impl FromStr for Timeout {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(Timeout {
+            duration: parse_duration(text)?,
+            bare: !text.trim().is_empty() && text.trim().chars().all(|c| c.is_ascii_digit()),
+        })
+    }
+}
+
 impl UploadArgs {
-    /// The plain request the engine takes.
-    pub fn to_request(&self) -> UploadRequest {
+    /// The plain request the engine takes, and the one-line warnings for
+    /// old spellings. Bad values are [`BadInput`].
+    pub fn to_request(&self) -> Result<UploadRequest, BadInput> {
+        self.warn_old_spellings();
         let deprecate = match (self.deprecate_in, self.deprecate_at) {
             (Some(after), _) => Some(Deprecation::In(after)),
             (None, Some(at)) => Some(Deprecation::At(at)),
             (None, None) => None,
         };
-        UploadRequest {
+        Ok(UploadRequest {
             image: self.image.clone(),
-            connection: self.connection.clone(),
+            connection: self.connection.to_connection()?,
             name: self.name.clone(),
             description: self.description.clone(),
             tags: self.tags.clone(),
             snapshot_tags: self.snapshot_tags.clone(),
-            volume_size: self.volume_size,
-            workers: self.workers,
-            boot_mode: self.boot_mode,
+            volume_size: self.volume_size.map(|v| v.size),
+            workers: self.workers as usize,
+            boot_mode: self.boot_mode.map(BootMode::from),
             architecture: self.architecture,
             tpm: self.tpm,
             encrypted: self.encrypted,
@@ -259,8 +345,8 @@ impl UploadArgs {
             journal: self.journal.clone(),
             parent: self.parent.clone(),
             state_dir: self.state_dir.clone(),
-            snapshot_timeout: self.snapshot_timeout,
-            wait_timeout: self.wait_timeout,
+            snapshot_timeout: self.snapshot_timeout.duration,
+            wait_timeout: self.wait_timeout.duration,
             publish: PublishPlan {
                 copy_to: self.copy_to.clone(),
                 share_with: self.share_with.clone(),
@@ -273,16 +359,44 @@ impl UploadArgs {
                 copy_timeout: self.copy_timeout,
                 copies_in_flight: 4,
             },
+        })
+    }
+
+    fn warn_old_spellings(&self) {
+        if std::env::args().any(|a| a == "--architecture" || a.starts_with("--architecture=")) {
+            eprintln!(
+                "imgforge: warning: --architecture is now --arch; the old name goes in a later release"
+            );
+        }
+        if let Some(v) = self.volume_size.filter(|v| v.bare) {
+            eprintln!(
+                "imgforge: warning: --volume-size {n} is read as {n}G; write {n}G (a bare number \
+will mean bytes, as for every size)",
+                n = v.size.bytes() / ByteSize::GIB
+            );
+        }
+        for (flag, timeout) in [
+            ("snapshot-timeout", self.snapshot_timeout),
+            ("wait-timeout", self.wait_timeout),
+        ] {
+            if timeout.bare {
+                let secs = timeout.duration.as_secs();
+                eprintln!(
+                    "imgforge: warning: --{flag} {secs} is {secs} seconds (it used to mean \
+minutes); write {secs}m for minutes"
+                );
+            }
         }
     }
 }
 
-pub fn run(args: &UploadArgs) -> Result<(), UploadError> {
+pub fn run(args: &UploadArgs) -> anyhow::Result<()> {
     if args.hash_only {
         return hash_only(args);
     }
-    let request = args.to_request();
-    let runtime = client::runtime().map_err(UploadError::Runtime)?;
+    let request = args.to_request()?;
+    upload::check(&request).map_err(BadInput::from_error)?;
+    let runtime = client::runtime().context("cannot start the async runtime")?;
     let result = match runtime.block_on(upload::upload(&request)) {
         Ok(result) => result,
         Err(UploadError::PartialPublish {
@@ -301,9 +415,10 @@ pub fn run(args: &UploadArgs) -> Result<(), UploadError> {
                 succeeded,
                 failed,
                 result,
-            });
+            }
+            .into());
         }
-        Err(err) => return Err(err),
+        Err(err) => return Err(err.into()),
     };
     if args.json {
         println!(
@@ -323,8 +438,8 @@ pub fn run(args: &UploadArgs) -> Result<(), UploadError> {
     Ok(())
 }
 
-fn hash_only(args: &UploadArgs) -> Result<(), UploadError> {
-    let (file, size) = upload::open_image(&args.image)?;
+fn hash_only(args: &UploadArgs) -> anyhow::Result<()> {
+    let (file, size) = upload::open_image(&args.image).map_err(BadInput::from_error)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let bench = blocks::bench(&file, size, threads)?;
     if args.json {
@@ -384,9 +499,29 @@ mod tests {
             vec![("a".into(), "b".into()), ("c".into(), "d=e".into())]
         );
         assert_eq!(args.workers, 64);
-        assert_eq!(args.boot_mode, Some(BootMode::UefiPreferred));
-        assert_eq!(args.architecture, None, "read from the image, not assumed");
-        assert!(parse(&["--architecture", "arm64"]).is_ok());
+        assert_eq!(args.boot_mode, Some(BootModeArg::UefiPreferred));
+        assert!(
+            args.architecture.is_none(),
+            "read from the image, not assumed"
+        );
+        assert_eq!(
+            parse(&["--arch", "arm64"])
+                .unwrap()
+                .architecture
+                .unwrap()
+                .name,
+            "arm64"
+        );
+        assert_eq!(
+            parse(&["--architecture", "aarch64"])
+                .unwrap()
+                .architecture
+                .unwrap()
+                .name,
+            "arm64",
+            "the old spelling and the aliases still work"
+        );
+        assert!(parse(&["--arch", "sparc"]).is_err());
         assert!(parse(&["--tag", "novalue"]).is_err());
         assert!(parse(&["--tag", "aws:x=1"]).is_err());
         assert!(parse(&["--kms-key-id", "k"]).is_err(), "needs --encrypted");
@@ -395,7 +530,48 @@ mod tests {
         assert!(parse(&["--no-register", "--force-deregister"]).is_err());
         assert!(parse(&["--name", "ab"]).is_err());
         assert!(parse(&["--name", "bad*name"]).is_err());
-        assert!(parse(&["--snapshot-timeout", "5"]).is_err());
+        assert!(parse(&["--snapshot-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations_take_the_one_notation() {
+        let args = parse(&[]).unwrap();
+        let req = args.to_request().unwrap();
+        assert_eq!(req.snapshot_timeout, Duration::from_secs(4 * 3600));
+        assert_eq!(req.wait_timeout, Duration::from_secs(3600));
+        assert_eq!(req.connection.attempt_timeout, Duration::from_secs(60));
+        let args = parse(&[
+            "--volume-size",
+            "8G",
+            "--snapshot-timeout",
+            "90m",
+            "--wait-timeout",
+            "2h",
+            "--attempt-timeout",
+            "2",
+        ])
+        .unwrap();
+        let req = args.to_request().unwrap();
+        assert_eq!(req.volume_size, Some(ByteSize(8 << 30)));
+        assert_eq!(req.snapshot_timeout, Duration::from_secs(90 * 60));
+        assert_eq!(req.wait_timeout, Duration::from_secs(7200));
+        assert_eq!(req.connection.attempt_timeout, Duration::from_secs(2));
+        // A bare --volume-size keeps its old unit (GiB), with a warning.
+        let bare = parse(&["--volume-size", "2"]).unwrap().volume_size.unwrap();
+        assert_eq!((bare.size, bare.bare), (ByteSize(2 << 30), true));
+        assert!(parse(&["--volume-size", "lots"]).is_err());
+        assert!(
+            parse(&["--connect-timeout", "0"])
+                .unwrap()
+                .to_request()
+                .is_err()
+        );
+        assert!(
+            parse(&["--endpoint-url", "localhost:5000"])
+                .unwrap()
+                .to_request()
+                .is_err()
+        );
     }
 
     #[test]
@@ -415,7 +591,7 @@ mod tests {
             "k=v",
         ])
         .unwrap();
-        let req = args.to_request();
+        let req = args.to_request().unwrap();
         assert_eq!(req.publish.copy_to, ["eu-west-1", "us-west-2"]);
         assert_eq!(req.publish.share_with.len(), 2);
         assert_eq!(

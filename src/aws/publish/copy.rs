@@ -10,7 +10,7 @@ use super::list::{self, ImageInfo};
 use super::{PublishError, SourceImage};
 use crate::aws::client::Clients;
 use crate::aws::retry::with_retries;
-use crate::sys::interrupt;
+use crate::sys::interrupt::{self, Interrupted};
 
 /// The AMI a region ends up with.
 #[derive(Debug, Clone)]
@@ -145,7 +145,7 @@ pub async fn wait_available(
             });
         }
         if interrupt::requested() {
-            return Err(PublishError::Interrupted);
+            return Err(PublishError::Interrupted(Interrupted));
         }
         let delay_now = delay.min(timeout.saturating_sub(started.elapsed()));
         eprintln!(

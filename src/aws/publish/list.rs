@@ -136,7 +136,7 @@ pub async fn snapshot_tags(
     clients: &Clients,
     snapshot_id: &str,
 ) -> Result<BTreeMap<String, String>, PublishError> {
-    let snapshot = crate::aws::snapshot::describe(clients, snapshot_id).await?;
+    let snapshot = crate::aws::ebs::snapshot::describe(clients, snapshot_id).await?;
     Ok(snapshot
         .iter()
         .flat_map(|s| s.tags())

@@ -28,10 +28,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::ami::names::{ShareTarget, family_of, format_rfc3339};
 use super::client::Clients;
-use super::names::{ShareTarget, family_of, format_rfc3339};
-use super::output::UploadResult;
 use super::retry::{ApiError, RetryError, with_retries};
+use crate::sys::interrupt::Interrupted;
 
 /// What to do with the AMI after it is registered; plain values.
 #[derive(Debug, Clone, Default)]
@@ -68,8 +68,8 @@ pub enum Deprecation {
 pub enum PublishError {
     #[error(transparent)]
     Api(#[from] ApiError),
-    #[error("interrupted")]
-    Interrupted,
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
     #[error(
         "unknown region {region:?}: EC2 knows {known} (check the spelling; a region must also be \
 enabled for the account)"
@@ -102,7 +102,7 @@ impl From<RetryError> for PublishError {
     fn from(err: RetryError) -> Self {
         match err {
             RetryError::Api(api) => Self::Api(api),
-            RetryError::Interrupted => Self::Interrupted,
+            RetryError::Interrupted(i) => Self::Interrupted(i),
         }
     }
 }
@@ -115,17 +115,6 @@ pub struct SourceImage {
     pub region: String,
     /// The snapshot the upload wrote (also tagged, whatever EC2 reports).
     pub snapshot_id: Option<String>,
-}
-
-impl SourceImage {
-    pub fn of(result: &UploadResult) -> Option<Self> {
-        Some(Self {
-            image_id: result.ami_id.clone()?,
-            name: result.name.clone()?,
-            region: result.region.clone(),
-            snapshot_id: (!result.snapshot_id.is_empty()).then(|| result.snapshot_id.clone()),
-        })
-    }
 }
 
 /// One region's outcome (`--json`: `regions`).
@@ -302,7 +291,7 @@ async fn publish_region(
         result.deprecate_at = Some(format_rfc3339(at));
     }
     if let Some(template) = &plan.ssm_parameter {
-        let name = super::names::render_ssm_name(template, &source.name, &clients.region);
+        let name = super::ami::names::render_ssm_name(template, &source.name, &clients.region);
         let previous =
             ssm::point(clients, &name, &image.image_id, &family, plan.ssm_overwrite).await?;
         result.ssm_parameter = Some(name);

@@ -10,10 +10,10 @@ use serde::Serialize;
 
 use super::PublishError;
 use super::list::{self, ImageInfo};
+use crate::aws::ami::names::{AMI_NAME_TAG, parse_rfc3339};
 use crate::aws::client::Clients;
-use crate::aws::names::{AMI_NAME_TAG, parse_rfc3339};
+use crate::aws::ebs::snapshot;
 use crate::aws::retry::with_retries;
-use crate::aws::snapshot;
 
 #[derive(Debug, Clone)]
 pub struct PruneRequest {
@@ -185,7 +185,7 @@ pub async fn prune_region(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aws::names::{format_rfc3339, parse_rfc3339};
+    use crate::aws::ami::names::{format_rfc3339, parse_rfc3339};
 
     fn image(id: &str, created: &str, snaps: &[&str]) -> ImageInfo {
         ImageInfo {

@@ -11,8 +11,8 @@ use aws_sdk_ec2::types::{
 };
 
 use super::PublishError;
+use crate::aws::ami::names::ShareTarget;
 use crate::aws::client::Clients;
-use crate::aws::names::ShareTarget;
 use crate::aws::retry::with_retries;
 
 pub async fn apply(

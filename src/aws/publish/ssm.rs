@@ -11,8 +11,8 @@ use aws_sdk_ssm::types::ParameterType;
 
 use super::PublishError;
 use super::list;
+use crate::aws::ami::names::{FAMILY_TAG, family_of};
 use crate::aws::client::Clients;
-use crate::aws::names::{FAMILY_TAG, family_of};
 use crate::aws::retry::{RetryError, with_retries};
 
 pub const DATA_TYPE: &str = "aws:ec2:image";

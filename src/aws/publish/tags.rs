@@ -7,8 +7,8 @@ use aws_sdk_ec2::types::Tag;
 
 use super::copy::RegionImage;
 use super::{PublishError, PublishPlan};
+use crate::aws::ami::names::{AMI_NAME_TAG, FAMILY_TAG};
 use crate::aws::client::Clients;
-use crate::aws::names::{AMI_NAME_TAG, FAMILY_TAG};
 use crate::aws::retry::with_retries;
 
 pub async fn apply(

@@ -239,7 +239,7 @@ fn today() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default();
-    imgforge::aws::names::format_rfc3339(secs)[..10].replace('-', "")
+    imgforge::aws::ami::names::format_rfc3339(secs)[..10].replace('-', "")
 }
 
 impl Variant {
@@ -273,7 +273,7 @@ impl Variant {
             };
             match (&located.value, setting.kind) {
                 (toml::Value::String(v), _) => out.extend([flag, text(v)]),
-                (toml::Value::Integer(n), _) => out.extend([flag, n.to_string()]),
+                (toml::Value::Integer(n), _) => out.extend([flag, text(&n.to_string())]),
                 (toml::Value::Boolean(true), _) => out.push(flag),
                 (toml::Value::Array(items), Kind::List { joined }) => {
                     let items: Vec<String> =

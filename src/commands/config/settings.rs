@@ -2,8 +2,7 @@
 //! which subcommand(s) and flag each becomes, and how a value is checked.
 //! Sizes and durations use the one notation of `imgforge::units`.
 
-use clap::ValueEnum;
-use imgforge::aws::names::{
+use imgforge::aws::ami::names::{
     parse_region, parse_rfc3339, parse_share_target, parse_ssm_template, parse_tag,
 };
 use imgforge::units::{ByteSize, parse_duration};
@@ -21,8 +20,6 @@ pub enum For {
 pub enum Kind {
     /// A string: `--flag VALUE`.
     Text,
-    /// An integer: `--flag N`.
-    Integer,
     /// A string or a whole number: `--flag VALUE` (sizes: a bare number is bytes).
     TextOrInteger,
     /// A boolean: `--flag` when true.
@@ -97,12 +94,22 @@ fn ssm(v: &str) -> Result<(), String> {
     parse_ssm_template(&v.replace("{image}", "image")).map(|_| ())
 }
 fn boot_mode(v: &str) -> Result<(), String> {
-    imgforge::aws::register::BootMode::from_str(v, false).map(|_| ())
+    v.parse::<imgforge::aws::ami::register::BootMode>()
+        .map(|_| ())
 }
 fn arch(v: &str) -> Result<(), String> {
     imgforge::platform::lookup(v)
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+/// `volume_size = 8` has always meant GiB in the file: spelled `8G` for
+/// upload, whose bare numbers are the size notation's (bytes).
+fn whole_gib(v: &str) -> String {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{v}G")
+    } else {
+        v.to_string()
+    }
 }
 /// EC2's name of an architecture (`aarch64` -> `arm64`).
 fn ec2_arch(v: &str) -> String {
@@ -187,9 +194,13 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s(
         "volume_size",
-        &[upload("--volume-size")],
-        Kind::Integer,
-        None,
+        &[Target {
+            command: For::Upload,
+            flag: "--volume-size",
+            convert: Some(whole_gib),
+        }],
+        Kind::TextOrInteger,
+        Some(size),
     ),
     s("tpm", &[upload("--tpm")], Kind::Switch, None),
     s("encrypted", &[upload("--encrypted")], Kind::Switch, None),
@@ -242,7 +253,6 @@ pub fn lookup(key: &str) -> Option<&'static Setting> {
 fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Text => "a string",
-        Kind::Integer => "an integer",
         Kind::TextOrInteger => "a string or a whole number",
         Kind::Switch => "true or false",
         Kind::List { .. } => "a list of strings",
@@ -262,7 +272,6 @@ pub fn validate(setting: &Setting, value: &toml::Value) -> Result<(), String> {
     let strings: Vec<String> = match (setting.kind, value) {
         (Kind::Text | Kind::TextOrInteger, toml::Value::String(s)) => vec![s.clone()],
         (Kind::TextOrInteger, toml::Value::Integer(n)) if *n > 0 => vec![n.to_string()],
-        (Kind::Integer, toml::Value::Integer(n)) if *n >= 0 => vec![],
         (Kind::Switch, toml::Value::Boolean(_)) => vec![],
         (Kind::List { .. }, toml::Value::Array(items)) => items
             .iter()

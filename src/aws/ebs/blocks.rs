@@ -13,7 +13,7 @@ use base64::Engine;
 use sha2::{Digest as _, Sha256};
 
 use crate::image::sparse;
-use crate::sys::interrupt;
+use crate::sys::interrupt::{self, Interrupted};
 
 /// The EBS direct APIs' block size. Real EBS answers it in StartSnapshot;
 /// moto answers 512, so imgforge never trusts the answer.
@@ -26,8 +26,8 @@ pub type Digest = [u8; 32];
 pub enum BlocksError {
     #[error("cannot read the image")]
     Io(#[from] std::io::Error),
-    #[error("interrupted while reading the image")]
-    Interrupted,
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
 }
 
 /// One block that goes into the snapshot.
@@ -151,7 +151,7 @@ pub fn scan(
                     let mut part = Scan::default();
                     for &index in chunk {
                         if interrupt::requested() {
-                            return Err(BlocksError::Interrupted);
+                            return Err(BlocksError::Interrupted(Interrupted));
                         }
                         if data_blocks.binary_search(&index).is_err() {
                             // Only reached when zero blocks are written.

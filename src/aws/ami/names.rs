@@ -1,9 +1,8 @@
 //! Parsers and naming rules shared by the AWS commands and the config file:
-//! tags, AMI names and families, regions, durations, share targets, SSM
+//! tags, AMI names and families, regions, times, share targets, SSM
 //! parameter templates. Each answers a message that says what is accepted.
 
 use std::path::Path;
-use std::time::Duration;
 
 /// A `KEY=VALUE` tag as EC2 accepts it.
 pub fn parse_tag(text: &str) -> Result<(String, String), String> {
@@ -76,6 +75,24 @@ pub fn family_of(name: &str) -> String {
     name[..kept.min(name.len())].to_string()
 }
 
+/// The family a snapshot is filed under: `--family`, else the family of
+/// `--name`, else of the image's file name (`trading-large.raw` ->
+/// `trading-large`; a default AMI name ends in a content hash, which would
+/// make every upload a family of its own).
+pub fn family_for(family: Option<&str>, name: Option<&str>, image: &Path) -> String {
+    if let Some(family) = family {
+        return family.to_string();
+    }
+    if let Some(name) = name {
+        return family_of(name);
+    }
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    family_of(&stem)
+}
+
 /// An AWS region name's shape (`us-east-1`, `eu-central-2`, `us-gov-west-1`);
 /// whether it exists is asked of EC2 (DescribeRegions) before anything is written.
 pub fn parse_region(text: &str) -> Result<String, String> {
@@ -97,23 +114,9 @@ pub fn parse_region(text: &str) -> Result<String, String> {
     }
 }
 
-/// `30d`, `12h`, `90m`, `2w`, `45s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration: a number and s, m, h, d or w (e.g. 30d)");
-    let unit = text.chars().last().ok_or_else(bad)?;
-    let number: u64 = text[..text.len() - unit.len_utf8()]
-        .parse()
-        .map_err(|_| bad())?;
-    let seconds = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86_400,
-        'w' => 7 * 86_400,
-        _ => return Err(bad()),
-    };
-    Ok(Duration::from_secs(number.saturating_mul(seconds)))
-}
+/// The one duration notation (`30d`, `1h30m`; a bare number is seconds),
+/// here too for the config file's checks.
+pub use crate::units::parse_duration;
 
 /// An RFC 3339 time (`2027-01-31T00:00:00Z`), as seconds since the epoch.
 pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
@@ -223,6 +226,7 @@ pub fn render_ssm_name(template: &str, name: &str, region: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn families() {
@@ -261,7 +265,7 @@ mod tests {
     #[test]
     fn durations_times_regions_templates() {
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert!(parse_duration("30").is_err());
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert!(parse_duration("d").is_err());
         let t = parse_rfc3339("2027-01-31T00:00:00Z").unwrap();
         assert_eq!(format_rfc3339(t), "2027-01-31T00:00:00Z");
@@ -276,5 +280,13 @@ mod tests {
             render_ssm_name("/i/{name}/{region}", "a-v1", "eu-west-1"),
             "/i/a-v1/eu-west-1"
         );
+    }
+
+    #[test]
+    fn family_defaults() {
+        let image = Path::new("/b/trading-large.raw");
+        assert_eq!(family_for(Some("f"), Some("x-v1"), image), "f");
+        assert_eq!(family_for(None, Some("web-small-v3"), image), "web-small");
+        assert_eq!(family_for(None, None, image), "trading-large");
     }
 }

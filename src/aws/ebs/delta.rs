@@ -33,9 +33,10 @@ use serde::{Deserialize, Serialize};
 #[cfg(test)]
 use super::blocks;
 use super::blocks::Digest;
-use super::client::Clients;
-use super::retry::{ApiError, RetryError, with_retries};
 use super::snapshot;
+use crate::aws::client::Clients;
+use crate::aws::retry::{ApiError, RetryError, with_retries};
+use crate::sys::interrupt::Interrupted;
 
 pub const RECORD_FORMAT_VERSION: u32 = 1;
 
@@ -81,7 +82,7 @@ parent), or upload in full with --encrypted and no --parent"
     EncryptedChildOfUnencryptedParent { snapshot_id: String },
     #[error(
         "--volume-size {given} GiB is smaller than parent snapshot {snapshot_id}'s {parent} GiB; \
-EBS needs a child at least as large as its parent: pass --volume-size {parent} or more"
+EBS needs a child at least as large as its parent: pass --volume-size {parent}G or more"
     )]
     SmallerThanParent {
         given: u64,
@@ -90,8 +91,8 @@ EBS needs a child at least as large as its parent: pass --volume-size {parent} o
     },
     #[error(transparent)]
     Api(#[from] ApiError),
-    #[error("interrupted")]
-    Interrupted,
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
     #[error("cannot read the digest store {path}: {reason}")]
     StoreRead { path: PathBuf, reason: String },
     #[error(
@@ -108,7 +109,7 @@ impl From<RetryError> for DeltaError {
     fn from(err: RetryError) -> Self {
         match err {
             RetryError::Api(api) => Self::Api(api),
-            RetryError::Interrupted => Self::Interrupted,
+            RetryError::Interrupted(i) => Self::Interrupted(i),
         }
     }
 }
@@ -321,24 +322,6 @@ impl DigestStore {
         })?;
         Ok(path)
     }
-}
-
-/// The family a snapshot is filed under: `--family`, else the family of
-/// `--name`, else of the image's file name (`trading-large.raw` ->
-/// `trading-large`; a default AMI name ends in a content hash, which would
-/// make every upload a family of its own).
-pub fn family_for(family: Option<&str>, name: Option<&str>, image: &Path) -> String {
-    if let Some(family) = family {
-        return family.to_string();
-    }
-    if let Some(name) = name {
-        return super::names::family_of(name);
-    }
-    let stem = image
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    super::names::family_of(&stem)
 }
 
 /// The parent as the upload uses it.
@@ -728,13 +711,5 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
-    }
-
-    #[test]
-    fn family_defaults() {
-        let image = Path::new("/b/trading-large.raw");
-        assert_eq!(family_for(Some("f"), Some("x-v1"), image), "f");
-        assert_eq!(family_for(None, Some("web-small-v3"), image), "web-small");
-        assert_eq!(family_for(None, None, image), "trading-large");
     }
 }

@@ -6,17 +6,15 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::ValueEnum;
-
-use super::register::{Architecture, BootMode};
+use super::register::{AmiArchitecture, BootMode};
 use crate::image::inspect::{self, ImageInfo};
-use crate::platform;
+use crate::platform::{self, Architecture};
 
 #[derive(Debug, thiserror::Error)]
-pub enum PlatformError {
+pub enum InstancePlatformError {
     #[error(
-        "--architecture {given} contradicts the image: {path} is {image} (from its {source_of}); \
-         leave --architecture out, or upload an image built for {given} (imgforge build --arch {given})"
+        "--arch {given} contradicts the image: {path} is {image} (from its {source_of}); \
+         leave --arch out, or upload an image built for {given} (imgforge build --arch {given})"
     )]
     Contradicts {
         given: String,
@@ -26,7 +24,7 @@ pub enum PlatformError {
     },
     #[error(
         "cannot tell the CPU architecture of {0}: it has no imgforge manifest and no root \
-         partition type imgforge knows; pass --architecture x86_64 or --architecture arm64"
+         partition type imgforge knows; pass --arch x86_64 or --arch arm64"
     )]
     Unknown(PathBuf),
     #[error(
@@ -48,7 +46,7 @@ pub enum PlatformError {
 /// The architecture and boot mode an AMI is registered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Registration {
-    pub architecture: Architecture,
+    pub architecture: AmiArchitecture,
     pub boot_mode: BootMode,
 }
 
@@ -56,9 +54,9 @@ pub struct Registration {
 /// a GPT disk tells nothing, and then the flags must.
 pub fn decide_for(
     path: &Path,
-    architecture: Option<Architecture>,
+    architecture: Option<&'static Architecture>,
     boot_mode: Option<BootMode>,
-) -> Result<Registration, PlatformError> {
+) -> Result<Registration, InstancePlatformError> {
     let info = match inspect::read_image(path) {
         Ok(info) => Some(info),
         Err(err) => {
@@ -73,17 +71,16 @@ pub fn decide_for(
 pub fn decide(
     path: &Path,
     info: Option<&ImageInfo>,
-    architecture: Option<Architecture>,
+    architecture: Option<&'static Architecture>,
     boot_mode: Option<BootMode>,
-) -> Result<Registration, PlatformError> {
+) -> Result<Registration, InstancePlatformError> {
     let from_image = info.and_then(|i| i.architecture.as_ref());
     let arch = match (from_image, architecture) {
         (Some(found), given) => {
             let row = platform::lookup(&found.name).expect("inspect names table rows");
-            let ours = ec2_architecture(&row.ec2)?;
-            if let Some(given) = given.filter(|g| *g != ours) {
-                return Err(PlatformError::Contradicts {
-                    given: given.as_str().into(),
+            if let Some(given) = given.filter(|g| g.ec2 != row.ec2) {
+                return Err(InstancePlatformError::Contradicts {
+                    given: given.name.clone(),
                     image: row.name.clone(),
                     source_of: found.source.clone(),
                     path: path.to_path_buf(),
@@ -91,14 +88,13 @@ pub fn decide(
             }
             row
         }
-        (None, Some(given)) => platform::lookup(given.as_str())
-            .map_err(|_| PlatformError::Ec2Name(given.as_str().to_string()))?,
-        (None, None) => return Err(PlatformError::Unknown(path.to_path_buf())),
+        (None, Some(given)) => given,
+        (None, None) => return Err(InstancePlatformError::Unknown(path.to_path_buf())),
     };
     let boot_mode = match boot_mode {
         // uefi-preferred is allowed: it means UEFI where there is no BIOS.
         Some(mode @ BootMode::LegacyBios) if !arch.bios => {
-            return Err(PlatformError::NeedsBios {
+            return Err(InstancePlatformError::NeedsBios {
                 mode: mode.as_str(),
                 arch: arch.name.clone(),
                 path: path.to_path_buf(),
@@ -137,8 +133,9 @@ registering it as legacy-bios (pass --boot-mode to choose)",
     })
 }
 
-fn ec2_architecture(name: &str) -> Result<Architecture, PlatformError> {
-    Architecture::from_str(name, false).map_err(|_| PlatformError::Ec2Name(name.to_string()))
+fn ec2_architecture(name: &str) -> Result<AmiArchitecture, InstancePlatformError> {
+    name.parse()
+        .map_err(|_| InstancePlatformError::Ec2Name(name.to_string()))
 }
 
 #[cfg(test)]
@@ -161,6 +158,10 @@ mod tests {
         }
     }
 
+    fn arch(name: &str) -> &'static Architecture {
+        platform::lookup(name).unwrap()
+    }
+
     fn path() -> &'static Path {
         Path::new("image.raw")
     }
@@ -169,17 +170,17 @@ mod tests {
     fn an_arm64_image_registers_arm64_uefi_without_flags() {
         let arm = image(Some("arm64"), "manifest", false, true);
         let decided = decide(path(), Some(&arm), None, None).unwrap();
-        assert_eq!(decided.architecture, Architecture::Arm64);
+        assert_eq!(decided.architecture, AmiArchitecture::Arm64);
         assert_eq!(decided.boot_mode, BootMode::Uefi);
         // From the root partition type alone, the same.
         let arm = image(Some("arm64"), "root partition type", false, true);
         let decided = decide(path(), Some(&arm), None, None).unwrap();
-        assert_eq!(decided.architecture, Architecture::Arm64);
+        assert_eq!(decided.architecture, AmiArchitecture::Arm64);
         // Agreeing flags are fine.
         let decided = decide(
             path(),
             Some(&arm),
-            Some(Architecture::Arm64),
+            Some(arch("arm64")),
             Some(BootMode::Uefi),
         )
         .unwrap();
@@ -189,16 +190,16 @@ mod tests {
     #[test]
     fn an_architecture_flag_that_contradicts_the_image_is_an_error() {
         let arm = image(Some("arm64"), "manifest", false, true);
-        let err = decide(path(), Some(&arm), Some(Architecture::X86_64), None)
+        let err = decide(path(), Some(&arm), Some(arch("x86_64")), None)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--architecture x86_64 contradicts the image")
+            err.contains("--arch x86_64 contradicts the image")
                 && err.contains("is arm64 (from its manifest)"),
             "{err}"
         );
         let x86 = image(Some("x86_64"), "manifest", true, true);
-        let err = decide(path(), Some(&x86), Some(Architecture::Arm64), None)
+        let err = decide(path(), Some(&x86), Some(arch("arm64")), None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("is x86_64"), "{err}");
@@ -223,7 +224,7 @@ mod tests {
     fn x86_images_keep_their_boot_modes() {
         let hybrid = image(Some("x86_64"), "manifest", true, true);
         let decided = decide(path(), Some(&hybrid), None, None).unwrap();
-        assert_eq!(decided.architecture, Architecture::X86_64);
+        assert_eq!(decided.architecture, AmiArchitecture::X86_64);
         assert_eq!(decided.boot_mode, BootMode::UefiPreferred);
         let bios = image(Some("x86_64"), "manifest", true, false);
         assert_eq!(
@@ -237,14 +238,14 @@ mod tests {
         let err = decide(path(), None, None, Some(BootMode::Uefi))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("pass --architecture"), "{err}");
+        assert!(err.contains("pass --arch"), "{err}");
         let blank = image(None, "", false, false);
         assert!(decide(path(), Some(&blank), None, None).is_err());
-        let decided = decide(path(), None, Some(Architecture::Arm64), None).unwrap();
+        let decided = decide(path(), None, Some(arch("arm64")), None).unwrap();
         assert_eq!(
             decided,
             Registration {
-                architecture: Architecture::Arm64,
+                architecture: AmiArchitecture::Arm64,
                 boot_mode: BootMode::Uefi
             },
             "arm64 boots UEFI even when the image cannot be read"

@@ -9,17 +9,18 @@ use aws_sdk_ec2::types::SnapshotState;
 use bytes::Bytes;
 
 use super::blocks::{self, BLOCK_SIZE, Digest};
-use super::client::Clients;
 use super::journal::SnapshotParams;
-use super::retry::{ApiError, RetryError, with_retries};
-use crate::sys::interrupt;
+use crate::aws::client::Clients;
+use crate::aws::retry::{ApiError, RetryError, with_retries};
+use crate::sys::interrupt::{self, Interrupted};
+use crate::units::format_duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error(transparent)]
     Api(#[from] ApiError),
-    #[error("interrupted")]
-    Interrupted,
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
     #[error("StartSnapshot answered without a snapshot id")]
     NoSnapshotId,
     #[error(
@@ -30,11 +31,14 @@ pub enum SnapshotError {
         snapshot_id: String,
         message: Option<String>,
     },
-    #[error("snapshot {snapshot_id} is still `{state}` after {minutes} minutes (--wait-timeout)")]
+    #[error(
+        "snapshot {snapshot_id} is still `{state}` after {waited}; pass a longer \
+--wait-timeout"
+    )]
     WaitTimedOut {
         snapshot_id: String,
         state: String,
-        minutes: u64,
+        waited: String,
     },
 }
 
@@ -42,7 +46,7 @@ impl From<RetryError> for SnapshotError {
     fn from(err: RetryError) -> Self {
         match err {
             RetryError::Api(api) => Self::Api(api),
-            RetryError::Interrupted => Self::Interrupted,
+            RetryError::Interrupted(i) => Self::Interrupted(i),
         }
     }
 }
@@ -237,13 +241,13 @@ pub async fn wait_completed(
                 return Err(SnapshotError::WaitTimedOut {
                     snapshot_id: snapshot_id.to_string(),
                     state: "pending".into(),
-                    minutes: timeout.as_secs() / 60,
+                    waited: format_duration(timeout),
                 });
             }
             State::Pending | State::Other(_) => {}
         }
         if interrupt::requested() {
-            return Err(SnapshotError::Interrupted);
+            return Err(SnapshotError::Interrupted(Interrupted));
         }
         log::info!("snapshot {snapshot_id} is not completed yet; checking again in {delay:?}");
         tokio::time::sleep(delay).await;

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::blocks::{BlockRecord, Digest};
+use crate::image::manifest::Manifest;
 
 /// Bumped when the format changes; an older journal is then ignored.
 /// 2: digests fill in during the upload (one read); token basis; parent.
@@ -377,6 +378,41 @@ pub fn default_path(image: &Path) -> PathBuf {
     let mut name = image.file_name().unwrap_or_default().to_os_string();
     name.push(".upload-journal.json");
     image.with_file_name(name)
+}
+
+/// The image's sha256 from its build manifest (`IMAGE.json` beside it),
+/// when cheaply checkable facts agree with it: the manifest records the
+/// image's size, and the image was not modified after the manifest was
+/// written (the build writes the image first). Then the upload needs no
+/// pass over the image before it starts.
+pub fn trusted_manifest_sha256(image: &Path, identity: &ImageIdentity) -> Option<String> {
+    let path = PathBuf::from(format!("{}.json", image.display()));
+    let meta = std::fs::metadata(&path).ok()?;
+    let manifest = Manifest::from_json(&std::fs::read_to_string(&path).ok()?).ok()?;
+    let sha256 = manifest.sha256?;
+    let manifest_mtime_ns =
+        i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    if manifest.disk.size_bytes != identity.size {
+        log::info!(
+            "{} records a size of {} bytes, the image has {}: not using its sha256",
+            path.display(),
+            manifest.disk.size_bytes,
+            identity.size
+        );
+        return None;
+    }
+    if identity.mtime_ns > manifest_mtime_ns {
+        log::info!(
+            "{} was modified after its manifest {} was written: not using the manifest's sha256",
+            image.display(),
+            path.display()
+        );
+        return None;
+    }
+    if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(sha256)
 }
 
 #[cfg(test)]

@@ -13,30 +13,25 @@ use base64::Engine;
 use futures::StreamExt;
 
 use super::blocks::{self, BLOCK_SIZE};
-use super::client::{self, ClientError, Clients, ConnectionArgs};
-use super::retry::{ApiError, RetryError, with_retries};
-use crate::sys::interrupt;
+use crate::aws::client::{self, ClientError, Clients, Connection};
+use crate::aws::retry::{ApiError, RetryError, with_retries};
+use crate::sys::interrupt::{self, Interrupted};
+use crate::units::ByteSize;
 
 const GIB: u64 = 1 << 30;
 
-#[derive(Debug, clap::Args)]
-#[command(after_help = "Example:\n  imgforge download snap-0123456789abcdef0 -o image.raw")]
-pub struct DownloadArgs {
-    /// The snapshot to read (it must be `completed`).
+/// What `download` is asked to do; plain values.
+#[derive(Debug, Clone)]
+pub struct DownloadRequest {
     pub snapshot_id: String,
-    /// Where to write the image (created or truncated; sparse).
-    #[arg(short, long)]
+    /// Created or truncated; sparse.
     pub output: PathBuf,
-    /// Size of the output file in bytes. Default: the snapshot's volume size.
-    /// Blocks past this size must be empty.
-    #[arg(long, value_name = "BYTES")]
-    pub size: Option<u64>,
-    /// Concurrent GetSnapshotBlock requests.
-    #[arg(long, default_value_t = 64, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub workers: u32,
-    #[command(flatten)]
-    pub connection: ConnectionArgs,
+    /// The output file's size; None: the snapshot's volume size. Blocks past
+    /// it must be empty.
+    pub size: Option<ByteSize>,
+    /// Concurrent GetSnapshotBlock requests (at least 1).
+    pub workers: usize,
+    pub connection: Connection,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +40,8 @@ pub enum DownloadError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Api(#[from] ApiError),
-    #[error("interrupted; {path} is incomplete")]
-    Interrupted { path: PathBuf },
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,
@@ -58,19 +53,14 @@ pub enum DownloadError {
     #[error(
         "block {index} of the snapshot lies past --size {size}; pass a larger --size or leave it out"
     )]
-    BlockPastSize { index: u64, size: u64 },
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
+    BlockPastSize { index: u64, size: ByteSize },
 }
 
 impl From<RetryError> for DownloadError {
     fn from(err: RetryError) -> Self {
         match err {
             RetryError::Api(api) => Self::Api(api),
-            // The caller replaces this with the output path.
-            RetryError::Interrupted => Self::Interrupted {
-                path: PathBuf::new(),
-            },
+            RetryError::Interrupted(i) => Self::Interrupted(i),
         }
     }
 }
@@ -82,36 +72,28 @@ struct ListedBlock {
     token: String,
 }
 
-pub fn run(args: &DownloadArgs) -> Result<(), DownloadError> {
-    let runtime = client::runtime().map_err(DownloadError::Runtime)?;
-    runtime.block_on(download(args)).map_err(|err| match err {
-        DownloadError::Interrupted { .. } => DownloadError::Interrupted {
-            path: args.output.clone(),
-        },
-        other => other,
-    })
-}
-
-async fn download(args: &DownloadArgs) -> Result<(), DownloadError> {
-    let clients = client::connect(&args.connection).await?;
-    let (listed, volume_gib) = list_blocks(&clients, &args.snapshot_id).await?;
-    let size = args.size.unwrap_or(volume_gib * GIB);
+/// The whole download: list the blocks, then fetch, check and write each.
+/// An interrupted download leaves `req.output` incomplete.
+pub async fn download(req: &DownloadRequest) -> Result<(), DownloadError> {
+    let clients = client::connect(&req.connection).await?;
+    let (listed, volume_gib) = list_blocks(&clients, &req.snapshot_id).await?;
+    let size = req.size.map_or(volume_gib * GIB, ByteSize::bytes);
     if let Some(past) = listed.iter().find(|b| b.index * BLOCK_SIZE >= size) {
         return Err(DownloadError::BlockPastSize {
             index: past.index,
-            size,
+            size: ByteSize(size),
         });
     }
 
     let write_err = |source| DownloadError::Write {
-        path: args.output.clone(),
+        path: req.output.clone(),
         source,
     };
     let file: File = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&args.output)
+        .open(&req.output)
         .map_err(write_err)?;
     // Unwritten blocks stay holes: only the size is set, nothing written.
     file.set_len(size).map_err(write_err)?;
@@ -122,7 +104,7 @@ async fn download(args: &DownloadArgs) -> Result<(), DownloadError> {
             let file = Arc::clone(&file);
             let clients = &clients;
             async move {
-                let data = get_block(clients, &args.snapshot_id, &block).await?;
+                let data = get_block(clients, &req.snapshot_id, &block).await?;
                 // The last block may extend past a --size that is not a
                 // multiple of the block size; its tail must be zeros.
                 let offset = block.index * BLOCK_SIZE;
@@ -130,26 +112,22 @@ async fn download(args: &DownloadArgs) -> Result<(), DownloadError> {
                 if !blocks::is_zero(&data[keep..]) {
                     return Err(DownloadError::BlockPastSize {
                         index: block.index,
-                        size,
+                        size: ByteSize(size),
                     });
                 }
                 tokio::task::spawn_blocking(move || file.write_all_at(&data[..keep], offset))
                     .await
                     .expect("write task panicked")
                     .map_err(|source| DownloadError::Write {
-                        path: args.output.clone(),
+                        path: req.output.clone(),
                         source,
                     })
             }
         })
-        .buffer_unordered(args.workers as usize);
+        .buffer_unordered(req.workers.max(1));
     while let Some(result) = gets.next().await {
         result?;
-        if interrupt::requested() {
-            return Err(DownloadError::Interrupted {
-                path: args.output.clone(),
-            });
-        }
+        interrupt::check()?;
     }
     drop(gets);
     file.sync_all().map_err(write_err)?;

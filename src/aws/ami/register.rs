@@ -8,9 +8,10 @@ use aws_sdk_ec2::types::{
     ImdsSupportValues, ResourceType, Tag, TagSpecification, TpmSupportValues, VolumeType,
 };
 
-use super::client::Clients;
-use super::retry::{ApiError, RetryError, with_retries};
-use super::snapshot::{self, SnapshotError};
+use crate::aws::client::Clients;
+use crate::aws::ebs::snapshot::{self, SnapshotError};
+use crate::aws::retry::{ApiError, RetryError, with_retries};
+use crate::sys::interrupt::Interrupted;
 
 /// The root device every imgforge AMI uses.
 pub const ROOT_DEVICE: &str = "/dev/xvda";
@@ -19,8 +20,8 @@ pub const ROOT_DEVICE: &str = "/dev/xvda";
 pub enum RegisterError {
     #[error(transparent)]
     Api(#[from] ApiError),
-    #[error("interrupted")]
-    Interrupted,
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error("RegisterImage answered without an image id")]
@@ -33,13 +34,13 @@ impl From<RetryError> for RegisterError {
     fn from(err: RetryError) -> Self {
         match err {
             RetryError::Api(api) => Self::Api(api),
-            RetryError::Interrupted => Self::Interrupted,
+            RetryError::Interrupted(i) => Self::Interrupted(i),
         }
     }
 }
 
-/// Firmware the instance boots with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+/// Firmware the instance boots with (RegisterImage's BootMode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BootMode {
     /// UEFI where the instance type supports it, else legacy BIOS (needs both bootloaders).
@@ -51,6 +52,8 @@ pub enum BootMode {
 }
 
 impl BootMode {
+    pub const ALL: [BootMode; 3] = [Self::UefiPreferred, Self::Uefi, Self::LegacyBios];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::UefiPreferred => "uefi-preferred",
@@ -79,21 +82,55 @@ impl BootMode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-pub enum Architecture {
-    #[value(name = "x86_64")]
+impl std::str::FromStr for BootMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == text)
+            .ok_or_else(|| {
+                format!("{text:?} is not a boot mode: uefi-preferred, uefi or legacy-bios")
+            })
+    }
+}
+
+impl std::fmt::Display for BootMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// RegisterImage's Architecture value: EC2's name for the machine, which
+/// `boot/architectures.toml` gives each [`crate::platform::Architecture`]
+/// row (its `ec2` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum AmiArchitecture {
     #[serde(rename = "x86_64")]
     X86_64,
-    #[value(name = "arm64")]
     #[serde(rename = "arm64")]
     Arm64,
 }
 
-impl Architecture {
+impl AmiArchitecture {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::X86_64 => "x86_64",
             Self::Arm64 => "arm64",
+        }
+    }
+}
+
+impl std::str::FromStr for AmiArchitecture {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "x86_64" => Ok(Self::X86_64),
+            "arm64" => Ok(Self::Arm64),
+            _ => Err(format!(
+                "{text:?} is not an EC2 architecture RegisterImage takes (x86_64, arm64)"
+            )),
         }
     }
 }
@@ -105,7 +142,7 @@ pub struct ImageSpec {
     pub description: String,
     pub snapshot_id: String,
     pub volume_size_gib: u64,
-    pub architecture: Architecture,
+    pub architecture: AmiArchitecture,
     pub boot_mode: BootMode,
     pub tpm: bool,
     pub tags: Vec<(String, String)>,
@@ -192,8 +229,8 @@ pub async fn register(clients: &Clients, spec: &ImageSpec) -> Result<String, Reg
         ])
     };
     let architecture = match spec.architecture {
-        Architecture::X86_64 => ArchitectureValues::X8664,
-        Architecture::Arm64 => ArchitectureValues::Arm64,
+        AmiArchitecture::X86_64 => ArchitectureValues::X8664,
+        AmiArchitecture::Arm64 => ArchitectureValues::Arm64,
     };
     let output = with_retries(&clients.retry, "RegisterImage", "RegisterImage", || {
         let mut request = clients

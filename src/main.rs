@@ -6,7 +6,7 @@ mod commands;
 
 use std::process::ExitCode;
 
-use imgforge::{aws, boottest, build, export, image::inspect, kernelcheck, sys::interrupt};
+use imgforge::{aws, boottest, build, kernelcheck, sys::interrupt};
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -43,13 +43,13 @@ enum Command {
     /// Build a bootable raw disk image (bootstrap, configure, bootloader, assemble).
     Build(build::BuildArgs),
     /// Show an image's partitions, boot modes, kernel command line and manifest, without mounting it.
-    Inspect(inspect::InspectArgs),
+    Inspect(commands::inspect::InspectArgs),
     /// Name what differs between two images: partition table, 512 KiB blocks per partition, files.
     Diff(commands::diff::DiffArgs),
     /// Boot an image under QEMU (SeaBIOS and/or OVMF) and check the guest's report.
     BootTest(boottest::BootTestArgs),
     /// Convert an image for VirtualBox or other hypervisors (vdi, vmdk, qcow2).
-    Export(export::ExportArgs),
+    Export(commands::export::ExportArgs),
     /// Write an image into an EBS snapshot through the EBS direct APIs and register an AMI.
     Upload(commands::upload::UploadArgs),
     /// Check a kernel config against a profile's requirements (kernel-configs/), for your own kernel.
@@ -125,10 +125,10 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Build(args) => build::run(&args).context("build failed"),
-        Command::Inspect(args) => inspect::run(&args).context("inspect failed"),
+        Command::Inspect(args) => commands::inspect::run(&args).context("inspect failed"),
         Command::Diff(args) => commands::diff::run(&args).context("diff failed"),
         Command::BootTest(args) => boottest::run(&args).context("boot test failed"),
-        Command::Export(args) => export::run(&args).context("export failed"),
+        Command::Export(args) => commands::export::run(&args).context("export failed"),
         Command::Upload(args) => commands::upload::run(&args).context("upload failed"),
         Command::Ami(args) => commands::ami::run(&args).context("ami failed"),
         Command::Config(args) => commands::config::run(&args).context("config failed"),

@@ -6,6 +6,8 @@
 pub mod ami;
 pub mod config;
 pub mod diff;
+pub mod export;
+pub mod inspect;
 pub mod upload;
 
 /// Bad input found before any work started (a flag's value, a missing file,

@@ -1,4 +1,6 @@
-//! `imgforge inspect`: read an image's GPT, ESP and manifest without mounting.
+//! The image reader behind `imgforge inspect`, boot-test, upload and diff:
+//! an image's GPT, boot code, ESP and manifest, read without mounting and
+//! without writing. The command line is `commands/inspect.rs`.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -10,17 +12,9 @@ use serde::Serialize;
 use crate::build::assemble::{SECTOR, TYPE_BIOS_BOOT, TYPE_ESP};
 use crate::build::bootloader::{BOOT_KERNEL_SECTOR, MBR_CODE_BYTES};
 use crate::image::esp::PartitionSlice;
+use crate::image::firmware::Firmware;
 use crate::image::manifest::{self, Manifest};
 use crate::platform;
-
-#[derive(Debug, clap::Args)]
-pub struct InspectArgs {
-    /// The raw image to read.
-    pub image: PathBuf,
-    /// Print the result as JSON (for scripts).
-    #[arg(long)]
-    pub json: bool,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -41,6 +35,21 @@ pub struct BootModes {
     pub bios: bool,
     /// EFI/BOOT/BOOTX64.EFI (or BOOTAA64.EFI) on an EFI system partition.
     pub uefi: bool,
+}
+
+impl BootModes {
+    /// Whether the image carries a bootloader for `firmware`.
+    pub fn has(self, firmware: Firmware) -> bool {
+        match firmware {
+            Firmware::Bios => self.bios,
+            Firmware::Uefi => self.uefi,
+        }
+    }
+
+    /// The firmwares the image can boot with, BIOS first.
+    pub fn firmwares(self) -> Vec<Firmware> {
+        Firmware::ALL.into_iter().filter(|f| self.has(*f)).collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -429,19 +438,6 @@ fn mib(bytes: u64) -> String {
     }
 }
 
-pub fn run(args: &InspectArgs) -> Result<(), InspectError> {
-    let info = read_image(&args.image)?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&info).expect("serializes")
-        );
-        return Ok(());
-    }
-    print!("{}", render(&info));
-    Ok(())
-}
-
 /// What `imgforge inspect` prints without `--json`.
 pub fn render(info: &ImageInfo) -> String {
     let mut out = String::new();
@@ -465,13 +461,12 @@ pub fn render(info: &ImageInfo) -> String {
             describe_type(&p.type_guid)
         );
     }
-    let mut modes = Vec::new();
-    if info.boot_modes.bios {
-        modes.push("bios");
-    }
-    if info.boot_modes.uefi {
-        modes.push("uefi");
-    }
+    let modes: Vec<&str> = info
+        .boot_modes
+        .firmwares()
+        .into_iter()
+        .map(Firmware::as_str)
+        .collect();
     let _ = writeln!(
         out,
         "arch        {}",

@@ -1,45 +1,24 @@
-//! `imgforge kernel-check CONFIG_FILE [--profile P]`: the build's kernel
-//! config check for a kernel the user brings: the profile's fragments under
-//! `kernel-configs/` (EC2 Nitro for every profile, low latency for the tuned
-//! ones) against a kernel `.config` (e.g. `/boot/config-$(uname -r)`, or
-//! `scripts/extract-ikconfig vmlinuz`).
+//! The kernel-config check: every `CONFIG_X=y` of a tuning profile's
+//! fragments (under `kernel-configs/`: EC2 Nitro for every profile, low
+//! latency for the tuned ones) must be built in, and every `=m` a module or
+//! built in. The build runs it against the image's kernel (configure), and
+//! `imgforge kernel-check` against a kernel `.config` the user brings
+//! (e.g. `/boot/config-$(uname -r)`, or `scripts/extract-ikconfig vmlinuz`).
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::build::configure::{self, ConfigureError};
-use crate::data::{DataDir, DataError};
-use crate::profile::{ProfileError, Profiles};
-
-#[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Examples:\n  imgforge kernel-check /boot/config-$(uname -r)\n  \
-imgforge kernel-check ./linux/.config --profile base --json"
-)]
-pub struct KernelCheckArgs {
-    /// A kernel config file (`.config`, /boot/config-VERSION).
-    pub config: PathBuf,
-    /// The profile whose requirements apply (default: the default profile,
-    /// trading).
-    #[arg(long)]
-    pub profile: Option<String>,
-    /// Print the result as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Read kernel-configs/ and rootfs/profiles.toml from this folder.
-    #[arg(long, env = "IMGFORGE_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-}
+use crate::data::DataDir;
+use crate::profile::Profile;
+use crate::sys::fsio::{PathError, at};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelCheckError {
     #[error(transparent)]
-    Data(#[from] DataError),
-    #[error(transparent)]
-    Profile(#[from] ProfileError),
-    #[error(transparent)]
-    Configure(#[from] ConfigureError),
+    Io(#[from] PathError),
     #[error("cannot read the kernel config {path}")]
     Read {
         path: PathBuf,
@@ -56,37 +35,92 @@ pub enum KernelCheckError {
     },
 }
 
+/// What one fragment requires that a kernel config lacks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelConfigGap {
+    pub fragment: PathBuf,
+    pub missing: Vec<String>,
+}
+
+/// Each fragment whose requirements `config` (a kernel `.config`) does not
+/// meet, with what is missing; empty when all are met.
+pub fn kernel_config_gaps(
+    fragments: &[PathBuf],
+    config: &str,
+) -> Result<Vec<KernelConfigGap>, KernelCheckError> {
+    let have: BTreeMap<&str, &str> = config
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    let mut gaps = Vec::new();
+    for file in fragments {
+        let text = fs::read_to_string(file).map_err(at("read", file))?;
+        let missing = missing_kernel_options(&text, &have);
+        if !missing.is_empty() {
+            gaps.push(KernelConfigGap {
+                fragment: file.clone(),
+                missing,
+            });
+        }
+    }
+    Ok(gaps)
+}
+
+/// The `KEY=VALUE` lines of `fragment` that `have` does not satisfy.
+pub fn missing_kernel_options(fragment: &str, have: &BTreeMap<&str, &str>) -> Vec<String> {
+    fragment
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .filter(|(key, want)| {
+            let got = have.get(key).copied().unwrap_or("n");
+            match *want {
+                "m" => got != "y" && got != "m",
+                _ => got != *want,
+            }
+        })
+        .map(|(key, want)| format!("{key}={want}"))
+        .collect()
+}
+
+/// `imgforge kernel-check`'s result: each of the profile's fragments with
+/// what the config lacks of it.
 #[derive(Debug, Serialize)]
-struct Outcome {
-    config: PathBuf,
-    profile: String,
-    passed: bool,
-    fragments: Vec<FragmentOutcome>,
+pub struct Outcome {
+    pub config: PathBuf,
+    pub profile: String,
+    pub passed: bool,
+    pub fragments: Vec<FragmentOutcome>,
 }
 
 #[derive(Debug, Serialize)]
-struct FragmentOutcome {
-    fragment: String,
-    missing: Vec<String>,
+pub struct FragmentOutcome {
+    pub fragment: String,
+    pub missing: Vec<String>,
 }
 
-pub fn run(args: &KernelCheckArgs) -> Result<(), KernelCheckError> {
-    let data = DataDir::open(args.data_dir.as_deref())?;
-    let profile = Profiles::load(&data)?.choose(args.profile.as_deref())?;
-    let config =
-        std::fs::read_to_string(&args.config).map_err(|source| KernelCheckError::Read {
-            path: args.config.clone(),
-            source,
-        })?;
-    if !config.lines().any(|l| l.contains("CONFIG_")) {
+/// Checks the kernel config file `config` against `profile`'s fragments
+/// (under `data`'s kernel-configs/).
+pub fn check(
+    config: &Path,
+    profile: &Profile,
+    data: &DataDir,
+) -> Result<Outcome, KernelCheckError> {
+    let text = fs::read_to_string(config).map_err(|source| KernelCheckError::Read {
+        path: config.to_path_buf(),
+        source,
+    })?;
+    if !text.lines().any(|l| l.contains("CONFIG_")) {
         return Err(KernelCheckError::NotAConfig {
-            path: args.config.clone(),
+            path: config.to_path_buf(),
         });
     }
     let fragments = profile.kernel_config_paths(&data.path().join("kernel-configs"));
-    let gaps = configure::kernel_config_gaps(&fragments, &config)?;
-    let outcome = Outcome {
-        config: args.config.clone(),
+    let gaps = kernel_config_gaps(&fragments, &text)?;
+    Ok(Outcome {
+        config: config.to_path_buf(),
         profile: profile.name.clone(),
         passed: gaps.is_empty(),
         fragments: profile
@@ -102,28 +136,19 @@ pub fn run(args: &KernelCheckArgs) -> Result<(), KernelCheckError> {
                     .unwrap_or_default(),
             })
             .collect(),
-    };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&outcome).expect("outcome serializes")
-        );
-    } else {
-        for f in &outcome.fragments {
-            if f.missing.is_empty() {
-                println!("ok      {}", f.fragment);
-            } else {
-                println!("MISSING {}: {}", f.fragment, f.missing.join(", "));
-            }
+    })
+}
+
+impl Outcome {
+    /// `Err(Missing)` naming each unmet fragment, unless the check passed.
+    pub fn verdict(&self) -> Result<(), KernelCheckError> {
+        if self.passed {
+            return Ok(());
         }
-    }
-    if outcome.passed {
-        Ok(())
-    } else {
         Err(KernelCheckError::Missing {
-            config: args.config.clone(),
-            profile: profile.name,
-            gaps: outcome
+            config: self.config.clone(),
+            profile: self.profile.clone(),
+            gaps: self
                 .fragments
                 .iter()
                 .filter(|f| !f.missing.is_empty())
@@ -131,5 +156,20 @@ pub fn run(args: &KernelCheckArgs) -> Result<(), KernelCheckError> {
                 .collect::<Vec<_>>()
                 .join("; "),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_options_y_and_m() {
+        let have = BTreeMap::from([("CONFIG_A", "y"), ("CONFIG_B", "m")]);
+        let fragment = "# c\nCONFIG_A=m\nCONFIG_B=y\nCONFIG_C=m\n";
+        assert_eq!(
+            missing_kernel_options(fragment, &have),
+            ["CONFIG_B=y", "CONFIG_C=m"]
+        );
     }
 }

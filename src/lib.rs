@@ -22,6 +22,7 @@ pub mod build;
 pub mod data;
 pub mod distro;
 pub mod export;
+pub mod firstboot;
 pub mod image;
 pub mod kernelcheck;
 pub mod platform;

@@ -1,15 +1,28 @@
 //! imgforge: build bootable Linux disk images offline and publish them as
-//! EC2 AMIs. This file is only the command line; each subcommand lives in
-//! its own module.
+//! EC2 AMIs. This file is only the command line's dispatch: parsing, logging,
+//! printing a command's JSON document, and the exit status. Each subcommand
+//! lives in its own module under `commands/` (or, until it moves there, in
+//! its engine).
+//!
+//! Exit status: 0 success, 1 a failure during the work, 2 bad input found
+//! before any work (clap usage errors, `commands::BadInput`, config-file
+//! errors), 130 Ctrl-C/SIGTERM. With `--json`, an error is also one JSON
+//! object on stdout: `{"error": "...", "exit_status": N}`.
 
 mod commands;
 
+use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use imgforge::{aws, boottest, build, kernelcheck, sys::interrupt};
+use imgforge::{aws, boottest, sys::interrupt};
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use commands::BadInput;
+use commands::config::Invocation;
 
 #[derive(Parser)]
 #[command(
@@ -21,13 +34,10 @@ instance: it bootstraps a root filesystem into a directory, configures it for a 
 of instance, assembles a GPT disk (BIOS boot, EFI system and ext4 root partitions) and \
 installs GRUB for BIOS and UEFI. It then boot-tests the image under QEMU, exports it for \
 VirtualBox, and uploads it straight into an EBS snapshot to register an AMI.",
-    after_help = "Example:\n  imgforge build --distro debian --size-class small -o image.raw\n  \
-imgforge boot-test image.raw --firmware both\n  imgforge upload image.raw --name web-small-v1\n\n\
-With a config file (imgforge.toml: [defaults] and [[image]] variants; see `imgforge config`):\n  \
-imgforge build --config imgforge.toml --image trading-large\n  \
-imgforge build --config imgforge.toml --all\n  \
-imgforge upload trading-large.raw --config imgforge.toml --image trading-large --copy-to eu-west-1\n\
-Flags given on the command line override the file."
+    after_help = "Examples:\n  imgforge build --distro debian --size-class small -o image.raw\n  \
+imgforge boot-test image.raw --firmware both\n  imgforge upload image.raw --name web-small-v1\n  \
+imgforge build --config imgforge.toml --all      (every [[image]] of the file)\n\n\
+Exit status: 0 success, 1 failure, 2 bad input (nothing was done), 130 interrupted."
 )]
 struct Cli {
     /// More log output: -v shows every command imgforge runs, -vv also their output.
@@ -41,7 +51,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build a bootable raw disk image (bootstrap, configure, bootloader, assemble).
-    Build(build::BuildArgs),
+    Build(commands::build::BuildArgs),
     /// Show an image's partitions, boot modes, kernel command line and manifest, without mounting it.
     Inspect(commands::inspect::InspectArgs),
     /// Name what differs between two images: partition table, 512 KiB blocks per partition, files.
@@ -53,13 +63,17 @@ enum Command {
     /// Write an image into an EBS snapshot through the EBS direct APIs and register an AMI.
     Upload(commands::upload::UploadArgs),
     /// Check a kernel config against a profile's requirements (kernel-configs/), for your own kernel.
-    KernelCheck(kernelcheck::KernelCheckArgs),
+    KernelCheck(commands::kernel_check::KernelCheckArgs),
     /// Read an EBS snapshot back into a raw image file (unwritten blocks stay holes).
     Download(aws::download::DownloadArgs),
     /// List, prune and promote published AMIs (by name prefix, per region).
     Ami(commands::ami::AmiArgs),
     /// Show imgforge.toml's merged variants, or the CI job matrix they make.
     Config(commands::config::ConfigArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(commands::completions::CompletionsArgs),
+    /// Evict old cached root filesystem trees and package downloads.
+    Clean(commands::clean::CleanArgs),
     /// Internal: QEMU runs this for each guest connection to the metadata
     /// address during `boot-test --ec2`.
     #[command(hide = true)]
@@ -69,26 +83,59 @@ enum Command {
     },
 }
 
-/// Parses one command line; a flag given twice keeps its last value, so that
-/// the command line overrides what a config file put before it.
-fn parse(argv: Vec<std::ffi::OsString>) -> Cli {
-    let command = Cli::command()
-        .mut_subcommand("build", |c| c.args_override_self(true))
-        .mut_subcommand("upload", |c| c.args_override_self(true));
-    let matches = command.get_matches_from(argv);
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+/// The whole command line as clap knows it: the derived arguments, the
+/// config-file arguments of build and upload, and help wrapped to the
+/// terminal (100 columns when stdout is not one).
+fn cli_command() -> clap::Command {
+    let command = commands::config::with_config_args(Cli::command());
+    if std::io::stdout().is_terminal() {
+        command
+    } else {
+        command.term_width(100)
+    }
 }
 
 fn main() -> ExitCode {
-    let argvs = match commands::config::expand(std::env::args_os().collect()) {
-        Ok(argvs) => argvs,
-        Err(err) => {
-            eprintln!("imgforge: error: {err:#}");
-            return ExitCode::from(2);
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let json = commands::wants_json(&argv);
+    let status = match parse(argv) {
+        Ok((clis, invocation)) => {
+            init_logging(clis[0].verbose);
+            match execute(clis, invocation, json) {
+                Ok(()) => 0,
+                Err(err) => report(&err, json),
+            }
         }
+        Err(Stop::Clap(err)) => clap_error(err, json),
+        Err(Stop::Error(err)) => report(&err, json),
     };
-    let clis: Vec<Cli> = argvs.into_iter().map(parse).collect();
-    let level = match clis[0].verbose {
+    ExitCode::from(status)
+}
+
+/// Why the command line did not turn into commands to run.
+enum Stop {
+    /// clap's own usage error, help or version.
+    Clap(clap::Error),
+    /// The config file (or its variant choice) was wrong.
+    Error(anyhow::Error),
+}
+
+/// One command line, or one per config variant (`build --config F --all`).
+fn parse(argv: Vec<OsString>) -> Result<(Vec<Cli>, Invocation), Stop> {
+    let (argvs, invocation) = commands::config::expand(argv).map_err(Stop::Error)?;
+    let clis = argvs
+        .into_iter()
+        .map(|argv| {
+            let matches = cli_command().try_get_matches_from(argv)?;
+            Cli::from_arg_matches(&matches)
+        })
+        .collect::<Result<Vec<Cli>, clap::Error>>()
+        .map_err(Stop::Clap)?;
+    Ok((clis, invocation))
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -96,44 +143,135 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp(None)
         .init();
-    if let Err(err) = interrupt::install() {
-        eprintln!("imgforge: cannot install signal handlers: {err}");
-        return ExitCode::FAILURE;
-    }
-    // One command line, or one per config variant (`build --all`), in order.
+}
+
+/// Runs each command line in order and prints the JSON document(s): with
+/// `--all --json`, one array of the variants' documents.
+fn execute(clis: Vec<Cli>, invocation: Invocation, json: bool) -> anyhow::Result<()> {
+    interrupt::install().context("cannot install signal handlers")?;
+    let many = invocation == Invocation::AllVariants;
+    let mut documents = Vec::new();
     let mut result = Ok(());
     for cli in clis {
-        result = run(cli.command);
-        if result.is_err() {
-            break;
+        let outcome = if many && json {
+            commands::config::capture_json(|| run(cli.command))
+        } else {
+            run(cli.command)
+        };
+        match outcome {
+            Ok(Some(document)) if many => documents.push(document),
+            Ok(Some(document)) => print_json(&document),
+            Ok(None) => {}
+            Err(err) => {
+                result = Err(err);
+                break;
+            }
         }
     }
     interrupt::terminate_all();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("imgforge: error: {err:#}");
-            if interrupt::requested() {
-                ExitCode::from(130)
-            } else {
-                ExitCode::FAILURE
-            }
+    result?;
+    if many && json {
+        print_json(&Value::Array(documents));
+    }
+    Ok(())
+}
+
+fn print_json(document: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(document).expect("a JSON value serializes")
+    );
+}
+
+/// The exit status an error means (see the file's header).
+fn exit_status(err: &anyhow::Error) -> u8 {
+    let interrupted = interrupt::Interrupted.to_string();
+    if interrupt::requested()
+        || err
+            .chain()
+            .any(|e| e.is::<interrupt::Interrupted>() || e.to_string() == interrupted)
+    {
+        130
+    } else if err.chain().any(|e| e.is::<BadInput>()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Prints the error (and with `--json` its JSON object) and gives the status.
+fn report(err: &anyhow::Error, json: bool) -> u8 {
+    let status = exit_status(err);
+    let message = commands::error_message(err);
+    eprintln!("imgforge: error: {message}");
+    if json {
+        print_json(&json!({ "error": message, "exit_status": status }));
+    }
+    status
+}
+
+/// clap's usage errors exit 2 (help and version 0), as clap does itself.
+fn clap_error(err: clap::Error, json: bool) -> u8 {
+    let status = err.exit_code() as u8;
+    if json && err.use_stderr() {
+        let text = err.to_string();
+        let message: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        let message = message.join(" ");
+        let message = message.strip_prefix("error: ").unwrap_or(&message);
+        print_json(&json!({ "error": message, "exit_status": status }));
+    }
+    let _ = err.print();
+    status
+}
+
+/// One subcommand. `Some(document)` is its one JSON document (`--json`),
+/// printed by [`execute`]; `None` when it printed its own output. See
+/// `commands::Outcome`.
+fn run(command: Command) -> commands::Outcome {
+    let printed = |r: anyhow::Result<()>| r.map(|()| None);
+    match command {
+        Command::Build(args) => printed(commands::build::run(&args).context("build failed")),
+        Command::Inspect(args) => printed(commands::inspect::run(&args).context("inspect failed")),
+        Command::Diff(args) => printed(commands::diff::run(&args).context("diff failed")),
+        Command::BootTest(args) => printed(boottest::run(&args).context("boot test failed")),
+        Command::Export(args) => printed(commands::export::run(&args).context("export failed")),
+        Command::Upload(args) => printed(commands::upload::run(&args).context("upload failed")),
+        Command::Ami(args) => printed(commands::ami::run(&args).context("ami failed")),
+        Command::Config(args) => commands::config::run(&args).context("config failed"),
+        Command::Download(args) => printed(aws::download::run(&args).context("download failed")),
+        Command::KernelCheck(args) => {
+            printed(commands::kernel_check::run(&args).context("kernel-check failed"))
+        }
+        Command::Completions(args) => commands::completions::run(&args, cli_command()),
+        Command::Clean(args) => commands::clean::run(&args).context("clean failed"),
+        Command::ImdsRelay { addr } => {
+            printed(boottest::imds::relay(&addr).context("imds-relay failed"))
         }
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Build(args) => build::run(&args).context("build failed"),
-        Command::Inspect(args) => commands::inspect::run(&args).context("inspect failed"),
-        Command::Diff(args) => commands::diff::run(&args).context("diff failed"),
-        Command::BootTest(args) => boottest::run(&args).context("boot test failed"),
-        Command::Export(args) => commands::export::run(&args).context("export failed"),
-        Command::Upload(args) => commands::upload::run(&args).context("upload failed"),
-        Command::Ami(args) => commands::ami::run(&args).context("ami failed"),
-        Command::Config(args) => commands::config::run(&args).context("config failed"),
-        Command::Download(args) => aws::download::run(&args).context("download failed"),
-        Command::KernelCheck(args) => kernelcheck::run(&args).context("kernel-check failed"),
-        Command::ImdsRelay { addr } => boottest::imds::relay(&addr).context("imds-relay failed"),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        cli_command().debug_assert();
+    }
+
+    #[test]
+    fn errors_map_to_exit_statuses() {
+        let bad = anyhow::Error::new(BadInput::new("unknown distro")).context("build failed");
+        assert_eq!(exit_status(&bad), 2);
+        let stopped = anyhow::Error::new(interrupt::Interrupted).context("build failed");
+        assert_eq!(exit_status(&stopped), 130);
+        // A module error that wraps Interrupted transparently hides it from the chain.
+        let tool = imgforge::sys::tool::ToolError::from(interrupt::Interrupted);
+        assert_eq!(exit_status(&anyhow::Error::new(tool).context("x")), 130);
+        assert_eq!(exit_status(&anyhow::anyhow!("disk full")), 1);
     }
 }

@@ -7,16 +7,16 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use super::bootstrap::Rootfs;
 use super::context::BuildContext;
+use super::layers::{LAYER_SETTINGS, UserSpec};
+use super::reproducible::{self, ReproducibleError};
+use super::template::{TemplateError, render};
 use crate::distro::DistroError;
+use crate::kernelcheck::{KernelCheckError, kernel_config_gaps};
 use crate::sys::fsio::{PathError, at};
 use crate::sys::tool::{Tool, ToolError};
 
-/// A layer's own settings file, at the layer's top; never copied.
-const LAYER_SETTINGS: &str = "layer.toml";
 /// A file with this suffix is rendered, and written without it.
 const TEMPLATE_SUFFIX: &str = ".tmpl";
 
@@ -51,17 +51,13 @@ pub enum ConfigureError {
     #[error(transparent)]
     Distro(#[from] DistroError),
     #[error(transparent)]
-    Reproducible(#[from] super::reproducible::ReproducibleError),
-    #[error("layer folder {0} does not exist (check --layer)")]
-    MissingLayer(PathBuf),
+    Reproducible(#[from] ReproducibleError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    KernelCheck(#[from] KernelCheckError),
     #[error("{path}: {message}")]
     Settings { path: PathBuf, message: String },
-    #[error("template {path} uses `{{{{{name}}}}}`, which is not one of: {known}")]
-    UnknownVariable {
-        path: PathBuf,
-        name: String,
-        known: String,
-    },
     #[error(
         "the image's kernel {kernel} lacks what {fragment} requires: {missing}; \
          choose a kernel package that has them (--packages) or drop the fragment"
@@ -71,87 +67,6 @@ pub enum ConfigureError {
         fragment: String,
         missing: String,
     },
-}
-
-/// A folder of files to copy into the image, and the units it enables.
-#[derive(Debug, Clone)]
-pub struct Layer {
-    pub name: String,
-    pub dir: PathBuf,
-    pub settings: LayerSettings,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LayerSettings {
-    /// systemd units to enable after the copy.
-    #[serde(default)]
-    pub enable: Vec<String>,
-    /// systemd units to disable.
-    #[serde(default)]
-    pub disable: Vec<String>,
-    /// Users to create (home directory, bash), with their groups.
-    #[serde(default)]
-    pub users: Vec<UserSpec>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserSpec {
-    pub name: String,
-    #[serde(default)]
-    pub groups: Vec<String>,
-}
-
-/// The profile's layers (`rootfs/profiles.toml`), the distro's, then the
-/// `--layer` folders. `vars` are the distro's template variables: a
-/// `layer.toml` is rendered with them before it is read.
-pub fn resolve_layers(
-    rootfs_data: &Path,
-    profile_layers: &[String],
-    distro_layers: &[String],
-    extra: &[PathBuf],
-    vars: &BTreeMap<&str, String>,
-) -> Result<Vec<Layer>, ConfigureError> {
-    let dirs = profile_layers
-        .iter()
-        .chain(distro_layers)
-        .map(|name| rootfs_data.join(name))
-        .chain(extra.iter().cloned());
-    dirs.map(|dir| Layer::load(&dir, vars)).collect()
-}
-
-impl Layer {
-    pub fn load(dir: &Path, vars: &BTreeMap<&str, String>) -> Result<Self, ConfigureError> {
-        if !dir.is_dir() {
-            return Err(ConfigureError::MissingLayer(dir.to_path_buf()));
-        }
-        let settings_path = dir.join(LAYER_SETTINGS);
-        let settings = match fs::read_to_string(&settings_path) {
-            Ok(text) => toml::from_str(&render(&text, vars, &settings_path)?).map_err(|e| {
-                ConfigureError::Settings {
-                    path: settings_path.clone(),
-                    message: e.to_string(),
-                }
-            })?,
-            Err(_) => LayerSettings::default(),
-        };
-        // `distros/arch/layer` is called `arch`.
-        let named = if dir.ends_with("layer") {
-            dir.parent().unwrap_or(dir)
-        } else {
-            dir
-        };
-        let name = named
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| dir.display().to_string());
-        Ok(Self {
-            name,
-            dir: dir.to_path_buf(),
-            settings,
-        })
-    }
 }
 
 /// `source_date_epoch` goes to the tools run in the tree (useradd writes
@@ -191,7 +106,7 @@ pub fn run(
             .chain(distro_scrub.iter().map(String::as_str)),
     )?;
     for file in SHADOW_FILES {
-        super::reproducible::clamp_shadow_dates(&rootfs.dir.join(file), source_date_epoch)?;
+        reproducible::clamp_shadow_dates(&rootfs.dir.join(file), source_date_epoch)?;
     }
     Ok(())
 }
@@ -230,35 +145,6 @@ pub fn template_variables(
         ("esp_uuid", ctx.ids.esp_volume_label()),
     ]);
     Ok(vars)
-}
-
-pub fn render(
-    template: &str,
-    vars: &BTreeMap<&str, String>,
-    path: &Path,
-) -> Result<String, ConfigureError> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            out.push_str(&rest[start..]);
-            return Ok(out);
-        };
-        let name = after[..end].trim();
-        let value = vars
-            .get(name)
-            .ok_or_else(|| ConfigureError::UnknownVariable {
-                path: path.to_path_buf(),
-                name: name.to_string(),
-                known: vars.keys().copied().collect::<Vec<_>>().join(", "),
-            })?;
-        out.push_str(value);
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 /// Copies a layer's tree (files, symlinks, modes), rendering templates.
@@ -469,73 +355,9 @@ fn check_kernel_config(
     }
 }
 
-/// What one fragment requires that a kernel config lacks.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KernelConfigGap {
-    pub fragment: PathBuf,
-    pub missing: Vec<String>,
-}
-
-/// Each fragment whose requirements `config` (a kernel `.config`) does not
-/// meet, with what is missing; empty when all are met.
-pub fn kernel_config_gaps(
-    fragments: &[PathBuf],
-    config: &str,
-) -> Result<Vec<KernelConfigGap>, ConfigureError> {
-    let have: BTreeMap<&str, &str> = config
-        .lines()
-        .map(str::trim)
-        .filter_map(|l| l.split_once('='))
-        .collect();
-    let mut gaps = Vec::new();
-    for file in fragments {
-        let text = fs::read_to_string(file).map_err(at("read", file))?;
-        let missing = missing_kernel_options(&text, &have);
-        if !missing.is_empty() {
-            gaps.push(KernelConfigGap {
-                fragment: file.clone(),
-                missing,
-            });
-        }
-    }
-    Ok(gaps)
-}
-
-pub fn missing_kernel_options(fragment: &str, have: &BTreeMap<&str, &str>) -> Vec<String> {
-    fragment
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .filter(|(key, want)| {
-            let got = have.get(key).copied().unwrap_or("n");
-            match *want {
-                "m" => got != "y" && got != "m",
-                _ => got != *want,
-            }
-        })
-        .map(|(key, want)| format!("{key}={want}"))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn templates_render_known_variables_and_reject_unknown_ones() {
-        let vars = BTreeMap::from([("isolated_cpus", "2-N".to_string())]);
-        let path = Path::new("t.tmpl");
-        assert_eq!(
-            render("a={{isolated_cpus}};", &vars, path).unwrap(),
-            "a=2-N;"
-        );
-        let err = render("{{nope}}", &vars, path).unwrap_err().to_string();
-        assert!(
-            err.contains("`{{nope}}`") && err.contains("isolated_cpus"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn scrub_removes_rooted_and_anywhere_patterns() {
@@ -569,35 +391,5 @@ mod tests {
         assert!(glob_match("*_*", "deb.debian.org_debian_dists"));
         assert!(!glob_match("*_*", "lock"));
         assert!(!glob_match("*.log", "apt"));
-    }
-
-    #[test]
-    fn kernel_options_y_and_m() {
-        let have = BTreeMap::from([("CONFIG_A", "y"), ("CONFIG_B", "m")]);
-        let fragment = "# c\nCONFIG_A=m\nCONFIG_B=y\nCONFIG_C=m\n";
-        assert_eq!(
-            missing_kernel_options(fragment, &have),
-            ["CONFIG_B=y", "CONFIG_C=m"]
-        );
-    }
-
-    #[test]
-    fn built_in_layers_load() {
-        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("rootfs");
-        let vars = BTreeMap::from([
-            ("default_user", "arch".to_string()),
-            ("admin_group", "wheel".to_string()),
-        ]);
-        let trading = ["base".to_string(), "tuning".into(), "irqbalance-off".into()];
-        let layers =
-            resolve_layers(&data, &trading, &["distros/arch/layer".into()], &[], &vars).unwrap();
-        assert_eq!(layers[0].name, "base");
-        assert_eq!(layers[0].settings.users[0].name, "arch");
-        assert_eq!(layers[0].settings.users[0].groups, ["wheel"]);
-        assert_eq!(layers[1].name, "tuning");
-        assert_eq!(layers.last().unwrap().name, "arch");
-        let missing =
-            resolve_layers(&data, &[], &[], &[PathBuf::from("/no/such/layer")], &vars).unwrap_err();
-        assert!(missing.to_string().contains("/no/such/layer"));
     }
 }

@@ -1,18 +1,21 @@
 //! What every stage reads: the resolved request, the disk identities, the
-//! caches and the work area. It imports no stage.
+//! caches and the work area. It imports no stage (only the request, the
+//! emulation's host tools and the seed's default, which are not stages).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::assemble::{DiskIds, ImageSize};
-use super::layout_from::Parent;
-use super::request::BuildRequest;
-use super::{BuildArgs, BuildError};
+use super::binfmt;
+use super::reproducible;
+use super::request::{BuildOptions, BuildRequest, ImageSize};
 use crate::distro::{MirrorDigest, mirror};
+use crate::image::layout::DiskIds;
+use crate::image::parent::{Parent, ParentError};
+use crate::sys::interrupt::{self, Interrupted};
 use crate::sys::progress::Progress;
-use crate::sys::tool::{self, HostTool};
-use crate::sys::workdir::WorkDir;
+use crate::sys::tool::{self, HostTool, ToolError};
+use crate::sys::workdir::{WorkDir, WorkDirError};
 
 /// Host tools every build runs, whatever the distro, with their packages.
 const COMMON_HOST_TOOLS: &[HostTool] = &[
@@ -21,11 +24,56 @@ const COMMON_HOST_TOOLS: &[HostTool] = &[
     HostTool::new("chroot", "coreutils"),
 ];
 
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error(transparent)]
+    WorkDir(#[from] WorkDirError),
+    #[error(transparent)]
+    Parent(#[from] ParentError),
+    #[error(
+        "imgforge build must run as root (it bootstraps into a tree it chroots into and mounts \
+         /proc, /sys and /dev there): run it with sudo, or use --plan to see what it would do"
+    )]
+    NotRoot,
+    #[error("output directory {0} does not exist: create it or choose another -o")]
+    OutputDir(PathBuf),
+    #[error("--keyring {0} is not a folder")]
+    Keyring(PathBuf),
+    #[error("cannot use cache directory {path}")]
+    CacheDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The build cache's default place: `$XDG_CACHE_HOME/imgforge`, else
+/// `~/.cache/imgforge`, else `/var/cache/imgforge`.
+pub fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("imgforge")
+}
+
+/// The build cache's folders under its top (`--cache-dir`).
 pub struct CacheDirs {
     /// Bootstrapped trees, as tarballs named by their cache key.
     pub rootfs_dir: PathBuf,
     /// Downloaded packages, one folder per distro.
     pub packages_dir: PathBuf,
+}
+
+impl CacheDirs {
+    pub fn under(cache_dir: &Path) -> Self {
+        Self {
+            rootfs_dir: cache_dir.join("rootfs"),
+            packages_dir: cache_dir.join("packages"),
+        }
+    }
 }
 
 pub struct BuildContext {
@@ -49,58 +97,41 @@ pub struct BuildContext {
 impl BuildContext {
     /// Checks what a real build needs beyond the request (root, host tools,
     /// output and cache folders), then makes the work directory.
-    pub fn prepare(request: BuildRequest, args: &BuildArgs) -> Result<Self, BuildError> {
-        let output_dir = request.output_dir();
-        if !output_dir.is_dir() {
-            return Err(BuildError::OutputDir(output_dir));
-        }
-        if let Some(keyring) = &args.keyring
-            && !keyring.is_dir()
-        {
-            return Err(BuildError::Keyring(keyring.clone()));
-        }
-        if !nix::unistd::geteuid().is_root() {
-            return Err(BuildError::NotRoot);
-        }
-        tool::require_all(&request.distro.host_tools())?;
-        tool::require_all(COMMON_HOST_TOOLS)?;
-        tool::require_all(&super::binfmt::host_tools(request.architecture))?;
-        let cache = CacheDirs {
-            rootfs_dir: args.cache_dir.join("rootfs"),
-            packages_dir: args.cache_dir.join("packages"),
-        };
+    pub fn prepare(request: BuildRequest, options: &BuildOptions) -> Result<Self, ContextError> {
+        check_host(&request, options)?;
+        let cache = CacheDirs::under(&options.cache_dir);
         for dir in [&cache.rootfs_dir, &cache.packages_dir] {
-            fs::create_dir_all(dir).map_err(|source| BuildError::CacheDir {
+            fs::create_dir_all(dir).map_err(|source| ContextError::CacheDir {
                 path: dir.clone(),
                 source,
             })?;
         }
-        let parent = match &args.layout_from {
+        let parent = match &request.layout_from {
             Some(path) => Some(Parent::read(path, request.architecture)?),
             None => None,
         };
         let seed = match &parent {
             Some(parent) => {
-                if let ImageSize::Fixed(bytes) = request.image_size {
-                    parent.disk_bytes_for(Some(bytes))?;
+                if let ImageSize::Fixed(size) = request.image_size {
+                    parent.disk_bytes_for(Some(size.bytes()))?;
                 }
-                parent.seed_for(args.seed.as_deref())?
+                parent.seed_for(options.seed.as_deref())?
             }
-            None => args
+            None => options
                 .seed
                 .clone()
-                .unwrap_or_else(|| super::reproducible::default_seed(&request.output)),
+                .unwrap_or_else(|| reproducible::default_seed(&request.output)),
         };
         Ok(Self {
             request,
             ids: DiskIds::from_seed(&seed),
             parent,
             seed,
-            epoch_override: args.epoch.or_else(epoch_from_environment),
+            epoch_override: options.epoch.or_else(epoch_from_environment),
             cache,
-            refresh_cache: args.refresh_cache,
-            keyring: args.keyring.clone(),
-            progress: Progress::new(!args.json),
+            refresh_cache: options.refresh_cache,
+            keyring: options.keyring.clone(),
+            progress: Progress::new(options.show_progress),
             work: WorkDir::create()?,
         })
     }
@@ -141,13 +172,30 @@ impl BuildContext {
             .unwrap_or(0)
     }
 
-    pub fn check_interrupt(&self) -> Result<(), BuildError> {
-        if crate::sys::interrupt::requested() {
-            Err(BuildError::Interrupted)
-        } else {
-            Ok(())
-        }
+    pub fn check_interrupt(&self) -> Result<(), Interrupted> {
+        interrupt::check()
     }
+}
+
+/// The output folder and keyring exist, imgforge runs as root, and the
+/// host has every tool the build will run.
+fn check_host(request: &BuildRequest, options: &BuildOptions) -> Result<(), ContextError> {
+    let output_dir = request.output_dir();
+    if !output_dir.is_dir() {
+        return Err(ContextError::OutputDir(output_dir));
+    }
+    if let Some(keyring) = &options.keyring
+        && !keyring.is_dir()
+    {
+        return Err(ContextError::Keyring(keyring.clone()));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(ContextError::NotRoot);
+    }
+    tool::require_all(&request.distro.host_tools())?;
+    tool::require_all(COMMON_HOST_TOOLS)?;
+    tool::require_all(&binfmt::host_tools(request.architecture))?;
+    Ok(())
 }
 
 fn epoch_from_environment() -> Option<u64> {

@@ -9,20 +9,22 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::assemble::{DiskLayout, ImageFile};
+use super::assemble::ImageFile;
 use super::bootloader::BootFiles;
 use super::bootstrap::Rootfs;
 use super::context::BuildContext;
+use crate::image::layout::DiskLayout;
 use crate::image::manifest::{DiskManifest, ESP_PATH, Manifest, PartitionManifest, ROOTFS_PATH};
 use crate::image::sparse;
 use crate::sys::fsio::{PathError, at};
+use crate::sys::interrupt::{self, Interrupted};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error(transparent)]
     Io(#[from] PathError),
-    #[error("interrupted")]
-    Interrupted,
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
     #[error("cannot move the finished image to {path}")]
     Persist {
         path: PathBuf,
@@ -70,7 +72,7 @@ pub fn record(
         profile: request.profile.name.clone(),
         kernel_version: rootfs.kernel.version.clone(),
         kernel_cmdline: boot.kernel_cmdline.clone(),
-        boot_modes: boot.boot_modes.clone(),
+        boot_modes: boot.boot_modes.iter().map(|f| f.to_string()).collect(),
         disk: DiskManifest {
             size_bytes: layout.disk_bytes,
             disk_guid: layout.ids.disk_guid.to_string(),
@@ -155,9 +157,7 @@ pub fn sha256_sparse(path: &Path) -> Result<String, ManifestError> {
     };
     for extent in extents {
         hash_zeros_to(&mut hasher, &mut pos, extent.start);
-        if crate::sys::interrupt::requested() {
-            return Err(ManifestError::Interrupted);
-        }
+        interrupt::check()?;
         file.seek(SeekFrom::Start(pos)).map_err(at("seek", path))?;
         while pos < extent.end {
             let n = (extent.end - pos).min(buf.len() as u64) as usize;

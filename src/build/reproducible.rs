@@ -1,6 +1,7 @@
 //! Same inputs, same image: the seed that every disk id is derived from,
 //! the SOURCE_DATE_EPOCH that every timestamp is clamped to, and the
 //! clamp itself (the tree's times, before the filesystem is made of it).
+//! A service the context and the stages call; it imports no stage.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -9,9 +10,7 @@ use std::path::Path;
 use nix::sys::stat::{UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
 
-use super::bootstrap::Rootfs;
-use super::context::BuildContext;
-use crate::distro::DistroError;
+use crate::distro::{Distro, DistroError};
 use crate::sys::fsio::{PathError, at};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,15 +47,18 @@ pub fn default_seed(output: &Path) -> String {
     }
 }
 
-/// `--epoch`/SOURCE_DATE_EPOCH when given, else the newest package in the
-/// tree as the distro tells it.
-pub fn source_date_epoch(ctx: &BuildContext, rootfs: &Rootfs) -> Result<u64, ReproducibleError> {
-    if let Some(epoch) = ctx.epoch_override {
+/// `--epoch`/SOURCE_DATE_EPOCH when given (`given`), else the newest
+/// package in `tree` as the distro tells it.
+pub fn source_date_epoch(
+    given: Option<u64>,
+    distro: &dyn Distro,
+    tree: &Path,
+) -> Result<u64, ReproducibleError> {
+    if let Some(epoch) = given {
         return Ok(epoch);
     }
-    let distro = &ctx.request.distro;
     distro
-        .source_date_epoch(&rootfs.dir)?
+        .source_date_epoch(tree)?
         .ok_or_else(|| ReproducibleError::NoEpoch {
             distro: distro.data().name.clone(),
         })

@@ -2,25 +2,39 @@
 //! the conversion to the engine's plain typed request (all input checks
 //! happen there, before any work), and the printing. Nothing outside
 //! `src/main.rs` and this folder imports clap.
+//!
+//! A subcommand's `run` has the signature
+//! `pub fn run(args: &XArgs) -> commands::Outcome`: it returns
+//! `Ok(Some(document))` with `--json` (main prints the one document; with
+//! `build --all --json` main gathers the variants' documents into one array)
+//! and `Ok(None)` when it printed its human output itself.
 
 pub mod ami;
+pub mod build;
+pub mod clean;
+pub mod completions;
 pub mod config;
 pub mod diff;
 pub mod export;
 pub mod inspect;
+pub mod kernel_check;
 pub mod upload;
+
+use std::ffi::OsString;
+
+/// What a subcommand's `run` returns: its JSON document (`--json`), or None
+/// when it printed its own output. See the module's header.
+pub type Outcome = anyhow::Result<Option<serde_json::Value>>;
 
 /// Bad input found before any work started (a flag's value, a missing file,
 /// an unknown distro): `main` exits with status 2 for it, 1 for a failure
 /// during the work and 130 for Ctrl-C. Return it as
 /// `Err(BadInput::new(message))?` (anyhow converts it) or wrap an engine's validation error with
 /// `.map_err(BadInput::from_error)`.
-#[allow(dead_code)] // used as the subcommands move here (issue 20)
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct BadInput(pub String);
 
-#[allow(dead_code)]
 impl BadInput {
     pub fn new(message: impl Into<String>) -> Self {
         BadInput(message.into())
@@ -29,6 +43,56 @@ impl BadInput {
     /// An engine's error, reported with its whole cause chain, as bad input.
     pub fn from_error(err: impl Into<anyhow::Error>) -> Self {
         let err: anyhow::Error = err.into();
-        BadInput(format!("{err:#}"))
+        BadInput(error_message(&err))
+    }
+}
+
+/// True when the subcommand's command line has `--json` (before a `--`):
+/// its output, an error included, is then one JSON document on stdout.
+pub fn wants_json(argv: &[OsString]) -> bool {
+    argv.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json")
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`; a cause
+/// whose text the previous message already contains (SDK errors repeat
+/// themselves down the chain) is left out.
+pub fn error_message(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || parts.last().is_some_and(|last| last.contains(text)) {
+            continue;
+        }
+        parts.push(text.to_string());
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_seen_before_a_double_dash_only() {
+        let argv = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(wants_json(&argv(&[
+            "imgforge", "build", "--plan", "--json"
+        ])));
+        assert!(!wants_json(&argv(&["imgforge", "build", "--", "--json"])));
+        assert!(!wants_json(&argv(&["imgforge", "build"])));
+    }
+
+    #[test]
+    fn error_message_joins_causes_without_repeats() {
+        let err = anyhow::anyhow!("service error")
+            .context("service error")
+            .context("upload failed");
+        assert_eq!(error_message(&err), "upload failed: service error");
+        let err = anyhow::Error::new(BadInput::new("unknown distro \"x\"")).context("build failed");
+        assert_eq!(error_message(&err), "build failed: unknown distro \"x\"");
     }
 }

@@ -5,8 +5,14 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
 
-use crate::build::StageTime;
+/// How long one stage took (the build summary lists them).
+#[derive(Debug, Serialize, Clone)]
+pub struct StageTime {
+    pub stage: String,
+    pub seconds: f64,
+}
 
 pub struct Progress {
     visible: bool,

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crate::sys::interrupt;
+use crate::sys::interrupt::{self, Interrupted};
 
 /// How many trailing output lines a failure report carries.
 const TAIL_LINES: usize = 20;
@@ -42,8 +42,8 @@ pub enum ToolError {
         command: String,
         tail: String,
     },
-    #[error("interrupted while `{tool}` was running")]
-    Interrupted { tool: String },
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
 }
 
 /// A host tool imgforge needs, and the Debian package that provides it.
@@ -260,9 +260,8 @@ fn wait_interruptibly(child: &mut Child, tool: &str) -> Result<ExitStatus, ToolE
                 matches!(child.try_wait(), Ok(Some(_)))
             });
             let _ = child.wait();
-            return Err(ToolError::Interrupted {
-                tool: tool.to_string(),
-            });
+            log::info!("interrupted while `{tool}` was running: stopped it");
+            return Err(Interrupted.into());
         }
         thread::sleep(Duration::from_millis(25));
     }

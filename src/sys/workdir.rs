@@ -5,6 +5,9 @@
 //! with a live bind mount of /dev under it would delete host files, so the
 //! guard first unmounts everything below the work directory, deepest first,
 //! and refuses to delete if a mount survives.
+//!
+//! Also where the cache lives ([`default_cache_dir`]), shared by `build`
+//! (which fills it) and `clean` (which evicts from it).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,18 @@ pub enum WorkDirError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The cache of bootstrapped trees (`rootfs/`) and package downloads
+/// (`packages/DISTRO/`): $XDG_CACHE_HOME/imgforge, else ~/.cache/imgforge,
+/// else /var/cache/imgforge.
+pub fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("imgforge")
 }
 
 pub struct WorkDir {

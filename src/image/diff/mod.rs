@@ -22,13 +22,13 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::inspect::{self, ImageInfo, InspectError, PartitionInfo};
+use super::layout::SECTOR;
 use crate::sys::tool::ToolError;
 
 pub use render::ranges;
 
 /// EBS's block: what `imgforge upload` sends and what a delta re-sends.
 pub const BLOCK: u64 = 524_288;
-const SECTOR: u64 = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {

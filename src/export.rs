@@ -1,41 +1,62 @@
-//! `imgforge export`: convert a raw image for other hypervisors with
-//! `qemu-img convert`. The output is written beside its final name and
-//! renamed into place only when complete.
+//! The engine of `imgforge export`: convert a raw image for other
+//! hypervisors with `qemu-img convert`. The output is written beside its
+//! final name and renamed into place only when complete. The command line
+//! is `commands/export.rs`.
 
 use std::path::{Path, PathBuf};
 
 use crate::boottest::{self, ImageError};
 use crate::sys::tool::{Tool, ToolError};
 
-#[derive(Debug, clap::Args)]
-pub struct ExportArgs {
+/// What to convert, and where: the plain request the command line makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportRequest {
     /// The image to convert (raw, or any format boot-test accepts).
     pub image: PathBuf,
-    /// Output format: vdi (VirtualBox), vmdk (VMware, VirtualBox), qcow2 (QEMU/libvirt).
-    #[arg(long, value_enum)]
     pub format: ExportFormat,
-    /// Output file [default: the image's name with the format's extension].
-    #[arg(short, long, value_name = "FILE")]
+    /// The output file; None: the image's name with the format's extension.
     pub output: Option<PathBuf>,
     /// Replace the output file if it exists.
-    #[arg(long)]
     pub force: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// The formats `qemu-img convert` writes for other hypervisors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportFormat {
+    /// VirtualBox.
     Vdi,
+    /// VMware, VirtualBox.
     Vmdk,
+    /// QEMU/libvirt.
     Qcow2,
 }
 
 impl ExportFormat {
+    pub const ALL: [ExportFormat; 3] = [ExportFormat::Vdi, ExportFormat::Vmdk, ExportFormat::Qcow2];
+
     pub fn name(self) -> &'static str {
         match self {
             ExportFormat::Vdi => "vdi",
             ExportFormat::Vmdk => "vmdk",
             ExportFormat::Qcow2 => "qcow2",
         }
+    }
+}
+
+impl std::fmt::Display for ExportFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ExportFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name() == text)
+            .ok_or_else(|| format!("{text:?} is not an export format: vdi, vmdk or qcow2"))
     }
 }
 
@@ -57,6 +78,29 @@ pub enum ExportError {
     },
 }
 
+impl ExportError {
+    /// The input is wrong (not a disk image, an output that exists or is
+    /// the input), found before anything was converted.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            ExportError::Exists(_)
+                | ExportError::SameFile(_)
+                | ExportError::Image(
+                    ImageError::NotDiskImage { .. } | ImageError::UnsupportedFormat { .. }
+                )
+        )
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exported {
+    pub output: PathBuf,
+    /// The distro the image's manifest names, if it has one.
+    pub distro: Option<String>,
+}
+
 /// Removes a half-written output unless disarmed.
 struct Partial(Option<PathBuf>);
 
@@ -68,33 +112,14 @@ impl Drop for Partial {
     }
 }
 
-pub fn run(args: &ExportArgs) -> Result<(), ExportError> {
-    let (output, distro) = export(&args.image, args.format, args.output.as_deref(), args.force)?;
-    let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
-    println!("{}", output.display());
-    eprintln!(
-        "export: wrote {} ({}, {:.1} MiB)",
-        output.display(),
-        args.format.name(),
-        size as f64 / (1 << 20) as f64
-    );
-    if args.format != ExportFormat::Qcow2 {
-        eprintln!(
-            "{}",
-            virtualbox_hint(&output, &virtualbox_os_type(distro.as_deref()))
-        );
-    }
-    Ok(())
-}
-
-/// Converts `image` to `format`; returns the output path and the distro
-/// its manifest names.
-pub fn export(
-    image: &Path,
-    format: ExportFormat,
-    output: Option<&Path>,
-    force: bool,
-) -> Result<(PathBuf, Option<String>), ExportError> {
+/// Converts the request's image to its format (see the module comment).
+pub fn export(request: &ExportRequest) -> Result<Exported, ExportError> {
+    let ExportRequest {
+        image,
+        format,
+        output,
+        force,
+    } = request;
     boottest::QEMU_IMG.require()?;
     let input_format = boottest::detect_format(image)?;
     let scratch = tempfile::Builder::new()
@@ -110,13 +135,13 @@ pub fn export(
     drop(scratch);
 
     let output = match output {
-        Some(path) => path.to_path_buf(),
+        Some(path) => path.clone(),
         None => image.with_extension(format.name()),
     };
     if same_file(image, &output) {
         return Err(ExportError::SameFile(output));
     }
-    if output.exists() && !force {
+    if output.exists() && !*force {
         return Err(ExportError::Exists(output));
     }
     let file_name = output
@@ -142,12 +167,12 @@ pub fn export(
         source,
     })?;
     partial.0 = None;
-    Ok((output, distro))
+    Ok(Exported { output, distro })
 }
 
 /// VirtualBox's name for the image's distro (its data file says), or
 /// plain 64-bit Linux.
-fn virtualbox_os_type(distro: Option<&str>) -> String {
+pub fn virtualbox_os_type(distro: Option<&str>) -> String {
     let known = || {
         let data = crate::data::DataDir::open(None).ok()?;
         let distro = crate::distro::lookup(&data, distro?).ok()?;
@@ -164,7 +189,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// The VBoxManage commands for this file (the README has the same).
-fn virtualbox_hint(disk: &Path, os_type: &str) -> String {
+pub fn virtualbox_hint(disk: &Path, os_type: &str) -> String {
     let disk = std::fs::canonicalize(disk).unwrap_or_else(|_| disk.to_path_buf());
     let name = disk
         .file_stem()

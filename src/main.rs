@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use imgforge::{boottest, export, image::inspect, sys::interrupt};
+use imgforge::{boottest, sys::interrupt};
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -53,13 +53,13 @@ enum Command {
     /// Build a bootable raw disk image (bootstrap, configure, bootloader, assemble).
     Build(commands::build::BuildArgs),
     /// Show an image's partitions, boot modes, kernel command line and manifest, without mounting it.
-    Inspect(inspect::InspectArgs),
+    Inspect(commands::inspect::InspectArgs),
     /// Name what differs between two images: partition table, 512 KiB blocks per partition, files.
     Diff(commands::diff::DiffArgs),
     /// Boot an image under QEMU (SeaBIOS and/or OVMF) and check the guest's report.
     BootTest(boottest::BootTestArgs),
     /// Convert an image for VirtualBox or other hypervisors (vdi, vmdk, qcow2).
-    Export(export::ExportArgs),
+    Export(commands::export::ExportArgs),
     /// Write an image into an EBS snapshot through the EBS direct APIs and register an AMI.
     Upload(commands::upload::UploadArgs),
     /// Check a kernel config against a profile's requirements (kernel-configs/), for your own kernel.
@@ -235,10 +235,10 @@ fn run(command: Command) -> commands::Outcome {
     let printed = |r: anyhow::Result<()>| r.map(|()| None);
     match command {
         Command::Build(args) => printed(commands::build::run(&args).context("build failed")),
-        Command::Inspect(args) => printed(inspect::run(&args).context("inspect failed")),
+        Command::Inspect(args) => printed(commands::inspect::run(&args).context("inspect failed")),
         Command::Diff(args) => printed(commands::diff::run(&args).context("diff failed")),
         Command::BootTest(args) => printed(boottest::run(&args).context("boot test failed")),
-        Command::Export(args) => printed(export::run(&args).context("export failed")),
+        Command::Export(args) => printed(commands::export::run(&args).context("export failed")),
         Command::Upload(args) => printed(commands::upload::run(&args).context("upload failed")),
         Command::Ami(args) => printed(commands::ami::run(&args).context("ami failed")),
         Command::Config(args) => commands::config::run(&args).context("config failed"),

@@ -1,9 +1,13 @@
 //! `imgforge diff A B`: the command line only; the comparison is
-//! [`imgforge::image::diff`].
+//! [`imgforge::image::diff`]. A missing image or one that is not a GPT disk
+//! is bad input (exit status 2).
 
 use std::path::PathBuf;
 
 use imgforge::image::diff::{self, DiffError};
+use imgforge::image::inspect::InspectError;
+
+use super::BadInput;
 
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "What is compared, level by level:\n  \
@@ -35,8 +39,17 @@ pub struct DiffArgs {
     pub exit_code: bool,
 }
 
-pub fn run(args: &DiffArgs) -> Result<(), DiffError> {
-    let result = diff::diff(&args.a, &args.b)?;
+pub fn run(args: &DiffArgs) -> anyhow::Result<()> {
+    super::inspect::require_file(&args.a)?;
+    super::inspect::require_file(&args.b)?;
+    // Both images' tables are read before any comparison: one that is not
+    // a GPT disk is bad input.
+    let result = diff::diff(&args.a, &args.b).map_err(|err| -> anyhow::Error {
+        match err {
+            DiffError::Inspect(InspectError::NotGpt { .. }) => BadInput::from_error(err).into(),
+            other => other.into(),
+        }
+    })?;
     if args.json {
         println!(
             "{}",

@@ -17,6 +17,8 @@ pub mod completions;
 pub mod config;
 pub mod diff;
 pub mod download;
+pub mod export;
+pub mod inspect;
 pub mod kernel_check;
 pub mod upload;
 

@@ -1,4 +1,6 @@
-//! `imgforge inspect`: read an image's GPT, ESP and manifest without mounting.
+//! The image reader behind `imgforge inspect`, boot-test, upload and diff:
+//! an image's GPT, boot code, ESP and manifest, read without mounting and
+//! without writing. The command line is `commands/inspect.rs`.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -7,20 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::build::assemble::{SECTOR, TYPE_BIOS_BOOT, TYPE_ESP};
-use crate::build::bootloader::{BOOT_KERNEL_SECTOR, MBR_CODE_BYTES};
+use crate::image::bios_boot::{BOOT_KERNEL_SECTOR, MBR_CODE_BYTES};
 use crate::image::esp::PartitionSlice;
+use crate::image::firmware::Firmware;
+use crate::image::gpt_header;
+use crate::image::layout::{SECTOR, TYPE_BIOS_BOOT, TYPE_ESP};
 use crate::image::manifest::{self, Manifest};
 use crate::platform;
-
-#[derive(Debug, clap::Args)]
-pub struct InspectArgs {
-    /// The raw image to read.
-    pub image: PathBuf,
-    /// Print the result as JSON (for scripts).
-    #[arg(long)]
-    pub json: bool,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -41,6 +36,21 @@ pub struct BootModes {
     pub bios: bool,
     /// EFI/BOOT/BOOTX64.EFI (or BOOTAA64.EFI) on an EFI system partition.
     pub uefi: bool,
+}
+
+impl BootModes {
+    /// Whether the image carries a bootloader for `firmware`.
+    pub fn has(self, firmware: Firmware) -> bool {
+        match firmware {
+            Firmware::Bios => self.bios,
+            Firmware::Uefi => self.uefi,
+        }
+    }
+
+    /// The firmwares the image can boot with, BIOS first.
+    pub fn firmwares(self) -> Vec<Firmware> {
+        Firmware::ALL.into_iter().filter(|f| self.has(*f)).collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,10 +127,7 @@ pub fn read_image(path: &Path) -> Result<ImageInfo, InspectError> {
     read_image_from(file, path)
 }
 
-/// GPT partition entry arrays larger than this are refused (the gpt crate
-/// would read and allocate whatever the header claims; UEFI's minimum is
-/// 128 entries and sgdisk's default too).
-pub const MAX_GPT_ENTRIES: u32 = 16384;
+pub use super::gpt_header::MAX_GPT_ENTRIES;
 /// Larger manifests on the ESP are ignored (imgforge writes tens of KiB).
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 /// Read calls on the ESP before it is given up: bounds fatfs 0.3, which
@@ -144,7 +151,7 @@ pub fn read_image_from<D: Read + Seek>(
     };
     let size_bytes = device.seek(SeekFrom::End(0)).map_err(io_err)?;
     device.seek(SeekFrom::Start(0)).map_err(io_err)?;
-    check_gpt_header(&mut device, size_bytes)
+    gpt_header::check(&mut device, size_bytes, shown_as)
         .map_err(io_err)?
         .map_err(not_gpt)?;
     device.seek(SeekFrom::Start(0)).map_err(io_err)?;
@@ -195,68 +202,6 @@ pub fn read_image_from<D: Read + Seek>(
         boot_modes: BootModes { bios, uefi },
         manifest,
     })
-}
-
-/// The checks the gpt crate (4.1) leaves out, on the header it will use
-/// (the primary if its CRC holds, else the backup in the last sector): it
-/// asserts 128-byte entries (a panic otherwise) and reads and allocates
-/// as many entries as the header claims.
-fn check_gpt_header<D: Read + Seek>(device: &mut D, len: u64) -> io::Result<Result<(), String>> {
-    let mut places = vec![("primary", SECTOR)];
-    if len >= 3 * SECTOR {
-        places.push(("backup", (len - SECTOR) / SECTOR * SECTOR));
-    }
-    for (which, offset) in places {
-        let mut header = [0u8; 92];
-        device.seek(SeekFrom::Start(offset))?;
-        if device.read_exact(&mut header).is_err() || &header[..8] != b"EFI PART" {
-            continue;
-        }
-        let stored = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
-        header[16..20].fill(0);
-        if crc32(&header) != stored {
-            continue;
-        }
-        let u32_at = |o: usize| u32::from_le_bytes(header[o..o + 4].try_into().expect("4 bytes"));
-        let part_start = u64::from_le_bytes(header[72..80].try_into().expect("8 bytes"));
-        let (entries, entry_size) = (u32_at(80), u32_at(84));
-        if entry_size != 128 {
-            return Ok(Err(format!(
-                "the {which} GPT header gives partition entries of {entry_size} bytes \
-                 (only 128 is supported)"
-            )));
-        }
-        if entries > MAX_GPT_ENTRIES {
-            return Ok(Err(format!(
-                "the {which} GPT header claims {entries} partition entries \
-                 (at most {MAX_GPT_ENTRIES} are read)"
-            )));
-        }
-        let end = part_start
-            .checked_mul(SECTOR)
-            .and_then(|start| start.checked_add(u64::from(entries) * 128));
-        if end.is_none_or(|end| end > len) {
-            return Ok(Err(format!(
-                "the {which} GPT header puts its {entries} partition entries at LBA \
-                 {part_start}, past the end of the image"
-            )));
-        }
-        return Ok(Ok(()));
-    }
-    // No valid header: the gpt crate says why.
-    Ok(Ok(()))
-}
-
-/// CRC-32 (ISO-HDLC, as GPT uses).
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-        }
-    }
-    !crc
 }
 
 /// A reader as a read-only device: the gpt crate and fatfs want a
@@ -429,19 +374,6 @@ fn mib(bytes: u64) -> String {
     }
 }
 
-pub fn run(args: &InspectArgs) -> Result<(), InspectError> {
-    let info = read_image(&args.image)?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&info).expect("serializes")
-        );
-        return Ok(());
-    }
-    print!("{}", render(&info));
-    Ok(())
-}
-
 /// What `imgforge inspect` prints without `--json`.
 pub fn render(info: &ImageInfo) -> String {
     let mut out = String::new();
@@ -465,13 +397,12 @@ pub fn render(info: &ImageInfo) -> String {
             describe_type(&p.type_guid)
         );
     }
-    let mut modes = Vec::new();
-    if info.boot_modes.bios {
-        modes.push("bios");
-    }
-    if info.boot_modes.uefi {
-        modes.push("uefi");
-    }
+    let modes: Vec<&str> = info
+        .boot_modes
+        .firmwares()
+        .into_iter()
+        .map(Firmware::as_str)
+        .collect();
     let _ = writeln!(
         out,
         "arch        {}",
@@ -512,6 +443,7 @@ pub fn render(info: &ImageInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::gpt_header::crc32;
     use std::io::Cursor;
 
     const ESP_GUID: [u8; 16] = [

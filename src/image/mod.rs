@@ -7,6 +7,7 @@ pub mod diff;
 pub mod esp;
 pub mod ext4;
 pub mod firmware;
+pub mod gpt_header;
 pub mod ids;
 pub mod inspect;
 pub mod layout;

@@ -18,7 +18,7 @@ use super::{BootstrapJob, Distro, DistroData, DistroError, Kernel, MirrorDigest,
 use crate::data::DataDir;
 use crate::image::manifest::Package;
 use crate::sys::fsio::{PathError, at};
-use crate::sys::interrupt;
+use crate::sys::interrupt::{self, Interrupted};
 use crate::sys::tool::{HostTool, Tool, ToolError};
 pub use ikconfig::extract_ikconfig;
 use keyring::Keyring;
@@ -82,8 +82,8 @@ pub enum ArchError {
          FILE`) whose tree is in the cache"
     )]
     MirrorStateUnreachable { url: String, detail: String },
-    #[error("interrupted")]
-    Interrupted,
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
     #[error(transparent)]
     Tool(#[from] ToolError),
     #[error(transparent)]
@@ -190,12 +190,10 @@ pub fn mkinitcpio_array(lines: &[String], name: &str) -> Option<Vec<String>> {
     })
 }
 
+/// The shared interruption check, as this module's error (the callers
+/// return the distro-level error, which wraps [`ArchError`]).
 fn check_interrupt() -> Result<(), ArchError> {
-    if interrupt::requested() {
-        Err(ArchError::Interrupted)
-    } else {
-        Ok(())
-    }
+    Ok(interrupt::check()?)
 }
 
 impl Distro for Arch {

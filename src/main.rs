@@ -47,7 +47,7 @@ enum Command {
     /// Name what differs between two images: partition table, 512 KiB blocks per partition, files.
     Diff(commands::diff::DiffArgs),
     /// Boot an image under QEMU (SeaBIOS and/or OVMF) and check the guest's report.
-    BootTest(boottest::BootTestArgs),
+    BootTest(commands::boot_test::BootTestArgs),
     /// Convert an image for VirtualBox or other hypervisors (vdi, vmdk, qcow2).
     Export(export::ExportArgs),
     /// Write an image into an EBS snapshot through the EBS direct APIs and register an AMI.
@@ -127,7 +127,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Build(args) => build::run(&args).context("build failed"),
         Command::Inspect(args) => inspect::run(&args).context("inspect failed"),
         Command::Diff(args) => commands::diff::run(&args).context("diff failed"),
-        Command::BootTest(args) => boottest::run(&args).context("boot test failed"),
+        Command::BootTest(args) => commands::boot_test::run(&args),
         Command::Export(args) => export::run(&args).context("export failed"),
         Command::Upload(args) => commands::upload::run(&args).context("upload failed"),
         Command::Ami(args) => commands::ami::run(&args).context("ami failed"),

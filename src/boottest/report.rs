@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::firmware::Firmware;
 use crate::sizeclass::SizeClass;
 
 pub const MARKER: &str = "IMGFORGE-REPORT ";
@@ -97,8 +98,7 @@ impl Check {
 /// What the guest is expected to show.
 #[derive(Debug, Clone)]
 pub struct Expectations {
-    /// `bios` or `uefi`.
-    pub firmware: String,
+    pub firmware: Firmware,
     pub smp: u32,
     /// The image's size class, when its manifest names one.
     pub class: Option<SizeClass>,
@@ -111,7 +111,7 @@ pub struct Expectations {
 /// Every check, in a fixed order.
 pub fn check(report: &GuestReport, want: &Expectations) -> Vec<Check> {
     let mut checks = vec![
-        Check::equal("firmware", &want.firmware, &report.firmware),
+        Check::equal("firmware", want.firmware.as_str(), &report.firmware),
         Check::equal("multi-user", "active", &report.multi_user),
         Check::equal("cpus online", &cpu_range(want.smp), &report.cpus_online),
     ];
@@ -333,7 +333,7 @@ mod tests {
 
     fn expectations() -> Expectations {
         Expectations {
-            firmware: "uefi".into(),
+            firmware: Firmware::Uefi,
             smp: 4,
             class: Some(sizeclass::lookup("small").unwrap()),
             manifest_cmdline: vec!["console=ttyS0,115200".into()],

@@ -4,6 +4,7 @@
 //! `src/main.rs` and this folder imports clap.
 
 pub mod ami;
+pub mod boot_test;
 pub mod config;
 pub mod diff;
 pub mod upload;

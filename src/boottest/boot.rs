@@ -425,6 +425,7 @@ mod tests {
             firmware: Firmware::Bios,
             smp: 1,
             class: None,
+            class_tokens: Vec::new(),
             manifest_cmdline: Vec::new(),
             root_uuid: None,
         };

@@ -44,6 +44,7 @@ use crate::units::ByteSize;
 pub use accel::{AccelChoice, AccelDecision};
 pub use attempts::{Attempt, FirmwareResult, MAX_ATTEMPTS, Outcome};
 pub use ec2::{RehearsalResult, RehearsalSummary};
+pub use expect::expectations;
 pub use image::{ImageError, QEMU_IMG, detect_format};
 use qemu::QemuError;
 

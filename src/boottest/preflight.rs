@@ -48,13 +48,8 @@ pub fn run(request: &BootTestRequest) -> Result<Preflight, BootTestError> {
     sweep_stale_scratch();
     let scratch = scratch_dir()?;
     let format = detect_format(&request.image)?;
-    let (info, platform, firmwares) =
+    let (info, platform, firmwares, ovmf) =
         read_image(&request.image, &format, &request.firmwares, scratch.path())?;
-    let ovmf = if firmwares.contains(&Firmware::Uefi) {
-        Some(qemu::find_ovmf(platform)?)
-    } else {
-        None
-    };
     let class = size_class(&info)?;
     let smp = vcpus(request.smp, class.as_ref());
     if info.manifest.is_none() {
@@ -117,19 +112,34 @@ fn scratch_dir() -> Result<TempDir, BootTestError> {
     Ok(scratch)
 }
 
-/// Reads the image's GPT and manifest, the machine it boots on and the
-/// firmwares to boot; fails when a bootloader for one of them is missing.
+/// What [`read_image`] found: the image, its machine, the firmwares to
+/// boot and the UEFI firmware files when UEFI is among them.
+type ImageAndMachine = (
+    ImageInfo,
+    &'static Architecture,
+    Vec<Firmware>,
+    Option<Ovmf>,
+);
+
+/// Reads the image's GPT and manifest, the machine it boots on, the
+/// firmwares to boot and their files (the host's missing tools first);
+/// fails when a bootloader for one of them is missing.
 fn read_image(
     image: &Path,
     format: &str,
     asked: &[Firmware],
     scratch: &Path,
-) -> Result<(ImageInfo, &'static Architecture, Vec<Firmware>), BootTestError> {
+) -> Result<ImageAndMachine, BootTestError> {
     let raw = image::raw_view(image, format, scratch)?;
     let info = image::read(&raw, image)?;
     let platform = machine_platform(&info);
     let firmwares = firmwares_for(asked, platform)?;
     platform.qemu_tool().require()?;
+    let ovmf = if firmwares.contains(&Firmware::Uefi) {
+        Some(qemu::find_ovmf(platform)?)
+    } else {
+        None
+    };
     for &firmware in &firmwares {
         image::require_bootloader(&raw, image, &info, firmware)?;
     }
@@ -137,7 +147,7 @@ fn read_image(
         // Only the GPT and manifest were needed from the copy.
         let _ = std::fs::remove_file(&raw);
     }
-    Ok((info, platform, firmwares))
+    Ok((info, platform, firmwares, ovmf))
 }
 
 /// The size class the image's manifest names, if it has a manifest.

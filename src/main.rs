@@ -57,7 +57,7 @@ enum Command {
     /// Name what differs between two images: partition table, 512 KiB blocks per partition, files.
     Diff(commands::diff::DiffArgs),
     /// Boot an image under QEMU (SeaBIOS and/or OVMF) and check the guest's report.
-    BootTest(boottest::BootTestArgs),
+    BootTest(commands::boot_test::BootTestArgs),
     /// Convert an image for VirtualBox or other hypervisors (vdi, vmdk, qcow2).
     Export(commands::export::ExportArgs),
     /// Write an image into an EBS snapshot through the EBS direct APIs and register an AMI.
@@ -204,7 +204,7 @@ fn report(err: &anyhow::Error, json: bool) -> u8 {
     let status = exit_status(err);
     let message = commands::error_message(err);
     eprintln!("imgforge: error: {message}");
-    if json {
+    if json && !err.chain().any(|e| e.is::<commands::JsonPrinted>()) {
         print_json(&json!({ "error": message, "exit_status": status }));
     }
     status
@@ -237,7 +237,7 @@ fn run(command: Command) -> commands::Outcome {
         Command::Build(args) => printed(commands::build::run(&args).context("build failed")),
         Command::Inspect(args) => printed(commands::inspect::run(&args).context("inspect failed")),
         Command::Diff(args) => printed(commands::diff::run(&args).context("diff failed")),
-        Command::BootTest(args) => printed(boottest::run(&args).context("boot test failed")),
+        Command::BootTest(args) => printed(commands::boot_test::run(&args)),
         Command::Export(args) => printed(commands::export::run(&args).context("export failed")),
         Command::Upload(args) => printed(commands::upload::run(&args).context("upload failed")),
         Command::Ami(args) => printed(commands::ami::run(&args).context("ami failed")),

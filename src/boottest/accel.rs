@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::qemu::{Event, HEADLESS_SERIAL_ARGS, Qemu};
+use crate::sys::interrupt::Interrupted;
 
 /// The probe's boot sector (x86 real mode, loaded at 0x7c00 by the BIOS):
 ///
@@ -63,7 +64,8 @@ fn probe_disk() -> Vec<u8> {
     sector
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+/// Which accelerator the request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccelChoice {
     /// KVM when a probe guest makes progress under it, else TCG.
@@ -114,9 +116,11 @@ pub fn foreign(
     })
 }
 
-pub fn choose(choice: AccelChoice) -> AccelDecision {
+/// The accelerator for an image of the host's architecture. Only Ctrl-C
+/// during the probe fails it.
+pub fn choose(choice: AccelChoice) -> Result<AccelDecision, Interrupted> {
     use super::qemu::Accel;
-    match choice {
+    Ok(match choice {
         AccelChoice::Tcg => AccelDecision {
             accel: Accel::Tcg,
             cpu: TCG_CPU.into(),
@@ -131,70 +135,65 @@ pub fn choose(choice: AccelChoice) -> AccelDecision {
             reason: "asked for (--accel kvm); not probed".into(),
             probe_seconds: 0.0,
         },
-        AccelChoice::Auto => {
-            let started = Instant::now();
-            // The host's CPU model first; QEMU's default model when KVM
-            // cannot present the host's (some nested setups refuse its MSRs).
-            let mut reasons = Vec::new();
-            for cpu in ["host", "qemu64"] {
-                match probe_kvm(cpu) {
-                    Ok(()) => {
-                        let probe_seconds = started.elapsed().as_secs_f64();
-                        return AccelDecision {
-                            accel: Accel::Kvm,
-                            cpu: cpu.into(),
-                            qemu_accel: Accel::Kvm.qemu_accel(),
-                            reason: format!(
-                                "a probe guest ran under KVM with -cpu {cpu} ({probe_seconds:.1} s)"
-                            ),
-                            probe_seconds,
-                        };
-                    }
-                    Err(why) => {
-                        let early = why.early;
-                        reasons.push(format!("-cpu {cpu}: {}", why.message));
-                        if early {
-                            break;
-                        }
-                    }
-                }
+        AccelChoice::Auto => probe_or_tcg()?,
+    })
+}
+
+/// KVM with the first CPU model a probe guest runs under, else TCG with
+/// the reasons.
+fn probe_or_tcg() -> Result<AccelDecision, Interrupted> {
+    use super::qemu::Accel;
+    let started = Instant::now();
+    // The host's CPU model first; QEMU's default model when KVM
+    // cannot present the host's (some nested setups refuse its MSRs).
+    let mut reasons = Vec::new();
+    for cpu in ["host", "qemu64"] {
+        match probe_kvm(cpu) {
+            Ok(()) => {
+                let probe_seconds = started.elapsed().as_secs_f64();
+                return Ok(AccelDecision {
+                    accel: Accel::Kvm,
+                    cpu: cpu.into(),
+                    qemu_accel: Accel::Kvm.qemu_accel(),
+                    reason: format!(
+                        "a probe guest ran under KVM with -cpu {cpu} ({probe_seconds:.1} s)"
+                    ),
+                    probe_seconds,
+                });
             }
-            AccelDecision {
-                accel: Accel::Tcg,
-                cpu: TCG_CPU.into(),
-                qemu_accel: Accel::Tcg.qemu_accel(),
-                reason: format!("KVM not used ({})", reasons.join("; ")),
-                probe_seconds: started.elapsed().as_secs_f64(),
+            Err(ProbeFailure::Interrupted(interrupted)) => return Err(interrupted),
+            Err(ProbeFailure::NoKvm(message)) => {
+                reasons.push(format!("-cpu {cpu}: {message}"));
+                break;
             }
+            Err(ProbeFailure::Failed(message)) => reasons.push(format!("-cpu {cpu}: {message}")),
         }
     }
+    Ok(AccelDecision {
+        accel: Accel::Tcg,
+        cpu: TCG_CPU.into(),
+        qemu_accel: Accel::Tcg.qemu_accel(),
+        reason: format!("KVM not used ({})", reasons.join("; ")),
+        probe_seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// The CPU model under TCG: every feature TCG can emulate.
 pub const TCG_CPU: &str = "max";
 
-/// Why a probe failed; `early` when no other CPU model can help (no KVM).
+/// Why a probe failed.
 #[derive(Debug)]
-pub struct ProbeFailure {
-    pub message: String,
-    pub early: bool,
+pub enum ProbeFailure {
+    /// No other CPU model can help: KVM itself is missing or unusable.
+    NoKvm(String),
+    /// This CPU model did not run; another may.
+    Failed(String),
+    Interrupted(Interrupted),
 }
 
-impl ProbeFailure {
-    fn early(message: String) -> Self {
-        Self {
-            message,
-            early: true,
-        }
-    }
-}
-
-impl From<String> for ProbeFailure {
-    fn from(message: String) -> Self {
-        Self {
-            message,
-            early: false,
-        }
+impl From<Interrupted> for ProbeFailure {
+    fn from(interrupted: Interrupted) -> Self {
+        ProbeFailure::Interrupted(interrupted)
     }
 }
 
@@ -202,19 +201,19 @@ impl From<String> for ProbeFailure {
 pub fn probe_kvm(cpu: &str) -> Result<(), ProbeFailure> {
     let kvm = std::path::Path::new("/dev/kvm");
     if !kvm.exists() {
-        return Err(ProbeFailure::early("/dev/kvm does not exist".into()));
+        return Err(ProbeFailure::NoKvm("/dev/kvm does not exist".into()));
     }
     if let Err(err) = std::fs::OpenOptions::new().read(true).write(true).open(kvm) {
-        return Err(ProbeFailure::early(format!("cannot open /dev/kvm: {err}")));
+        return Err(ProbeFailure::NoKvm(format!("cannot open /dev/kvm: {err}")));
     }
     let dir = tempfile::Builder::new()
         .prefix("imgforge-kvm-probe-")
         .tempdir()
-        .map_err(|e| ProbeFailure::early(format!("cannot make a temporary directory: {e}")))?;
+        .map_err(|e| ProbeFailure::NoKvm(format!("cannot make a temporary directory: {e}")))?;
     let disk = dir.path().join("probe.img");
     std::fs::File::create(&disk)
         .and_then(|mut f| f.write_all(&probe_disk()))
-        .map_err(|e| ProbeFailure::early(format!("cannot write the probe disk: {e}")))?;
+        .map_err(|e| ProbeFailure::NoKvm(format!("cannot write the probe disk: {e}")))?;
     let args: Vec<std::ffi::OsString> = ["-machine", "q35,accel=kvm", "-cpu", cpu, "-m", "64"]
         .iter()
         .chain(&HEADLESS_SERIAL_ARGS)
@@ -223,12 +222,12 @@ pub fn probe_kvm(cpu: &str) -> Result<(), ProbeFailure> {
         .chain([format!("if=ide,format=raw,file={}", disk.display()).into()])
         .collect();
     let mut qemu = Qemu::spawn(super::qemu::QEMU.name, &args, None)
-        .map_err(|e| ProbeFailure::early(e.to_string()))?;
+        .map_err(|e| ProbeFailure::NoKvm(e.to_string()))?;
     let launched = Instant::now();
     let mut deadline = launched + START_WITHIN;
     let mut started_at = None;
     loop {
-        match qemu.next_event(deadline) {
+        match qemu.next_event(deadline)? {
             Event::Line(line) if line.contains(DONE) => {
                 let spin = started_at.map(|s: Instant| s.elapsed()).unwrap_or_default();
                 log::info!("KVM probe: loop done in {:.3} s", spin.as_secs_f64());
@@ -241,11 +240,12 @@ pub fn probe_kvm(cpu: &str) -> Result<(), ProbeFailure> {
             Event::Line(_) => {}
             Event::Exited(status) => {
                 let tail = qemu.stderr_tail().replace('\n', " ");
-                return Err(format!("QEMU with KVM exited ({status}): {tail}").into());
+                return Err(ProbeFailure::Failed(format!(
+                    "QEMU with KVM exited ({status}): {tail}"
+                )));
             }
-            Event::Interrupted => return Err(ProbeFailure::early("interrupted".into())),
             Event::Deadline => {
-                return Err(ProbeFailure::from(match started_at {
+                return Err(ProbeFailure::Failed(match started_at {
                     Some(_) => format!(
                         "a probe guest started under KVM but did not finish a loop TCG runs in \
                          about 0.15 s within {} s (guest hangs or crawls)",
@@ -289,7 +289,7 @@ mod tests {
             return;
         }
         let started = Instant::now();
-        let decision = choose(AccelChoice::Auto);
+        let decision = choose(AccelChoice::Auto).unwrap();
         eprintln!("probe: {decision:?}");
         assert!(started.elapsed() < START_WITHIN + DONE_WITHIN + Duration::from_secs(8));
         assert!(!decision.reason.is_empty());

@@ -5,8 +5,9 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use crate::build::assemble::{TYPE_BIOS_BOOT, TYPE_ESP};
+use crate::image::firmware::Firmware;
 use crate::image::inspect::{self, BootModes, ImageInfo};
+use crate::image::layout::{TYPE_BIOS_BOOT, TYPE_ESP};
 use crate::sys::tool::{HostTool, Tool, ToolError};
 
 pub const QEMU_IMG: HostTool = HostTool::new("qemu-img", "qemu-utils");
@@ -136,11 +137,11 @@ pub fn require_bootloader(
     raw: &Path,
     shown_as: &Path,
     info: &ImageInfo,
-    firmware: &'static str,
+    firmware: Firmware,
 ) -> Result<(), ImageError> {
     let has = |modes: &BootModes| match firmware {
-        "bios" => modes.bios,
-        _ => modes.uefi,
+        Firmware::Bios => modes.bios,
+        Firmware::Uefi => modes.uefi,
     };
     // inspect's BIOS mode already requires boot code in the MBR.
     if has(&info.boot_modes) {
@@ -156,7 +157,7 @@ pub fn require_bootloader(
             .iter()
             .any(|p| p.type_guid.eq_ignore_ascii_case(ty))
     };
-    let missing = if firmware == "bios" {
+    let missing = if firmware == Firmware::Bios {
         if !has_type(TYPE_BIOS_BOOT) {
             "there is no BIOS boot partition (GPT type 21686148-6449-6E6F-744E-656564454649) \
              holding GRUB's core.img"
@@ -179,7 +180,10 @@ pub fn require_bootloader(
     };
     Err(ImageError::NoBootloader {
         path: shown_as.to_path_buf(),
-        firmware: if firmware == "bios" { "BIOS" } else { "UEFI" },
+        firmware: match firmware {
+            Firmware::Bios => "BIOS",
+            Firmware::Uefi => "UEFI",
+        },
         missing,
     })
 }

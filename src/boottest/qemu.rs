@@ -21,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::platform::Architecture;
-use crate::sys::interrupt;
+use crate::sys::interrupt::{self, Interrupted};
 use crate::sys::tool::HostTool;
 
 /// The x86_64 QEMU (the KVM probe's); a machine's comes from its architecture.
@@ -316,7 +316,6 @@ pub enum Event {
     /// QEMU exited (the guest powered off, rebooted or crashed).
     Exited(String),
     Deadline,
-    Interrupted,
 }
 
 /// A running QEMU. Dropping it stops the whole process group.
@@ -401,20 +400,21 @@ impl Qemu {
         })
     }
 
-    /// The next console line, or why there is none before `deadline`.
-    pub fn next_event(&mut self, deadline: Instant) -> Event {
+    /// The next console line, or why there is none before `deadline`; on
+    /// Ctrl-C, QEMU is stopped and the shared [`Interrupted`] returned.
+    pub fn next_event(&mut self, deadline: Instant) -> Result<Event, Interrupted> {
         loop {
             if interrupt::requested() {
                 self.stop();
-                return Event::Interrupted;
+                return Err(Interrupted);
             }
             let now = Instant::now();
             if now >= deadline {
-                return Event::Deadline;
+                return Ok(Event::Deadline);
             }
             let wait = (deadline - now).min(Duration::from_millis(100));
             match self.lines.recv_timeout(wait) {
-                Ok(line) => return Event::Line(line),
+                Ok(line) => return Ok(Event::Line(line)),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     // Console closed: QEMU is exiting. Reap it (bounded).
@@ -427,7 +427,7 @@ impl Qemu {
                         }
                     }
                     self.stop();
-                    return Event::Exited(self.exit_description());
+                    return Ok(Event::Exited(self.exit_description()));
                 }
             }
         }

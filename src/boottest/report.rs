@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::firmware::Firmware;
 use crate::sizeclass::SizeClass;
 
 pub const MARKER: &str = "IMGFORGE-REPORT ";
@@ -97,11 +98,13 @@ impl Check {
 /// What the guest is expected to show.
 #[derive(Debug, Clone)]
 pub struct Expectations {
-    /// `bios` or `uefi`.
-    pub firmware: String,
+    pub firmware: Firmware,
     pub smp: u32,
     /// The image's size class, when its manifest names one.
     pub class: Option<SizeClass>,
+    /// The manifest's command line tokens that carry the class's CPU lists
+    /// (see [`super::expect::class_tokens`]).
+    pub class_tokens: Vec<String>,
     /// Tokens the manifest says the kernel command line has.
     pub manifest_cmdline: Vec<String>,
     /// The root filesystem's UUID from the manifest.
@@ -111,7 +114,7 @@ pub struct Expectations {
 /// Every check, in a fixed order.
 pub fn check(report: &GuestReport, want: &Expectations) -> Vec<Check> {
     let mut checks = vec![
-        Check::equal("firmware", &want.firmware, &report.firmware),
+        Check::equal("firmware", want.firmware.as_str(), &report.firmware),
         Check::equal("multi-user", "active", &report.multi_user),
         Check::equal("cpus online", &cpu_range(want.smp), &report.cpus_online),
     ];
@@ -132,36 +135,8 @@ pub fn check(report: &GuestReport, want: &Expectations) -> Vec<Check> {
         .chain(tokens.iter().copied())
         .any(|t| t.starts_with("nohz_full="));
     if let Some(class) = &want.class {
-        let lists = [
-            ("isolcpus=", class.isolated_list()),
-            ("nohz_full=", class.isolated_list()),
-            ("rcu_nocbs=", class.isolated_list()),
-            ("irqaffinity=", class.housekeeping_list()),
-        ];
-        if isolates {
-            let wrong: Vec<String> = lists
-                .iter()
-                .filter(|(key, list)| {
-                    !tokens
-                        .iter()
-                        .any(|t| t.starts_with(key) && t.ends_with(list.as_str()))
-                })
-                .map(|(key, list)| format!("{key}..{list}"))
-                .collect();
-            checks.push(Check::new(
-                &format!("size class {} CPU lists on the cmdline", class.name),
-                wrong.is_empty(),
-                lists
-                    .iter()
-                    .map(|(key, list)| format!("{key}..{list}"))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                if wrong.is_empty() {
-                    "all present".to_string()
-                } else {
-                    format!("missing: {}", wrong.join(" "))
-                },
-            ));
+        if isolates && !want.class_tokens.is_empty() {
+            checks.push(class_lists_check(&class.name, &want.class_tokens, &tokens));
         }
         let isolated = if isolates {
             class.isolated_on(want.smp)
@@ -222,6 +197,41 @@ pub fn check(report: &GuestReport, want: &Expectations) -> Vec<Check> {
         format!("{}, listening={}", report.sshd, report.ssh_listen),
     ));
     checks
+}
+
+/// The class's CPU-list tokens must reach the guest's command line: for
+/// each, a token with the same key ending in the same CPU list (shown as
+/// `key=..list`).
+fn class_lists_check(class: &str, wanted: &[String], tokens: &[&str]) -> Check {
+    let key_and_list = |token: &str| {
+        let (key, value) = token.split_once('=').unwrap_or((token, ""));
+        let list = value.rsplit(',').next().unwrap_or(value);
+        (format!("{key}="), list.to_string())
+    };
+    let lists: Vec<(String, String)> = wanted.iter().map(|t| key_and_list(t)).collect();
+    let wrong: Vec<String> = lists
+        .iter()
+        .filter(|(key, list)| {
+            !tokens
+                .iter()
+                .any(|t| t.starts_with(key.as_str()) && t.ends_with(list.as_str()))
+        })
+        .map(|(key, list)| format!("{key}..{list}"))
+        .collect();
+    Check::new(
+        &format!("size class {class} CPU lists on the cmdline"),
+        wrong.is_empty(),
+        lists
+            .iter()
+            .map(|(key, list)| format!("{key}..{list}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        if wrong.is_empty() {
+            "all present".to_string()
+        } else {
+            format!("missing: {}", wrong.join(" "))
+        },
+    )
 }
 
 /// Root must be mounted by UUID: the kernel was told `root=UUID=<uuid>`, the
@@ -333,9 +343,17 @@ mod tests {
 
     fn expectations() -> Expectations {
         Expectations {
-            firmware: "uefi".into(),
+            firmware: Firmware::Uefi,
             smp: 4,
             class: Some(sizeclass::lookup("small").unwrap()),
+            class_tokens: [
+                "isolcpus=managed_irq,domain,2-N",
+                "nohz_full=2-N",
+                "rcu_nocbs=2-N",
+                "irqaffinity=0-1",
+            ]
+            .map(String::from)
+            .to_vec(),
             manifest_cmdline: vec!["console=ttyS0,115200".into()],
             root_uuid: Some(UUID.to_uppercase()),
         }

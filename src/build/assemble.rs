@@ -23,8 +23,6 @@ use crate::image::{esp, ext4};
 use crate::sys::fsio::{PathError, at};
 use crate::sys::tool::{Tool, ToolError};
 
-// re-export for image/inspect.rs until it imports image:: directly (lead repoints at merge)
-pub use crate::image::layout::{SECTOR, TYPE_BIOS_BOOT, TYPE_ESP};
 // re-export for boottest/image.rs (TYPE_*) and tests/arm64.rs until they import
 // image::layout directly (lead repoints at merge)
 pub use crate::image::layout::{DiskIds, ROOT, layout, write_gpt};
@@ -68,13 +66,6 @@ pub enum AssembleError {
     },
     #[error("laying the root filesystem out on the parent's")]
     LayoutFrom(#[from] LayoutFromError),
-}
-
-/// Was `--size`'s parser; sizes are [`crate::units::ByteSize`] now.
-/// Kept for boottest/ec2.rs's `--volume-size` until it parses a ByteSize
-/// itself (then delete).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    text.parse::<crate::units::ByteSize>().map(|s| s.bytes())
 }
 
 /// Bytes the root filesystem needs: file data in 4 KiB blocks, inodes and

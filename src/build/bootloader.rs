@@ -16,9 +16,6 @@ use crate::image::firmware::Firmware;
 use crate::sys::fsio::{PathError, at};
 use crate::sys::tool::{Tool, ToolError};
 
-// re-export for image/inspect.rs until it imports image:: directly (lead repoints at merge)
-pub use crate::image::bios_boot::{BOOT_KERNEL_SECTOR, MBR_CODE_BYTES};
-
 const GRUB_CFG: &str = "boot/grub.cfg.tmpl";
 
 #[derive(Debug, thiserror::Error)]

@@ -11,15 +11,12 @@ use super::layers::{self, Layer, LayersError};
 use super::lock::{self, Lock, LockError, LockedBuild};
 use crate::data::{DataDir, DataError};
 use crate::distro::{self, Distro, DistroData, DistroError, Sources};
-use crate::firstboot::{FirstBootError, FirstBootMode};
+use crate::firstboot::{FirstBootError, FirstBootMode, FirstBootModes};
 use crate::platform::Architecture;
 use crate::profile::{Profile, ProfileError, Profiles};
 use crate::sizeclass::SizeClass;
 use crate::sys::fsio::PathError;
 use crate::units::ByteSize;
-
-// re-export for boottest/ec2.rs until it imports crate::firstboot directly (lead repoints at merge)
-pub use crate::firstboot::{FirstBootModes, RehearsalProbes};
 
 /// What a build is asked for, as plain typed values: `imgforge build`'s
 /// flags once checked (`src/commands/build.rs` makes it), or a library

@@ -11,6 +11,7 @@
 
 pub mod ami;
 pub mod aws_options;
+pub mod boot_test;
 pub mod build;
 pub mod clean;
 pub mod completions;
@@ -98,3 +99,10 @@ mod tests {
         assert_eq!(error_message(&err), "build failed: unknown distro \"x\"");
     }
 }
+
+/// A failure whose `--json` document the subcommand already printed (a boot
+/// test that ran and failed prints its verdict): main then writes the error
+/// line on stderr only, so stdout stays one JSON document.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", format!("{:#}", .0))]
+pub struct JsonPrinted(pub anyhow::Error);

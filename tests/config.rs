@@ -40,10 +40,11 @@ fn write_config(dir: &Path, text: &str) -> String {
 fn plan(dir: &Path, args: &[&str]) -> Vec<Value> {
     let out = run(imgforge(dir).args(["build", "--plan", "--json"]).args(args));
     assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::Deserializer::from_slice(&out.stdout)
-        .into_iter::<Value>()
-        .map(Result::unwrap)
-        .collect()
+    // One document: a plan, or with --all an array of them.
+    match serde_json::from_slice(&out.stdout).unwrap() {
+        Value::Array(plans) => plans,
+        plan => vec![plan],
+    }
 }
 
 #[test]

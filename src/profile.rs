@@ -19,7 +19,7 @@ pub enum ProfileError {
     Data(#[from] DataError),
     #[error("{PROFILES}: {0}")]
     Parse(String),
-    #[error("unknown profile `{given}`; choose one of: {known}")]
+    #[error("unknown tuning profile `{given}` (--tuning); choose one of: {known}")]
     Unknown { given: String, known: String },
     #[error("{PROFILES}: profile `{profile}` extends `{base}`, which is not defined before it")]
     Extends { profile: String, base: String },

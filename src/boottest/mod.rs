@@ -116,6 +116,23 @@ pub enum BootTestError {
     Accel(String),
 }
 
+impl BootTestError {
+    /// The image or the flags were wrong before any guest started (not a
+    /// disk image, a format or firmware it cannot boot): the command reports
+    /// these as bad input.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            BootTestError::Image(
+                ImageError::NotDiskImage { .. }
+                    | ImageError::UnsupportedFormat { .. }
+                    | ImageError::NoBootloader { .. }
+            ) | BootTestError::NoBios(_)
+                | BootTestError::UnknownClass(_)
+        )
+    }
+}
+
 /// What a boot test found: the plain boots' summary or the launch
 /// rehearsals'. Both serialize to the `--json` document.
 #[derive(Debug, Serialize)]

@@ -202,7 +202,15 @@ fn read_user_data(path: &std::path::Path) -> Result<Vec<u8>, BadInput> {
 
 pub fn run(args: &BootTestArgs) -> anyhow::Result<()> {
     let request = args.request()?;
-    let verdict = boottest::run(&request).context("boot test failed")?;
+    let verdict = boottest::run(&request).map_err(|err| {
+        let bad = err.is_bad_input();
+        let err = anyhow::Error::new(err).context("boot test failed");
+        if bad {
+            BadInput::from_error(err).into()
+        } else {
+            err
+        }
+    })?;
     if args.json {
         println!(
             "{}",

@@ -129,7 +129,7 @@ fn trading_is_the_default_profile_and_base_has_no_tuning() {
     assert!(!out.status.success());
     let err = text(&out);
     assert!(
-        err.contains("unknown profile `fastest`")
+        err.contains("unknown tuning profile `fastest`")
             && err.contains("trading, trading-irqbalance, base"),
         "{err}"
     );

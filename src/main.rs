@@ -96,6 +96,7 @@ fn cli_command() -> clap::Command {
 }
 
 fn main() -> ExitCode {
+    quiet_broken_pipe();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let json = commands::wants_json(&argv);
     let status = match parse(argv) {
@@ -110,6 +111,26 @@ fn main() -> ExitCode {
         Err(Stop::Error(err)) => report(&err, json),
     };
     ExitCode::from(status)
+}
+
+/// `imgforge build --plan | head` closes stdout early; Rust's print macros
+/// then panic. Leave quietly with the shell's status for SIGPIPE (141)
+/// instead of a backtrace; every other panic keeps the default report.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            interrupt::terminate_all();
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// Why the command line did not turn into commands to run.

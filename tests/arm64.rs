@@ -22,7 +22,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 use common::*;
-use imgforge::build::assemble::{self, DiskIds};
+use imgforge::image::layout::{self, DiskIds};
 use serde_json::Value;
 
 const IMGFORGE: &str = env!("CARGO_BIN_EXE_imgforge");
@@ -33,15 +33,15 @@ const ARM64_ROOT: &str = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE";
 fn arm64_disk(dir: &Path) -> PathBuf {
     let path = dir.join("graviton.raw");
     let arch = imgforge::platform::lookup("arm64").unwrap();
-    let layout = assemble::layout(256 << 20, DiskIds::from_seed("arm64-test"), arch);
-    let root = layout.offset(assemble::ROOT);
+    let layout = layout::layout(256 << 20, DiskIds::from_seed("arm64-test"), arch);
+    let root = layout.offset(layout::ROOT);
     make_image(&path, layout.disk_bytes, &[(root, pattern(7, 3 << 20))]);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)
         .unwrap();
-    assemble::write_gpt(&mut file, &layout).unwrap();
+    layout::write_gpt(&mut file, &layout).unwrap();
     path
 }
 
@@ -99,13 +99,13 @@ fn upload_registers_an_arm64_image_as_arm64_uefi_and_refuses_a_contradiction() {
         .arg("upload")
         .arg(&image)
         .args(["--endpoint-url", &proxy.url(), "--name", "graviton-v0"])
-        .args(["--architecture", "x86_64"])
+        .args(["--arch", "x86_64"])
         .output()
         .unwrap();
     assert!(!out.status.success(), "{}", text(&out));
     let said = text(&out);
     assert!(
-        said.contains("--architecture x86_64 contradicts the image")
+        said.contains("--arch x86_64 contradicts the image")
             && said.contains("is arm64 (from its root partition type)"),
         "{said}"
     );

@@ -18,14 +18,12 @@ use super::context::BuildContext;
 use super::layout_from::{self, LayoutFromError};
 use super::request::ImageSize;
 use crate::image::bios_boot::{self, BiosBootError};
-use crate::image::layout::{self, ALIGN, DiskLayout, ESP, LayoutError, ROOT_OVERHEAD};
+use crate::image::layout::{
+    self, ALIGN, DiskLayout, ESP, LayoutError, ROOT, ROOT_OVERHEAD, write_gpt,
+};
 use crate::image::{esp, ext4};
 use crate::sys::fsio::{PathError, at};
 use crate::sys::tool::{Tool, ToolError};
-
-// re-export for boottest/image.rs (TYPE_*) and tests/arm64.rs until they import
-// image::layout directly (lead repoints at merge)
-pub use crate::image::layout::{DiskIds, ROOT, layout, write_gpt};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;

@@ -3,11 +3,13 @@
 //! happen there, before any work), and the printing. Nothing outside
 //! `src/main.rs` and this folder imports clap.
 //!
-//! A subcommand's `run` has the signature
-//! `pub fn run(args: &XArgs) -> commands::Outcome`: it returns
-//! `Ok(Some(document))` with `--json` (main prints the one document; with
-//! `build --all --json` main gathers the variants' documents into one array)
-//! and `Ok(None)` when it printed its human output itself.
+//! A subcommand's `run` either prints its own output and returns
+//! `anyhow::Result<()>` (main wraps it as `Ok(None)`), or returns
+//! [`Outcome`]: `Ok(Some(document))` with `--json`, which main prints (and
+//! gathers into one array for `build --all --json`). `config`, `completions`
+//! and `clean` return documents; the others print their own, so that their
+//! JSON keeps its field order. A failure after the JSON was printed is
+//! wrapped in [`JsonPrinted`], so stdout stays one document.
 
 pub mod ami;
 pub mod aws_options;

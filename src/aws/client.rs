@@ -191,7 +191,14 @@ fn credentials_reason(err: &(dyn std::error::Error + 'static)) -> String {
         innermost = source;
     }
     let text = innermost.to_string();
-    let text = text.trim().trim_end_matches('.');
+    // The chain's message continues with one line per provider it tried.
+    let first_line = text.lines().next().unwrap_or_default();
+    let text = first_line
+        .split(". Attempted")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_end_matches(['.', ':']);
     if text.chars().count() > 120 {
         let short: String = text.chars().take(117).collect();
         format!("{short}...")

@@ -808,8 +808,12 @@ fn every_publish_flag_names_its_packer_option() {
     let mut blocks: Vec<String> = Vec::new();
     for line in options.lines() {
         let trimmed = line.trim_start();
-        if trimmed.starts_with("--")
-            || (trimmed.starts_with('-') && trimmed.chars().nth(2) == Some(','))
+        // Flags start a line at 2 or 6 columns; wrapped text is indented
+        // further and may itself begin with a flag's name.
+        let indent = line.len() - trimmed.len();
+        if indent <= 6
+            && (trimmed.starts_with("--")
+                || (trimmed.starts_with('-') && trimmed.chars().nth(2) == Some(',')))
         {
             blocks.push(String::new());
         }

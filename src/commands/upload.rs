@@ -411,12 +411,16 @@ pub fn run(args: &UploadArgs) -> anyhow::Result<()> {
                     serde_json::to_string_pretty(&result).expect("result serializes")
                 );
             }
-            return Err(UploadError::PartialPublish {
+            let err = UploadError::PartialPublish {
                 succeeded,
                 failed,
                 result,
-            }
-            .into());
+            };
+            return Err(if args.json {
+                super::JsonPrinted(err.into()).into()
+            } else {
+                err.into()
+            });
         }
         Err(err) => return Err(err.into()),
     };

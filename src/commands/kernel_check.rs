@@ -61,6 +61,8 @@ pub fn run(args: &KernelCheckArgs) -> anyhow::Result<()> {
             }
         }
     }
-    outcome.verdict()?;
-    Ok(())
+    match outcome.verdict() {
+        Err(err) if args.json => Err(super::JsonPrinted(err.into()).into()),
+        other => Ok(other?),
+    }
 }

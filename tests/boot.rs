@@ -14,7 +14,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::qemu::{Boot, assert_nothing_left, boot_test_ok, imgforge_in, leftover_qemus};
+use common::qemu::{
+    Boot, assert_nothing_left, assert_verify_passed, boot_test_ok, imgforge_in, leftover_qemus,
+};
 use common::{BOOT, BUILD, Need, heavy, prerequisites, text};
 
 fn scratch() -> tempfile::TempDir {
@@ -187,6 +189,7 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
     assert_eq!(results.len(), 2);
     assert_good_report(&results[0], "bios", &root_uuid);
     assert_good_report(&results[1], "uefi", &root_uuid);
+    assert_verify_passed(&results[1]);
     // Raw console bytes: GRUB draws its menu frame in a non-UTF-8 code page.
     let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
     assert!(
@@ -216,6 +219,8 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
     let summary = boot_test_ok(&tmp, &vdi, &["--firmware", "uefi", "--accel", "tcg"]).summary;
     assert_eq!(summary["format"], "vdi");
     assert_good_report(&summary["results"][0], "uefi", &root_uuid);
+    // UEFI, TCG, 4 vCPUs, 1 GiB: tuning.rs's configuration for this check.
+    assert_verify_passed(&summary["results"][0]);
     assert_nothing_left(&tmp);
 
     // BIOS boot code wiped: refused before booting, saying what is missing.

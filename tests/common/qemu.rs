@@ -105,3 +105,21 @@ pub fn assert_nothing_left(tmp: &Path) {
         .collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
+
+/// imgforge-verify passed in the guest of a small image on 4 vCPUs: the
+/// tuning report is there and the isolated CPUs are the class's.
+pub fn assert_verify_passed(result: &Value) {
+    let report = &result["report"];
+    assert_eq!(report["verify"], "pass", "{report:#}");
+    assert_eq!(report["verify_failures"], "");
+    assert_eq!(report["isolated"], "2-3");
+    assert_eq!(report["nohz_full"], "2-3");
+    assert_eq!(report["tuning_report"], "present", "{report:#}");
+    let verify = result["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "imgforge-verify in the guest")
+        .expect("boot-test checks imgforge-verify");
+    assert_eq!(verify["ok"], true);
+}

@@ -6,8 +6,9 @@
 //! `Architecture=arm64` and `BootMode=uefi` with no flag, and a contradicting
 //! `--architecture` stops the upload before anything is written.
 //!
-//! Gated (slow; set `IMGFORGE_TEST_ARM64=1`, needs root, qemu-user-static,
-//! arch-test, qemu-system-arm and qemu-efi-aarch64): a real `build --arch
+//! Ignored (slow; run with `cargo test --test arm64 -- --ignored`, needs
+//! root, qemu-user-static, arch-test, qemu-system-arm and qemu-efi-aarch64;
+//! `IMGFORGE_TEST_ARM64=1` is no longer needed): a real `build --arch
 //! arm64` (a foreign bootstrap through qemu-user-static and binfmt_misc) and
 //! a real `boot-test` under qemu-system-aarch64 -M virt (TCG) with AAVMF and
 //! an NVMe disk, with the boot test's usual report and checks. On the 2-core
@@ -18,14 +19,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
 
 use common::*;
 use imgforge::image::layout::{self, DiskIds};
 use serde_json::Value;
 
-const IMGFORGE: &str = env!("CARGO_BIN_EXE_imgforge");
 const ARM64_ROOT: &str = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE";
 
 /// A sparse disk laid out as `build --arch arm64` lays it out (ESP, arm64
@@ -43,14 +43,6 @@ fn arm64_disk(dir: &Path) -> PathBuf {
         .unwrap();
     layout::write_gpt(&mut file, &layout).unwrap();
     path
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]
@@ -142,20 +134,24 @@ fn upload_registers_an_arm64_image_as_arm64_uefi_and_refuses_a_contradiction() {
     assert_eq!(p["Name"], "graviton-v1");
 }
 
-/// The slow part, behind IMGFORGE_TEST_ARM64=1.
+/// The slow part, opt-in.
 #[test]
+#[ignore = "foreign bootstrap + TCG boot, about 8 minutes on 2 cores; run with: \
+            cargo test --test arm64 -- --ignored"]
 fn builds_and_boots_an_arm64_small_image_under_emulation() {
-    if std::env::var_os("IMGFORGE_TEST_ARM64").is_none() {
-        eprintln!(
-            "skipped: set IMGFORGE_TEST_ARM64=1 to build and boot an arm64 image \
-             (foreign bootstrap + TCG boot: about 8 minutes on 2 cores)"
-        );
+    let needs: &[Need] = &[
+        Need::Tool("qemu-aarch64-static"),
+        Need::Tool("arch-test"),
+        Need::Tool("qemu-system-aarch64"),
+        Need::File("/usr/share/AAVMF/AAVMF_CODE.fd"),
+        Need::File("/usr/share/AAVMF/AAVMF_VARS.fd"),
+    ];
+    if !prerequisites(
+        "builds_and_boots_an_arm64_small_image_under_emulation",
+        &[BUILD, needs],
+    ) {
         return;
     }
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the build needs root (mmdebstrap, chroot, binfmt_misc)"
-    );
     let binfmt_before = binfmt_entries();
     let dir = tempfile::Builder::new()
         .prefix("imgforge-arm64-")

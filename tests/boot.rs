@@ -1,96 +1,34 @@
 //! boot-test and export against a real image, under real QEMU.
 //!
-//! Needs root (the build does), qemu-system-x86, ovmf and qemu-utils. The
-//! Debian image is built once with the real binary; the one long test boots
-//! it with SeaBIOS and OVMF, exports a VDI and boots that, and checks the
-//! failures: wiped BIOS boot code, a timeout, Ctrl-C. The short tests need
-//! no image. Set IMGFORGE_TEST_IMAGE=/path/image.raw to reuse a built image.
+//! Needs root (the build does), qemu-system-x86, ovmf and qemu-utils (under
+//! CI=true a missing one fails the test). The Debian image is the run's
+//! shared small image (tests/common/image.rs); the one long test boots it
+//! with SeaBIOS and OVMF, exports a VDI and boots that, and checks the
+//! failures: wiped BIOS boot code, a timeout, a stall, Ctrl-C. The short
+//! tests need no image. Set IMGFORGE_TEST_IMAGE=/path/image.raw to reuse a
+//! built image.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// imgforge with its temporary files (overlay, OVMF vars, probe disk) under
-/// `tmp`, so that QEMUs of this test are told apart from any other's.
-fn imgforge_in(tmp: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_imgforge"));
-    command.env("TMPDIR", tmp);
-    command
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args([
-            "-c",
-            &format!("command -v {tool} || test -x /usr/bin/{tool}"),
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// QEMU processes whose files are under `tmp`.
-fn leftover_qemus(tmp: &Path) -> Vec<String> {
-    let tmp = tmp.display().to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("qemu-system") && cmdline.contains(&tmp) {
-            found.push(cmdline);
-        }
-    }
-    found
-}
-
-/// No QEMU of this test runs, and imgforge removed its temporary files.
-fn assert_nothing_left(tmp: &Path) {
-    // A reaped child vanishes at once; allow a moment for the kernel.
-    let until = Instant::now() + Duration::from_secs(3);
-    while !leftover_qemus(tmp).is_empty() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(
-        leftover_qemus(tmp),
-        Vec::<String>::new(),
-        "QEMU outlived imgforge"
-    );
-    let left: Vec<_> = std::fs::read_dir(tmp)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("imgforge-"))
-        .collect();
-    assert!(left.is_empty(), "temporary files left: {left:?}");
-}
+use common::qemu::{
+    Boot, assert_nothing_left, assert_verify_passed, boot_test_ok, imgforge_in, leftover_qemus,
+};
+use common::{BOOT, BUILD, Need, heavy, prerequisites, text};
 
 fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("imgforge-boot-suite-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
+    common::scratch("imgforge-boot-suite-")
 }
 
 #[test]
 fn a_file_that_is_not_a_disk_image_is_refused() {
-    if !have("qemu-img") || !have("qemu-system-x86_64") {
-        eprintln!("skipped: qemu-img or qemu-system-x86_64 missing");
+    if !prerequisites(
+        "a_file_that_is_not_a_disk_image_is_refused",
+        &[&[Need::Tool("qemu-img"), Need::Tool("qemu-system-x86_64")]],
+    ) {
         return;
     }
     let dir = scratch();
@@ -163,60 +101,6 @@ fn missing_ovmf_names_the_debian_package() {
     assert!(all.contains("apt-get install ovmf"), "{all}");
 }
 
-/// The image under test: IMGFORGE_TEST_IMAGE, or a fresh Debian small build.
-fn debian_image(dir: &Path, tmp: &Path) -> PathBuf {
-    if let Some(path) = std::env::var_os("IMGFORGE_TEST_IMAGE") {
-        return PathBuf::from(path);
-    }
-    let image = dir.join("debian-small.raw");
-    let started = Instant::now();
-    let out = imgforge_in(tmp)
-        .args(["build", "--distro", "debian", "--size-class", "small", "-o"])
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "build failed:\n{}", text(&out));
-    eprintln!(
-        "built {} in {:.0} s",
-        image.display(),
-        started.elapsed().as_secs_f64()
-    );
-    image
-}
-
-/// The root filesystem UUID from the manifest beside the image.
-fn manifest_root_uuid(image: &Path) -> String {
-    let path = PathBuf::from(format!("{}.json", image.display()));
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    manifest["disk"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .rev()
-        .find_map(|p| {
-            (p["filesystem"].as_str() == Some("ext4"))
-                .then(|| p["filesystem_uuid"].as_str().unwrap().to_lowercase())
-        })
-        .expect("manifest names an ext4 root")
-}
-
-/// Boots and returns the parsed --json summary.
-fn boot_test_json(tmp: &Path, image: &Path, extra: &[&str]) -> (serde_json::Value, String) {
-    let out = imgforge_in(tmp)
-        .arg("boot-test")
-        .arg(image)
-        .arg("--json")
-        .args(extra)
-        .output()
-        .unwrap();
-    let all = text(&out);
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{all}"));
-    assert!(out.status.success(), "boot-test failed:\n{all}");
-    (summary, all)
-}
-
 fn assert_good_report(result: &serde_json::Value, firmware: &str, root_uuid: &str) {
     assert_eq!(result["firmware"], firmware, "{result:#}");
     assert_eq!(result["passed"], true, "{result:#}");
@@ -273,32 +157,39 @@ fn assert_good_report(result: &serde_json::Value, firmware: &str, root_uuid: &st
 
 #[test]
 fn debian_image_boots_under_both_firmwares_and_as_vdi() {
-    if !is_root() {
-        eprintln!("skipped: the image build needs root");
+    if !prerequisites(
+        "debian_image_boots_under_both_firmwares_and_as_vdi",
+        &[BUILD, BOOT],
+    ) {
         return;
     }
+    let shared = common::image::debian_small();
+    let _one_guest = heavy();
     let dir = scratch();
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
     let imgforge = || imgforge_in(&tmp);
-    let image = debian_image(dir.path(), &tmp);
-    let root_uuid = manifest_root_uuid(&image);
+    let image = shared.path.clone();
+    let root_uuid = shared.root_uuid();
     let image_sha = file_sha(&image);
 
     // Both firmwares, accelerator chosen by the probe.
     let log = dir.path().join("console.log");
-    let (summary, all) = boot_test_json(
+    let Boot {
+        summary, output, ..
+    } = boot_test_ok(
         &tmp,
         &image,
         &["--firmware", "both", "--log", log.to_str().unwrap()],
     );
-    eprintln!("{all}");
+    eprintln!("{output}");
     assert_eq!(summary["passed"], true);
     assert_eq!(summary["size_class"], "small");
     let results = summary["results"].as_array().unwrap();
     assert_eq!(results.len(), 2);
     assert_good_report(&results[0], "bios", &root_uuid);
     assert_good_report(&results[1], "uefi", &root_uuid);
+    assert_verify_passed(&results[1]);
     // Raw console bytes: GRUB draws its menu frame in a non-UTF-8 code page.
     let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
     assert!(
@@ -325,20 +216,15 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
         .unwrap();
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["format"], "vdi");
-    let (summary, _) = boot_test_json(&tmp, &vdi, &["--firmware", "uefi", "--accel", "tcg"]);
+    let summary = boot_test_ok(&tmp, &vdi, &["--firmware", "uefi", "--accel", "tcg"]).summary;
     assert_eq!(summary["format"], "vdi");
     assert_good_report(&summary["results"][0], "uefi", &root_uuid);
+    // UEFI, TCG, 4 vCPUs, 1 GiB: tuning.rs's configuration for this check.
+    assert_verify_passed(&summary["results"][0]);
     assert_nothing_left(&tmp);
 
     // BIOS boot code wiped: refused before booting, saying what is missing.
-    let broken = dir.path().join("no-boot-code.raw");
-    let status = Command::new("cp")
-        .args(["--sparse=always"])
-        .arg(&image)
-        .arg(&broken)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let broken = common::image::copy_of(dir.path(), "no-boot-code.raw");
     {
         use std::io::{Seek, SeekFrom, Write};
         let mut file = std::fs::OpenOptions::new()

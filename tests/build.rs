@@ -2,44 +2,20 @@
 //! real image, checked with tools that are not imgforge's: sgdisk, e2fsck,
 //! debugfs, blkid, fsck.vfat, mtools, sha256sum. Needs root, like the build.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-const IMGFORGE: &str = env!("CARGO_BIN_EXE_imgforge");
-
-/// Heavy tests (bootstraps) one at a time: the machine has 2 cores.
-static HEAVY: Mutex<()> = Mutex::new(());
-
-fn heavy() -> MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use common::{BUILD, IMGFORGE, heavy, prerequisites, run_program as run, text};
 
 fn imgforge(args: &[&str]) -> Output {
     run(IMGFORGE, args)
 }
 
 fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("imgforge-test-")
-        .tempdir_in("/var/tmp")
-        .unwrap()
+    common::scratch("imgforge-test-")
 }
 
 /// Reads a file out of the ext4 root with debugfs (no mount).
@@ -59,6 +35,14 @@ struct Part {
 
 #[test]
 fn builds_a_debian_image_that_independent_tools_accept() {
+    if !prerequisites(
+        "builds_a_debian_image_that_independent_tools_accept",
+        &[BUILD],
+    ) {
+        return;
+    }
+    // The run's shared small image first: its tree is in the cache.
+    let small = common::image::debian_small();
     let _heavy = heavy();
     let dir = scratch();
     let image = dir.path().join("image.raw");
@@ -310,32 +294,23 @@ fn builds_a_debian_image_that_independent_tools_accept() {
     );
     assert_eq!(info["manifest"]["size_class"], "medium");
 
-    // A second build of the same package set (another class) reuses the
-    // bootstrapped tree: nothing is downloaded or installed again.
-    let second = dir.path().join("small.raw");
-    let again = imgforge(&[
-        "build",
-        "--size-class",
-        "small",
-        "-o",
-        second.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(again.status.success(), "{}", text(&again));
-    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
-    assert_eq!(again["bootstrap_from_cache"], true);
-    let small: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{}.json", second.display())).unwrap(),
-    )
-    .unwrap();
+    // A build of the same package set in another class (this medium one,
+    // after the shared small one) reuses the bootstrapped tree: nothing is
+    // downloaded or installed again.
+    assert_eq!(
+        summary["bootstrap_from_cache"], true,
+        "the medium build bootstrapped again although the shared small image's tree \
+         (tree key {}) was cached; the mirror moved on since it was built? run again",
+        small.summary["tree_key"]
+    );
     assert!(
-        small["kernel_cmdline"]
+        small.manifest["kernel_cmdline"]
             .as_str()
             .unwrap()
             .contains("nohz_full=2-N")
     );
     assert_ne!(
-        small["disk"]["disk_guid"], manifest["disk"]["disk_guid"],
+        small.manifest["disk"]["disk_guid"], manifest["disk"]["disk_guid"],
         "each image has its own identity"
     );
 }

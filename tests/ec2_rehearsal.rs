@@ -4,73 +4,34 @@
 //! Needs root (the build does), qemu-system-x86, ovmf, qemu-utils and
 //! openssh-client. Each rehearsal boots twice (launch, then a reboot of the
 //! same instance): a few minutes under TCG. The rehearsals run one after the
-//! other (two TCG guests at once on a 2-core host make both crawl). Set
+//! other (two TCG guests at once on a 2-core host make both crawl). The
+//! image is the run's shared Debian small image (tests/common/image.rs); set
 //! IMGFORGE_TEST_IMAGE=/path/image.raw to reuse a built image.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::MutexGuard;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+use common::qemu::boot_test;
+use common::{BOOT, BUILD, Need, heavy, prerequisites};
+
+/// One guest at a time, and the run's shared Debian small image.
+fn image() -> (MutexGuard<'static, ()>, PathBuf) {
+    let image = common::image::debian_small().path.clone();
+    (heavy(), image)
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// One guest at a time, and the image built once for both tests.
-fn image() -> (std::sync::MutexGuard<'static, ()>, PathBuf) {
-    static ONE_GUEST: Mutex<()> = Mutex::new(());
-    static IMAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let guard = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = std::env::var_os("IMGFORGE_TEST_IMAGE") {
-        return (guard, PathBuf::from(path));
-    }
-    let (_, image) = IMAGE.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("imgforge-ec2-test")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let image = dir.path().join("debian-small.raw");
-        let started = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_imgforge"))
-            .args(["build", "--distro", "debian", "--size-class", "small", "-o"])
-            .arg(&image)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "build failed:\n{}", text(&out));
-        eprintln!(
-            "built {} in {:.0} s",
-            image.display(),
-            started.elapsed().as_secs_f64()
-        );
-        (dir, image)
-    });
-    (guard, image.clone())
-}
+/// What a rehearsal needs beyond a boot: SSH with a fresh launch key.
+const SSH: &[Need] = &[Need::Tool("ssh"), Need::Tool("ssh-keygen")];
 
 /// Runs a rehearsal; its exit status and parsed --json summary.
 fn rehearse(image: &Path, extra: &[&str]) -> (bool, serde_json::Value, String) {
     let scratch = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_imgforge"))
-        .env("TMPDIR", scratch.path())
-        .arg("boot-test")
-        .arg(image)
-        .args(["--ec2", "--json"])
-        .args(extra)
-        .output()
-        .unwrap();
-    let all = text(&out);
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{all}"));
-    (out.status.success(), summary, all)
+    let mut args = vec!["--ec2"];
+    args.extend_from_slice(extra);
+    let boot = boot_test(scratch.path(), image, &args);
+    (boot.ok, boot.summary, boot.output)
 }
 
 fn check<'a>(result: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -94,8 +55,10 @@ fn failed_checks(result: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn a_launch_of_the_debian_image_grows_the_volume_runs_user_data_once_and_passes() {
-    if !is_root() {
-        eprintln!("skipped: needs root to build the image");
+    if !prerequisites(
+        "a_launch_of_the_debian_image_grows_the_volume_runs_user_data_once_and_passes",
+        &[BUILD, BOOT, SSH],
+    ) {
         return;
     }
     let (_one_guest, image) = image();
@@ -134,8 +97,10 @@ fn a_launch_of_the_debian_image_grows_the_volume_runs_user_data_once_and_passes(
 
 #[test]
 fn a_failing_user_data_script_is_reported_does_not_fail_the_boot_and_runs_once() {
-    if !is_root() {
-        eprintln!("skipped: needs root to build the image");
+    if !prerequisites(
+        "a_failing_user_data_script_is_reported_does_not_fail_the_boot_and_runs_once",
+        &[BUILD, BOOT, SSH],
+    ) {
         return;
     }
     let (_one_guest, image) = image();

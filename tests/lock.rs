@@ -9,32 +9,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 
+use common::{IMGFORGE, heavy, text};
 use imgforge::build::lock::Lock;
 
-const IMGFORGE: &str = env!("CARGO_BIN_EXE_imgforge");
-
-/// Heavy tests (bootstraps) one at a time: the machine has 2 cores.
-static HEAVY: Mutex<()> = Mutex::new(());
-
-fn heavy() -> MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+mod common;
 
 fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("imgforge-lock-test-")
-        .tempdir_in("/var/tmp")
-        .unwrap()
+    common::scratch("imgforge-lock-test-")
 }
 
 fn build(args: &[&str], env: &[(&str, &str)]) -> Output {

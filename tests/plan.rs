@@ -1,23 +1,17 @@
 //! `imgforge build --plan`: everything a build would use, without root,
 //! network or bootstrap; and the data it reads (built in, or --data-dir).
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-const IMGFORGE: &str = env!("CARGO_BIN_EXE_imgforge");
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use common::{IMGFORGE, is_root, text};
 
 /// Runs `imgforge build --plan --json ARGS` as the unprivileged user
 /// `nobody` when we are root (the plan must not need root).
 fn plan(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
-    let mut command = if nix::unistd::geteuid().is_root() {
+    let mut command = if is_root() {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", IMGFORGE]);
         c

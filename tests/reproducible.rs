@@ -1,43 +1,20 @@
 //! Same inputs, same image: real builds of the small Debian image (from the
 //! tree cache when it is warm; a first run bootstraps), compared with
-//! sha256sum, sgdisk and blkid as well as `imgforge diff`. Needs root,
-//! like the build.
+//! sha256sum, sgdisk and blkid as well as `imgforge diff`, against the run's
+//! shared Debian small image (tests/common/image.rs). Needs root, like the
+//! build.
+
+mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard};
+use std::process::Command;
 
+use common::image::NAME;
+use common::{IMGFORGE, heavy, run_program as run, text};
 use serde_json::Value;
 
-const IMGFORGE: &str = env!("CARGO_BIN_EXE_imgforge");
-
-/// Builds one at a time: the machine has 2 cores.
-static HEAVY: Mutex<()> = Mutex::new(());
-
-fn heavy() -> MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("imgforge-repro-")
-        .tempdir_in("/var/tmp")
-        .unwrap()
+    common::scratch("imgforge-repro-")
 }
 
 /// `imgforge build -o DIR/NAME ARGS --json`; returns the image's path and
@@ -61,11 +38,17 @@ fn sha256sum(path: &Path) -> String {
         .to_string()
 }
 
-/// An image with the default seed (`repro`), in its own folder.
-fn base() -> (tempfile::TempDir, PathBuf, Value) {
+/// The image with the default seed (`debian-small`, from its name): the
+/// run's shared Debian small image, or (when IMGFORGE_TEST_IMAGE gave one
+/// without its build summary) one built here.
+fn base() -> (Option<tempfile::TempDir>, PathBuf, Value) {
+    let shared = common::image::debian_small();
+    if !shared.summary.is_null() {
+        return (None, shared.path.clone(), shared.summary.clone());
+    }
     let dir = scratch();
-    let (image, summary) = build(dir.path(), "repro.raw", &[]);
-    (dir, image, summary)
+    let (image, summary) = build(dir.path(), NAME, &[]);
+    (Some(dir), image, summary)
 }
 
 fn diff_json(a: &Path, b: &Path) -> Value {
@@ -109,9 +92,9 @@ fn same_name_into_other_folders_gives_the_same_sha256() {
     let (_dir_a, image_a, summary_a) = base();
     let image_a = &image_a;
     let dir = scratch();
-    let (image_b, summary_b) = build(dir.path(), "repro.raw", &[]);
+    let (image_b, summary_b) = build(dir.path(), NAME, &[]);
     assert_ne!(image_a.parent(), image_b.parent());
-    assert_eq!(summary_a["seed"], "repro");
+    assert_eq!(summary_a["seed"], "debian-small");
     assert_eq!(summary_a["sha256"], summary_b["sha256"]);
     // Not only imgforge's own hash: sha256sum over both files.
     assert_eq!(sha256sum(image_a), sha256sum(&image_b));
@@ -121,7 +104,7 @@ fn same_name_into_other_folders_gives_the_same_sha256() {
         &std::fs::read_to_string(format!("{}.json", image_b.display())).unwrap(),
     )
     .unwrap();
-    assert_eq!(manifest["seed"], "repro");
+    assert_eq!(manifest["seed"], "debian-small");
     assert_eq!(manifest["build_time"], summary_b["source_date_epoch"]);
 
     let out = run(
@@ -150,7 +133,7 @@ fn a_fresh_bootstrap_gives_the_image_the_first_tree_gave() {
     let _guard = heavy();
     let (_dir_a, image_a, summary_a) = base();
     let dir = scratch();
-    let (image_b, summary_b) = build(dir.path(), "repro.raw", &["--refresh-cache"]);
+    let (image_b, summary_b) = build(dir.path(), NAME, &["--refresh-cache"]);
     assert_eq!(summary_b["bootstrap_from_cache"], false);
     assert_eq!(
         summary_a["tree_key"], summary_b["tree_key"],
@@ -172,7 +155,7 @@ fn another_seed_gives_other_guids_and_uuids() {
     let (_dir_a, image_a, summary_a) = base();
     let image_a = &image_a;
     let dir = scratch();
-    let (image_b, summary_b) = build(dir.path(), "repro.raw", &["--seed", "another"]);
+    let (image_b, summary_b) = build(dir.path(), NAME, &["--seed", "another"]);
     assert_eq!(summary_b["seed"], "another");
     assert_ne!(summary_a["sha256"], summary_b["sha256"]);
     let (guids_a, guids_b) = (sgdisk_guids(image_a), sgdisk_guids(&image_b));

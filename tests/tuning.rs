@@ -1,25 +1,17 @@
 //! The trading profile: profiles in the plan (no root), `imgforge
 //! kernel-check` (no root), and imgforge-verify in a booted guest (root,
-//! qemu-system-x86 and ovmf; TCG, 4 vCPUs): it passes on a fresh small image,
-//! and fails naming the sysctl a conflicting layer changed.
+//! qemu-system-x86 and ovmf; TCG, 4 vCPUs): it fails naming the sysctl a
+//! conflicting layer changed (that it passes on a fresh small image is
+//! checked by tests/boot.rs on its boots of the shared image).
+
+mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, Output};
 use std::time::Instant;
 
-const IMGFORGE: &str = env!("CARGO_BIN_EXE_imgforge");
-
-/// One guest at a time: the machine's CPUs are shared.
-static QEMU: Mutex<()> = Mutex::new(());
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::qemu::boot_test;
+use common::{BOOT, BUILD, IMGFORGE, heavy, prerequisites, text};
 
 fn plan(args: &[&str]) -> serde_json::Value {
     let out = Command::new(IMGFORGE)
@@ -203,25 +195,12 @@ fn kernel_check_fails_without_no_hz_full_for_trading_only() {
     assert!(text(&out).contains("does not look like a kernel config"));
 }
 
-fn can_boot() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() == 0 };
-    let qemu = Command::new("sh")
-        .args(["-c", "command -v qemu-system-x86_64"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !root || !qemu {
-        eprintln!("skipped: needs root (the build) and qemu-system-x86_64");
-    }
-    root && qemu
+fn can_boot(test: &str) -> bool {
+    prerequisites(test, &[BUILD, BOOT])
 }
 
 fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("imgforge-tuning-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
+    common::scratch("imgforge-tuning-")
 }
 
 fn build_small(dir: &Path, extra: &[&str]) -> PathBuf {
@@ -258,31 +237,26 @@ fn boot_small(dir: &Path, image: &Path) -> (bool, serde_json::Value, String) {
 fn boot(dir: &Path, image: &Path, smp: u32, memory: u32) -> (bool, serde_json::Value, String) {
     let (smp, memory) = (smp.to_string(), memory.to_string());
     for attempt in 1..=2 {
-        let started = Instant::now();
         let log = dir.join(format!("console-{attempt}.log"));
-        let out = Command::new(IMGFORGE)
-            .arg("boot-test")
-            .arg(image)
-            .args(["--firmware", "uefi", "--accel", "tcg", "--smp", &smp])
-            .args(["--memory", &memory])
-            .args(["--timeout", "600", "--json", "--log"])
-            .arg(&log)
-            .env("TMPDIR", dir)
-            .output()
-            .unwrap();
-        let all = text(&out);
-        let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{all}"));
-        let result = summary["results"][0].clone();
-        eprintln!(
-            "boot attempt {attempt}: {:.0} s (boot-test total), report {}",
-            started.elapsed().as_secs_f64(),
-            if result["report"].is_null() {
-                "missing"
-            } else {
-                "received"
-            }
+        let boot = boot_test(
+            dir,
+            image,
+            &[
+                "--firmware",
+                "uefi",
+                "--accel",
+                "tcg",
+                "--smp",
+                &smp,
+                "--memory",
+                &memory,
+                "--timeout",
+                "600",
+                "--log",
+                log.to_str().unwrap(),
+            ],
         );
+        let result = boot.result().clone();
         if result["report"].is_null() && attempt == 1 {
             let console = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = console.lines().rev().take(15).collect();
@@ -292,43 +266,21 @@ fn boot(dir: &Path, image: &Path, smp: u32, memory: u32) -> (bool, serde_json::V
             );
             continue;
         }
-        return (out.status.success(), result, all);
+        return (boot.ok, result, boot.output);
     }
     unreachable!("the second attempt returns")
 }
 
-#[test]
-fn verify_passes_in_a_small_guest_with_4_vcpus() {
-    if !can_boot() {
-        return;
-    }
-    let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = scratch();
-    let image = build_small(dir.path(), &[]);
-    let (passed, result, all) = boot_small(dir.path(), &image);
-    assert!(passed, "{all}");
-    let report = &result["report"];
-    eprintln!("guest reached the report in {} s", result["seconds"]);
-    assert_eq!(report["verify"], "pass", "{report:#}");
-    assert_eq!(report["verify_failures"], "");
-    assert_eq!(report["isolated"], "2-3");
-    assert_eq!(report["nohz_full"], "2-3");
-    assert_eq!(report["tuning_report"], "present", "{report:#}");
-    let verify = result["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "imgforge-verify in the guest")
-        .expect("boot-test checks imgforge-verify");
-    assert_eq!(verify["ok"], true);
-}
+// imgforge-verify passing in a small guest with 4 vCPUs (UEFI, TCG, 1 GiB:
+// the configuration this file's boots use) is asserted by tests/boot.rs
+// (`common::qemu::assert_verify_passed`) on the boots it makes of the same
+// shared image anyway, instead of one more TCG boot here.
 
 #[test]
 fn verify_fails_naming_a_sysctl_a_layer_changed() {
-    if !can_boot() {
+    if !can_boot("verify_fails_naming_a_sysctl_a_layer_changed") {
         return;
     }
-    let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch();
     // A later sysctl.d file wins over the tuning layer's vm.swappiness = 10.
     let layer = dir.path().join("conflict");
@@ -338,6 +290,7 @@ fn verify_fails_naming_a_sysctl_a_layer_changed() {
         "vm.swappiness = 60\n",
     )
     .unwrap();
+    let _one_guest = heavy();
     let image = build_small(dir.path(), &["--layer", layer.to_str().unwrap()]);
     let (passed, result, all) = boot_small(dir.path(), &image);
     assert!(
@@ -453,12 +406,12 @@ fn verify_says_plainly_when_the_vcpu_count_is_outside_the_class() {
 /// 0.03-0.05 s in the kernel's IO-APIC timer check (the host too slow to
 /// deliver the timer), which boot-test only notices at its timeout.
 #[test]
-#[ignore = "a 16-vCPU TCG boot: minutes, and flaky on a loaded host"]
+#[ignore = "a 16-vCPU TCG boot: minutes, and flaky on a loaded host; run with: cargo test --test tuning -- --ignored"]
 fn verify_passes_in_a_medium_guest_with_16_vcpus() {
-    if !can_boot() {
+    if !can_boot("verify_passes_in_a_medium_guest_with_16_vcpus") {
         return;
     }
-    let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_guest = heavy();
     let dir = scratch();
     let image = build_class(dir.path(), "medium", &[]);
     let (passed, result, all) = boot(dir.path(), &image, 16, 2048);

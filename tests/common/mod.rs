@@ -1,271 +1,133 @@
-//! Helpers shared by the integration tests: moto's server and the recording
-//! proxy in front of it (the AWS fixture), images made of patterns, and
-//! running imgforge with fake credentials and no trace of the host's AWS setup.
+//! The one fixture home of the integration tests. Each test file says
+//! `mod common;` and uses what it needs:
+//!
+//! - here: the binary's path, [`text`], [`is_root`], [`have`], [`scratch`],
+//!   [`heavy`] (one heavy job at a time) and [`prerequisites`] (fail under
+//!   `CI=true` when what CI always has is missing; skip loudly elsewhere);
+//! - [`aws`]: moto (one per test file), the recording/fault proxy, pattern
+//!   images, imgforge with fake credentials;
+//! - [`image`]: the one Debian small image of a `cargo test` run, shared by
+//!   every test binary;
+//! - [`qemu`]: boot-test runs and the checks that nothing was left behind.
 #![allow(dead_code)]
 
-use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+pub mod aws;
+pub mod image;
+pub mod qemu;
 
-use base64::Engine;
-use serde_json::Value;
-use sha2::{Digest, Sha256};
+#[allow(unused_imports)]
+pub use aws::*;
 
-pub const BLOCK: u64 = 524_288;
-pub const MIB: u64 = 1 << 20;
-pub const SUPPORT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support");
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// The imgforge binary under test.
+pub const IMGFORGE: &str = env!("CARGO_BIN_EXE_imgforge");
 
-pub fn wait_for_port(port: u16, child: &mut Child, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("{what} exited ({status}) before listening on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} did not listen on port {port} within 60 s");
-}
-
-/// A process killed when the test ends, pass or fail.
-pub struct Background(pub Child);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// moto's server on a free port (tests/support/moto_server.py: moto with
-/// EBS's real block size and integer block indices).
-pub struct Moto {
-    pub port: u16,
-    _process: Background,
-}
-
-impl Moto {
-    pub fn start() -> Self {
-        let probe = Command::new("python3")
-            .args(["-c", "import moto.server, werkzeug, flask"])
-            .output();
-        match probe {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => panic!(
-                "moto's server is not installed: run `pip install 'moto[server]'` \
-                 (python3 said: {})",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Err(err) => panic!(
-                "python3 is needed for moto's server ({err}); install python3, then \
-                 `pip install 'moto[server]'`"
-            ),
-        }
-        let port = free_port();
-        let mut child = Command::new("python3")
-            .arg(format!("{SUPPORT}/moto_server.py"))
-            .args(["127.0.0.1", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto");
-        wait_for_port(port, &mut child, "moto");
-        Moto {
-            port,
-            _process: Background(child),
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-/// The recording, fault-injecting proxy in front of a moto.
-pub struct Proxy {
-    pub port: u16,
-    pub log: PathBuf,
-    _process: Background,
-}
-
-impl Proxy {
-    pub fn start(moto: &Moto, dir: &Path, faults: &[&str]) -> Self {
-        let port = free_port();
-        let log = dir.join(format!("proxy-{port}.jsonl"));
-        let mut child = Command::new("python3")
-            .arg(format!("{SUPPORT}/aws_proxy.py"))
-            .args(["--listen", &port.to_string()])
-            .args(["--upstream", &moto.port.to_string()])
-            .arg("--log")
-            .arg(&log)
-            .args(faults)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start proxy");
-        wait_for_port(port, &mut child, "aws_proxy.py");
-        Proxy {
-            port,
-            log,
-            _process: Background(child),
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Every request recorded so far.
-    pub fn requests(&self) -> Vec<Value> {
-        match std::fs::read_to_string(&self.log) {
-            Ok(text) => text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-
-    pub fn operations<'a>(requests: &'a [Value], op: &str) -> Vec<&'a Value> {
-        requests.iter().filter(|r| r["operation"] == op).collect()
-    }
-}
-
-/// Deterministic bytes (xorshift), so a test's image is the same every run.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// A sparse image of `size` bytes with data written at the given extents.
-pub fn make_image(path: &Path, size: u64, extents: &[(u64, Vec<u8>)]) {
-    let mut file = File::create(path).unwrap();
-    file.set_len(size).unwrap();
-    for (offset, data) in extents {
-        file.seek(SeekFrom::Start(*offset)).unwrap();
-        file.write_all(data).unwrap();
-    }
-    file.sync_all().unwrap();
-}
-
-pub fn sha256_file(path: &Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
-}
-
-/// The image's block `index`, zero-padded to the block size.
-pub fn image_block(image: &[u8], index: u64) -> Vec<u8> {
-    let start = (index * BLOCK) as usize;
-    let end = (start + BLOCK as usize).min(image.len());
-    let mut block = image[start..end].to_vec();
-    block.resize(BLOCK as usize, 0);
-    block
-}
-
-pub fn b64_sha256(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data))
-}
-
-/// `imgforge` with fake credentials and no trace of the host's AWS setup.
-pub fn imgforge(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgforge"));
-    cmd.current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            dir.join("no-aws-credentials"),
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1");
-    cmd
-}
-
-pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run imgforge");
-    eprintln!(
-        "--- imgforge {:?}\n--- stdout:\n{}--- stderr:\n{}",
-        out.status,
+/// stdout then stderr, for assertions and failure messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Whether `tool` is on PATH or in an sbin folder (where root's tools are).
+pub fn have(tool: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(Into::into))
+        .any(|dir| dir.join(tool).is_file())
+}
+
+/// Runs `program ARGS` and returns its output (panics only if it cannot start).
+pub fn run_program(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// A temporary folder under /var/tmp (images are large; /tmp may be a tmpfs).
+pub fn scratch(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/var/tmp")
+        .unwrap()
+}
+
+/// One heavy job (a bootstrap, a build, a QEMU guest) at a time in this test
+/// binary: the machine has 2 cores, and test binaries run one after another.
+pub fn heavy() -> MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Something a test needs from the host that CI always provides.
+#[derive(Clone, Copy, Debug)]
+pub enum Need {
+    /// Running as root (builds, pacman, mounts).
+    Root,
+    /// A command, on PATH or in sbin.
+    Tool(&'static str),
+    /// A file, e.g. the OVMF firmware.
+    File(&'static str),
+}
+
+/// What a QEMU boot of an x86_64 image needs (BIOS and UEFI).
+pub const BOOT: &[Need] = &[
+    Need::Tool("qemu-system-x86_64"),
+    Need::Tool("qemu-img"),
+    Need::File("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+    Need::File("/usr/share/OVMF/OVMF_VARS_4M.fd"),
+];
+
+/// What a Debian build needs.
+pub const BUILD: &[Need] = &[Need::Root, Need::Tool("mmdebstrap")];
+
+/// Whether `CI` says this is a CI run (`.ci/run` exports CI=true).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// True when every need is met. Otherwise: under CI, the test fails naming
+/// what is missing (CI always has it: `.ci/setup` installs it); outside CI
+/// it returns false after saying loudly, past the test harness's output
+/// capture, that the test did NOT run.
+pub fn prerequisites(test: &str, needs: &[&[Need]]) -> bool {
+    let missing: Vec<String> = needs
+        .iter()
+        .flat_map(|group| group.iter())
+        .filter_map(|need| match *need {
+            Need::Root if !is_root() => Some("root".to_string()),
+            Need::Tool(tool) if !have(tool) => Some(format!("the command `{tool}`")),
+            Need::File(file) if !Path::new(file).exists() => Some(file.to_string()),
+            _ => None,
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let what = missing.join(", ");
+    if in_ci() {
+        panic!(
+            "{test} needs {what}, which CI always has: run `sudo bash .ci/setup` \
+             (or run the tests as root)"
+        );
+    }
+    // Written to the process's stderr, not through eprintln!, so that the
+    // harness does not swallow it for a test that returns early.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED {test}: needs {what} (not CI, so it counts as passed but DID NOT RUN; \
+         `sudo bash .ci/setup` installs everything) ***"
     );
-    out
-}
-
-pub fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-pub fn json_stdout(out: &Output) -> Value {
-    assert!(out.status.success(), "imgforge failed: {}", stderr(out));
-    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
-}
-
-pub fn download(dir: &Path, url: &str, snapshot: &str, size: u64, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    let out = run(imgforge(dir)
-        .args(["download", snapshot, "-o"])
-        .arg(&path)
-        .args(["--size", &size.to_string(), "--endpoint-url", url]));
-    assert!(out.status.success(), "download failed: {}", stderr(&out));
-    path
-}
-
-/// Downloads `snapshot` and asserts it reads back byte-identical to `image`.
-pub fn assert_reads_back(
-    dir: &Path,
-    url: &str,
-    snapshot: &str,
-    size: u64,
-    image: &Path,
-) -> PathBuf {
-    let back = download(dir, url, snapshot, size, "back.raw");
-    assert_eq!(
-        sha256_file(&back),
-        sha256_file(image),
-        "the snapshot reads back differently"
-    );
-    back
-}
-
-/// Writes the build manifest `IMAGE.json` beside `image` as `imgforge build`
-/// seals it (after the image, with the image's size and sha256), so that
-/// upload can trust its sha256 instead of hashing the image first.
-pub fn write_build_manifest(image: &Path) {
-    let size = std::fs::metadata(image).unwrap().len();
-    let manifest = serde_json::json!({
-        "imgforge_version": "test", "distro": "debian", "release": "bookworm",
-        "architecture": "x86_64", "size_class": "small", "kernel_version": "6.1",
-        "kernel_cmdline": "", "boot_modes": ["bios"],
-        "disk": {"size_bytes": size, "disk_guid": "00000000-0000-0000-0000-000000000000",
-                 "partitions": []},
-        "layers": [], "packages": [], "build_time": 0,
-        "sha256": sha256_file(image),
-    });
-    // The manifest is written after the image: its mtime is not older.
-    std::thread::sleep(std::time::Duration::from_millis(10));
-    std::fs::write(format!("{}.json", image.display()), manifest.to_string()).unwrap();
+    false
 }

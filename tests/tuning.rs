@@ -235,7 +235,7 @@ fn boot_small(dir: &Path, image: &Path) -> (bool, serde_json::Value, String) {
 }
 
 fn boot(dir: &Path, image: &Path, smp: u32, memory: u32) -> (bool, serde_json::Value, String) {
-    let (smp, memory) = (smp.to_string(), memory.to_string());
+    let (smp, memory) = (smp.to_string(), format!("{memory}M"));
     for attempt in 1..=2 {
         let log = dir.join(format!("console-{attempt}.log"));
         let boot = boot_test(

@@ -49,16 +49,6 @@ pub enum ContextError {
     },
 }
 
-/// The build cache's default place: `$XDG_CACHE_HOME/imgforge`, else
-/// `~/.cache/imgforge`, else `/var/cache/imgforge`.
-pub fn default_cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"));
-    base.join("imgforge")
-}
-
 /// The build cache's folders under its top (`--cache-dir`).
 pub struct CacheDirs {
     /// Bootstrapped trees, as tarballs named by their cache key.

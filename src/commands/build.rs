@@ -5,10 +5,10 @@
 
 use std::path::PathBuf;
 
-use imgforge::build::context::default_cache_dir;
 use imgforge::build::plan::Plan;
 use imgforge::build::{self, BuildOptions, BuildRequest};
 use imgforge::image::layout;
+use imgforge::sys::workdir::default_cache_dir;
 use imgforge::units::ByteSize;
 use imgforge::{platform, sizeclass};
 

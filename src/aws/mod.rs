@@ -16,9 +16,3 @@ pub mod publish;
 pub mod request;
 pub mod retry;
 pub mod upload;
-
-// The old paths, still used outside this folder's owner's files
-// (src/commands/config.rs: names, register; tests/fuzz: journal); they go
-// once those import `aws::ami::{names, register}` and `aws::ebs::journal`.
-pub use ami::{names, register};
-pub use ebs::journal;

@@ -2,7 +2,7 @@
 //! and what a resumed upload does with it.
 #![no_main]
 
-use imgforge::aws::journal::Journal;
+use imgforge::aws::ebs::journal::Journal;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = render(&info);
     let _ = serde_json::to_string_pretty(&info).expect("serializes");
-    for firmware in ["bios", "uefi"] {
+    for firmware in imgforge::image::firmware::Firmware::ALL {
         let want = imgforge::boottest::expectations(firmware, 4, class.as_ref(), &info);
         let _ = report::check(&GuestReport::default(), &want);
     }

@@ -10,9 +10,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let want = Expectations {
-        firmware: "uefi".into(),
+        firmware: imgforge::image::firmware::Firmware::Uefi,
         smp: 4,
         class: imgforge::sizeclass::lookup("small").ok(),
+        class_tokens: vec!["isolcpus=managed_irq,domain,2-3".into()],
         manifest_cmdline: vec!["console=ttyS0,115200".into()],
         root_uuid: None,
     };

@@ -16,16 +16,7 @@ mod guarded_panics;
 
 const SECTOR: usize = 512;
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-        }
-    }
-    !crc
-}
+use imgforge::image::gpt_header::crc32;
 
 /// Makes the header at `at` (and its entry array) pass the gpt crate's checks.
 fn fix_header(image: &mut [u8], at: usize) {

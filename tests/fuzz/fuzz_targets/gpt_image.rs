@@ -9,14 +9,13 @@
 use std::io::Cursor;
 use std::path::Path;
 
+use imgforge::image::gpt_header::crc32;
 use libfuzzer_sys::fuzz_target;
 
 #[path = "guarded_panics.rs"]
 mod guarded_panics;
 
 const SECTOR: usize = 512;
-
-use imgforge::image::gpt_header::crc32;
 
 /// Makes the header at `at` (and its entry array) pass the gpt crate's checks.
 fn fix_header(image: &mut [u8], at: usize) {

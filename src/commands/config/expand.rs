@@ -66,7 +66,12 @@ pub fn with_config_args(command: clap::Command) -> clap::Command {
                 )
         })
         .mut_subcommand("upload", |c| {
-            c.args_override_self(true).arg(config).arg(image)
+            // Upload's help names each flag's Packer counterpart.
+            let config_help = format!("{}. Packer: -var-file", config.get_help().unwrap());
+            let image_help = format!("{}. Packer: none", image.get_help().unwrap());
+            c.args_override_self(true)
+                .arg(config.help(config_help))
+                .arg(image.help(image_help))
         })
 }
 

@@ -422,6 +422,9 @@ pub fn run(args: &UploadArgs) -> anyhow::Result<()> {
                 err.into()
             });
         }
+        // The image and the flags disagree (architecture, boot mode): found
+        // before any snapshot was started, so it is bad input.
+        Err(err @ UploadError::Platform(_)) => return Err(BadInput::from_error(err).into()),
         Err(err) => return Err(err.into()),
     };
     if args.json {

@@ -1,8 +1,7 @@
 //! imgforge: build bootable Linux disk images offline and publish them as
 //! EC2 AMIs. This file is only the command line's dispatch: parsing, logging,
 //! printing a command's JSON document, and the exit status. Each subcommand
-//! lives in its own module under `commands/` (or, until it moves there, in
-//! its engine).
+//! lives in its own module under `commands/`.
 //!
 //! Exit status: 0 success, 1 a failure during the work, 2 bad input found
 //! before any work (clap usage errors, `commands::BadInput`, config-file

@@ -247,9 +247,7 @@ struct Promoted {
 }
 
 async fn promote(args: &PromoteArgs) -> anyhow::Result<()> {
-    if std::env::args().any(|a| a == "--image" || a.starts_with("--image=")) {
-        eprintln!("imgforge: warning: --image is now --ami; the old name goes in a later release");
-    }
+    super::warn_renamed_flag("--image", "--ami");
     if args.ami.is_some() && args.regions.regions.len() > 1 {
         return Err(BadInput::new(
             "--ami names an AMI in one region (AMI ids are regional); use --name to promote \

@@ -222,12 +222,7 @@ pub fn run(args: &BootTestArgs) -> anyhow::Result<()> {
             Verdict::Rehearsals(summary) => print_rehearsals(summary),
         }
     }
-    let result = verdict.into_result().context("boot test failed");
-    if args.json {
-        result.map_err(|err| super::JsonPrinted(err).into())
-    } else {
-        result
-    }
+    super::after_json_document(verdict.into_result().context("boot test failed"), args.json)
 }
 
 fn print_boots(summary: &BootSummary) {

@@ -193,11 +193,7 @@ impl BuildArgs {
     /// The flags as the engine's typed options; what cannot be right is
     /// refused here, before any work.
     pub fn options(&self) -> Result<BuildOptions, BadInput> {
-        if std::env::args().any(|a| a == "--architecture" || a.starts_with("--architecture=")) {
-            eprintln!(
-                "imgforge: warning: --architecture is now --arch; the old name goes in a later release"
-            );
-        }
+        super::warn_renamed_flag("--architecture", "--arch");
         let architecture = platform::lookup(&self.arch).map_err(BadInput::from_error)?;
         let size_class = sizeclass::lookup(&self.size_class).map_err(BadInput::from_error)?;
         if let Some(size) = self.size {

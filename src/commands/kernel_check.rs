@@ -61,8 +61,5 @@ pub fn run(args: &KernelCheckArgs) -> anyhow::Result<()> {
             }
         }
     }
-    match outcome.verdict() {
-        Err(err) if args.json => Err(super::JsonPrinted(err.into()).into()),
-        other => Ok(other?),
-    }
+    super::after_json_document(outcome.verdict().map_err(Into::into), args.json)
 }

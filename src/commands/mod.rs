@@ -102,9 +102,27 @@ mod tests {
     }
 }
 
+/// Warns once when the command line spells a renamed flag its old way
+/// (`--architecture` for `--arch`): old names stay for one release.
+pub fn warn_renamed_flag(old: &str, new: &str) {
+    let given = std::env::args().any(|a| a == old || a.starts_with(&format!("{old}=")));
+    if given {
+        eprintln!("imgforge: warning: {old} is now {new}; the old name goes in a later release");
+    }
+}
+
+/// A subcommand's result after it printed its `--json` document: a failure
+/// is marked [`JsonPrinted`] so that main does not print a second document.
+pub fn after_json_document(result: anyhow::Result<()>, json: bool) -> anyhow::Result<()> {
+    match result {
+        Err(err) if json => Err(JsonPrinted(err).into()),
+        other => other,
+    }
+}
+
 /// A failure whose `--json` document the subcommand already printed (a boot
 /// test that ran and failed prints its verdict): main then writes the error
 /// line on stderr only, so stdout stays one JSON document.
 #[derive(Debug, thiserror::Error)]
-#[error("{}", format!("{:#}", .0))]
+#[error("{}", error_message(.0))]
 pub struct JsonPrinted(pub anyhow::Error);

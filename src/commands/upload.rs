@@ -363,11 +363,7 @@ impl UploadArgs {
     }
 
     fn warn_old_spellings(&self) {
-        if std::env::args().any(|a| a == "--architecture" || a.starts_with("--architecture=")) {
-            eprintln!(
-                "imgforge: warning: --architecture is now --arch; the old name goes in a later release"
-            );
-        }
+        super::warn_renamed_flag("--architecture", "--arch");
         if let Some(v) = self.volume_size.filter(|v| v.bare) {
             eprintln!(
                 "imgforge: warning: --volume-size {n} is read as {n}G; write {n}G (a bare number \
@@ -416,11 +412,7 @@ pub fn run(args: &UploadArgs) -> anyhow::Result<()> {
                 failed,
                 result,
             };
-            return Err(if args.json {
-                super::JsonPrinted(err.into()).into()
-            } else {
-                err.into()
-            });
+            return super::after_json_document(Err(err.into()), args.json);
         }
         // The image and the flags disagree (architecture, boot mode): found
         // before any snapshot was started, so it is bad input.

@@ -72,6 +72,16 @@ impl serde::Serialize for ByteSize {
     }
 }
 
+/// A size for people to read: `1.5 GiB`, `100.0 MiB` (one decimal).
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if bytes >= ByteSize::GIB {
+        format!("{:.1} GiB", b / ByteSize::GIB as f64)
+    } else {
+        format!("{:.1} MiB", b / ByteSize::MIB as f64)
+    }
+}
+
 /// Parses a duration in the one duration notation (a clap value parser).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || {

@@ -15,7 +15,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::cache_key::{MIRROR_STATE_SALT_ENV, mirror_key_lines, tree_key};
+use super::cache_key::{self, MIRROR_STATE_SALT_ENV, mirror_key_lines, tree_key};
 use super::context::BuildContext;
 use crate::distro::{BootstrapJob, DistroError, Kernel, MirrorDigest};
 use crate::image::manifest::Package;
@@ -86,14 +86,13 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
             )
         }
     };
-    let tarball = ctx.cache.rootfs_dir.join(format!(
-        "{}-{}-{key}.tar",
-        distro.data().name,
-        ctx.request.release
+    let tarball = ctx.cache.rootfs_dir.join(cache_key::tree_file_name(
+        &distro.data().name,
+        &ctx.request.release,
+        &key,
     ));
     let from_cache = tarball.is_file() && !ctx.refresh_cache;
-    // Unique per process: two builds of the same package set may race.
-    let partial = tarball.with_extension(format!("tar.{}.partial", std::process::id()));
+    let partial = cache_key::partial_path(&tarball);
     if from_cache {
         log::info!("bootstrap: reusing cached tree {}", tarball.display());
         ctx.progress.note(&format!("cached tree {}", short(&key)));

@@ -93,6 +93,34 @@ fn hash_tree(hasher: &mut Sha256, root: &Path, dir: &Path) -> Result<(), PathErr
     Ok(())
 }
 
+/// The cached tree's file name under the cache's rootfs folder:
+/// `DISTRO-RELEASE-KEY.tar` ([`tree_family`] reads it back).
+pub fn tree_file_name(distro: &str, release: &str, key: &str) -> String {
+    format!("{distro}-{release}-{key}.tar")
+}
+
+/// The file a tree is written to before it is renamed into place, unique
+/// per process (`NAME.tar.PID.partial`, [`partial_writer`] reads it back):
+/// two builds of the same package set may race.
+pub fn partial_path(tarball: &Path) -> std::path::PathBuf {
+    tarball.with_extension(format!("tar.{}.partial", std::process::id()))
+}
+
+/// `debian-bookworm-<64 hex>.tar` -> `debian-bookworm`; None for a name
+/// [`tree_file_name`] did not make.
+pub fn tree_family(name: &str) -> Option<String> {
+    let stem = name.strip_suffix(".tar")?;
+    let (family, key) = stem.rsplit_once('-')?;
+    (key.len() == 64 && key.chars().all(|c| c.is_ascii_hexdigit())).then(|| family.to_string())
+}
+
+/// The process writing a [`partial_path`] file.
+pub fn partial_writer(name: &str) -> Option<u32> {
+    name.strip_suffix(".partial")
+        .and_then(|s| s.rsplit_once('.'))
+        .and_then(|(_, pid)| pid.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,8 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
+use imgforge::build::cache_key::{partial_writer, tree_family};
 use imgforge::sys::workdir::default_cache_dir;
-use imgforge::units::{format_duration, parse_duration};
+use imgforge::units::{format_duration, human_bytes, parse_duration};
 use serde::Serialize;
 use serde_json::json;
 
@@ -181,19 +182,9 @@ fn entry(
     })
 }
 
-/// `debian-bookworm-<64 hex>.tar` -> `debian-bookworm`.
-fn tree_family(name: &str) -> Option<String> {
-    let stem = name.strip_suffix(".tar")?;
-    let (family, key) = stem.rsplit_once('-')?;
-    (key.len() == 64 && key.chars().all(|c| c.is_ascii_hexdigit())).then(|| family.to_string())
-}
-
-/// `NAME.tar.PID.partial`: true while process PID runs.
+/// A partial tree whose writing process still runs.
 fn writer_alive(name: &str) -> bool {
-    name.strip_suffix(".partial")
-        .and_then(|s| s.rsplit_once('.'))
-        .and_then(|(_, pid)| pid.parse::<u32>().ok())
-        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    partial_writer(name).is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// Splits the entries into (to evict, to keep).
@@ -226,17 +217,6 @@ fn choose(args: &CleanArgs, entries: Vec<Entry>) -> (Vec<Entry>, Vec<Entry>) {
             && e.idle_seconds >= older_than.as_secs()
             && !protected.contains(&e.path)
     })
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const GIB: f64 = (1u64 << 30) as f64;
-    const MIB: f64 = (1u64 << 20) as f64;
-    let b = bytes as f64;
-    if b >= GIB {
-        format!("{:.1} GiB", b / GIB)
-    } else {
-        format!("{:.1} MiB", b / MIB)
-    }
 }
 
 #[cfg(test)]

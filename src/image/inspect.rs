@@ -16,6 +16,7 @@ use crate::image::gpt_header;
 use crate::image::layout::{SECTOR, TYPE_BIOS_BOOT, TYPE_ESP};
 use crate::image::manifest::{self, Manifest};
 use crate::platform;
+use crate::units::human_bytes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -366,14 +367,6 @@ fn describe_type(type_guid: &str) -> String {
     }
 }
 
-fn mib(bytes: u64) -> String {
-    if bytes >= 1 << 30 {
-        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
-    } else {
-        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
-    }
-}
-
 /// What `imgforge inspect` prints without `--json`.
 pub fn render(info: &ImageInfo) -> String {
     let mut out = String::new();
@@ -381,7 +374,7 @@ pub fn render(info: &ImageInfo) -> String {
         out,
         "image       {} ({})",
         info.path.display(),
-        mib(info.size_bytes)
+        human_bytes(info.size_bytes)
     );
     let _ = writeln!(out, "disk GUID   {}", info.disk_guid);
     let _ = writeln!(out, "partitions");
@@ -391,7 +384,7 @@ pub fn render(info: &ImageInfo) -> String {
             "  {}  {:<10} {:>10}  LBA {}-{}  {}",
             p.number,
             p.name,
-            mib(p.size_bytes),
+            human_bytes(p.size_bytes),
             p.first_lba,
             p.last_lba,
             describe_type(&p.type_guid)

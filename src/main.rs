@@ -221,6 +221,9 @@ fn exit_status(err: &anyhow::Error) -> u8 {
 
 /// Prints the error (and with `--json` its JSON object) and gives the status.
 fn report(err: &anyhow::Error, json: bool) -> u8 {
+    if let Some(commands::ExitWith(status)) = err.downcast_ref() {
+        return *status;
+    }
     let status = exit_status(err);
     let message = commands::error_message(err);
     eprintln!("imgforge: error: {message}");

@@ -356,7 +356,8 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     ];
     for (args, expected) in cases {
         let result = imgforge(args);
-        assert!(!result.status.success(), "{args:?} succeeded");
+        // Every case is found from the flags before any work: bad input.
+        assert_eq!(result.status.code(), Some(2), "{args:?}: {}", text(&result));
         assert!(
             text(&result).contains(expected),
             "{args:?}: {}",
@@ -391,7 +392,7 @@ fn missing_host_tool_names_the_package() {
             .env("PATH", dir.path())
             .output()
             .unwrap();
-        assert!(!out.status.success());
+        assert_eq!(out.status.code(), Some(2), "{distro}: {}", text(&out));
         assert!(text(&out).contains(expected), "{distro}: {}", text(&out));
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -412,7 +413,7 @@ fn not_root_is_refused() {
             "/tmp/x.raw",
         ],
     );
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("must run as root"), "{}", text(&out));
     drop(dir);
 }

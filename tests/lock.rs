@@ -90,6 +90,7 @@ static LOCKED: OnceLock<Locked> = OnceLock::new();
 fn locked_build() -> &'static Locked {
     LOCKED.get_or_init(|| {
         let dir = scratch();
+        common::remove_at_exit(dir.path());
         let image = dir.path().join("image.raw");
         let lock = dir.path().join("image.lock");
         let summary = build_ok(

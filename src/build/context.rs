@@ -49,6 +49,21 @@ pub enum ContextError {
     },
 }
 
+impl ContextError {
+    /// Found from the flags and the host before any work: the command line
+    /// (or the host's setup) has to change; nothing failed.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Self::OutputDir(_)
+                | Self::Keyring(_)
+                | Self::NotRoot
+                | Self::Parent(_)
+                | Self::Tool(ToolError::Missing { .. })
+        )
+    }
+}
+
 /// The build cache's folders under its top (`--cache-dir`).
 pub struct CacheDirs {
     /// Bootstrapped trees, as tarballs named by their cache key.

@@ -76,6 +76,14 @@ pub enum BuildError {
     Interrupted(#[from] Interrupted),
 }
 
+impl BuildError {
+    /// True for what the context refused before any work (see
+    /// [`ContextError::is_bad_input`]).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, Self::Context(err) if err.is_bad_input())
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct BuildSummary {
     pub image: PathBuf,

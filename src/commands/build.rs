@@ -252,7 +252,13 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let summary = build::build(request, &options)?;
+    let summary = build::build(request, &options).map_err(|err| -> anyhow::Error {
+        if err.is_bad_input() {
+            BadInput::from_error(err).into()
+        } else {
+            err.into()
+        }
+    })?;
     if args.json {
         println!(
             "{}",

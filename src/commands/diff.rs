@@ -59,7 +59,7 @@ pub fn run(args: &DiffArgs) -> anyhow::Result<()> {
         print!("{}", result.render(args.max_files));
     }
     if args.exit_code && !result.identical {
-        std::process::exit(1);
+        return Err(super::ExitWith(1).into());
     }
     Ok(())
 }

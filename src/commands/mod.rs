@@ -120,6 +120,13 @@ pub fn after_json_document(result: anyhow::Result<()>, json: bool) -> anyhow::Re
     }
 }
 
+/// A command that did its work and only has a status to give (`diff
+/// --exit-code` when the images differ): main exits with it and prints
+/// nothing more, as diff(1) does.
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {0}")]
+pub struct ExitWith(pub u8);
+
 /// A failure whose `--json` document the subcommand already printed (a boot
 /// test that ran and failed prints its verdict): main then writes the error
 /// line on stderr only, so stdout stays one JSON document.

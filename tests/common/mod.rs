@@ -19,9 +19,9 @@ pub mod qemu;
 pub use aws::*;
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, Once};
 
 /// The imgforge binary under test.
 pub const IMGFORGE: &str = env!("CARGO_BIN_EXE_imgforge");
@@ -61,6 +61,30 @@ pub fn scratch(prefix: &str) -> tempfile::TempDir {
         .prefix(prefix)
         .tempdir_in("/var/tmp")
         .unwrap()
+}
+
+/// Removes `path` (a folder) when the test binary exits. For scratch folders
+/// kept in a `static` for all of a file's tests: statics are never dropped,
+/// so their `TempDir` alone would leave an image behind after every run.
+pub fn remove_at_exit(path: &Path) {
+    static PATHS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static REGISTER: Once = Once::new();
+    extern "C" fn remove_all() {
+        let paths = PATHS.lock().unwrap_or_else(|e| e.into_inner());
+        for path in paths.iter() {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+    // SAFETY: atexit only stores the function pointer; the test harness
+    // leaves through exit(3) (a return from main or process::exit), which
+    // runs it once, after every test thread is done.
+    REGISTER.call_once(|| unsafe {
+        libc::atexit(remove_all);
+    });
+    PATHS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(path.to_owned());
 }
 
 /// One heavy job (a bootstrap, a build, a QEMU guest) at a time in this test

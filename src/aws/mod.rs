@@ -2,6 +2,7 @@
 //!
 //! At the top: `client` (SDK configuration, per region), `retry` (which
 //! failures are retried, and how; the short form of an AWS error),
+//! `kms` (keys resolved to ARNs; what sharing an encrypted AMI needs),
 //! `output` (result files), `request` (what an upload is asked to do) and
 //! the job `upload`, which lists its steps. Below, one folder per API:
 //! `ebs` (blocks, journal, snapshot, delta, writer, download), `ami`
@@ -11,6 +12,7 @@
 pub mod ami;
 pub mod client;
 pub mod ebs;
+pub mod kms;
 pub mod output;
 pub mod publish;
 pub mod request;

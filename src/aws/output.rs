@@ -35,7 +35,13 @@ pub struct UploadResult {
     pub name: Option<String>,
     pub region: String,
     pub snapshot_id: String,
-    /// An AMI of this name existed and was reused; nothing was uploaded.
+    /// The image's sha256 (tagged `imgforge:image-sha256` on the snapshot
+    /// and every AMI).
+    pub image_sha256: String,
+    /// The image family (tagged `imgforge:family`).
+    pub family: String,
+    /// An AMI of this name holding the same image existed and was reused;
+    /// nothing was uploaded.
     pub reused_existing_ami: bool,
     /// The AMI this run replaced (--force-deregister).
     pub replaced_ami_id: Option<String>,
@@ -191,6 +197,8 @@ mod tests {
 
     fn result(ami: &str) -> UploadResult {
         UploadResult {
+            image_sha256: "ab".repeat(32),
+            family: "f".into(),
             ami_id: Some(ami.into()),
             name: Some("n".into()),
             region: "us-east-1".into(),

@@ -13,9 +13,11 @@ use imgforge::aws::ami::names::{
     parse_ssm_template, parse_tag,
 };
 use imgforge::aws::ami::register::BootMode;
+use imgforge::aws::ami::same_name::SameNameError;
 use imgforge::aws::client;
 use imgforge::aws::ebs::blocks;
 use imgforge::aws::ebs::delta::ParentArg;
+use imgforge::aws::kms::{KmsError, parse_region_key};
 use imgforge::aws::publish::{Deprecation, PublishPlan};
 use imgforge::aws::upload::{self, UploadError, UploadRequest};
 use imgforge::platform::{self, Architecture};
@@ -47,7 +49,7 @@ Credentials and region come from the standard AWS chain (AWS_ACCESS_KEY_ID and \
 AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/config including SSO, instance roles). Prints the AMI \
 ID on stdout, and writes ami-latest.txt and packer-manifest.json (appended) in --output-dir.\n\n\
 Examples:\n  imgforge upload image.raw --name web-small-v1 --tag team=infra\n  \
-imgforge upload image.raw --name web-small-v1 --force-deregister --boot-mode uefi\n  \
+imgforge upload image.raw --name web-small-v1 --replace --boot-mode uefi\n  \
 imgforge upload image.raw --no-register --json\n  \
 imgforge upload image.raw --name web-small-v2 --parent auto\n  \
 imgforge upload image.raw --name app-v2 --copy-to eu-west-1,us-west-2 --share-with 123456789012 \
@@ -64,8 +66,11 @@ pub struct UploadArgs {
     pub connection: AwsOptions,
 
     /// AMI name (3-128 characters: letters, digits, ( ) [ ] . / - ' @ _ and spaces).
-    /// Default: the image's file name and the start of its content hash. If an AMI
-    /// of this name exists it is reused (see --force-deregister). Packer: ami_name.
+    /// Default: the image's file name and the start of its sha256. `{date}` is the
+    /// image's build date (YYYYMMDD, from its manifest IMAGE.json, not the clock), so a
+    /// rerun on another day resumes. An AMI of this name is reused only when it holds
+    /// the same image (its imgforge:image-sha256 tag); one holding another image is
+    /// refused before anything is uploaded (see --replace). Packer: ami_name.
     #[arg(long, value_parser = parse_ami_name)]
     pub name: Option<String>,
 
@@ -121,21 +126,32 @@ pub struct UploadArgs {
     #[arg(long)]
     pub encrypted: bool,
 
-    /// KMS key ARN for --encrypted. Packer: kms_key_id.
-    #[arg(long, requires = "encrypted", value_name = "ARN")]
+    /// KMS key for --encrypted: an ARN, key ID or alias (alias/images), resolved to its
+    /// ARN with KMS DescribeKey before the upload (EBS takes only ARNs).
+    /// Packer: kms_key_id.
+    #[arg(long, requires = "encrypted", value_name = "KEY")]
     pub kms_key_id: Option<String>,
+
+    /// Encrypt the copy in REGION (a --copy-to region) with KEY (ARN, key ID or alias in
+    /// that region): CopyImage Encrypted + KmsKeyId. Repeat for each region. Without it
+    /// a copy of an encrypted AMI lands under that region's default key (aws/ebs), which
+    /// cannot be shared with other accounts. Packer: region_kms_key_ids.
+    #[arg(long = "copy-kms-key", value_name = "REGION=KEY", value_parser = parse_region_key)]
+    pub copy_kms_keys: Vec<(String, String)>,
 
     /// Stop after the snapshot is completed: no RegisterImage; prints the snapshot ID.
     /// Packer: skip_create_ami.
-    #[arg(long, conflicts_with_all = ["force_deregister", "tpm", "copy_to", "share_with",
+    #[arg(long, conflicts_with_all = ["replace", "tpm", "copy_to", "share_with",
           "deprecate_in", "deprecate_at", "ssm_parameter"])]
     pub no_register: bool,
 
-    /// If an AMI of this name exists, deregister it and delete its snapshot after the
-    /// new snapshot is complete, then register the new AMI under the name.
+    /// If an AMI of this name holds another image (here or in a --copy-to region),
+    /// replace it: the new snapshot is written first, then the old AMI is deregistered
+    /// and its snapshots deleted, then the new AMI is registered under the name. An AMI
+    /// holding the same image is reused either way. (Old spelling: --force-deregister.)
     /// Packer: force_deregister and force_delete_snapshot.
-    #[arg(long)]
-    pub force_deregister: bool,
+    #[arg(long, alias = "force-deregister")]
+    pub replace: bool,
 
     /// When the upload fails after the snapshot was started, keep the snapshot and the
     /// journal (a rerun resumes) instead of deleting them. Packer: none.
@@ -183,9 +199,10 @@ pub struct UploadArgs {
     #[arg(long, requires = "ssm_parameter")]
     pub ssm_overwrite: bool,
 
-    /// The image family (tagged imgforge:family on every AMI and snapshot, checked by
-    /// --ssm-parameter). Default: the AMI name without its trailing version
-    /// (trading-large-v3 -> trading-large). Packer: none.
+    /// The image family (tagged imgforge:family on every AMI and snapshot; `ami
+    /// list|prune|promote --family` select by it; checked by --ssm-parameter).
+    /// Default: the imgforge.toml variant's name (--config --image), else the AMI name
+    /// without its trailing version (trading-large-v3 -> trading-large). Packer: none.
     #[arg(long)]
     pub family: Option<String>,
 
@@ -319,6 +336,15 @@ impl UploadArgs {
     /// old spellings. Bad values are [`BadInput`].
     pub fn to_request(&self) -> Result<UploadRequest, BadInput> {
         self.warn_old_spellings();
+        if let Some((region, _)) = self
+            .copy_kms_keys
+            .iter()
+            .find(|(region, _)| !self.copy_to.contains(region))
+        {
+            return Err(BadInput::new(format!(
+                "--copy-kms-key {region}=...: {region} is not a --copy-to region; add --copy-to {region} or drop the key"
+            )));
+        }
         let deprecate = match (self.deprecate_in, self.deprecate_at) {
             (Some(after), _) => Some(Deprecation::In(after)),
             (None, Some(at)) => Some(Deprecation::At(at)),
@@ -339,7 +365,7 @@ impl UploadArgs {
             encrypted: self.encrypted,
             kms_key_id: self.kms_key_id.clone(),
             no_register: self.no_register,
-            force_deregister: self.force_deregister,
+            force_deregister: self.replace,
             keep_snapshot: self.keep_snapshot,
             output_dir: self.output_dir.clone(),
             journal: self.journal.clone(),
@@ -358,12 +384,17 @@ impl UploadArgs {
                 snapshot_tags: self.snapshot_tags.clone(),
                 copy_timeout: self.copy_timeout,
                 copies_in_flight: 4,
+                image_sha256: None,
+                replace: self.replace,
+                copy_kms_keys: self.copy_kms_keys.clone(),
+                copy_key_arns: Default::default(),
             },
         })
     }
 
     fn warn_old_spellings(&self) {
         super::warn_renamed_flag("--architecture", "--arch");
+        super::warn_renamed_flag("--force-deregister", "--replace");
         if let Some(v) = self.volume_size.filter(|v| v.bare) {
             eprintln!(
                 "imgforge: warning: --volume-size {n} is read as {n}G; write {n}G (a bare number \
@@ -417,6 +448,18 @@ pub fn run(args: &UploadArgs) -> anyhow::Result<()> {
         // The image and the flags disagree (architecture, boot mode): found
         // before any snapshot was started, so it is bad input.
         Err(err @ UploadError::Platform(_)) => return Err(BadInput::from_error(err).into()),
+        // An AMI of the name holds another image: refused before any
+        // snapshot was started.
+        Err(err @ UploadError::SameName(SameNameError::Taken(_))) => {
+            return Err(BadInput::from_error(err).into());
+        }
+        // A key that does not resolve, or sharing that its key forbids:
+        // found before anything was written.
+        Err(UploadError::Kms(err))
+            if !matches!(err, KmsError::Api(_) | KmsError::Interrupted(_)) =>
+        {
+            return Err(BadInput::from_error(UploadError::Kms(err)).into());
+        }
         Err(err) => return Err(err.into()),
     };
     if args.json {
@@ -527,6 +570,11 @@ mod tests {
         assert!(parse(&["--encrypted", "--kms-key-id", "k"]).is_ok());
         assert!(parse(&["--workers", "0"]).is_err());
         assert!(parse(&["--no-register", "--force-deregister"]).is_err());
+        assert!(parse(&["--replace"]).unwrap().replace);
+        assert!(
+            parse(&["--force-deregister"]).unwrap().replace,
+            "the old spelling"
+        );
         assert!(parse(&["--name", "ab"]).is_err());
         assert!(parse(&["--name", "bad*name"]).is_err());
         assert!(parse(&["--snapshot-timeout", "soon"]).is_err());

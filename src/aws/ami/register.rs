@@ -8,6 +8,7 @@ use aws_sdk_ec2::types::{
     ImdsSupportValues, ResourceType, Tag, TagSpecification, TpmSupportValues, VolumeType,
 };
 
+use super::digest::IMAGE_SHA256_TAG;
 use crate::aws::client::Clients;
 use crate::aws::ebs::snapshot::{self, SnapshotError};
 use crate::aws::retry::{ApiError, RetryError, with_retries};
@@ -153,6 +154,8 @@ pub struct ImageSpec {
 pub struct ExistingImage {
     pub image_id: String,
     pub snapshot_ids: Vec<String>,
+    /// Its [`IMAGE_SHA256_TAG`]: the image it holds, when imgforge made it.
+    pub image_sha256: Option<String>,
 }
 
 /// The AMI of this name owned by this account, if any.
@@ -183,6 +186,12 @@ pub async fn find_by_name(
                     .iter()
                     .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
                     .collect(),
+                image_sha256: image
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == Some(IMAGE_SHA256_TAG))
+                    .and_then(|t| t.value())
+                    .map(str::to_ascii_lowercase),
             })
         })
         .collect();

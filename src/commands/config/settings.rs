@@ -80,6 +80,10 @@ fn region(v: &str) -> Result<(), String> {
 fn share(v: &str) -> Result<(), String> {
     parse_share_target(v).map(|_| ())
 }
+/// `copy_kms_keys = { "eu-west-1" = "alias/images" }`.
+fn region_key(v: &str) -> Result<(), String> {
+    imgforge::aws::kms::parse_region_key(v).map(|_| ())
+}
 fn duration(v: &str) -> Result<(), String> {
     parse_duration(v).map(|_| ())
 }
@@ -213,6 +217,12 @@ pub const SETTINGS: &[Setting] = &[
         Some(tag_entry),
     ),
     s("regions", &[upload("--copy-to")], JOINED, Some(region)),
+    s(
+        "copy_kms_keys",
+        &[upload("--copy-kms-key")],
+        Kind::Map,
+        Some(region_key),
+    ),
     s(
         "copy_timeout",
         &[upload("--copy-timeout")],

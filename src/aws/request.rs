@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use super::ami::digest::DigestError;
 use super::ami::platform::InstancePlatformError;
-use super::ami::register::{BootMode, RegisterError};
+use super::ami::register::{BootMode, ROOT_DEVICE, RegisterError};
 use super::ami::same_name::SameNameError;
+use super::ami::storage::Storage;
 use super::client::{ClientError, Connection};
 use super::ebs::blocks::BlocksError;
 use super::ebs::delta::{DeltaError, ParentArg};
@@ -71,6 +72,8 @@ pub struct UploadRequest {
     pub snapshot_timeout: Duration,
     /// How long to wait for the snapshot to become `completed`.
     pub wait_timeout: Duration,
+    /// The root volume's type, IOPS and throughput; extra volumes.
+    pub storage: Storage,
     /// Copies, sharing, deprecation, SSM, after the AMI exists.
     pub publish: PublishPlan,
 }
@@ -120,6 +123,8 @@ its manifest beside it", manifest.display()
     SameName(#[from] SameNameError),
     #[error(transparent)]
     Kms(#[from] KmsError),
+    #[error("{0}")]
+    Storage(String),
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error(transparent)]
@@ -188,7 +193,10 @@ impl UploadError {
 /// [`upload`] relies on them again.
 pub fn check(req: &UploadRequest) -> Result<(), UploadError> {
     let (_, size) = open_image(&req.image)?;
-    volume_size_gib(req.volume_size, size)?;
+    let root_gib = volume_size_gib(req.volume_size, size)?;
+    req.storage
+        .check(ROOT_DEVICE, root_gib)
+        .map_err(UploadError::Storage)?;
     snapshot_timeout_minutes(req)?;
     if req.tpm && req.boot_mode == Some(BootMode::LegacyBios) {
         return Err(UploadError::TpmNeedsUefi);

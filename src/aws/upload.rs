@@ -358,6 +358,7 @@ impl Job<'_> {
                         boot_mode: registration.boot_mode,
                         tpm: req.tpm,
                         tags: [req.tags.clone(), plan.identity_tags.clone()].concat(),
+                        storage: req.storage.clone(),
                     };
                     Some(self.register(&spec, to_replace).await?)
                 }

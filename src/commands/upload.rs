@@ -14,6 +14,7 @@ use imgforge::aws::ami::names::{
 };
 use imgforge::aws::ami::register::BootMode;
 use imgforge::aws::ami::same_name::SameNameError;
+use imgforge::aws::ami::storage::{self, ExtraVolume, Storage, VolumeSpec};
 use imgforge::aws::client;
 use imgforge::aws::ebs::blocks;
 use imgforge::aws::ebs::delta::ParentArg;
@@ -138,6 +139,42 @@ pub struct UploadArgs {
     /// cannot be shared with other accounts. Packer: region_kms_key_ids.
     #[arg(long = "copy-kms-key", value_name = "REGION=KEY", value_parser = parse_region_key)]
     pub copy_kms_keys: Vec<(String, String)>,
+
+    /// The root volume's EBS type: gp3 (default), gp2, io1, io2 or standard.
+    /// Packer: launch_block_device_mappings volume_type.
+    #[arg(long, default_value = "gp3", value_name = "TYPE", value_parser = parse_volume_type)]
+    pub root_volume_type: String,
+
+    /// The root volume's provisioned IOPS (gp3: 3000-80000, at most 500 per GiB above
+    /// the 3000 baseline; io1: 100-64000, 50 per GiB; io2: 100-256000, 1000 per GiB),
+    /// checked before any upload. Packer: launch_block_device_mappings iops.
+    #[arg(long, value_name = "N")]
+    pub root_volume_iops: Option<u32>,
+
+    /// The root volume's throughput in MiB/s (gp3 only: 125-2000, at most 0.25 MiB/s
+    /// per IOPS), checked before any upload. Packer: launch_block_device_mappings
+    /// throughput.
+    #[arg(long, value_name = "MIBPS")]
+    pub root_volume_throughput: Option<u32>,
+
+    /// An extra EBS volume in the AMI (created with each instance, deleted with it):
+    /// DEVICE=SIZE[,type=T][,iops=N][,throughput=N], e.g. /dev/sdf=100G,type=gp3,iops=4000;
+    /// repeat for more. Packer: launch_block_device_mappings.
+    #[arg(long = "volume", value_name = "DEVICE=SIZE[,...]", value_parser = ExtraVolume::parse)]
+    pub volumes: Vec<ExtraVolume>,
+
+    /// Map N instance-store volumes (ephemeral0..N-1, on the first free /dev/sdX); used
+    /// on instance types that have them. Packer: ephemeral block devices.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=24))]
+    pub instance_store: u32,
+
+    /// Turn on deregistration protection for the AMI in every region
+    /// (EnableImageDeregistrationProtection): it cannot be deregistered, by `ami
+    /// prune` or anyone, until protection is disabled. Packer:
+    /// deregistration_protection.
+    #[arg(long)]
+    pub deregistration_protection: bool,
 
     /// Stop after the snapshot is completed: no RegisterImage; prints the snapshot ID.
     /// Packer: skip_create_ami.
@@ -276,6 +313,10 @@ impl From<BootModeArg> for BootMode {
     }
 }
 
+fn parse_volume_type(text: &str) -> Result<String, String> {
+    storage::limits(text).map(|t| t.name.to_string())
+}
+
 /// An architecture of boot/architectures.toml, by name or alias.
 fn parse_arch(text: &str) -> Result<&'static Architecture, String> {
     platform::lookup(text).map_err(|e| e.to_string())
@@ -388,6 +429,16 @@ impl UploadArgs {
                 replace: self.replace,
                 copy_kms_keys: self.copy_kms_keys.clone(),
                 copy_key_arns: Default::default(),
+                deregistration_protection: self.deregistration_protection,
+            },
+            storage: Storage {
+                root: VolumeSpec {
+                    volume_type: self.root_volume_type.clone(),
+                    iops: self.root_volume_iops.map(u64::from),
+                    throughput: self.root_volume_throughput.map(u64::from),
+                },
+                volumes: self.volumes.clone(),
+                instance_store: self.instance_store,
             },
         })
     }

@@ -6,10 +6,13 @@
 //! regions, share targets, SSM templates), `platform` (the architecture and
 //! boot mode an image is registered with, read from the image and checked
 //! against the flags), `same_name` (an AMI of the name is reused only when
-//! it holds the same image).
+//! it holds the same image), `storage` (the root volume's type, IOPS and
+//! throughput, extra and instance-store volumes, checked against EBS's
+//! limits).
 
 pub mod digest;
 pub mod names;
 pub mod platform;
 pub mod register;
 pub mod same_name;
+pub mod storage;

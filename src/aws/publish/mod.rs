@@ -7,7 +7,8 @@
 //!    (CopyImage with a derived ClientToken), waited on until `available`;
 //! 2. tags ([`tags`]) — family and name tags on the AMI and its snapshots;
 //! 3. share ([`share`]) — launch permission, createVolumePermission for accounts;
-//! 4. deprecate ([`deprecate`]) — EnableImageDeprecation;
+//! 4. protect ([`protect`]) — EnableImageDeregistrationProtection;
+//!    deprecate ([`deprecate`]) — EnableImageDeprecation;
 //! 5. ssm ([`ssm`]) — the "latest" parameter, guarded by image family.
 //!
 //! A failure in one region does not stop the others: the report says which
@@ -19,6 +20,7 @@ pub mod deprecate;
 pub mod encryption;
 pub mod in_use;
 pub mod list;
+pub mod protect;
 pub mod prune;
 pub mod share;
 pub mod ssm;
@@ -63,6 +65,8 @@ pub struct PublishPlan {
     pub replace: bool,
     /// `--copy-kms-key REGION=KEY`, as given (alias, key ID or ARN).
     pub copy_kms_keys: Vec<(String, String)>,
+    /// EnableImageDeregistrationProtection on the AMI in every region.
+    pub deregistration_protection: bool,
     /// The copy keys resolved to ARNs by [`encryption::preflight`], by region:
     /// CopyImage Encrypted + KmsKeyId.
     pub copy_key_arns: BTreeMap<String, String>,
@@ -141,6 +145,8 @@ pub struct RegionResult {
     pub snapshot_ids: Vec<String>,
     pub shared_with: Vec<ShareTarget>,
     pub deprecate_at: Option<String>,
+    /// EnableImageDeregistrationProtection was called for it.
+    pub deregistration_protection: bool,
     pub ssm_parameter: Option<String>,
     /// The parameter's value before this run, when it was changed.
     pub ssm_previous_value: Option<String>,
@@ -157,6 +163,7 @@ impl RegionResult {
             snapshot_ids: Vec::new(),
             shared_with: Vec::new(),
             deprecate_at: None,
+            deregistration_protection: false,
             ssm_parameter: None,
             ssm_previous_value: None,
             error: None,
@@ -303,6 +310,10 @@ async fn publish_region(
     if !plan.share_with.is_empty() {
         share::apply(clients, &image.image_id, &snapshot_ids, &plan.share_with).await?;
         result.shared_with = plan.share_with.clone();
+    }
+    if plan.deregistration_protection {
+        protect::apply(clients, &image.image_id).await?;
+        result.deregistration_protection = true;
     }
     if let Some(at) = targets.deprecate_at {
         deprecate::apply(clients, &image.image_id, at).await?;

@@ -2,6 +2,7 @@
 //!
 //! At the top: `client` (SDK configuration, per region), `retry` (which
 //! failures are retried, and how; the short form of an AWS error),
+//! `iam` (the policy `--print-iam-policy` prints, from the request alone),
 //! `kms` (keys resolved to ARNs; what sharing an encrypted AMI needs),
 //! `output` (result files), `request` (what an upload is asked to do) and
 //! the job `upload`, which lists its steps. Below, one folder per API:
@@ -12,6 +13,7 @@
 pub mod ami;
 pub mod client;
 pub mod ebs;
+pub mod iam;
 pub mod kms;
 pub mod output;
 pub mod publish;

@@ -10,6 +10,7 @@ use imgforge::aws::ami::names::{
     parse_tag, render_ssm_name,
 };
 use imgforge::aws::client::{self, Clients};
+use imgforge::aws::iam;
 use imgforge::aws::publish::list::{self, ImageInfo};
 use imgforge::aws::publish::prune::{self, PruneRequest};
 use imgforge::aws::publish::{self as publish_jobs, ssm};
@@ -45,6 +46,11 @@ pub struct Regions {
     pub regions: Vec<String>,
     #[command(flatten)]
     pub service: ServiceOptions,
+    /// Print the IAM policy document (least privilege) this command with these flags
+    /// needs, in the regions it touches, and exit: no AWS call. (A --family without
+    /// --region finds its regions at run time: the policy then says `*`.)
+    #[arg(long)]
+    pub print_iam_policy: bool,
 }
 
 impl Regions {
@@ -216,6 +222,10 @@ pub struct PromoteArgs {
 }
 
 pub fn run(args: &AmiArgs) -> anyhow::Result<()> {
+    if let Some(policy) = iam_policy(&args.command) {
+        println!("{}", serde_json::to_string_pretty(&policy)?);
+        return Ok(());
+    }
     let runtime = client::runtime()?;
     runtime.block_on(async {
         match &args.command {
@@ -224,6 +234,41 @@ pub fn run(args: &AmiArgs) -> anyhow::Result<()> {
             AmiCommand::Promote(a) => promote(a).await,
         }
     })
+}
+
+/// The policy `--print-iam-policy` asks for, if it does.
+fn iam_policy(command: &AmiCommand) -> Option<serde_json::Value> {
+    let (regions, family, kind, ssm) = match command {
+        AmiCommand::List(a) => (
+            &a.regions,
+            a.selection.family.is_some(),
+            iam::AmiCommand::List,
+            None,
+        ),
+        AmiCommand::Prune(a) => (
+            &a.regions,
+            a.selection.family.is_some(),
+            iam::AmiCommand::Prune { execute: a.yes },
+            None,
+        ),
+        AmiCommand::Promote(a) => (
+            &a.regions,
+            false,
+            iam::AmiCommand::Promote,
+            Some(a.ssm_parameter.as_str()),
+        ),
+    };
+    if !regions.print_iam_policy {
+        return None;
+    }
+    let list = if regions.regions.is_empty() {
+        let default = super::aws_options::offline_region(None);
+        // A family's copies are found at run time.
+        vec![if family { "*".to_string() } else { default }]
+    } else {
+        regions.regions.clone()
+    };
+    Some(iam::for_ami(kind, &list, ssm))
 }
 
 fn print_image(image: &ImageInfo) {

@@ -285,6 +285,13 @@ pub struct UploadArgs {
     #[arg(long, default_value = "60m", value_name = "DURATION")]
     pub wait_timeout: Timeout,
 
+    /// Print the IAM policy document (least privilege) this upload with these flags
+    /// needs, in every region it touches (including the KMS permissions EBS and EC2
+    /// use on your behalf for encrypted snapshots and copies), and exit: no AWS call.
+    /// Packer: none (its docs list one broad policy).
+    #[arg(long)]
+    pub print_iam_policy: bool,
+
     /// Benchmark only: read, zero-check and SHA-256 the image's data as an upload
     /// would, print the throughput (GB/s) and exit. Needs no AWS access.
     /// Packer: none.
@@ -473,6 +480,12 @@ pub fn run(args: &UploadArgs) -> anyhow::Result<()> {
         return hash_only(args);
     }
     let request = args.to_request()?;
+    if args.print_iam_policy {
+        let region = super::aws_options::offline_region(request.connection.region.as_deref());
+        let policy = imgforge::aws::iam::for_upload(&request, &region);
+        println!("{}", serde_json::to_string_pretty(&policy)?);
+        return Ok(());
+    }
     upload::check(&request).map_err(BadInput::from_error)?;
     let runtime = client::runtime().context("cannot start the async runtime")?;
     let result = match runtime.block_on(upload::upload(&request)) {

@@ -152,6 +152,8 @@ fn the_printed_policy_allows_every_call_of_an_upload_with_every_publishing_flag(
         "--instance-store",
         "1",
         "--replace",
+        "--instance-types",
+        "c5.large",
         "--workers",
         "4",
     ];
@@ -193,6 +195,7 @@ fn the_printed_policy_allows_every_call_of_an_upload_with_every_publishing_flag(
     let calls = assert_allowed(&policy, &requests);
     for expected in [
         "ebs:StartSnapshot@us-east-1",
+        "ec2:DescribeInstanceTypes@us-east-1",
         "ec2:CopyImage@eu-west-1",
         "ec2:DeregisterImage@us-east-1",
         "ec2:EnableImageDeregistrationProtection@eu-west-1",

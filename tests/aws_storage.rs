@@ -155,3 +155,73 @@ fn volume_settings_outside_the_types_limits_are_bad_input() {
         proxy.requests()
     );
 }
+
+#[test]
+fn instance_types_are_checked_before_anything_is_uploaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &[]);
+    let image = image(dir.path(), 3);
+    let run_with = |boot_mode: &str, extra: &[&str]| {
+        run(imgforge(dir.path())
+            .arg("upload")
+            .arg(&image)
+            .args(["--endpoint-url", &proxy.url(), "--json", "--workers", "4"])
+            .args(["--name", "storage-types-v1", "--arch", "x86_64"])
+            .args(["--boot-mode", boot_mode])
+            .args(extra))
+    };
+    // A UEFI-only image on a BIOS-only .metal type, NitroTPM on a type
+    // without it, an arm64 type for an x86_64 image, a type that does not
+    // exist: each refused before any snapshot starts.
+    for (mode, extra, needles) in [
+        (
+            "uefi",
+            &["--instance-types", "c5.large,m5.metal"][..],
+            &["m5.metal", "legacy BIOS only"][..],
+        ),
+        (
+            "uefi-preferred",
+            &["--instance-types", "c5.metal", "--tpm"][..],
+            &["c5.metal", "NitroTPM"][..],
+        ),
+        (
+            "uefi",
+            &["--instance-types", "m6g.large"][..],
+            &["m6g.large", "arm64"][..],
+        ),
+        (
+            "uefi",
+            &["--instance-types", "m9z.huge"][..],
+            &["m9z.huge"][..],
+        ),
+    ] {
+        let out = run_with(mode, extra);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        for needle in needles {
+            assert!(
+                stderr(&out).contains(needle),
+                "{needle} for {extra:?}: {}",
+                stderr(&out)
+            );
+        }
+    }
+    assert!(Proxy::operations(&proxy.requests(), "StartSnapshot").is_empty());
+
+    // A hybrid image runs on both: a table on stderr, the verdicts in --json.
+    let out = run_with("uefi-preferred", &["--instance-types", "c5.large,m5.metal"]);
+    let result = json_stdout(&out);
+    let verdicts: Vec<(&str, bool)> = result["instance_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["instance_type"].as_str().unwrap(),
+                c["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(verdicts, [("c5.large", true), ("m5.metal", true)]);
+    assert!(stderr(&out).contains("boot modes"), "{}", stderr(&out));
+}

@@ -86,6 +86,9 @@ pub fn for_upload(req: &UploadRequest, source_region: &str) -> Value {
     if !copies.is_empty() {
         read.push("ec2:DescribeRegions");
     }
+    if !req.instance_types.is_empty() {
+        read.push("ec2:DescribeInstanceTypes");
+    }
     let mut write = vec!["ec2:CreateTags", "ec2:DeleteSnapshot"];
     if !req.no_register {
         write.push("ec2:RegisterImage");

@@ -40,6 +40,9 @@ pub struct UploadResult {
     pub image_sha256: String,
     /// The image family (tagged `imgforge:family`).
     pub family: String,
+    /// `--instance-types`: each type's verdict.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instance_types: Vec<crate::aws::ami::instance_types::TypeCheck>,
     /// An AMI of this name holding the same image existed and was reused;
     /// nothing was uploaded.
     pub reused_existing_ami: bool,
@@ -199,6 +202,7 @@ mod tests {
         UploadResult {
             image_sha256: "ab".repeat(32),
             family: "f".into(),
+            instance_types: Vec::new(),
             ami_id: Some(ami.into()),
             name: Some("n".into()),
             region: "us-east-1".into(),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::ami::digest::DigestError;
+use super::ami::instance_types::InstanceTypeError;
 use super::ami::platform::InstancePlatformError;
 use super::ami::register::{BootMode, ROOT_DEVICE, RegisterError};
 use super::ami::same_name::SameNameError;
@@ -74,6 +75,8 @@ pub struct UploadRequest {
     pub wait_timeout: Duration,
     /// The root volume's type, IOPS and throughput; extra volumes.
     pub storage: Storage,
+    /// Instance types the image must run on, checked before any upload.
+    pub instance_types: Vec<String>,
     /// Copies, sharing, deprecation, SSM, after the AMI exists.
     pub publish: PublishPlan,
 }
@@ -126,6 +129,8 @@ its manifest beside it", manifest.display()
     #[error("{0}")]
     Storage(String),
     #[error(transparent)]
+    InstanceTypes(#[from] InstanceTypeError),
+    #[error(transparent)]
     Client(#[from] ClientError),
     #[error(transparent)]
     Blocks(#[from] BlocksError),
@@ -177,6 +182,7 @@ impl UploadError {
             ),
             Self::Delta(err) => matches!(err, DeltaError::Interrupted(_)),
             Self::Kms(err) => matches!(err, KmsError::Interrupted(_)),
+            Self::InstanceTypes(err) => matches!(err, InstanceTypeError::Interrupted(_)),
             Self::SameName(SameNameError::Register(err)) => {
                 matches!(err, RegisterError::Interrupted(_))
             }

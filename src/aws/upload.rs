@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::ami::digest::{self, IMAGE_SHA256_TAG, ImageDigest};
+use super::ami::instance_types;
 use super::ami::names::{self, FAMILY_TAG, default_ami_name};
 use super::ami::platform::{self, Registration};
 use super::ami::register::{self, BootMode, ExistingImage, ImageSpec};
@@ -126,6 +127,12 @@ async fn source_ami(
         started,
     };
     let (volume_gib, registration) = job.decide_platform()?;
+    let type_checks = match registration {
+        Some(registration) if !req.instance_types.is_empty() => {
+            instance_types::check(clients, &req.instance_types, registration, req.tpm).await?
+        }
+        _ => Vec::new(),
+    };
     let identity = ImageIdentity::of(&req.image, &job.file).map_err(|e| UploadError::BadImage {
         path: req.image.clone(),
         reason: format!("cannot read its metadata: {e}"),
@@ -147,7 +154,9 @@ async fn source_ami(
         .await?
         {
             SourceVerdict::Reuse(existing) => {
-                return Ok(job.reuse(name, &existing, volume_gib, &digest, &family));
+                let mut result = job.reuse(name, &existing, volume_gib, &digest, &family);
+                result.instance_types = type_checks;
+                return Ok(result);
             }
             SourceVerdict::Replace(existing) => to_replace = Some(existing),
             SourceVerdict::Absent => {}
@@ -176,7 +185,7 @@ async fn source_ami(
         .await?;
     Journal::remove(&journal_path);
     job.keep_digests(&store, &plan, &outcome, name.as_deref(), ami_id.as_deref());
-    let result = job.result(
+    let mut result = job.result(
         &plan,
         registration,
         outcome,
@@ -187,6 +196,7 @@ async fn source_ami(
         },
         &digest,
     );
+    result.instance_types = type_checks;
     log_summary(&result);
     Ok(result)
 }
@@ -464,6 +474,7 @@ impl Job<'_> {
             snapshot_id: outcome.snapshot_id,
             image_sha256: digest.sha256.clone(),
             family: plan.family.clone(),
+            instance_types: Vec::new(),
             reused_existing_ami: false,
             replaced_ami_id: names.replaced,
             resumed: outcome.resumed,
@@ -512,6 +523,7 @@ impl Job<'_> {
             snapshot_id: existing.snapshot_ids.first().cloned().unwrap_or_default(),
             image_sha256: digest.sha256.clone(),
             family: family.to_string(),
+            instance_types: Vec::new(),
             reused_existing_ami: true,
             replaced_ami_id: None,
             resumed: false,

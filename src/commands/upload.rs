@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
+use imgforge::aws::ami::instance_types::InstanceTypeError;
 use imgforge::aws::ami::names::{
     ShareTarget, parse_ami_name, parse_region, parse_rfc3339, parse_share_target,
     parse_ssm_template, parse_tag,
@@ -285,6 +286,15 @@ pub struct UploadArgs {
     #[arg(long, default_value = "60m", value_name = "DURATION")]
     pub wait_timeout: Timeout,
 
+    /// Instance types the AMI is for (comma-separated or repeated): before anything is
+    /// uploaded, EC2 DescribeInstanceTypes says whether each can run this image
+    /// (architecture; boot modes: a UEFI-only image on a BIOS-only type such as most
+    /// .metal types is refused, a hybrid image is fine; NitroTPM for --tpm; ENA). A
+    /// table on stderr, `instance_types` in --json; a refused type fails with exit 2.
+    /// Packer: none.
+    #[arg(long, value_delimiter = ',', value_name = "TYPE,...")]
+    pub instance_types: Vec<String>,
+
     /// Print the IAM policy document (least privilege) this upload with these flags
     /// needs, in every region it touches (including the KMS permissions EBS and EC2
     /// use on your behalf for encrypted snapshots and copies), and exit: no AWS call.
@@ -438,6 +448,7 @@ impl UploadArgs {
                 copy_key_arns: Default::default(),
                 deregistration_protection: self.deregistration_protection,
             },
+            instance_types: self.instance_types.clone(),
             storage: Storage {
                 root: VolumeSpec {
                     volume_type: self.root_volume_type.clone(),
@@ -515,6 +526,14 @@ pub fn run(args: &UploadArgs) -> anyhow::Result<()> {
         // An AMI of the name holds another image: refused before any
         // snapshot was started.
         Err(err @ UploadError::SameName(SameNameError::Taken(_))) => {
+            return Err(BadInput::from_error(err).into());
+        }
+        // An instance type that cannot run the image, or does not exist.
+        Err(
+            err @ UploadError::InstanceTypes(
+                InstanceTypeError::Refused { .. } | InstanceTypeError::Unknown { .. },
+            ),
+        ) => {
             return Err(BadInput::from_error(err).into());
         }
         // A key that does not resolve, or sharing that its key forbids:

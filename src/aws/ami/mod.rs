@@ -1,6 +1,7 @@
 //! EC2 images: what an AMI is registered as and called.
 //!
-//! `digest` (the image's sha256, tagged on what imgforge makes; its build
+//! `instance_types` (whether each `--instance-types` type can run the
+//! image), `digest` (the image's sha256, tagged on what imgforge makes; its build
 //! date), `register` (RegisterImage, idempotent by name; DeregisterImage),
 //! `names` (parsers and naming rules: AMI names and families, tags,
 //! regions, share targets, SSM templates), `platform` (the architecture and
@@ -11,6 +12,7 @@
 //! limits).
 
 pub mod digest;
+pub mod instance_types;
 pub mod names;
 pub mod platform;
 pub mod register;

@@ -227,6 +227,12 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s("volumes", &[upload("--volume")], LIST, None),
     s(
+        "instance_types",
+        &[upload("--instance-types")],
+        JOINED,
+        None,
+    ),
+    s(
         "deregistration_protection",
         &[upload("--deregistration-protection")],
         Kind::Switch,

@@ -5,7 +5,7 @@ Usage: aws_proxy.py --listen PORT --upstream PORT --log FILE
                     [--throttle R] [--server-error R] [--drop R] [--access-denied R]
                     [--delay-ms MS] [--snapshot-state STATE] [--start-status STATUS]
                     [--fail OPERATION@REGION]... [--image-state STATE@REGION]
-                    [--seed S]
+                    [--latency-ms MS] [--seed S]
 
 Every request becomes one JSON line in --log, written when its answer is
 sent: the operation (EC2 `Action`, or the EBS direct API named from the
@@ -40,6 +40,8 @@ Enable/DisableImageDeregistrationProtection are answered here too (moto 5.2
 does not implement them): the proxy remembers each image's state, adds it
 to DescribeImages answers (`deregistrationProtection`, as EC2 does) and
 refuses DeregisterImage of a protected image as EC2 does.
+--latency-ms adds that much to every request before it is forwarded (a
+far endpoint, as seen from a CI runner outside AWS): tests/bench/upload-latency.sh.
 Stdlib only.
 """
 
@@ -197,6 +199,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             ).encode()
             self.answer(200, [("Content-Type", "text/xml")], payload)
             return
+        if self.config.latency_ms:
+            time.sleep(self.config.latency_ms / 1000)
         if self.deregistration_protection(entry):
             return
         if operation == "PutSnapshotBlock" and self.config.delay_ms:
@@ -305,6 +309,7 @@ def main():
     parser.add_argument("--drop", type=float, default=0.0)
     parser.add_argument("--access-denied", type=float, default=0.0)
     parser.add_argument("--delay-ms", type=int, default=0)
+    parser.add_argument("--latency-ms", type=int, default=0)
     parser.add_argument("--snapshot-state", default=None)
     parser.add_argument("--start-status", default=None)
     parser.add_argument("--fail", action="append", default=[])

@@ -331,3 +331,48 @@ fn a_copy_region_holding_another_image_is_refused_or_replaced() {
         ]
     );
 }
+
+/// `--copy-method upload` (item 7): each copy region gets the image written
+/// into its own snapshot (no CopyImage), registered under the name, holding
+/// the same image.
+#[test]
+fn copy_method_upload_writes_every_region_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &[]);
+    let image = image(dir.path(), "names-regional.raw", 8, true);
+    let result = json_stdout(&upload(
+        dir.path(),
+        &proxy.url(),
+        &image,
+        &[
+            "--name",
+            "names-regional-v1",
+            "--copy-to",
+            "eu-west-1,us-west-2",
+            "--copy-method",
+            "upload",
+        ],
+    ));
+    let requests = proxy.requests();
+    assert!(Proxy::operations(&requests, "CopyImage").is_empty());
+    let mut started: Vec<&str> = Proxy::operations(&requests, "StartSnapshot")
+        .iter()
+        .map(|r| r["region"].as_str().unwrap())
+        .collect();
+    started.sort();
+    assert_eq!(started, ["eu-west-1", "us-east-1", "us-west-2"]);
+    let sha = sha256_file(&image);
+    for region in result["regions"].as_array().unwrap() {
+        let name = region["region"].as_str().unwrap();
+        let expected = if name == "us-east-1" {
+            "source"
+        } else {
+            "uploaded"
+        };
+        assert_eq!(region["origin"], expected, "{region}");
+        let (tags, snapshot_tags) = tags_of(moto, name, region["ami_id"].as_str().unwrap());
+        assert_eq!(tags["imgforge:image-sha256"], sha.as_str());
+        assert_eq!(snapshot_tags[0]["imgforge:image-sha256"], sha.as_str());
+    }
+}

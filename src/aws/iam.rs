@@ -96,7 +96,7 @@ pub fn for_upload(req: &UploadRequest, source_region: &str) -> Value {
     if req.force_deregister {
         write.push("ec2:DeregisterImage");
     }
-    if !copies.is_empty() {
+    if !copies.is_empty() && !plan.copy_by_upload {
         write.push("ec2:CopyImage");
     }
     if !plan.share_with.is_empty() {
@@ -119,6 +119,12 @@ pub fn for_upload(req: &UploadRequest, source_region: &str) -> Value {
     if req.encrypted && !plan.share_with.is_empty() {
         write.push("ec2:GetEbsDefaultKmsKeyId");
     }
+    // --copy-method upload writes a snapshot in every region.
+    let written = if plan.copy_by_upload {
+        regions.clone()
+    } else {
+        vec![source_region.to_string()]
+    };
     let mut statements = vec![
         Statement::new("ImgforgeDescribe", &read, vec!["*".into()]).in_regions(&regions),
         Statement::new(
@@ -128,7 +134,10 @@ pub fn for_upload(req: &UploadRequest, source_region: &str) -> Value {
                 "ebs:PutSnapshotBlock",
                 "ebs:CompleteSnapshot",
             ],
-            vec![format!("arn:aws:ec2:{source_region}::snapshot/*")],
+            written
+                .iter()
+                .map(|r| format!("arn:aws:ec2:{r}::snapshot/*"))
+                .collect(),
         ),
         Statement::new("ImgforgePublish", &write, vec!["*".into()]).in_regions(&regions),
     ];

@@ -80,6 +80,21 @@ pub struct UploadResult {
 }
 
 impl UploadResult {
+    /// The snapshot's figures, in the log.
+    pub fn log_summary(&self) {
+        log::info!(
+            "snapshot {}: {} blocks written ({} of the image's {} data blocks unchanged from the \
+    parent), {} sent by this run ({:.1} MiB/s), {} already confirmed",
+            self.snapshot_id,
+            self.blocks_total,
+            self.blocks_unchanged,
+            self.data_blocks,
+            self.blocks_sent,
+            self.upload_mib_per_second,
+            self.blocks_already_confirmed
+        );
+    }
+
     /// The AMI publishing starts from; None without one (--no-register).
     pub fn source_image(&self) -> Option<SourceImage> {
         Some(SourceImage {

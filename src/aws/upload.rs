@@ -28,6 +28,7 @@ use super::ebs::start;
 use super::ebs::writer::{self, SnapshotOutcome, WriteRequest};
 use super::output::{self, UploadResult};
 use super::publish::{self, PublishPlan, encryption};
+use super::regional;
 pub use super::request::{
     MAX_VOLUME_GIB, UploadError, UploadRequest, check, open_image, render_template, requested_gib,
     snapshot_timeout_minutes, volume_size_gib,
@@ -58,7 +59,28 @@ pub async fn upload(req: &UploadRequest) -> Result<UploadResult, UploadError> {
         },
         ..req.clone()
     };
-    let mut result = source_ami(req, &clients, file, size, started).await?;
+    let mut result = if req.publish.copy_by_upload {
+        // Every region written at once; publishing then finds each region's AMI.
+        let jobs =
+            regional::requests(req, &clients.region)
+                .into_iter()
+                .map(|(region, regional)| {
+                    let clients = clients.for_region(&region);
+                    async move {
+                        let (file, size) = open_image(&regional.image)?;
+                        source_ami(&regional, &clients, file, size, started).await
+                    }
+                });
+        let (main, others) = futures::future::join(
+            source_ami(req, &clients, file, size, started),
+            futures::future::try_join_all(jobs),
+        )
+        .await;
+        others?;
+        main?
+    } else {
+        source_ami(req, &clients, file, size, started).await?
+    };
     if let Some(source) = result.source_image() {
         let plan = PublishPlan {
             image_sha256: Some(result.image_sha256.clone()),
@@ -197,7 +219,7 @@ async fn source_ami(
         &digest,
     );
     result.instance_types = type_checks;
-    log_summary(&result);
+    result.log_summary();
     Ok(result)
 }
 
@@ -554,20 +576,6 @@ fn identity_tags(digest: &ImageDigest, family: &str) -> Vec<(String, String)> {
         (IMAGE_SHA256_TAG.to_string(), digest.sha256.clone()),
         (FAMILY_TAG.to_string(), family.to_string()),
     ]
-}
-
-fn log_summary(result: &UploadResult) {
-    log::info!(
-        "snapshot {}: {} blocks written ({} of the image's {} data blocks unchanged from the \
-parent), {} sent by this run ({:.1} MiB/s), {} already confirmed",
-        result.snapshot_id,
-        result.blocks_total,
-        result.blocks_unchanged,
-        result.data_blocks,
-        result.blocks_sent,
-        result.upload_mib_per_second,
-        result.blocks_already_confirmed
-    );
 }
 
 /// The image's absolute path for the digest record (as given if that fails).

@@ -134,10 +134,9 @@ pub struct UploadArgs {
     #[arg(long, requires = "encrypted", value_name = "KEY")]
     pub kms_key_id: Option<String>,
 
-    /// Encrypt the copy in REGION (a --copy-to region) with KEY (ARN, key ID or alias in
-    /// that region): CopyImage Encrypted + KmsKeyId. Repeat for each region. Without it
-    /// a copy of an encrypted AMI lands under that region's default key (aws/ebs), which
-    /// cannot be shared with other accounts. Packer: region_kms_key_ids.
+    /// Encrypt the copy in REGION (a --copy-to region) with KEY there (ARN, ID or alias);
+    /// repeat per region. Without it a copy of an encrypted AMI gets the region's
+    /// aws/ebs key, which cannot be shared. Packer: region_kms_key_ids.
     #[arg(long = "copy-kms-key", value_name = "REGION=KEY", value_parser = parse_region_key)]
     pub copy_kms_keys: Vec<(String, String)>,
 
@@ -146,22 +145,19 @@ pub struct UploadArgs {
     #[arg(long, default_value = "gp3", value_name = "TYPE", value_parser = parse_volume_type)]
     pub root_volume_type: String,
 
-    /// The root volume's provisioned IOPS (gp3: 3000-80000, at most 500 per GiB above
-    /// the 3000 baseline; io1: 100-64000, 50 per GiB; io2: 100-256000, 1000 per GiB),
-    /// checked before any upload. Packer: launch_block_device_mappings iops.
+    /// The root volume's IOPS (gp3: 3000-80000, 500/GiB above 3000; io1: 100-64000,
+    /// 50/GiB; io2: 100-256000, 1000/GiB). Packer: launch_block_device_mappings iops.
     #[arg(long, value_name = "N")]
     pub root_volume_iops: Option<u32>,
 
-    /// The root volume's throughput in MiB/s (gp3 only: 125-2000, at most 0.25 MiB/s
-    /// per IOPS), checked before any upload. Packer: launch_block_device_mappings
-    /// throughput.
+    /// The root volume's MiB/s (gp3: 125-2000, 0.25 per IOPS); like the IOPS, checked
+    /// before any upload. Packer: launch_block_device_mappings throughput.
     #[arg(long, value_name = "MIBPS")]
     pub root_volume_throughput: Option<u32>,
 
-    /// An extra EBS volume in the AMI (created with each instance, deleted with it):
-    /// DEVICE=SIZE[,type=T][,iops=N][,throughput=N], e.g. /dev/sdf=100G,type=gp3,iops=4000;
-    /// repeat for more. Packer: launch_block_device_mappings.
-    #[arg(long = "volume", value_name = "DEVICE=SIZE[,...]", value_parser = ExtraVolume::parse)]
+    /// An extra EBS volume, deleted with the instance (repeat for more), e.g.
+    /// /dev/sdf=100G,type=gp3,iops=4000. Packer: launch_block_device_mappings.
+    #[arg(long = "volume", value_name = "DEVICE=SIZE[,type=T][,iops=N][,throughput=N]", value_parser = ExtraVolume::parse)]
     pub volumes: Vec<ExtraVolume>,
 
     /// Map N instance-store volumes (ephemeral0..N-1, on the first free /dev/sdX); used
@@ -170,10 +166,8 @@ pub struct UploadArgs {
           value_parser = clap::value_parser!(u32).range(0..=24))]
     pub instance_store: u32,
 
-    /// Turn on deregistration protection for the AMI in every region
-    /// (EnableImageDeregistrationProtection): it cannot be deregistered, by `ami
-    /// prune` or anyone, until protection is disabled. Packer:
-    /// deregistration_protection.
+    /// Deregistration protection on the AMI in every region: nobody (`ami prune`
+    /// included) deregisters it until it is disabled. Packer: deregistration_protection.
     #[arg(long)]
     pub deregistration_protection: bool,
 
@@ -201,6 +195,12 @@ pub struct UploadArgs {
     /// Packer: ami_regions.
     #[arg(long, value_delimiter = ',', value_name = "REGION,...", value_parser = parse_region)]
     pub copy_to: Vec<String>,
+
+    /// How the AMI gets to each --copy-to region: `copy` (CopyImage) or `upload` (the
+    /// image written into each region's own snapshot, all regions at once, registered
+    /// there: available everywhere in about one upload's time). Packer: none.
+    #[arg(long, value_enum, default_value = "copy")]
+    pub copy_method: CopyMethod,
 
     /// How long to wait for each copy to become `available` (e.g. 90m, 2h).
     /// Packer: aws_polling (max_attempts x delay_seconds).
@@ -286,19 +286,16 @@ pub struct UploadArgs {
     #[arg(long, default_value = "60m", value_name = "DURATION")]
     pub wait_timeout: Timeout,
 
-    /// Instance types the AMI is for (comma-separated or repeated): before anything is
-    /// uploaded, EC2 DescribeInstanceTypes says whether each can run this image
-    /// (architecture; boot modes: a UEFI-only image on a BIOS-only type such as most
-    /// .metal types is refused, a hybrid image is fine; NitroTPM for --tpm; ENA). A
-    /// table on stderr, `instance_types` in --json; a refused type fails with exit 2.
-    /// Packer: none.
+    /// Instance types the AMI is for: before any upload, DescribeInstanceTypes says if
+    /// each can run the image (architecture; boot modes: UEFI-only on a BIOS-only type
+    /// is refused, hybrid is fine; NitroTPM for --tpm; ENA). A table on stderr,
+    /// `instance_types` in --json; a refused type exits 2. Packer: none.
     #[arg(long, value_delimiter = ',', value_name = "TYPE,...")]
     pub instance_types: Vec<String>,
 
-    /// Print the IAM policy document (least privilege) this upload with these flags
-    /// needs, in every region it touches (including the KMS permissions EBS and EC2
-    /// use on your behalf for encrypted snapshots and copies), and exit: no AWS call.
-    /// Packer: none (its docs list one broad policy).
+    /// Print the least-privilege IAM policy this upload with these flags needs, in
+    /// every region it touches (with the KMS permissions EBS and EC2 use on your
+    /// behalf), and exit: no AWS call. Packer: none.
     #[arg(long)]
     pub print_iam_policy: bool,
 
@@ -307,6 +304,15 @@ pub struct UploadArgs {
     /// Packer: none.
     #[arg(long)]
     pub hash_only: bool,
+}
+
+/// `--copy-method`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CopyMethod {
+    /// CopyImage to each region.
+    Copy,
+    /// Write the image into each region's own snapshot (EBS direct APIs).
+    Upload,
 }
 
 /// `--boot-mode`'s values, for clap; the engine's [`BootMode`] has no clap.
@@ -447,6 +453,7 @@ impl UploadArgs {
                 copy_kms_keys: self.copy_kms_keys.clone(),
                 copy_key_arns: Default::default(),
                 deregistration_protection: self.deregistration_protection,
+                copy_by_upload: self.copy_method == CopyMethod::Upload,
             },
             instance_types: self.instance_types.clone(),
             storage: Storage {

@@ -101,7 +101,7 @@ wait_port "$proxy_port"
 
 echo "== upload through a proxy adding $latency ms to every call, --workers $workers"
 started=$(python3 -c 'import time; print(time.time())')
-"$imgforge" upload "$image" --no-register --json --workers "$workers" \
+"$imgforge" upload "$image" --no-register --json --workers "$workers" --output-dir "$work" \
     --endpoint-url "http://127.0.0.1:$proxy_port" --arch x86_64 >"$work/result.json"
 ended=$(python3 -c 'import time; print(time.time())')
 

@@ -48,6 +48,9 @@ pub async fn ensure_image(
     } else {
         let existing = list::owned(clients, &source.name, true, &[]).await?;
         match existing.as_slice() {
+            // Written and registered in this region by this run, after the
+            // same same-name check as the source region's.
+            [one] if plan.copy_by_upload => (one.image_id.clone(), "uploaded", false),
             [one] if !holds_the_image(one, plan) => {
                 replace_other_image(clients, one, plan).await?;
                 (copy(clients, source, plan).await?, "copied", true)

@@ -65,6 +65,9 @@ pub struct PublishPlan {
     pub replace: bool,
     /// `--copy-kms-key REGION=KEY`, as given (alias, key ID or ARN).
     pub copy_kms_keys: Vec<(String, String)>,
+    /// `--copy-method upload`: each copy region's AMI was written there by
+    /// this run (found by name, reported as `uploaded`), not copied.
+    pub copy_by_upload: bool,
     /// EnableImageDeregistrationProtection on the AMI in every region.
     pub deregistration_protection: bool,
     /// The copy keys resolved to ARNs by [`encryption::preflight`], by region:

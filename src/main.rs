@@ -47,6 +47,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: a large variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Build a bootable raw disk image (bootstrap, configure, bootloader, assemble).

@@ -325,26 +325,32 @@ fn the_image_is_read_once_with_its_manifest() {
     let image = dir.path().join("once.raw");
     make_image(&image, 16 * MIB, &[(MIB, pattern(5, 3 * BLOCK as usize))]);
     let data = 3 * BLOCK;
-    let twice = json_stdout(&upload(dir.path(), &moto.url(), &image, &[]));
-    assert_eq!(
-        twice["bytes_read"],
-        2 * data,
-        "no manifest: hash pass + upload"
-    );
     write_build_manifest(&image);
-    let once = json_stdout(&upload(
-        dir.path(),
-        &moto.url(),
-        &image,
-        &["--force-deregister"],
-    ));
-    assert_eq!(once["bytes_read"], data);
+    let once = json_stdout(&upload(dir.path(), &moto.url(), &image, &[]));
+    assert_eq!(once["bytes_read"], data, "the manifest gives the sha256");
     let sha = sha256_file(&image);
     assert_eq!(
         once["name"],
         format!("once-{}", &sha[..12]),
-        "the default name carries the manifest's sha256"
+        "the default name carries the image's sha256"
     );
+    std::fs::remove_file(format!("{}.json", image.display())).unwrap();
+    let twice = json_stdout(&upload(
+        dir.path(),
+        &moto.url(),
+        &image,
+        &["--name", "once-named"],
+    ));
+    assert_eq!(
+        twice["bytes_read"],
+        2 * data,
+        "no manifest: a hash pass over the data (holes are not read), then the upload"
+    );
+    // Without the manifest the default name is the same: the hash pass finds
+    // the AMI, nothing is uploaded.
+    let again = json_stdout(&upload(dir.path(), &moto.url(), &image, &[]));
+    assert_eq!(again["ami_id"], once["ami_id"]);
+    assert_eq!(again["bytes_read"], data);
     assert_reads_back(
         dir.path(),
         &moto.url(),

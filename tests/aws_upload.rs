@@ -105,8 +105,11 @@ fn round_trip_is_byte_identical_and_register_image_carries_what_was_asked() {
         tags,
         vec![
             ("team".into(), "infra".into()),
-            ("purpose".into(), "test".into())
-        ]
+            ("purpose".into(), "test".into()),
+            ("imgforge:image-sha256".into(), sha256_file(&image)),
+            ("imgforge:family".into(), "imgforge-test".into()),
+        ],
+        "the snapshot names the image it holds and its family"
     );
 
     // PutSnapshotBlock: only non-zero data blocks, 524288 bytes each, with
@@ -201,88 +204,9 @@ fn round_trip_is_byte_identical_and_register_image_carries_what_was_asked() {
     );
 }
 
-#[test]
-fn an_existing_ami_is_reused_by_name_or_replaced_with_force_deregister() {
-    let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &[]);
-    let image = dir.path().join("small.raw");
-    make_image(&image, 8 * MIB, &[(MIB, pattern(7, 100_000))]);
-    let upload = |extra: &[&str]| {
-        run(imgforge(dir.path())
-            .arg("upload")
-            .arg(&image)
-            .args(["--endpoint-url", &proxy.url(), "--name", "reuse-me"])
-            .args(["--boot-mode", "legacy-bios", "--architecture", "x86_64"])
-            .arg("--json")
-            .args(extra))
-    };
-    let first = json_stdout(&upload(&[]));
-    let starts_before = Proxy::operations(&proxy.requests(), "StartSnapshot").len();
-
-    let second_out = upload(&[]);
-    let second = json_stdout(&second_out);
-    assert_eq!(second["ami_id"], first["ami_id"]);
-    assert_eq!(second["reused_existing_ami"], true);
-    assert_eq!(
-        second["bytes_read"], 0,
-        "with --name the image is not even read"
-    );
-    assert!(stderr(&second_out).contains("exists already"));
-    assert_eq!(
-        Proxy::operations(&proxy.requests(), "StartSnapshot").len(),
-        starts_before,
-        "nothing uploaded for an existing AMI"
-    );
-
-    // The snapshots the existing AMI refers to, as EC2 reports them (moto
-    // makes up its own snapshot for a registered AMI rather than keeping the
-    // mapping that was sent).
-    let described = Command::new("python3")
-        .args([
-            "-c",
-            "import boto3,sys,json; ec2=boto3.client('ec2', endpoint_url=sys.argv[1], \
-             region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test'); \
-             img=ec2.describe_images(ImageIds=[sys.argv[2]])['Images'][0]; \
-             print(json.dumps([m['Ebs']['SnapshotId'] for m in img.get('BlockDeviceMappings', []) if 'Ebs' in m]))",
-            &moto.url(),
-            first["ami_id"].as_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        described.status.success(),
-        "boto3 (installed with moto) describes the AMI"
-    );
-    let old_snapshots: Vec<String> = serde_json::from_slice(&described.stdout).unwrap();
-    assert!(!old_snapshots.is_empty(), "the AMI refers to a snapshot");
-
-    let third = json_stdout(&upload(&["--force-deregister"]));
-    assert_ne!(third["ami_id"], first["ami_id"]);
-    assert_eq!(third["replaced_ami_id"], first["ami_id"]);
-    let requests = proxy.requests();
-    let deregisters = Proxy::operations(&requests, "DeregisterImage");
-    assert_eq!(deregisters.len(), 1);
-    assert_eq!(deregisters[0]["params"]["ImageId"], first["ami_id"]);
-    let deletes = Proxy::operations(&requests, "DeleteSnapshot");
-    for old in &old_snapshots {
-        assert!(
-            deletes
-                .iter()
-                .any(|d| d["params"]["SnapshotId"] == old.as_str()),
-            "the replaced AMI's snapshot {old} is deleted"
-        );
-    }
-    let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("packer-manifest.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(manifest["builds"].as_array().unwrap().len(), 3, "appended");
-}
-
 /// With a trusted build manifest the token is derived from the manifest's
-/// sha256 and the parameters; without one, from a random nonce that the
-/// journal keeps (resuming reuses it: see the kill -9 test).
+/// sha256 and the parameters; without one, from the sha256 of a pass over
+/// the image (the digest tagged on the snapshot).
 #[test]
 fn client_token_is_derived_from_the_manifest_and_parameters() {
     let dir = tempfile::tempdir().unwrap();
@@ -311,7 +235,7 @@ fn client_token_is_derived_from_the_manifest_and_parameters() {
     make_image(&image, 4 * MIB, &[(0, pattern(10, 70_000))]);
     write_build_manifest(&image);
     upload(&[]);
-    // Modified after its manifest: the manifest is not trusted, the token is random.
+    // Modified after its manifest: the manifest is not trusted; the image is hashed.
     std::thread::sleep(Duration::from_millis(20));
     make_image(&image, 4 * MIB, &[(0, pattern(10, 70_000))]);
     upload(&[]);
@@ -328,9 +252,9 @@ fn client_token_is_derived_from_the_manifest_and_parameters() {
     assert_ne!(tokens[0], tokens[2], "other parameters: other token");
     assert_ne!(tokens[0], tokens[3], "other content: other token");
     assert_ne!(tokens[4], tokens[3], "untrusted manifest: not its token");
-    assert_ne!(
+    assert_eq!(
         tokens[4], tokens[5],
-        "no manifest: a fresh random token per journal"
+        "no trusted manifest: the token derives from the image's own sha256"
     );
     assert!(Proxy::operations(&proxy.requests(), "RegisterImage").is_empty());
 }
@@ -716,7 +640,23 @@ fn encrypted_uploads_write_zero_blocks_too() {
     let proxy = Proxy::start(&moto, dir.path(), &[]);
     let image = dir.path().join("enc.raw");
     make_image(&image, 8 * MIB, &[(3 * MIB, pattern(51, 1000))]);
-    let key = "arn:aws:kms:us-east-1:123456789012:key/test";
+    // A key that exists (the ARN is checked with KMS DescribeKey first).
+    let created = Command::new("python3")
+        .args([
+            "-c",
+            "import boto3,sys; print(boto3.client('kms', endpoint_url=sys.argv[1], \
+             region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\
+             .create_key()['KeyMetadata']['Arn'])",
+            &moto.url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let key = String::from_utf8(created.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let key = key.as_str();
     let out = run(imgforge(dir.path())
         .arg("upload")
         .arg(&image)

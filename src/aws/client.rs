@@ -99,6 +99,7 @@ pub struct Clients {
     pub ebs: aws_sdk_ebs::Client,
     pub ec2: aws_sdk_ec2::Client,
     pub ssm: aws_sdk_ssm::Client,
+    pub kms: aws_sdk_kms::Client,
     pub region: String,
     pub retry: RetryPolicy,
     config: aws_config::SdkConfig,
@@ -114,12 +115,16 @@ impl Clients {
             .region(region_value.clone())
             .build();
         let ssm = aws_sdk_ssm::config::Builder::from(&config)
+            .region(region_value.clone())
+            .build();
+        let kms = aws_sdk_kms::config::Builder::from(&config)
             .region(region_value)
             .build();
         Self {
             ebs: aws_sdk_ebs::Client::from_conf(ebs),
             ec2: aws_sdk_ec2::Client::from_conf(ec2),
             ssm: aws_sdk_ssm::Client::from_conf(ssm),
+            kms: aws_sdk_kms::Client::from_conf(kms),
             region,
             retry,
             config,

@@ -35,7 +35,16 @@ pub struct UploadResult {
     pub name: Option<String>,
     pub region: String,
     pub snapshot_id: String,
-    /// An AMI of this name existed and was reused; nothing was uploaded.
+    /// The image's sha256 (tagged `imgforge:image-sha256` on the snapshot
+    /// and every AMI).
+    pub image_sha256: String,
+    /// The image family (tagged `imgforge:family`).
+    pub family: String,
+    /// `--instance-types`: each type's verdict.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instance_types: Vec<crate::aws::ami::instance_types::TypeCheck>,
+    /// An AMI of this name holding the same image existed and was reused;
+    /// nothing was uploaded.
     pub reused_existing_ami: bool,
     /// The AMI this run replaced (--force-deregister).
     pub replaced_ami_id: Option<String>,
@@ -71,6 +80,21 @@ pub struct UploadResult {
 }
 
 impl UploadResult {
+    /// The snapshot's figures, in the log.
+    pub fn log_summary(&self) {
+        log::info!(
+            "snapshot {}: {} blocks written ({} of the image's {} data blocks unchanged from the \
+    parent), {} sent by this run ({:.1} MiB/s), {} already confirmed",
+            self.snapshot_id,
+            self.blocks_total,
+            self.blocks_unchanged,
+            self.data_blocks,
+            self.blocks_sent,
+            self.upload_mib_per_second,
+            self.blocks_already_confirmed
+        );
+    }
+
     /// The AMI publishing starts from; None without one (--no-register).
     pub fn source_image(&self) -> Option<SourceImage> {
         Some(SourceImage {
@@ -191,6 +215,9 @@ mod tests {
 
     fn result(ami: &str) -> UploadResult {
         UploadResult {
+            image_sha256: "ab".repeat(32),
+            family: "f".into(),
+            instance_types: Vec::new(),
             ami_id: Some(ami.into()),
             name: Some("n".into()),
             region: "us-east-1".into(),

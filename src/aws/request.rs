@@ -7,14 +7,19 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::ami::digest::DigestError;
+use super::ami::instance_types::InstanceTypeError;
 use super::ami::platform::InstancePlatformError;
-use super::ami::register::{BootMode, RegisterError};
+use super::ami::register::{BootMode, ROOT_DEVICE, RegisterError};
+use super::ami::same_name::SameNameError;
+use super::ami::storage::Storage;
 use super::client::{ClientError, Connection};
 use super::ebs::blocks::BlocksError;
 use super::ebs::delta::{DeltaError, ParentArg};
 use super::ebs::journal::JournalError;
 use super::ebs::snapshot::SnapshotError;
 use super::ebs::writer::WriteError;
+use super::kms::KmsError;
 use super::output::{OutputError, UploadResult};
 use super::publish::{PublishError, PublishPlan};
 use crate::platform::Architecture;
@@ -51,6 +56,7 @@ pub struct UploadRequest {
     pub encrypted: bool,
     pub kms_key_id: Option<String>,
     pub no_register: bool,
+    /// Replace an AMI of the name that holds another image (`--replace`).
     pub force_deregister: bool,
     pub keep_snapshot: bool,
     pub output_dir: PathBuf,
@@ -67,6 +73,10 @@ pub struct UploadRequest {
     pub snapshot_timeout: Duration,
     /// How long to wait for the snapshot to become `completed`.
     pub wait_timeout: Duration,
+    /// The root volume's type, IOPS and throughput; extra volumes.
+    pub storage: Storage,
+    /// Instance types the image must run on, checked before any upload.
+    pub instance_types: Vec<String>,
     /// Copies, sharing, deprecation, SSM, after the AMI exists.
     pub publish: PublishPlan,
 }
@@ -104,6 +114,22 @@ pass --volume-size {needed}G or more, or leave it out"
     BadSnapshotTimeout { given: String },
     #[error(transparent)]
     Platform(#[from] InstancePlatformError),
+    #[error(
+        "--name {template:?} takes {{date}} from the image's build manifest, and {} has none \
+(or no build_time); give the date in the name, or upload the image `imgforge build` wrote with \
+its manifest beside it", manifest.display()
+    )]
+    NoBuildDate { template: String, manifest: PathBuf },
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+    #[error(transparent)]
+    SameName(#[from] SameNameError),
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    #[error("{0}")]
+    Storage(String),
+    #[error(transparent)]
+    InstanceTypes(#[from] InstanceTypeError),
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error(transparent)]
@@ -155,6 +181,11 @@ impl UploadError {
                     | RegisterError::Snapshot(SnapshotError::Interrupted(_))
             ),
             Self::Delta(err) => matches!(err, DeltaError::Interrupted(_)),
+            Self::Kms(err) => matches!(err, KmsError::Interrupted(_)),
+            Self::InstanceTypes(err) => matches!(err, InstanceTypeError::Interrupted(_)),
+            Self::SameName(SameNameError::Register(err)) => {
+                matches!(err, RegisterError::Interrupted(_))
+            }
             Self::Publish(err) => matches!(err, PublishError::Interrupted(_)),
             Self::AfterSnapshot { source, .. } => source.is_interrupted(),
             _ => false,
@@ -168,12 +199,31 @@ impl UploadError {
 /// [`upload`] relies on them again.
 pub fn check(req: &UploadRequest) -> Result<(), UploadError> {
     let (_, size) = open_image(&req.image)?;
-    volume_size_gib(req.volume_size, size)?;
+    let root_gib = volume_size_gib(req.volume_size, size)?;
+    req.storage
+        .check(ROOT_DEVICE, root_gib)
+        .map_err(UploadError::Storage)?;
     snapshot_timeout_minutes(req)?;
     if req.tpm && req.boot_mode == Some(BootMode::LegacyBios) {
         return Err(UploadError::TpmNeedsUefi);
     }
+    if let Some(template) = &req.name {
+        render_template(&req.image, template)?;
+    }
     Ok(())
+}
+
+/// `--name` with `{date}` replaced by the image's build date (its manifest).
+pub fn render_template(image: &Path, template: &str) -> Result<String, UploadError> {
+    if !crate::aws::ami::names::has_date(template) {
+        return Ok(template.to_string());
+    }
+    let date =
+        crate::aws::ami::digest::build_date(image).ok_or_else(|| UploadError::NoBuildDate {
+            template: template.to_string(),
+            manifest: PathBuf::from(format!("{}.json", image.display())),
+        })?;
+    Ok(crate::aws::ami::names::render_name(template, &date))
 }
 
 /// Opens the image and checks that it is something we can upload.

@@ -14,9 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::ami::names::{self, default_ami_name};
+use super::ami::digest::{self, IMAGE_SHA256_TAG, ImageDigest};
+use super::ami::instance_types;
+use super::ami::names::{self, FAMILY_TAG, default_ami_name};
 use super::ami::platform::{self, Registration};
 use super::ami::register::{self, BootMode, ExistingImage, ImageSpec};
+use super::ami::same_name::{self, SourceVerdict};
 use super::client::{self, Clients};
 use super::ebs::blocks::{self, BLOCK_SIZE};
 use super::ebs::delta::{self, DigestStore, Parent, SnapshotRecord};
@@ -24,9 +27,10 @@ use super::ebs::journal::{self, ImageIdentity, Journal, SnapshotParams, TokenBas
 use super::ebs::start;
 use super::ebs::writer::{self, SnapshotOutcome, WriteRequest};
 use super::output::{self, UploadResult};
-use super::publish;
+use super::publish::{self, PublishPlan, encryption};
+use super::regional;
 pub use super::request::{
-    MAX_VOLUME_GIB, UploadError, UploadRequest, check, open_image, requested_gib,
+    MAX_VOLUME_GIB, UploadError, UploadRequest, check, open_image, render_template, requested_gib,
     snapshot_timeout_minutes, volume_size_gib,
 };
 
@@ -36,9 +40,55 @@ pub async fn upload(req: &UploadRequest) -> Result<UploadResult, UploadError> {
     let (file, size) = open_image(&req.image)?;
     let clients = client::connect(&req.connection).await?;
     publish::preflight(&clients, &req.publish).await?;
-    let mut result = source_ami(req, &clients, file, size, started).await?;
+    let keys = encryption::preflight(
+        &clients,
+        req.encrypted,
+        req.kms_key_id.as_deref(),
+        &req.publish,
+    )
+    .await?;
+    for note in &keys.share_notes {
+        eprintln!("imgforge: note: {note}");
+    }
+    // StartSnapshot takes only a key ARN; CopyImage gets each region's.
+    let req = &UploadRequest {
+        kms_key_id: keys.source_arn.clone().or_else(|| req.kms_key_id.clone()),
+        publish: PublishPlan {
+            copy_key_arns: keys.copy_arns,
+            ..req.publish.clone()
+        },
+        ..req.clone()
+    };
+    let mut result = if req.publish.copy_by_upload {
+        // Every region written at once; publishing then finds each region's AMI.
+        let jobs =
+            regional::requests(req, &clients.region)
+                .into_iter()
+                .map(|(region, regional)| {
+                    let clients = clients.for_region(&region);
+                    async move {
+                        let (file, size) = open_image(&regional.image)?;
+                        source_ami(&regional, &clients, file, size, started).await
+                    }
+                });
+        let (main, others) = futures::future::join(
+            source_ami(req, &clients, file, size, started),
+            futures::future::try_join_all(jobs),
+        )
+        .await;
+        others?;
+        main?
+    } else {
+        source_ami(req, &clients, file, size, started).await?
+    };
     if let Some(source) = result.source_image() {
-        let report = publish::publish(&clients, &source, &req.publish).await;
+        let plan = PublishPlan {
+            image_sha256: Some(result.image_sha256.clone()),
+            replace: req.force_deregister,
+            family: Some(result.family.clone()),
+            ..req.publish.clone()
+        };
+        let report = publish::publish(&clients, &source, &plan).await;
         result.regions = report.regions;
     }
     result.elapsed_seconds = started.elapsed().as_secs_f64();
@@ -75,12 +125,15 @@ struct SnapshotPlan {
     volume_gib: u64,
     encrypted: bool,
     family: String,
+    /// The image digest and family tags, on the snapshot and the AMI.
+    identity_tags: Vec<(String, String)>,
     parent: Option<Parent>,
     params: SnapshotParams,
 }
 
-/// The AMI in the connection's region: reused by name, or written and
-/// registered (replacing the old one with --force-deregister).
+/// The AMI in the connection's region: an AMI of the name holding the same
+/// image is reused; else the snapshot is written and registered (replacing
+/// an AMI of the name holding another image with --replace).
 async fn source_ami(
     req: &UploadRequest,
     clients: &Clients,
@@ -96,34 +149,52 @@ async fn source_ami(
         started,
     };
     let (volume_gib, registration) = job.decide_platform()?;
-    // Idempotent by name: with --name, an AMI that exists is known before
-    // the image is read.
-    let mut lookup: Option<Option<ExistingImage>> = None;
-    if let (Some(name), false) = (&req.name, req.no_register) {
-        match job.existing_ami(name).await? {
-            Found::Reuse(existing) => return Ok(job.reuse(name, &existing, volume_gib, 0)),
-            found => lookup = Some(found.into_replaced()),
+    let type_checks = match registration {
+        Some(registration) if !req.instance_types.is_empty() => {
+            instance_types::check(clients, &req.instance_types, registration, req.tpm).await?
+        }
+        _ => Vec::new(),
+    };
+    let identity = ImageIdentity::of(&req.image, &job.file).map_err(|e| UploadError::BadImage {
+        path: req.image.clone(),
+        reason: format!("cannot read its metadata: {e}"),
+    })?;
+    let digest = digest::of(&req.image, &job.file, size, &identity)?;
+    let name = job.ami_name(&digest)?;
+    let family = names::family_for(req.publish.family.as_deref(), name.as_deref(), &req.image);
+    // Before any snapshot is started: the name either holds this image
+    // (reuse), holds another (refused, or replaced with --replace) or is free.
+    let mut to_replace = None;
+    if let Some(name) = &name {
+        match same_name::check(
+            clients,
+            &req.publish.copy_to,
+            name,
+            &digest.sha256,
+            req.force_deregister,
+        )
+        .await?
+        {
+            SourceVerdict::Reuse(existing) => {
+                let mut result = job.reuse(name, &existing, volume_gib, &digest, &family);
+                result.instance_types = type_checks;
+                return Ok(result);
+            }
+            SourceVerdict::Replace(existing) => to_replace = Some(existing),
+            SourceVerdict::Absent => {}
         }
     }
     let store = DigestStore::new(req.state_dir.clone());
-    let plan = job.plan_snapshot(&store, volume_gib).await?;
+    let plan = job
+        .plan_snapshot(&store, volume_gib, &digest, family)
+        .await?;
     let journal_path = req
         .journal
         .clone()
         .unwrap_or_else(|| journal::default_path(&req.image));
-    let (mut journal, mut hash_pass_bytes) = job.open_journal(&journal_path, &plan.params).await?;
-    let (name, read) = job.ami_name(&journal)?;
-    hash_pass_bytes += read;
-    let to_replace = match (lookup, &name) {
-        (Some(known), _) => known,
-        (None, Some(name)) => match job.existing_ami(name).await? {
-            Found::Reuse(existing) => {
-                return Ok(job.reuse(name, &existing, plan.volume_gib, hash_pass_bytes));
-            }
-            found => found.into_replaced(),
-        },
-        (None, None) => None,
-    };
+    let mut journal = job
+        .open_journal(&journal_path, identity, &plan.params, &digest)
+        .await?;
     let (outcome, ami_id) = job
         .write_and_register(
             &journal_path,
@@ -136,7 +207,7 @@ async fn source_ami(
         .await?;
     Journal::remove(&journal_path);
     job.keep_digests(&store, &plan, &outcome, name.as_deref(), ami_id.as_deref());
-    let result = job.result(
+    let mut result = job.result(
         &plan,
         registration,
         outcome,
@@ -145,27 +216,11 @@ async fn source_ami(
             name,
             replaced: to_replace.map(|old| old.image_id),
         },
-        hash_pass_bytes,
+        &digest,
     );
-    log_summary(&result);
+    result.instance_types = type_checks;
+    result.log_summary();
     Ok(result)
-}
-
-/// An AMI of the name: to reuse (nothing to upload), to replace after the
-/// new snapshot is complete (--force-deregister), or none.
-enum Found {
-    Reuse(ExistingImage),
-    Replace(ExistingImage),
-    Nothing,
-}
-
-impl Found {
-    fn into_replaced(self) -> Option<ExistingImage> {
-        match self {
-            Found::Replace(old) => Some(old),
-            _ => None,
-        }
-    }
 }
 
 /// What the AMI is called, and what it replaced.
@@ -200,33 +255,16 @@ impl Job<'_> {
         Ok((volume_gib, registration))
     }
 
-    async fn existing_ami(&self, name: &str) -> Result<Found, UploadError> {
-        Ok(match register::find_by_name(self.clients, name).await? {
-            Some(existing) if !self.req.force_deregister => Found::Reuse(existing),
-            Some(existing) => {
-                log::warn!(
-                    "AMI {name:?} exists ({}); it is replaced once the new snapshot is complete",
-                    existing.image_id
-                );
-                Found::Replace(existing)
-            }
-            None => Found::Nothing,
-        })
-    }
-
     /// The parent (--parent), and with it the volume size and encryption,
     /// then StartSnapshot's parameters.
     async fn plan_snapshot(
         &self,
         store: &DigestStore,
         mut volume_gib: u64,
+        digest: &ImageDigest,
+        family: String,
     ) -> Result<SnapshotPlan, UploadError> {
         let req = self.req;
-        let family = names::family_for(
-            req.publish.family.as_deref(),
-            req.name.as_deref(),
-            &req.image,
-        );
         let parent = match &req.parent {
             Some(arg) => Some(delta::resolve_parent(self.clients, store, arg, &family).await?),
             None => None,
@@ -244,6 +282,7 @@ impl Job<'_> {
             .unwrap_or_default();
         let mut tags = req.tags.clone();
         tags.extend(req.snapshot_tags.iter().cloned());
+        tags.extend(identity_tags(digest, &family));
         let params = SnapshotParams {
             volume_size_gib: volume_gib,
             description: req
@@ -259,63 +298,46 @@ impl Job<'_> {
         Ok(SnapshotPlan {
             volume_gib,
             encrypted,
+            identity_tags: identity_tags(digest, &family),
             family,
             parent,
             params,
         })
     }
 
-    /// The journal of an earlier run of this upload, or a new one. The
-    /// ClientToken must be fixed before StartSnapshot: the image is read
-    /// once, during the upload, unless its default name (its content hash)
-    /// is needed first and no trusted manifest gives it. Answers the bytes
-    /// that pass read.
+    /// The journal of an earlier run of this upload, or a new one, whose
+    /// ClientToken derives from the image's sha256 and the parameters.
     async fn open_journal(
         &self,
         journal_path: &Path,
+        identity: ImageIdentity,
         params: &SnapshotParams,
-    ) -> Result<(Journal, u64), UploadError> {
-        let req = self.req;
-        let identity =
-            ImageIdentity::of(&req.image, &self.file).map_err(|e| UploadError::BadImage {
-                path: req.image.clone(),
-                reason: format!("cannot read its metadata: {e}"),
-            })?;
+        digest: &ImageDigest,
+    ) -> Result<Journal, UploadError> {
         if let Some(journal) =
             start::load_journal(self.clients, journal_path, &identity, params).await?
         {
-            return Ok((journal, 0));
+            return Ok(journal);
         }
-        let needs_default_name = req.name.is_none() && !req.no_register;
-        let mut read = 0;
-        let basis = if let Some(sha256) = journal::trusted_manifest_sha256(&req.image, &identity) {
+        let sha256 = digest.sha256.clone();
+        let basis = if digest.from_manifest {
             TokenBasis::Manifest { sha256 }
-        } else if needs_default_name {
-            let (sha256, bytes) = writer::content_hash_pass(&self.file, self.size)?;
-            read = bytes;
-            TokenBasis::Blocks { sha256 }
         } else {
-            TokenBasis::random()
+            TokenBasis::Image { sha256 }
         };
         let journal = Journal::new(identity, params.clone(), basis);
         journal.save(journal_path)?;
-        Ok((journal, read))
+        Ok(journal)
     }
 
-    /// The AMI's name: --name, else the default from the content hash
-    /// (hashing the image first if the journal does not know it). Answers
-    /// the bytes read for it.
-    fn ami_name(&self, journal: &Journal) -> Result<(Option<String>, u64), UploadError> {
+    /// The AMI's name: --name (its `{date}` the image's build date, from its
+    /// manifest), else the default from the image's sha256.
+    fn ami_name(&self, digest: &ImageDigest) -> Result<Option<String>, UploadError> {
         let req = self.req;
-        Ok(match (&req.name, journal.token_basis.content_sha256()) {
-            _ if req.no_register => (None, 0),
-            (Some(name), _) => (Some(name.clone()), 0),
-            (None, Some(sha256)) => (Some(default_ami_name(&req.image, sha256)), 0),
-            (None, None) => {
-                // A journal of a --no-register run, resumed to register.
-                let (sha256, read) = writer::content_hash_pass(&self.file, self.size)?;
-                (Some(default_ami_name(&req.image, &sha256)), read)
-            }
+        Ok(match &req.name {
+            _ if req.no_register => None,
+            Some(template) => Some(render_template(&req.image, template)?),
+            None => Some(default_ami_name(&req.image, &digest.sha256)),
         })
     }
 
@@ -367,7 +389,8 @@ impl Job<'_> {
                         architecture: registration.architecture,
                         boot_mode: registration.boot_mode,
                         tpm: req.tpm,
-                        tags: req.tags.clone(),
+                        tags: [req.tags.clone(), plan.identity_tags.clone()].concat(),
+                        storage: req.storage.clone(),
                     };
                     Some(self.register(&spec, to_replace).await?)
                 }
@@ -462,7 +485,7 @@ impl Job<'_> {
         registration: Option<Registration>,
         outcome: SnapshotOutcome,
         names: Names,
-        hash_pass_bytes: u64,
+        digest: &ImageDigest,
     ) -> UploadResult {
         let req = self.req;
         let sent_bytes = outcome.blocks_sent * BLOCK_SIZE;
@@ -471,6 +494,9 @@ impl Job<'_> {
             name: names.name,
             region: self.clients.region.clone(),
             snapshot_id: outcome.snapshot_id,
+            image_sha256: digest.sha256.clone(),
+            family: plan.family.clone(),
+            instance_types: Vec::new(),
             reused_existing_ami: false,
             replaced_ami_id: names.replaced,
             resumed: outcome.resumed,
@@ -489,7 +515,7 @@ impl Job<'_> {
             blocks_total: outcome.blocks_total,
             blocks_sent: outcome.blocks_sent,
             blocks_already_confirmed: outcome.blocks_already_confirmed,
-            bytes_read: hash_pass_bytes + outcome.bytes_read,
+            bytes_read: digest.bytes_read + outcome.bytes_read,
             elapsed_seconds: self.started.elapsed().as_secs_f64(),
             upload_mib_per_second: sent_bytes as f64
                 / (1 << 20) as f64
@@ -498,25 +524,28 @@ impl Job<'_> {
         }
     }
 
-    /// The answer when an AMI of this name exists and is not to be replaced.
+    /// The answer when an AMI of this name holds this image already.
     fn reuse(
         &self,
         name: &str,
         existing: &ExistingImage,
         volume_gib: u64,
-        bytes_read: u64,
+        digest: &ImageDigest,
+        family: &str,
     ) -> UploadResult {
         let req = self.req;
-        log::warn!(
-            "AMI {name:?} exists already ({}); reusing it, nothing uploaded \
-(pass --force-deregister to replace it)",
-            existing.image_id
+        eprintln!(
+            "imgforge: AMI {name:?} ({}) holds this image already (sha256 {}); nothing to upload",
+            existing.image_id, digest.sha256
         );
         UploadResult {
             ami_id: Some(existing.image_id.clone()),
             name: Some(name.to_string()),
             region: self.clients.region.clone(),
             snapshot_id: existing.snapshot_ids.first().cloned().unwrap_or_default(),
+            image_sha256: digest.sha256.clone(),
+            family: family.to_string(),
+            instance_types: Vec::new(),
             reused_existing_ami: true,
             replaced_ami_id: None,
             resumed: false,
@@ -532,7 +561,7 @@ impl Job<'_> {
             blocks_total: 0,
             blocks_sent: 0,
             blocks_already_confirmed: 0,
-            bytes_read,
+            bytes_read: digest.bytes_read,
             elapsed_seconds: self.started.elapsed().as_secs_f64(),
             upload_mib_per_second: 0.0,
             regions: Vec::new(),
@@ -540,18 +569,13 @@ impl Job<'_> {
     }
 }
 
-fn log_summary(result: &UploadResult) {
-    log::info!(
-        "snapshot {}: {} blocks written ({} of the image's {} data blocks unchanged from the \
-parent), {} sent by this run ({:.1} MiB/s), {} already confirmed",
-        result.snapshot_id,
-        result.blocks_total,
-        result.blocks_unchanged,
-        result.data_blocks,
-        result.blocks_sent,
-        result.upload_mib_per_second,
-        result.blocks_already_confirmed
-    );
+/// The tags naming what a snapshot or AMI holds: the image's sha256 and its
+/// family.
+fn identity_tags(digest: &ImageDigest, family: &str) -> Vec<(String, String)> {
+    vec![
+        (IMAGE_SHA256_TAG.to_string(), digest.sha256.clone()),
+        (FAMILY_TAG.to_string(), family.to_string()),
+    ]
 }
 
 /// The image's absolute path for the digest record (as given if that fails).

@@ -74,3 +74,14 @@ impl ServiceOptions {
         Ok(connection)
     }
 }
+
+/// The region as far as it is known without asking AWS or reading the
+/// profile: the flag, AWS_REGION, AWS_DEFAULT_REGION, else `*` (for
+/// `--print-iam-policy`, which makes no AWS call).
+pub fn offline_region(flag: Option<&str>) -> String {
+    flag.map(str::to_string)
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "*".to_string())
+}

@@ -8,14 +8,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
+use imgforge::aws::ami::instance_types::InstanceTypeError;
 use imgforge::aws::ami::names::{
     ShareTarget, parse_ami_name, parse_region, parse_rfc3339, parse_share_target,
     parse_ssm_template, parse_tag,
 };
 use imgforge::aws::ami::register::BootMode;
+use imgforge::aws::ami::same_name::SameNameError;
+use imgforge::aws::ami::storage::{self, ExtraVolume, Storage, VolumeSpec};
 use imgforge::aws::client;
 use imgforge::aws::ebs::blocks;
 use imgforge::aws::ebs::delta::ParentArg;
+use imgforge::aws::kms::{KmsError, parse_region_key};
 use imgforge::aws::publish::{Deprecation, PublishPlan};
 use imgforge::aws::upload::{self, UploadError, UploadRequest};
 use imgforge::platform::{self, Architecture};
@@ -47,7 +51,7 @@ Credentials and region come from the standard AWS chain (AWS_ACCESS_KEY_ID and \
 AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/config including SSO, instance roles). Prints the AMI \
 ID on stdout, and writes ami-latest.txt and packer-manifest.json (appended) in --output-dir.\n\n\
 Examples:\n  imgforge upload image.raw --name web-small-v1 --tag team=infra\n  \
-imgforge upload image.raw --name web-small-v1 --force-deregister --boot-mode uefi\n  \
+imgforge upload image.raw --name web-small-v1 --replace --boot-mode uefi\n  \
 imgforge upload image.raw --no-register --json\n  \
 imgforge upload image.raw --name web-small-v2 --parent auto\n  \
 imgforge upload image.raw --name app-v2 --copy-to eu-west-1,us-west-2 --share-with 123456789012 \
@@ -64,8 +68,11 @@ pub struct UploadArgs {
     pub connection: AwsOptions,
 
     /// AMI name (3-128 characters: letters, digits, ( ) [ ] . / - ' @ _ and spaces).
-    /// Default: the image's file name and the start of its content hash. If an AMI
-    /// of this name exists it is reused (see --force-deregister). Packer: ami_name.
+    /// Default: the image's file name and the start of its sha256. `{date}` is the
+    /// image's build date (YYYYMMDD, from its manifest IMAGE.json, not the clock), so a
+    /// rerun on another day resumes. An AMI of this name is reused only when it holds
+    /// the same image (its imgforge:image-sha256 tag); one holding another image is
+    /// refused before anything is uploaded (see --replace). Packer: ami_name.
     #[arg(long, value_parser = parse_ami_name)]
     pub name: Option<String>,
 
@@ -121,21 +128,62 @@ pub struct UploadArgs {
     #[arg(long)]
     pub encrypted: bool,
 
-    /// KMS key ARN for --encrypted. Packer: kms_key_id.
-    #[arg(long, requires = "encrypted", value_name = "ARN")]
+    /// KMS key for --encrypted: an ARN, key ID or alias (alias/images), resolved to its
+    /// ARN with KMS DescribeKey before the upload (EBS takes only ARNs).
+    /// Packer: kms_key_id.
+    #[arg(long, requires = "encrypted", value_name = "KEY")]
     pub kms_key_id: Option<String>,
+
+    /// Encrypt the copy in REGION (a --copy-to region) with KEY there (ARN, ID or alias);
+    /// repeat per region. Without it a copy of an encrypted AMI gets the region's
+    /// aws/ebs key, which cannot be shared. Packer: region_kms_key_ids.
+    #[arg(long = "copy-kms-key", value_name = "REGION=KEY", value_parser = parse_region_key)]
+    pub copy_kms_keys: Vec<(String, String)>,
+
+    /// The root volume's EBS type: gp3 (default), gp2, io1, io2 or standard.
+    /// Packer: launch_block_device_mappings volume_type.
+    #[arg(long, default_value = "gp3", value_name = "TYPE", value_parser = parse_volume_type)]
+    pub root_volume_type: String,
+
+    /// The root volume's IOPS (gp3: 3000-80000, 500/GiB above 3000; io1: 100-64000,
+    /// 50/GiB; io2: 100-256000, 1000/GiB). Packer: launch_block_device_mappings iops.
+    #[arg(long, value_name = "N")]
+    pub root_volume_iops: Option<u32>,
+
+    /// The root volume's MiB/s (gp3: 125-2000, 0.25 per IOPS); like the IOPS, checked
+    /// before any upload. Packer: launch_block_device_mappings throughput.
+    #[arg(long, value_name = "MIBPS")]
+    pub root_volume_throughput: Option<u32>,
+
+    /// An extra EBS volume, deleted with the instance (repeat for more), e.g.
+    /// /dev/sdf=100G,type=gp3,iops=4000. Packer: launch_block_device_mappings.
+    #[arg(long = "volume", value_name = "DEVICE=SIZE[,type=T][,iops=N][,throughput=N]", value_parser = ExtraVolume::parse)]
+    pub volumes: Vec<ExtraVolume>,
+
+    /// Map N instance-store volumes (ephemeral0..N-1, on the first free /dev/sdX); used
+    /// on instance types that have them. Packer: ephemeral block devices.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=24))]
+    pub instance_store: u32,
+
+    /// Deregistration protection on the AMI in every region: nobody (`ami prune`
+    /// included) deregisters it until it is disabled. Packer: deregistration_protection.
+    #[arg(long)]
+    pub deregistration_protection: bool,
 
     /// Stop after the snapshot is completed: no RegisterImage; prints the snapshot ID.
     /// Packer: skip_create_ami.
-    #[arg(long, conflicts_with_all = ["force_deregister", "tpm", "copy_to", "share_with",
+    #[arg(long, conflicts_with_all = ["replace", "tpm", "copy_to", "share_with",
           "deprecate_in", "deprecate_at", "ssm_parameter"])]
     pub no_register: bool,
 
-    /// If an AMI of this name exists, deregister it and delete its snapshot after the
-    /// new snapshot is complete, then register the new AMI under the name.
+    /// If an AMI of this name holds another image (here or in a --copy-to region),
+    /// replace it: the new snapshot is written first, then the old AMI is deregistered
+    /// and its snapshots deleted, then the new AMI is registered under the name. An AMI
+    /// holding the same image is reused either way. (Old spelling: --force-deregister.)
     /// Packer: force_deregister and force_delete_snapshot.
-    #[arg(long)]
-    pub force_deregister: bool,
+    #[arg(long, alias = "force-deregister")]
+    pub replace: bool,
 
     /// When the upload fails after the snapshot was started, keep the snapshot and the
     /// journal (a rerun resumes) instead of deleting them. Packer: none.
@@ -147,6 +195,12 @@ pub struct UploadArgs {
     /// Packer: ami_regions.
     #[arg(long, value_delimiter = ',', value_name = "REGION,...", value_parser = parse_region)]
     pub copy_to: Vec<String>,
+
+    /// How the AMI gets to each --copy-to region: `copy` (CopyImage) or `upload` (the
+    /// image written into each region's own snapshot, all regions at once, registered
+    /// there: available everywhere in about one upload's time). Packer: none.
+    #[arg(long, value_enum, default_value = "copy")]
+    pub copy_method: CopyMethod,
 
     /// How long to wait for each copy to become `available` (e.g. 90m, 2h).
     /// Packer: aws_polling (max_attempts x delay_seconds).
@@ -183,9 +237,10 @@ pub struct UploadArgs {
     #[arg(long, requires = "ssm_parameter")]
     pub ssm_overwrite: bool,
 
-    /// The image family (tagged imgforge:family on every AMI and snapshot, checked by
-    /// --ssm-parameter). Default: the AMI name without its trailing version
-    /// (trading-large-v3 -> trading-large). Packer: none.
+    /// The image family (tagged imgforge:family on every AMI and snapshot; `ami
+    /// list|prune|promote --family` select by it; checked by --ssm-parameter).
+    /// Default: the imgforge.toml variant's name (--config --image), else the AMI name
+    /// without its trailing version (trading-large-v3 -> trading-large). Packer: none.
     #[arg(long)]
     pub family: Option<String>,
 
@@ -231,11 +286,33 @@ pub struct UploadArgs {
     #[arg(long, default_value = "60m", value_name = "DURATION")]
     pub wait_timeout: Timeout,
 
+    /// Instance types the AMI is for: before any upload, DescribeInstanceTypes says if
+    /// each can run the image (architecture; boot modes: UEFI-only on a BIOS-only type
+    /// is refused, hybrid is fine; NitroTPM for --tpm; ENA). A table on stderr,
+    /// `instance_types` in --json; a refused type exits 2. Packer: none.
+    #[arg(long, value_delimiter = ',', value_name = "TYPE,...")]
+    pub instance_types: Vec<String>,
+
+    /// Print the least-privilege IAM policy this upload with these flags needs, in
+    /// every region it touches (with the KMS permissions EBS and EC2 use on your
+    /// behalf), and exit: no AWS call. Packer: none.
+    #[arg(long)]
+    pub print_iam_policy: bool,
+
     /// Benchmark only: read, zero-check and SHA-256 the image's data as an upload
     /// would, print the throughput (GB/s) and exit. Needs no AWS access.
     /// Packer: none.
     #[arg(long)]
     pub hash_only: bool,
+}
+
+/// `--copy-method`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CopyMethod {
+    /// CopyImage to each region.
+    Copy,
+    /// Write the image into each region's own snapshot (EBS direct APIs).
+    Upload,
 }
 
 /// `--boot-mode`'s values, for clap; the engine's [`BootMode`] has no clap.
@@ -257,6 +334,10 @@ impl From<BootModeArg> for BootMode {
             BootModeArg::LegacyBios => BootMode::LegacyBios,
         }
     }
+}
+
+fn parse_volume_type(text: &str) -> Result<String, String> {
+    storage::limits(text).map(|t| t.name.to_string())
 }
 
 /// An architecture of boot/architectures.toml, by name or alias.
@@ -319,6 +400,15 @@ impl UploadArgs {
     /// old spellings. Bad values are [`BadInput`].
     pub fn to_request(&self) -> Result<UploadRequest, BadInput> {
         self.warn_old_spellings();
+        if let Some((region, _)) = self
+            .copy_kms_keys
+            .iter()
+            .find(|(region, _)| !self.copy_to.contains(region))
+        {
+            return Err(BadInput::new(format!(
+                "--copy-kms-key {region}=...: {region} is not a --copy-to region; add --copy-to {region} or drop the key"
+            )));
+        }
         let deprecate = match (self.deprecate_in, self.deprecate_at) {
             (Some(after), _) => Some(Deprecation::In(after)),
             (None, Some(at)) => Some(Deprecation::At(at)),
@@ -339,7 +429,7 @@ impl UploadArgs {
             encrypted: self.encrypted,
             kms_key_id: self.kms_key_id.clone(),
             no_register: self.no_register,
-            force_deregister: self.force_deregister,
+            force_deregister: self.replace,
             keep_snapshot: self.keep_snapshot,
             output_dir: self.output_dir.clone(),
             journal: self.journal.clone(),
@@ -358,12 +448,29 @@ impl UploadArgs {
                 snapshot_tags: self.snapshot_tags.clone(),
                 copy_timeout: self.copy_timeout,
                 copies_in_flight: 4,
+                image_sha256: None,
+                replace: self.replace,
+                copy_kms_keys: self.copy_kms_keys.clone(),
+                copy_key_arns: Default::default(),
+                deregistration_protection: self.deregistration_protection,
+                copy_by_upload: self.copy_method == CopyMethod::Upload,
+            },
+            instance_types: self.instance_types.clone(),
+            storage: Storage {
+                root: VolumeSpec {
+                    volume_type: self.root_volume_type.clone(),
+                    iops: self.root_volume_iops.map(u64::from),
+                    throughput: self.root_volume_throughput.map(u64::from),
+                },
+                volumes: self.volumes.clone(),
+                instance_store: self.instance_store,
             },
         })
     }
 
     fn warn_old_spellings(&self) {
         super::warn_renamed_flag("--architecture", "--arch");
+        super::warn_renamed_flag("--force-deregister", "--replace");
         if let Some(v) = self.volume_size.filter(|v| v.bare) {
             eprintln!(
                 "imgforge: warning: --volume-size {n} is read as {n}G; write {n}G (a bare number \
@@ -391,6 +498,12 @@ pub fn run(args: &UploadArgs) -> anyhow::Result<()> {
         return hash_only(args);
     }
     let request = args.to_request()?;
+    if args.print_iam_policy {
+        let region = super::aws_options::offline_region(request.connection.region.as_deref());
+        let policy = imgforge::aws::iam::for_upload(&request, &region);
+        println!("{}", serde_json::to_string_pretty(&policy)?);
+        return Ok(());
+    }
     upload::check(&request).map_err(BadInput::from_error)?;
     let runtime = client::runtime().context("cannot start the async runtime")?;
     let result = match runtime.block_on(upload::upload(&request)) {
@@ -417,6 +530,26 @@ pub fn run(args: &UploadArgs) -> anyhow::Result<()> {
         // The image and the flags disagree (architecture, boot mode): found
         // before any snapshot was started, so it is bad input.
         Err(err @ UploadError::Platform(_)) => return Err(BadInput::from_error(err).into()),
+        // An AMI of the name holds another image: refused before any
+        // snapshot was started.
+        Err(err @ UploadError::SameName(SameNameError::Taken(_))) => {
+            return Err(BadInput::from_error(err).into());
+        }
+        // An instance type that cannot run the image, or does not exist.
+        Err(
+            err @ UploadError::InstanceTypes(
+                InstanceTypeError::Refused { .. } | InstanceTypeError::Unknown { .. },
+            ),
+        ) => {
+            return Err(BadInput::from_error(err).into());
+        }
+        // A key that does not resolve, or sharing that its key forbids:
+        // found before anything was written.
+        Err(UploadError::Kms(err))
+            if !matches!(err, KmsError::Api(_) | KmsError::Interrupted(_)) =>
+        {
+            return Err(BadInput::from_error(UploadError::Kms(err)).into());
+        }
         Err(err) => return Err(err.into()),
     };
     if args.json {
@@ -527,6 +660,11 @@ mod tests {
         assert!(parse(&["--encrypted", "--kms-key-id", "k"]).is_ok());
         assert!(parse(&["--workers", "0"]).is_err());
         assert!(parse(&["--no-register", "--force-deregister"]).is_err());
+        assert!(parse(&["--replace"]).unwrap().replace);
+        assert!(
+            parse(&["--force-deregister"]).unwrap().replace,
+            "the old spelling"
+        );
         assert!(parse(&["--name", "ab"]).is_err());
         assert!(parse(&["--name", "bad*name"]).is_err());
         assert!(parse(&["--snapshot-timeout", "soon"]).is_err());

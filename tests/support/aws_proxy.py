@@ -5,7 +5,7 @@ Usage: aws_proxy.py --listen PORT --upstream PORT --log FILE
                     [--throttle R] [--server-error R] [--drop R] [--access-denied R]
                     [--delay-ms MS] [--snapshot-state STATE] [--start-status STATUS]
                     [--fail OPERATION@REGION]... [--image-state STATE@REGION]
-                    [--seed S]
+                    [--latency-ms MS] [--seed S]
 
 Every request becomes one JSON line in --log, written when its answer is
 sent: the operation (EC2 `Action`, or the EBS direct API named from the
@@ -35,6 +35,13 @@ SSM operation in that region with HTTP 400 UnauthorizedOperation (a failure
 no client retries), to make one region of a publish fail. --image-state
 STATE@REGION rewrites the state in every DescribeImages answer for that
 region (e.g. `pending`, which moto's copies never are).
+
+Enable/DisableImageDeregistrationProtection are answered here too (moto 5.2
+does not implement them): the proxy remembers each image's state, adds it
+to DescribeImages answers (`deregistrationProtection`, as EC2 does) and
+refuses DeregisterImage of a protected image as EC2 does.
+--latency-ms adds that much to every request before it is forwarded (a
+far endpoint, as seen from a CI runner outside AWS): tests/bench/upload-latency.sh.
 Stdlib only.
 """
 
@@ -76,6 +83,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
     log_lock = threading.Lock()
     rng_lock = threading.Lock()
     local = threading.local()
+    protected = {}  # image id -> deregistrationProtection state
 
     def log_message(self, fmt, *args):  # quiet
         pass
@@ -191,6 +199,10 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             ).encode()
             self.answer(200, [("Content-Type", "text/xml")], payload)
             return
+        if self.config.latency_ms:
+            time.sleep(self.config.latency_ms / 1000)
+        if self.deregistration_protection(entry):
+            return
         if operation == "PutSnapshotBlock" and self.config.delay_ms:
             time.sleep(self.config.delay_ms / 1000)
         if fault == "drop":
@@ -223,6 +235,12 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             payload = re.sub(rb"<status>[a-z]+</status>", b"<status>" + state + b"</status>", payload)
             entry["rewritten_state"] = self.config.snapshot_state
         if entry["operation"] == "DescribeImages":
+            for image_id, state in list(self.protected.items()):
+                payload = payload.replace(
+                    f"<imageId>{image_id}</imageId>".encode(),
+                    f"<imageId>{image_id}</imageId><deregistrationProtection>{state}"
+                    "</deregistrationProtection>".encode(),
+                )
             for rule in self.config.image_state:
                 state, region = rule.split("@", 1)
                 if region == entry["region"]:
@@ -235,6 +253,42 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         entry["status"] = status
         self.record(entry)
         self.answer(status, headers, payload)
+
+    def deregistration_protection(self, entry):
+        """Answers what moto lacks; True when the request was answered."""
+        operation = entry["operation"]
+        params = entry.get("params") or {}
+        image_id = params.get("ImageId")
+        if operation == "EnableImageDeregistrationProtection":
+            cooldown = params.get("WithCooldown") == "true"
+            self.protected[image_id] = "enabled-with-cooldown" if cooldown else "enabled-without-cooldown"
+            element, value = "return", "enabled"
+        elif operation == "DisableImageDeregistrationProtection":
+            self.protected.pop(image_id, None)
+            element, value = "return", "disabled"
+        elif operation == "DeregisterImage" and image_id in self.protected:
+            entry["status"] = 400
+            entry["answered_by_proxy"] = True
+            self.record(entry)
+            payload = (
+                "<Response><Errors><Error><Code>InvalidParameterValue</Code>"
+                f"<Message>Image {image_id} has deregistration protection enabled</Message>"
+                "</Error></Errors><RequestID>proxy</RequestID></Response>"
+            ).encode()
+            self.answer(400, [("Content-Type", "text/xml")], payload)
+            return True
+        else:
+            return False
+        entry["status"] = 200
+        entry["answered_by_proxy"] = True
+        self.record(entry)
+        payload = (
+            f'<{operation}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            f"<requestId>imgforge-test-proxy</requestId><{element}>{value}</{element}>"
+            f"</{operation}Response>"
+        ).encode()
+        self.answer(200, [("Content-Type", "text/xml")], payload)
+        return True
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = handle_any
 
@@ -255,6 +309,7 @@ def main():
     parser.add_argument("--drop", type=float, default=0.0)
     parser.add_argument("--access-denied", type=float, default=0.0)
     parser.add_argument("--delay-ms", type=int, default=0)
+    parser.add_argument("--latency-ms", type=int, default=0)
     parser.add_argument("--snapshot-state", default=None)
     parser.add_argument("--start-status", default=None)
     parser.add_argument("--fail", action="append", default=[])

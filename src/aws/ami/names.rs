@@ -22,16 +22,31 @@ pub fn is_ami_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c)
 }
 
+/// An AMI name, or a template of one with `{date}` (the image's build
+/// date, YYYYMMDD, from its manifest: see [`render_name`]).
 pub fn parse_ami_name(text: &str) -> Result<String, String> {
-    if !(3..=128).contains(&text.len()) {
+    let rendered = render_name(text, "20260101");
+    if !(3..=128).contains(&rendered.len()) {
         return Err("an AMI name has 3 to 128 characters".into());
     }
-    if let Some(c) = text.chars().find(|c| !is_ami_name_char(*c)) {
+    if let Some(c) = rendered.chars().find(|c| !is_ami_name_char(*c)) {
         return Err(format!(
             "{c:?} is not allowed in an AMI name (letters, digits, ( ) [ ] . / - ' @ _ and spaces)"
         ));
     }
     Ok(text.to_string())
+}
+
+/// Whether a name template takes the image's build date.
+pub fn has_date(template: &str) -> bool {
+    template.contains(DATE_PLACEHOLDER)
+}
+
+pub const DATE_PLACEHOLDER: &str = "{date}";
+
+/// A name template with `{date}` replaced by `date` (YYYYMMDD).
+pub fn render_name(template: &str, date: &str) -> String {
+    template.replace(DATE_PLACEHOLDER, date)
 }
 
 /// The default AMI name: the file name and the content hash's first digits,
@@ -56,6 +71,10 @@ pub fn default_ami_name(image: &Path, content_sha256: &str) -> String {
 /// The tag naming an AMI's image family on every AMI and snapshot imgforge
 /// publishes; `--ssm-parameter` refuses to move a parameter across families.
 pub const FAMILY_TAG: &str = "imgforge:family";
+/// The tag listing every region an AMI was published in (its region and
+/// its copies'), so that `ami list|prune --family` find every copy from any
+/// one region.
+pub const REGIONS_TAG: &str = "imgforge:regions";
 /// The tag naming the AMI a snapshot belongs to; `ami prune` deletes only
 /// snapshots that carry it.
 pub const AMI_NAME_TAG: &str = "imgforge:ami-name";
@@ -227,6 +246,14 @@ pub fn render_ssm_name(template: &str, name: &str, region: &str) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn name_templates_take_a_date() {
+        assert!(parse_ami_name("app-{date}").is_ok());
+        assert!(parse_ami_name("app-{when}").is_err());
+        assert_eq!(render_name("app-{date}", "20261205"), "app-20261205");
+        assert!(has_date("a-{date}") && !has_date("a-b"));
+    }
 
     #[test]
     fn families() {

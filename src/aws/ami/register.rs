@@ -4,10 +4,12 @@
 //! attribute a Nitro instance needs is sent explicitly.
 
 use aws_sdk_ec2::types::{
-    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter,
-    ImdsSupportValues, ResourceType, Tag, TagSpecification, TpmSupportValues, VolumeType,
+    ArchitectureValues, BootModeValues, Filter, ImdsSupportValues, ResourceType, Tag,
+    TagSpecification, TpmSupportValues,
 };
 
+use super::digest::IMAGE_SHA256_TAG;
+use super::storage::Storage;
 use crate::aws::client::Clients;
 use crate::aws::ebs::snapshot::{self, SnapshotError};
 use crate::aws::retry::{ApiError, RetryError, with_retries};
@@ -146,6 +148,8 @@ pub struct ImageSpec {
     pub boot_mode: BootMode,
     pub tpm: bool,
     pub tags: Vec<(String, String)>,
+    /// The root volume's settings, extra and instance-store volumes.
+    pub storage: Storage,
 }
 
 /// An AMI that already exists.
@@ -153,6 +157,8 @@ pub struct ImageSpec {
 pub struct ExistingImage {
     pub image_id: String,
     pub snapshot_ids: Vec<String>,
+    /// Its [`IMAGE_SHA256_TAG`]: the image it holds, when imgforge made it.
+    pub image_sha256: Option<String>,
 }
 
 /// The AMI of this name owned by this account, if any.
@@ -183,6 +189,12 @@ pub async fn find_by_name(
                     .iter()
                     .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
                     .collect(),
+                image_sha256: image
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == Some(IMAGE_SHA256_TAG))
+                    .and_then(|t| t.value())
+                    .map(str::to_ascii_lowercase),
             })
         })
         .collect();
@@ -202,17 +214,9 @@ pub async fn find_by_name(
 
 /// RegisterImage; answers the new AMI id.
 pub async fn register(clients: &Clients, spec: &ImageSpec) -> Result<String, RegisterError> {
-    let mapping = BlockDeviceMapping::builder()
-        .device_name(ROOT_DEVICE)
-        .ebs(
-            EbsBlockDevice::builder()
-                .snapshot_id(&spec.snapshot_id)
-                .volume_type(VolumeType::Gp3)
-                .volume_size(spec.volume_size_gib as i32)
-                .delete_on_termination(true)
-                .build(),
-        )
-        .build();
+    let mappings = spec
+        .storage
+        .mappings(ROOT_DEVICE, &spec.snapshot_id, spec.volume_size_gib);
     let tag_specs = if spec.tags.is_empty() {
         None
     } else {
@@ -241,7 +245,7 @@ pub async fn register(clients: &Clients, spec: &ImageSpec) -> Result<String, Reg
             .virtualization_type("hvm")
             .architecture(architecture.clone())
             .root_device_name(ROOT_DEVICE)
-            .block_device_mappings(mapping.clone())
+            .set_block_device_mappings(Some(mappings.clone()))
             .ena_support(true)
             .imds_support(ImdsSupportValues::V20)
             .boot_mode(spec.boot_mode.to_ec2())

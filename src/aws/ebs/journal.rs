@@ -105,6 +105,9 @@ pub enum TokenBasis {
     /// A digest of a pass over the image's blocks (an image without a
     /// manifest that needs a default name, which is its content hash).
     Blocks { sha256: String },
+    /// The sha256 of a pass over the whole image (no trusted manifest): the
+    /// same digest the manifest would give, tagged on the snapshot.
+    Image { sha256: String },
     /// Random, drawn once per journal: the image was not hashed before the
     /// upload (its digests are computed while it is sent).
     Random { nonce: String },
@@ -122,7 +125,9 @@ impl TokenBasis {
     /// The content hash, when the token is derived from one.
     pub fn content_sha256(&self) -> Option<&str> {
         match self {
-            Self::Manifest { sha256 } | Self::Blocks { sha256 } => Some(sha256),
+            Self::Manifest { sha256 } | Self::Blocks { sha256 } | Self::Image { sha256 } => {
+                Some(sha256)
+            }
             Self::Random { .. } => None,
         }
     }

@@ -1,5 +1,6 @@
 //! The AMI in one region: the source itself, an AMI of the same name found
-//! there (a rerun, or someone's earlier copy), or a new CopyImage, then a
+//! there holding the same image (a rerun; one holding another image is
+//! replaced with `--replace`, else refused), or a new CopyImage, then a
 //! bounded wait for `available` with progress on stderr.
 
 use std::time::{Duration, Instant};
@@ -7,7 +8,10 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::list::{self, ImageInfo};
-use super::{PublishError, SourceImage};
+use super::{PublishError, PublishPlan, SourceImage};
+use crate::aws::ami::digest::IMAGE_SHA256_TAG;
+use crate::aws::ami::register::{self, ExistingImage};
+use crate::aws::ami::same_name::NameTaken;
 use crate::aws::client::Clients;
 use crate::aws::retry::with_retries;
 use crate::sys::interrupt::{self, Interrupted};
@@ -36,7 +40,7 @@ pub fn client_token(source_image_id: &str, region: &str, name: &str) -> String {
 pub async fn ensure_image(
     clients: &Clients,
     source: &SourceImage,
-    timeout: Duration,
+    plan: &PublishPlan,
 ) -> Result<RegionImage, PublishError> {
     let region = clients.region.as_str();
     let (image_id, origin, copied) = if region == source.region {
@@ -44,6 +48,13 @@ pub async fn ensure_image(
     } else {
         let existing = list::owned(clients, &source.name, true, &[]).await?;
         match existing.as_slice() {
+            // Written and registered in this region by this run, after the
+            // same same-name check as the source region's.
+            [one] if plan.copy_by_upload => (one.image_id.clone(), "uploaded", false),
+            [one] if !holds_the_image(one, plan) => {
+                replace_other_image(clients, one, plan).await?;
+                (copy(clients, source, plan).await?, "copied", true)
+            }
             [one] => {
                 eprintln!(
                     "imgforge: {region}: AMI {:?} exists already ({}); reusing it",
@@ -51,7 +62,7 @@ pub async fn ensure_image(
                 );
                 (one.image_id.clone(), "reused", false)
             }
-            [] => (copy(clients, source).await?, "copied", true),
+            [] => (copy(clients, source, plan).await?, "copied", true),
             many => {
                 return Err(PublishError::Refused(format!(
                     "{region} holds {} AMIs named {:?} ({}); deregister the extra ones first",
@@ -65,7 +76,7 @@ pub async fn ensure_image(
             }
         }
     };
-    let info = wait_available(clients, &image_id, timeout).await?;
+    let info = wait_available(clients, &image_id, plan.copy_timeout).await?;
     Ok(RegionImage {
         image_id,
         origin,
@@ -75,7 +86,61 @@ pub async fn ensure_image(
     })
 }
 
-async fn copy(clients: &Clients, source: &SourceImage) -> Result<String, PublishError> {
+/// Whether an AMI of the name in a copy region holds the image being
+/// published (always, when the digest is not known).
+fn holds_the_image(image: &ImageInfo, plan: &PublishPlan) -> bool {
+    let Some(ours) = &plan.image_sha256 else {
+        return true;
+    };
+    image
+        .tags
+        .get(IMAGE_SHA256_TAG)
+        .is_some_and(|theirs| theirs.eq_ignore_ascii_case(ours))
+}
+
+/// Deregisters an AMI of the name that holds another image and deletes its
+/// snapshots (`--replace`); refuses without it.
+async fn replace_other_image(
+    clients: &Clients,
+    image: &ImageInfo,
+    plan: &PublishPlan,
+) -> Result<(), PublishError> {
+    let existing = ExistingImage {
+        image_id: image.image_id.clone(),
+        snapshot_ids: image.snapshot_ids.clone(),
+        image_sha256: image.tags.get(IMAGE_SHA256_TAG).cloned(),
+    };
+    let ours = plan.image_sha256.clone().unwrap_or_default();
+    if !plan.replace {
+        let taken = NameTaken::new(
+            &image.name,
+            &clients.region,
+            &existing,
+            existing.image_sha256.as_deref(),
+            &ours,
+        );
+        return Err(PublishError::Refused(taken.to_string()));
+    }
+    register::deregister(clients, &existing)
+        .await
+        .map_err(|e| PublishError::Refused(format!("{}: {e}", clients.region)))?;
+    eprintln!(
+        "imgforge: {}: deregistered {} (another image under the name) and deleted its snapshots {}",
+        clients.region,
+        image.image_id,
+        image.snapshot_ids.join(", ")
+    );
+    Ok(())
+}
+
+async fn copy(
+    clients: &Clients,
+    source: &SourceImage,
+    plan: &PublishPlan,
+) -> Result<String, PublishError> {
+    // Without a key EC2 encrypts the copy of an encrypted AMI with the
+    // region's default key (aws/ebs), which cannot be shared.
+    let key = plan.copy_key_arns.get(&clients.region);
     let token = client_token(&source.image_id, &clients.region, &source.name);
     let output = with_retries(
         &clients.retry,
@@ -94,6 +159,8 @@ async fn copy(clients: &Clients, source: &SourceImage) -> Result<String, Publish
                 ))
                 .copy_image_tags(true)
                 .client_token(&token)
+                .set_encrypted(key.map(|_| true))
+                .set_kms_key_id(key.cloned())
                 .send()
         },
     )

@@ -21,6 +21,10 @@ pub struct ImageInfo {
     pub deprecation_time: Option<String>,
     pub snapshot_ids: Vec<String>,
     pub tags: BTreeMap<String, String>,
+    /// EC2's DeregistrationProtection (`disabled`, `enabled-with-cooldown`,
+    /// `disabled-until ...`), when it says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deregistration_protection: Option<String>,
 }
 
 impl ImageInfo {
@@ -45,6 +49,7 @@ impl ImageInfo {
                 .iter()
                 .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
                 .collect(),
+            deregistration_protection: image.deregistration_protection().map(str::to_string),
         })
     }
 }

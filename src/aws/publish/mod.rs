@@ -7,7 +7,8 @@
 //!    (CopyImage with a derived ClientToken), waited on until `available`;
 //! 2. tags ([`tags`]) — family and name tags on the AMI and its snapshots;
 //! 3. share ([`share`]) — launch permission, createVolumePermission for accounts;
-//! 4. deprecate ([`deprecate`]) — EnableImageDeprecation;
+//! 4. protect ([`protect`]) — EnableImageDeregistrationProtection;
+//!    deprecate ([`deprecate`]) — EnableImageDeprecation;
 //! 5. ssm ([`ssm`]) — the "latest" parameter, guarded by image family.
 //!
 //! A failure in one region does not stop the others: the report says which
@@ -16,19 +17,22 @@
 
 pub mod copy;
 pub mod deprecate;
+pub mod encryption;
+pub mod in_use;
 pub mod list;
+pub mod protect;
 pub mod prune;
 pub mod share;
 pub mod ssm;
 pub mod tags;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::ami::names::{ShareTarget, family_of, format_rfc3339};
+use super::ami::names::{REGIONS_TAG, ShareTarget, family_of, format_rfc3339};
 use super::client::Clients;
 use super::retry::{ApiError, RetryError, with_retries};
 use crate::sys::interrupt::Interrupted;
@@ -54,6 +58,21 @@ pub struct PublishPlan {
     pub copy_timeout: Duration,
     /// Regions worked on at once (CopyImage calls in flight); 4 if 0.
     pub copies_in_flight: usize,
+    /// The image's sha256: tagged on every AMI and snapshot; an AMI of the
+    /// name in a copy region is reused only when it holds this image.
+    pub image_sha256: Option<String>,
+    /// Replace an AMI of the name that holds another image (`--replace`).
+    pub replace: bool,
+    /// `--copy-kms-key REGION=KEY`, as given (alias, key ID or ARN).
+    pub copy_kms_keys: Vec<(String, String)>,
+    /// `--copy-method upload`: each copy region's AMI was written there by
+    /// this run (found by name, reported as `uploaded`), not copied.
+    pub copy_by_upload: bool,
+    /// EnableImageDeregistrationProtection on the AMI in every region.
+    pub deregistration_protection: bool,
+    /// The copy keys resolved to ARNs by [`encryption::preflight`], by region:
+    /// CopyImage Encrypted + KmsKeyId.
+    pub copy_key_arns: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +148,8 @@ pub struct RegionResult {
     pub snapshot_ids: Vec<String>,
     pub shared_with: Vec<ShareTarget>,
     pub deprecate_at: Option<String>,
+    /// EnableImageDeregistrationProtection was called for it.
+    pub deregistration_protection: bool,
     pub ssm_parameter: Option<String>,
     /// The parameter's value before this run, when it was changed.
     pub ssm_previous_value: Option<String>,
@@ -145,6 +166,7 @@ impl RegionResult {
             snapshot_ids: Vec::new(),
             shared_with: Vec::new(),
             deprecate_at: None,
+            deregistration_protection: false,
             ssm_parameter: None,
             ssm_previous_value: None,
             error: None,
@@ -163,6 +185,8 @@ pub struct PublishReport {
 #[derive(Debug, Clone)]
 struct Targets {
     deprecate_at: Option<i64>,
+    /// Every region published in, sorted, comma-separated ([`REGIONS_TAG`]).
+    regions: String,
 }
 
 fn now_secs() -> i64 {
@@ -222,15 +246,18 @@ pub async fn preflight(clients: &Clients, plan: &PublishPlan) -> Result<(), Publ
 /// Publishes `source` in its region and every `--copy-to` region; never
 /// fails as a whole: each region's error is in its [`RegionResult`].
 pub async fn publish(clients: &Clients, source: &SourceImage, plan: &PublishPlan) -> PublishReport {
-    let targets = Targets {
-        deprecate_at: deprecate_at(plan).ok().flatten(),
-    };
     let mut regions: Vec<String> = vec![source.region.clone()];
     for region in &plan.copy_to {
         if !regions.contains(region) {
             regions.push(region.clone());
         }
     }
+    let mut sorted = regions.clone();
+    sorted.sort();
+    let targets = Targets {
+        deprecate_at: deprecate_at(plan).ok().flatten(),
+        regions: sorted.join(","),
+    };
     let in_flight = if plan.copies_in_flight == 0 {
         4
     } else {
@@ -269,7 +296,7 @@ async fn publish_region(
         .family
         .clone()
         .unwrap_or_else(|| family_of(&source.name));
-    let image = copy::ensure_image(clients, source, plan.copy_timeout).await?;
+    let image = copy::ensure_image(clients, source, plan).await?;
     result.ami_id = Some(image.image_id.clone());
     result.origin = image.origin.to_string();
     result.state = Some(image.state.clone());
@@ -281,10 +308,15 @@ async fn publish_region(
         snapshot_ids.push(id.clone());
     }
     result.snapshot_ids = snapshot_ids.clone();
-    tags::apply(clients, &image, &snapshot_ids, &family, plan).await?;
+    let regions_tag = (REGIONS_TAG.to_string(), targets.regions.clone());
+    tags::apply(clients, &image, &snapshot_ids, &family, plan, regions_tag).await?;
     if !plan.share_with.is_empty() {
         share::apply(clients, &image.image_id, &snapshot_ids, &plan.share_with).await?;
         result.shared_with = plan.share_with.clone();
+    }
+    if plan.deregistration_protection {
+        protect::apply(clients, &image.image_id).await?;
+        result.deregistration_protection = true;
     }
     if let Some(at) = targets.deprecate_at {
         deprecate::apply(clients, &image.image_id, at).await?;

@@ -268,7 +268,12 @@ impl Variant {
             };
             let flag = target.flag.to_string();
             let text = |v: &str| {
-                let v = self.render(v);
+                // upload fills {date} from the image's manifest (the build
+                // date), so that a rerun on another day resumes.
+                let v = match command {
+                    For::Upload => v.replace("{image}", &self.name),
+                    _ => self.render(v),
+                };
                 target.convert.map_or(v.clone(), |convert| convert(&v))
             };
             match (&located.value, setting.kind) {
@@ -302,6 +307,10 @@ impl Variant {
         }
         if command == For::Build && !self.values.contains_key("output") {
             out.extend(["--output".to_string(), self.output()]);
+        }
+        // A variant is an image family: its AMIs are tagged with its name.
+        if command == For::Upload && !self.values.contains_key("family") {
+            out.extend(["--family".to_string(), self.name.clone()]);
         }
         out
     }

@@ -80,6 +80,10 @@ fn region(v: &str) -> Result<(), String> {
 fn share(v: &str) -> Result<(), String> {
     parse_share_target(v).map(|_| ())
 }
+/// `copy_kms_keys = { "eu-west-1" = "alias/images" }`.
+fn region_key(v: &str) -> Result<(), String> {
+    imgforge::aws::kms::parse_region_key(v).map(|_| ())
+}
 fn duration(v: &str) -> Result<(), String> {
     parse_duration(v).map(|_| ())
 }
@@ -203,6 +207,37 @@ pub const SETTINGS: &[Setting] = &[
         Some(size),
     ),
     s("tpm", &[upload("--tpm")], Kind::Switch, None),
+    s(
+        "root_volume_type",
+        &[upload("--root-volume-type")],
+        Kind::Text,
+        None,
+    ),
+    s(
+        "root_volume_iops",
+        &[upload("--root-volume-iops")],
+        Kind::TextOrInteger,
+        None,
+    ),
+    s(
+        "root_volume_throughput",
+        &[upload("--root-volume-throughput")],
+        Kind::TextOrInteger,
+        None,
+    ),
+    s("volumes", &[upload("--volume")], LIST, None),
+    s(
+        "instance_types",
+        &[upload("--instance-types")],
+        JOINED,
+        None,
+    ),
+    s(
+        "deregistration_protection",
+        &[upload("--deregistration-protection")],
+        Kind::Switch,
+        None,
+    ),
     s("encrypted", &[upload("--encrypted")], Kind::Switch, None),
     s("kms_key_id", &[upload("--kms-key-id")], Kind::Text, None),
     s("tags", &[upload("--tag")], Kind::Map, Some(tag_entry)),
@@ -213,6 +248,12 @@ pub const SETTINGS: &[Setting] = &[
         Some(tag_entry),
     ),
     s("regions", &[upload("--copy-to")], JOINED, Some(region)),
+    s(
+        "copy_kms_keys",
+        &[upload("--copy-kms-key")],
+        Kind::Map,
+        Some(region_key),
+    ),
     s(
         "copy_timeout",
         &[upload("--copy-timeout")],

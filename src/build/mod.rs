@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod plan;
 pub mod reproducible;
 pub mod request;
+pub mod signed_chain;
 pub mod template;
 
 use std::path::PathBuf;

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use super::attempts::{
     self, Attempt, AttemptEnv, ConsoleLog, FirmwareResult, MAX_ATTEMPTS, Outcome,
 };
-use super::expect;
 use super::preflight::Preflight;
 use super::qemu::{self, Event, Machine, Qemu, QemuError};
+use super::refusal;
 use super::report::{self, Expectations, GuestReport};
 use super::stall::{self, SilenceWatch};
 use super::{BootTestError, BootTestRequest, image, progress};
@@ -29,7 +29,7 @@ pub fn boot_all(
 ) -> Result<Vec<FirmwareResult>, BootTestError> {
     let mut results = Vec::new();
     for &firmware in &p.firmwares {
-        let want = expect::expectations(firmware, p.smp, p.class.as_ref(), &p.info);
+        let want = p.expectations(firmware);
         let runs = attempts::each(
             firmware,
             p.scratch.path(),
@@ -230,6 +230,11 @@ fn watch_console(
             }
             Event::Exited(status) => return Ok(End::Failure(exited(qemu, status, console)?)),
             Event::Deadline if now < deadline => {
+                // Shim draws its refusal as a dialog that waits for a key:
+                // an unfinished line, seen only here.
+                if let Some(why) = refusal::refused_by(&qemu::squeeze(&qemu.partial_line())) {
+                    return Ok(End::Failure(why));
+                }
                 if watch.stalled(now) {
                     return Ok(End::Failure(console.stall(qemu, watch, now)));
                 }
@@ -297,6 +302,11 @@ impl Console {
             self.tail.pop_front();
         }
         let squeezed = qemu::squeeze(&line);
+        // A refused chain is a verdict, not a stall: no second attempt.
+        if let Some(why) = refusal::refused_by(&squeezed) {
+            self.tail.push_back(squeezed);
+            return Some(End::Failure(why));
+        }
         // A hung guest may keep printing (its hang detector's reports), and
         // a guest with a wrong clock boots on to fail later: end the
         // attempt as a stall all the same.
@@ -428,6 +438,8 @@ mod tests {
             class_tokens: Vec::new(),
             manifest_cmdline: Vec::new(),
             root_uuid: None,
+            secure_boot: false,
+            tpm: false,
         };
         let started = Instant::now();
         let (result, attempt) = boot_once(

@@ -28,6 +28,7 @@ pub mod image;
 pub mod imds;
 mod preflight;
 mod qemu;
+mod refusal;
 pub mod report;
 mod stall;
 
@@ -72,6 +73,9 @@ pub struct BootTestRequest {
     pub log: Option<PathBuf>,
     /// A launch rehearsal instead of a plain boot.
     pub ec2: Option<Ec2Request>,
+    /// Boot with the firmware that enforces UEFI Secure Boot (UEFI only);
+    /// the guest must report it enforced.
+    pub secure_boot: bool,
 }
 
 /// What a launch rehearsal (`--ec2`) adds to the request.
@@ -114,6 +118,14 @@ pub enum BootTestError {
     NoBios(String),
     #[error("{0}")]
     Accel(String),
+    #[error("--secure-boot boots UEFI only: leave out --firmware bios")]
+    SecureBootNeedsUefi,
+    #[error(
+        "--secure-boot: {0} was not built with --secure-boot (its manifest names no signed \
+         chain; the firmware would refuse its unsigned GRUB): rebuild it with imgforge build \
+         --secure-boot"
+    )]
+    NotSigned(PathBuf),
 }
 
 impl BootTestError {
@@ -129,6 +141,8 @@ impl BootTestError {
                     | ImageError::NoBootloader { .. }
             ) | BootTestError::NoBios(_)
                 | BootTestError::UnknownClass(_)
+                | BootTestError::SecureBootNeedsUefi
+                | BootTestError::NotSigned(_)
         )
     }
 }

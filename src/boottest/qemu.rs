@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::platform::Architecture;
+use crate::platform::{Architecture, SecureBootMachine};
 use crate::sys::interrupt::{self, Interrupted};
 use crate::sys::tool::HostTool;
 
@@ -47,6 +47,11 @@ pub enum QemuError {
          (apt-get install seabios)\n--- QEMU said ---\n{tail}"
     )]
     SeabiosMissing { tail: String },
+    #[error(
+        "--secure-boot: boot/architectures.toml has no [{0}.qemu.secure_boot] (the firmware \
+         that enforces Secure Boot on {0}): boot-test the image without --secure-boot"
+    )]
+    NoSecureBoot(String),
     #[error("cannot copy the OVMF variable store {path}")]
     OvmfVars {
         path: PathBuf,
@@ -145,18 +150,61 @@ pub fn find_ovmf(arch: &Architecture) -> Result<Ovmf, QemuError> {
     })
 }
 
+/// The architecture's Secure Boot firmware (`boot-test --secure-boot`):
+/// its row's `[qemu.secure_boot]` and the first of its file pairs that
+/// exists.
+pub fn find_secure_ovmf(
+    arch: &'static Architecture,
+) -> Result<(Ovmf, &'static SecureBootMachine), QemuError> {
+    let secure = arch
+        .qemu
+        .secure_boot
+        .as_ref()
+        .ok_or_else(|| QemuError::NoSecureBoot(arch.name.clone()))?;
+    secure
+        .firmware
+        .iter()
+        .find(|(code, vars)| code.is_file() && vars.is_file())
+        .map(|(code, vars)| {
+            let ovmf = Ovmf {
+                code: code.clone(),
+                vars: vars.clone(),
+            };
+            (ovmf, secure)
+        })
+        .ok_or_else(|| QemuError::OvmfMissing {
+            arch: format!("{} (Secure Boot)", arch.name),
+            package: arch.qemu.firmware_package.clone(),
+            looked: secure
+                .firmware
+                .iter()
+                .map(|(c, v)| format!("{} with {}", c.display(), v.display()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
 /// Which firmware the machine starts with.
 #[derive(Debug, Clone)]
 pub enum MachineFirmware {
     /// QEMU's default firmware (SeaBIOS).
     Bios,
-    /// OVMF with a per-run copy of the variable store at `vars_copy`.
-    Uefi { ovmf: Ovmf, vars_copy: PathBuf },
+    /// OVMF with a per-run copy of the variable store at `vars_copy`;
+    /// `secure`: the Secure Boot firmware's machine (`--secure-boot`).
+    Uefi {
+        ovmf: Ovmf,
+        vars_copy: PathBuf,
+        secure: Option<&'static SecureBootMachine>,
+    },
 }
 
 impl MachineFirmware {
     /// For UEFI, copies the variable store template into `dir`.
-    pub fn uefi(ovmf: &Ovmf, dir: &Path) -> Result<Self, QemuError> {
+    pub fn uefi(
+        ovmf: &Ovmf,
+        dir: &Path,
+        secure: Option<&'static SecureBootMachine>,
+    ) -> Result<Self, QemuError> {
         let vars_copy = dir.join("OVMF_VARS.fd");
         std::fs::copy(&ovmf.vars, &vars_copy).map_err(|source| QemuError::OvmfVars {
             path: ovmf.vars.clone(),
@@ -165,6 +213,7 @@ impl MachineFirmware {
         Ok(MachineFirmware::Uefi {
             ovmf: ovmf.clone(),
             vars_copy,
+            secure,
         })
     }
 }
@@ -238,9 +287,16 @@ impl Machine {
     pub fn args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+        let machine = match &self.firmware {
+            MachineFirmware::Uefi {
+                secure: Some(secure),
+                ..
+            } => &secure.machine,
+            _ => &self.platform.qemu.machine,
+        };
         push(&[
             "-machine",
-            &self.platform.qemu.machine,
+            machine,
             "-accel",
             self.accel.qemu_accel(),
             "-cpu",
@@ -257,8 +313,18 @@ impl Machine {
                 .filter(|a| !(reboots && **a == "-no-reboot"))
                 .map(OsString::from),
         );
+        if let MachineFirmware::Uefi {
+            secure: Some(secure),
+            ..
+        } = &self.firmware
+        {
+            args.extend(secure.args.iter().map(OsString::from));
+        }
         let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
-        if let MachineFirmware::Uefi { ovmf, vars_copy } = &self.firmware {
+        if let MachineFirmware::Uefi {
+            ovmf, vars_copy, ..
+        } = &self.firmware
+        {
             push(&[
                 "-drive",
                 &format!(
@@ -674,6 +740,7 @@ mod tests {
                     vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
                 },
                 vars_copy: "/tmp/run/OVMF_VARS.fd".into(),
+                secure: None,
             },
             smp: 4,
             memory_mib: 1024,
@@ -705,6 +772,7 @@ mod tests {
                     vars: "/usr/share/AAVMF/AAVMF_VARS.fd".into(),
                 },
                 vars_copy: "/tmp/run/AAVMF_VARS.fd".into(),
+                secure: None,
             },
             smp: 4,
             memory_mib: 1024,

@@ -152,7 +152,9 @@ impl BuildRequest {
             .packages
             .iter()
             .chain(&first_boot.packages)
-            .chain(secure_boot.iter().flat_map(|c| &c.packages))
+            // Always, as Debian's own cloud images do: --secure-boot then
+            // changes only the ESP, and shares the cached tree.
+            .chain(d.secure_boot.iter().flat_map(|c| &c.packages))
             .chain(&options.packages)
             .cloned()
             .collect();

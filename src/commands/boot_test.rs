@@ -54,6 +54,14 @@ pub struct BootTestArgs {
     /// Print the result as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Boot with the firmware that enforces UEFI Secure Boot (x86: OVMF's
+    /// secboot build on q35 with SMM; arm64: AAVMF), Microsoft's keys
+    /// enrolled (OVMF_VARS_4M.ms.fd), UEFI only. Passes only when the guest
+    /// reports Secure Boot enforced (the kernel's "Secure boot enabled");
+    /// a chain the firmware or shim refuses fails at once, naming why
+    /// (shim's "Verification failed"). For images built with --secure-boot.
+    #[arg(long)]
+    pub secure_boot: bool,
     /// A launch rehearsal: boot like an EC2 launch (a metadata stand-in at
     /// 169.254.169.254 answering IMDSv2 with a fresh launch key, user-data,
     /// instance-id and local-hostname; a root volume larger than the image),
@@ -181,6 +189,7 @@ impl BootTestArgs {
             accel: self.accel.into(),
             log: self.log.clone(),
             ec2,
+            secure_boot: self.secure_boot,
         })
     }
 }

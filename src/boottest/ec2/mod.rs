@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::attempts::{self, ConsoleLog};
-use super::expect;
 use super::imds::{ImdsCounts, ImdsServer, InstanceMetadata};
 use super::preflight::Preflight;
 use super::qemu::{Launch, Machine, Qemu};
@@ -231,7 +230,7 @@ fn rehearse_firmware(
     firmware: Firmware,
     log: Option<&ConsoleLog>,
 ) -> Result<RehearsalResult, BootTestError> {
-    let want = expect::expectations(firmware, p.smp, p.class.as_ref(), &p.info);
+    let want = p.expectations(firmware);
     let mut runs = attempts::each(
         firmware,
         p.scratch.path(),

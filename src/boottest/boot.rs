@@ -423,7 +423,7 @@ mod tests {
             platform: crate::platform::lookup("x86_64").unwrap(),
             accel: qemu::Accel::Tcg,
             cpu: "qemu64".into(),
-            firmware: qemu::MachineFirmware::Bios,
+            firmware: crate::boottest::firmware::MachineFirmware::Bios,
             smp: 1,
             memory_mib: 256,
             disk,

@@ -24,6 +24,7 @@ mod attempts;
 mod boot;
 pub mod ec2;
 pub mod expect;
+pub mod firmware;
 pub mod image;
 pub mod imds;
 mod preflight;
@@ -104,6 +105,8 @@ pub enum BootTestError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Qemu(#[from] QemuError),
+    #[error(transparent)]
+    Firmware(#[from] firmware::FirmwareError),
     #[error("cannot make a temporary directory")]
     TempDir(#[source] std::io::Error),
     #[error("the image's manifest names size class `{0}`, which this imgforge does not know")]

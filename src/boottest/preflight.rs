@@ -9,8 +9,9 @@ use tempfile::TempDir;
 
 use super::accel::{self, AccelChoice, AccelDecision};
 use super::expect;
+use super::firmware::{self, MachineFirmware, Ovmf};
 use super::image::{self, QEMU_IMG, detect_format};
-use super::qemu::{self, Machine, MachineFirmware, Ovmf};
+use super::qemu::Machine;
 use super::report::Expectations;
 use super::{BootTestError, BootTestRequest, progress};
 use crate::image::firmware::Firmware;
@@ -158,9 +159,9 @@ fn read_image(
     platform.qemu_tool().require()?;
     let (ovmf, secure_boot) = match (firmwares.contains(&Firmware::Uefi), request.secure_boot) {
         (false, _) => (None, None),
-        (true, false) => (Some(qemu::find_ovmf(platform)?), None),
+        (true, false) => (Some(firmware::find_ovmf(platform)?), None),
         (true, true) => {
-            let (ovmf, secure) = qemu::find_secure_ovmf(platform)?;
+            let (ovmf, secure) = firmware::find_secure_ovmf(platform)?;
             (Some(ovmf), Some(secure))
         }
     };

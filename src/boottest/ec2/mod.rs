@@ -468,7 +468,7 @@ fn imdsv2_only(imds: &ImdsCounts) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boottest::qemu::MachineFirmware;
+    use crate::boottest::firmware::MachineFirmware;
 
     #[test]
     fn a_launch_replaces_the_plain_network_looks_like_ec2_and_allows_reboots() {

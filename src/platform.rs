@@ -98,6 +98,10 @@ pub struct QemuMachine {
     pub firmware_package: String,
     /// (code, variable store) candidates, first that exists wins.
     pub firmware: Vec<(PathBuf, PathBuf)>,
+    /// `boot-test --tpm`: the TPM device model QEMU attaches swtpm through
+    /// (x86: `tpm-crb`, as NitroTPM; arm virt: `tpm-tis-device`).
+    #[serde(default)]
+    pub tpm_device: Option<String>,
     /// `boot-test --secure-boot`'s machine; none: not supported.
     #[serde(default)]
     pub secure_boot: Option<SecureBootMachine>,

@@ -2,8 +2,9 @@
 //! signed chain (shim -> Debian-signed GRUB -> Debian-signed kernel), and
 //! `boot-test --secure-boot` boots it under OVMF's Secure Boot firmware
 //! with Microsoft's keys enrolled, passing only when the guest's kernel
-//! reports Secure Boot enforced; the same image with its GRUB's signature
-//! removed is refused by shim, and boot-test says so.
+//! reports Secure Boot enforced, with a software TPM 2.0 (`--tpm`) whose
+//! measured-boot event log reaches the kernel; the same image with its
+//! GRUB's signature removed is refused by shim, and boot-test says so.
 //!
 //! Needs root, mmdebstrap, QEMU, OVMF's secboot firmware, mtools and
 //! sbsigntool (under CI=true a missing one fails the test). The Secure
@@ -25,6 +26,8 @@ const SECURE_BOOT: &[Need] = &[
     Need::Tool("mcopy"),
     Need::Tool("sbattach"),
     Need::Tool("sbverify"),
+    Need::Tool("swtpm"),
+    Need::Tool("swtpm_setup"),
 ];
 
 fn plan(args: &[&str]) -> (bool, Value, String) {
@@ -221,19 +224,55 @@ fn secure_boot_image_boots_enforced_and_an_unsigned_grub_is_refused() {
     );
     assert!(early.contains("configfile $prefix/grub.cfg"), "{early}");
 
-    let boot = boot_test_ok(&tmp, &image, &["--secure-boot"]);
+    // --tpm is UEFI only, and not for launch rehearsals.
+    for (flags, says) in [
+        (&["--tpm", "--firmware", "bios"][..], "boot UEFI only"),
+        (&["--tpm", "--ec2"][..], "--tpm is for plain boots"),
+    ] {
+        let out = imgforge_in(&tmp)
+            .arg("boot-test")
+            .arg(&image)
+            .args(flags)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {}", text(&out));
+        assert!(text(&out).contains(says), "{flags:?}: {}", text(&out));
+    }
+
+    // One boot proves both: Secure Boot enforced, and a TPM 2.0 with the
+    // firmware's event log (the EFI stub, which Secure Boot makes GRUB use,
+    // hands it to the kernel).
+    let boot = boot_test_ok(&tmp, &image, &["--secure-boot", "--tpm"]);
     let result = boot.result();
     assert_eq!(result["firmware"], "uefi", "--secure-boot boots UEFI only");
-    assert_eq!(result["report"]["secure_boot"], "enabled", "{result:#}");
-    assert_eq!(result["report"]["secure_boot_line"], "Secure boot enabled");
-    let check = result["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "Secure Boot enforced")
-        .expect("the Secure Boot check");
-    assert_eq!(check["ok"], true);
+    let report = &result["report"];
+    assert_eq!(report["secure_boot"], "enabled", "{result:#}");
+    assert_eq!(report["secure_boot_line"], "Secure boot enabled");
+    assert_eq!(report["tpm_version"], "2", "{report:#}");
+    let log_bytes: u64 = report["tpm_event_log"].as_str().unwrap().parse().unwrap();
+    assert!(log_bytes > 1000, "event log of {log_bytes} bytes");
+    for name in [
+        "Secure Boot enforced",
+        "TPM version",
+        "measured-boot event log",
+    ] {
+        let check = result["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {result:#}"));
+        assert_eq!(check["ok"], true, "{check}");
+    }
     assert_nothing_left(&tmp);
+    assert!(
+        !Command::new("pgrep")
+            .args(["-f", &format!("swtpm socket.*{}", tmp.display())])
+            .status()
+            .unwrap()
+            .success(),
+        "swtpm outlived boot-test"
+    );
 
     // The same image, its GRUB's signature removed: shim refuses it, and
     // boot-test says so at once rather than waiting for the timeout.

@@ -15,6 +15,7 @@ use super::qemu::{self, Event, Machine, Qemu, QemuError};
 use super::refusal;
 use super::report::{self, Expectations, GuestReport};
 use super::stall::{self, SilenceWatch};
+use super::tpm::SoftwareTpm;
 use super::{BootTestError, BootTestRequest, image, progress};
 use crate::image::firmware::Firmware;
 
@@ -60,7 +61,14 @@ fn boot_attempt(
     mut env: AttemptEnv,
 ) -> Result<(FirmwareResult, Attempt), BootTestError> {
     let overlay = image::overlay(&request.image, &p.format, env.dir)?;
-    let machine = p.machine(firmware, overlay, env.dir, request.memory_mib())?;
+    let mut machine = p.machine(firmware, overlay, env.dir, request.memory_mib())?;
+    // Lives until this attempt's QEMU is gone.
+    let software_tpm = if p.tpm {
+        Some(SoftwareTpm::start(env.dir)?)
+    } else {
+        None
+    };
+    machine.tpm_socket = software_tpm.as_ref().map(|t| t.socket.clone());
     let label = if env.number == 1 {
         firmware.to_string()
     } else {
@@ -429,6 +437,7 @@ mod tests {
             disk,
             disk_format: "raw".into(),
             firmware_log: None,
+            tpm_socket: None,
             launch: None,
         };
         let want = Expectations {

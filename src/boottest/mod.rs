@@ -32,6 +32,7 @@ mod qemu;
 mod refusal;
 pub mod report;
 mod stall;
+pub mod tpm;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -77,6 +78,9 @@ pub struct BootTestRequest {
     /// Boot with the firmware that enforces UEFI Secure Boot (UEFI only);
     /// the guest must report it enforced.
     pub secure_boot: bool,
+    /// Attach a software TPM 2.0 (swtpm, SHA-256 bank; UEFI only); the guest
+    /// must see a TPM 2.0 and the firmware's measured-boot event log.
+    pub tpm: bool,
 }
 
 /// What a launch rehearsal (`--ec2`) adds to the request.
@@ -107,6 +111,12 @@ pub enum BootTestError {
     Qemu(#[from] QemuError),
     #[error(transparent)]
     Firmware(#[from] firmware::FirmwareError),
+    #[error(transparent)]
+    Tpm(#[from] tpm::TpmError),
+    #[error(
+        "--tpm: boot/architectures.toml gives {0} no tpm_device: boot-test the image without --tpm"
+    )]
+    NoTpmDevice(String),
     #[error("cannot make a temporary directory")]
     TempDir(#[source] std::io::Error),
     #[error("the image's manifest names size class `{0}`, which this imgforge does not know")]
@@ -121,7 +131,9 @@ pub enum BootTestError {
     NoBios(String),
     #[error("{0}")]
     Accel(String),
-    #[error("--secure-boot boots UEFI only: leave out --firmware bios")]
+    #[error(
+        "--secure-boot and --tpm boot UEFI only (as EC2's NitroTPM): leave out --firmware bios"
+    )]
     SecureBootNeedsUefi,
     #[error(
         "--secure-boot: {0} was not built with --secure-boot (its manifest names no signed \

@@ -13,6 +13,7 @@ use super::firmware::{self, MachineFirmware, Ovmf};
 use super::image::{self, QEMU_IMG, detect_format};
 use super::qemu::Machine;
 use super::report::Expectations;
+use super::tpm;
 use super::{BootTestError, BootTestRequest, progress};
 use crate::image::firmware::Firmware;
 use crate::image::inspect::ImageInfo;
@@ -40,6 +41,8 @@ pub struct Preflight {
     /// `--secure-boot`: the machine of the firmware that enforces it (and
     /// `ovmf` is that firmware's).
     pub secure_boot: Option<&'static SecureBootMachine>,
+    /// `--tpm`: each boot gets a fresh software TPM.
+    pub tpm: bool,
     /// The size class the image's manifest names.
     pub class: Option<SizeClass>,
     pub smp: u32,
@@ -70,6 +73,7 @@ pub fn run(request: &BootTestRequest) -> Result<Preflight, BootTestError> {
         firmwares,
         ovmf,
         secure_boot,
+        tpm: request.tpm,
         class,
         smp,
         decision,
@@ -83,6 +87,7 @@ impl Preflight {
     pub fn expectations(&self, firmware: Firmware) -> Expectations {
         let mut want = expect::expectations(firmware, self.smp, self.class.as_ref(), &self.info);
         want.secure_boot = self.secure_boot.is_some() && firmware == Firmware::Uefi;
+        want.tpm = self.tpm && firmware == Firmware::Uefi;
         want
     }
 
@@ -113,6 +118,7 @@ impl Preflight {
             disk,
             disk_format: "qcow2".into(),
             firmware_log: Some(dir.join("firmware.log")),
+            tpm_socket: None,
             launch: None,
         })
     }
@@ -153,10 +159,19 @@ fn read_image(
     let platform = machine_platform(&info);
     let firmwares = if request.secure_boot {
         secure_boot_firmwares(&request.firmwares, &info)?
+    } else if request.tpm {
+        uefi_only(&request.firmwares)?
     } else {
         firmwares_for(&request.firmwares, platform)?
     };
     platform.qemu_tool().require()?;
+    if request.tpm {
+        if platform.qemu.tpm_device.is_none() {
+            return Err(BootTestError::NoTpmDevice(platform.name.clone()));
+        }
+        tpm::SWTPM.require()?;
+        tpm::SWTPM_SETUP.require()?;
+    }
     let (ovmf, secure_boot) = match (firmwares.contains(&Firmware::Uefi), request.secure_boot) {
         (false, _) => (None, None),
         (true, false) => (Some(firmware::find_ovmf(platform)?), None),
@@ -175,6 +190,14 @@ fn read_image(
     Ok((info, platform, firmwares, ovmf, secure_boot))
 }
 
+/// `--secure-boot` and `--tpm` boot UEFI only (NitroTPM needs UEFI).
+fn uefi_only(asked: &[Firmware]) -> Result<Vec<Firmware>, BootTestError> {
+    if !asked.contains(&Firmware::Uefi) {
+        return Err(BootTestError::SecureBootNeedsUefi);
+    }
+    Ok(vec![Firmware::Uefi])
+}
+
 /// `--secure-boot` boots UEFI only, an image built with `--secure-boot`
 /// (another one's unsigned GRUB is refused by the firmware: nothing to
 /// learn from booting it).
@@ -182,9 +205,7 @@ fn secure_boot_firmwares(
     asked: &[Firmware],
     info: &ImageInfo,
 ) -> Result<Vec<Firmware>, BootTestError> {
-    if !asked.contains(&Firmware::Uefi) {
-        return Err(BootTestError::SecureBootNeedsUefi);
-    }
+    uefi_only(asked)?;
     if info
         .manifest
         .as_ref()

@@ -109,6 +109,8 @@ pub struct Machine {
     pub disk_format: String,
     /// Where the firmware's debug port (0x402) output goes, if anywhere.
     pub firmware_log: Option<PathBuf>,
+    /// `--tpm`: swtpm's control socket, attached as the row's `tpm_device`.
+    pub tpm_socket: Option<PathBuf>,
     /// A launch rehearsal (`boot-test --ec2`): its network instead of the
     /// plain user network, EC2's system identity; a guest reboot then
     /// restarts the guest instead of ending QEMU.
@@ -237,6 +239,16 @@ impl Machine {
         ]);
         if let Some(launch) = &self.launch {
             push(&["-smbios", &launch.system_identity]);
+        }
+        if let (Some(socket), Some(device)) = (&self.tpm_socket, &self.platform.qemu.tpm_device) {
+            push(&[
+                "-chardev",
+                &format!("socket,id=chrtpm,path={}", escape_opt(socket)),
+                "-tpmdev",
+                "emulator,id=tpm0,chardev=chrtpm",
+                "-device",
+                &format!("{device},tpmdev=tpm0"),
+            ]);
         }
         args
     }
@@ -583,6 +595,7 @@ mod tests {
             disk: "/tmp/x,y/overlay.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: None,
+            tpm_socket: None,
             launch: None,
         };
         let args: Vec<String> = machine
@@ -621,6 +634,7 @@ mod tests {
             disk: "/tmp/run/overlay.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: None,
+            tpm_socket: None,
             launch: None,
         };
         let joined = machine.command_text();
@@ -653,6 +667,7 @@ mod tests {
             disk: "/tmp/run/overlay.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: Some("/tmp/run/firmware.log".into()),
+            tpm_socket: None,
             launch: None,
         };
         assert_eq!(machine.program(), "qemu-system-aarch64");

@@ -482,6 +482,7 @@ mod tests {
             disk: "/tmp/disk.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: None,
+            tpm_socket: None,
             launch: None,
         };
         let plain = machine.command_text();

@@ -27,6 +27,7 @@ pub mod image;
 pub mod kernelcheck;
 pub mod platform;
 pub mod profile;
+pub mod sbom;
 pub mod sizeclass;
 pub mod sys;
 pub mod units;

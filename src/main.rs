@@ -55,6 +55,8 @@ enum Command {
     Build(commands::build::BuildArgs),
     /// Show an image's partitions, boot modes, kernel command line and manifest, without mounting it.
     Inspect(commands::inspect::InspectArgs),
+    /// Write an image's SBOMs (SPDX 2.3 and CycloneDX 1.5) beside it, as the build does.
+    Sbom(commands::sbom::SbomArgs),
     /// Name what differs between two images: partition table, 512 KiB blocks per partition, files.
     Diff(commands::diff::DiffArgs),
     /// Boot an image under QEMU (SeaBIOS and/or OVMF) and check the guest's report.
@@ -262,6 +264,7 @@ fn run(command: Command) -> commands::Outcome {
         Command::Build(args) => printed(commands::build::run(&args).context("build failed")),
         Command::Inspect(args) => printed(commands::inspect::run(&args).context("inspect failed")),
         Command::Diff(args) => printed(commands::diff::run(&args).context("diff failed")),
+        Command::Sbom(args) => printed(commands::sbom::run(&args).context("sbom failed")),
         Command::BootTest(args) => printed(commands::boot_test::run(&args)),
         Command::Export(args) => printed(commands::export::run(&args).context("export failed")),
         Command::Upload(args) => printed(commands::upload::run(&args).context("upload failed")),

@@ -98,6 +98,28 @@ pub struct QemuMachine {
     pub firmware_package: String,
     /// (code, variable store) candidates, first that exists wins.
     pub firmware: Vec<(PathBuf, PathBuf)>,
+    /// `boot-test --tpm`: the TPM device model QEMU attaches swtpm through
+    /// (x86: `tpm-crb`, as NitroTPM; arm virt: `tpm-tis-device`).
+    #[serde(default)]
+    pub tpm_device: Option<String>,
+    /// `boot-test --secure-boot`'s machine; none: not supported.
+    #[serde(default)]
+    pub secure_boot: Option<SecureBootMachine>,
+}
+
+/// `[ARCH.qemu.secure_boot]`: the firmware that enforces Secure Boot and
+/// what the machine needs for it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureBootMachine {
+    /// `-machine` (x86: SMM, without which the secure firmware aborts).
+    pub machine: String,
+    /// Further QEMU arguments (x86: the pflash only SMM code may write).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// (code, variable store with Microsoft's keys enrolled and Secure
+    /// Boot on) candidates, first that exists wins.
+    pub firmware: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Every architecture, by name.

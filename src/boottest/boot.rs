@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use super::attempts::{
     self, Attempt, AttemptEnv, ConsoleLog, FirmwareResult, MAX_ATTEMPTS, Outcome,
 };
-use super::expect;
 use super::preflight::Preflight;
 use super::qemu::{self, Event, Machine, Qemu, QemuError};
+use super::refusal;
 use super::report::{self, Expectations, GuestReport};
 use super::stall::{self, SilenceWatch};
+use super::tpm::SoftwareTpm;
 use super::{BootTestError, BootTestRequest, image, progress};
 use crate::image::firmware::Firmware;
 
@@ -29,7 +30,7 @@ pub fn boot_all(
 ) -> Result<Vec<FirmwareResult>, BootTestError> {
     let mut results = Vec::new();
     for &firmware in &p.firmwares {
-        let want = expect::expectations(firmware, p.smp, p.class.as_ref(), &p.info);
+        let want = p.expectations(firmware);
         let runs = attempts::each(
             firmware,
             p.scratch.path(),
@@ -60,7 +61,14 @@ fn boot_attempt(
     mut env: AttemptEnv,
 ) -> Result<(FirmwareResult, Attempt), BootTestError> {
     let overlay = image::overlay(&request.image, &p.format, env.dir)?;
-    let machine = p.machine(firmware, overlay, env.dir, request.memory_mib())?;
+    let mut machine = p.machine(firmware, overlay, env.dir, request.memory_mib())?;
+    // Lives until this attempt's QEMU is gone.
+    let software_tpm = if p.tpm {
+        Some(SoftwareTpm::start(env.dir)?)
+    } else {
+        None
+    };
+    machine.tpm_socket = software_tpm.as_ref().map(|t| t.socket.clone());
     let label = if env.number == 1 {
         firmware.to_string()
     } else {
@@ -230,6 +238,11 @@ fn watch_console(
             }
             Event::Exited(status) => return Ok(End::Failure(exited(qemu, status, console)?)),
             Event::Deadline if now < deadline => {
+                // Shim draws its refusal as a dialog that waits for a key:
+                // an unfinished line, seen only here.
+                if let Some(why) = refusal::refused_by(&qemu::squeeze(&qemu.partial_line())) {
+                    return Ok(End::Failure(why));
+                }
                 if watch.stalled(now) {
                     return Ok(End::Failure(console.stall(qemu, watch, now)));
                 }
@@ -297,6 +310,11 @@ impl Console {
             self.tail.pop_front();
         }
         let squeezed = qemu::squeeze(&line);
+        // A refused chain is a verdict, not a stall: no second attempt.
+        if let Some(why) = refusal::refused_by(&squeezed) {
+            self.tail.push_back(squeezed);
+            return Some(End::Failure(why));
+        }
         // A hung guest may keep printing (its hang detector's reports), and
         // a guest with a wrong clock boots on to fail later: end the
         // attempt as a stall all the same.
@@ -413,12 +431,13 @@ mod tests {
             platform: crate::platform::lookup("x86_64").unwrap(),
             accel: qemu::Accel::Tcg,
             cpu: "qemu64".into(),
-            firmware: qemu::MachineFirmware::Bios,
+            firmware: crate::boottest::firmware::MachineFirmware::Bios,
             smp: 1,
             memory_mib: 256,
             disk,
             disk_format: "raw".into(),
             firmware_log: None,
+            tpm_socket: None,
             launch: None,
         };
         let want = Expectations {
@@ -428,6 +447,8 @@ mod tests {
             class_tokens: Vec::new(),
             manifest_cmdline: Vec::new(),
             root_uuid: None,
+            secure_boot: false,
+            tpm: false,
         };
         let started = Instant::now();
         let (result, attempt) = boot_once(

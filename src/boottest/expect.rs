@@ -41,6 +41,8 @@ pub fn expectations(
             .unwrap_or_default(),
         manifest_cmdline,
         root_uuid: manifest.and_then(root_uuid),
+        secure_boot: false,
+        tpm: false,
     }
 }
 

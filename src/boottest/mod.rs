@@ -24,12 +24,15 @@ mod attempts;
 mod boot;
 pub mod ec2;
 pub mod expect;
+pub mod firmware;
 pub mod image;
 pub mod imds;
 mod preflight;
 mod qemu;
+mod refusal;
 pub mod report;
 mod stall;
+pub mod tpm;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -72,6 +75,12 @@ pub struct BootTestRequest {
     pub log: Option<PathBuf>,
     /// A launch rehearsal instead of a plain boot.
     pub ec2: Option<Ec2Request>,
+    /// Boot with the firmware that enforces UEFI Secure Boot (UEFI only);
+    /// the guest must report it enforced.
+    pub secure_boot: bool,
+    /// Attach a software TPM 2.0 (swtpm, SHA-256 bank; UEFI only); the guest
+    /// must see a TPM 2.0 and the firmware's measured-boot event log.
+    pub tpm: bool,
 }
 
 /// What a launch rehearsal (`--ec2`) adds to the request.
@@ -100,6 +109,14 @@ pub enum BootTestError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Qemu(#[from] QemuError),
+    #[error(transparent)]
+    Firmware(#[from] firmware::FirmwareError),
+    #[error(transparent)]
+    Tpm(#[from] tpm::TpmError),
+    #[error(
+        "--tpm: boot/architectures.toml gives {0} no tpm_device: boot-test the image without --tpm"
+    )]
+    NoTpmDevice(String),
     #[error("cannot make a temporary directory")]
     TempDir(#[source] std::io::Error),
     #[error("the image's manifest names size class `{0}`, which this imgforge does not know")]
@@ -114,6 +131,16 @@ pub enum BootTestError {
     NoBios(String),
     #[error("{0}")]
     Accel(String),
+    #[error(
+        "--secure-boot and --tpm boot UEFI only (as EC2's NitroTPM): leave out --firmware bios"
+    )]
+    SecureBootNeedsUefi,
+    #[error(
+        "--secure-boot: {0} was not built with --secure-boot (its manifest names no signed \
+         chain; the firmware would refuse its unsigned GRUB): rebuild it with imgforge build \
+         --secure-boot"
+    )]
+    NotSigned(PathBuf),
 }
 
 impl BootTestError {
@@ -129,6 +156,8 @@ impl BootTestError {
                     | ImageError::NoBootloader { .. }
             ) | BootTestError::NoBios(_)
                 | BootTestError::UnknownClass(_)
+                | BootTestError::SecureBootNeedsUefi
+                | BootTestError::NotSigned(_)
         )
     }
 }

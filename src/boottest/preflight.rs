@@ -8,12 +8,16 @@ use std::path::Path;
 use tempfile::TempDir;
 
 use super::accel::{self, AccelChoice, AccelDecision};
+use super::expect;
+use super::firmware::{self, MachineFirmware, Ovmf};
 use super::image::{self, QEMU_IMG, detect_format};
-use super::qemu::{self, Machine, MachineFirmware, Ovmf};
+use super::qemu::Machine;
+use super::report::Expectations;
+use super::tpm;
 use super::{BootTestError, BootTestRequest, progress};
 use crate::image::firmware::Firmware;
 use crate::image::inspect::ImageInfo;
-use crate::platform::{self, Architecture};
+use crate::platform::{self, Architecture, SecureBootMachine};
 use crate::sizeclass::{self, SizeClass};
 use crate::sys::interrupt;
 
@@ -34,6 +38,11 @@ pub struct Preflight {
     pub firmwares: Vec<Firmware>,
     /// UEFI firmware files, when UEFI is among the firmwares.
     pub ovmf: Option<Ovmf>,
+    /// `--secure-boot`: the machine of the firmware that enforces it (and
+    /// `ovmf` is that firmware's).
+    pub secure_boot: Option<&'static SecureBootMachine>,
+    /// `--tpm`: each boot gets a fresh software TPM.
+    pub tpm: bool,
     /// The size class the image's manifest names.
     pub class: Option<SizeClass>,
     pub smp: u32,
@@ -48,8 +57,8 @@ pub fn run(request: &BootTestRequest) -> Result<Preflight, BootTestError> {
     sweep_stale_scratch();
     let scratch = scratch_dir()?;
     let format = detect_format(&request.image)?;
-    let (info, platform, firmwares, ovmf) =
-        read_image(&request.image, &format, &request.firmwares, scratch.path())?;
+    let (info, platform, firmwares, ovmf, secure_boot) =
+        read_image(request, &format, scratch.path())?;
     let class = size_class(&info)?;
     let smp = vcpus(request.smp, class.as_ref());
     if info.manifest.is_none() {
@@ -63,6 +72,8 @@ pub fn run(request: &BootTestRequest) -> Result<Preflight, BootTestError> {
         info,
         firmwares,
         ovmf,
+        secure_boot,
+        tpm: request.tpm,
         class,
         smp,
         decision,
@@ -71,6 +82,15 @@ pub fn run(request: &BootTestRequest) -> Result<Preflight, BootTestError> {
 }
 
 impl Preflight {
+    /// What a boot of `firmware` must show: the image's manifest's promises
+    /// and what the request added (Secure Boot enforced).
+    pub fn expectations(&self, firmware: Firmware) -> Expectations {
+        let mut want = expect::expectations(firmware, self.smp, self.class.as_ref(), &self.info);
+        want.secure_boot = self.secure_boot.is_some() && firmware == Firmware::Uefi;
+        want.tpm = self.tpm && firmware == Firmware::Uefi;
+        want
+    }
+
     /// The machine for one boot of `firmware` from `disk` (a qcow2 in
     /// `dir`, which also holds the firmware's variable store and log).
     pub fn machine(
@@ -82,9 +102,11 @@ impl Preflight {
     ) -> Result<Machine, BootTestError> {
         let firmware = match firmware {
             Firmware::Bios => MachineFirmware::Bios,
-            Firmware::Uefi => {
-                MachineFirmware::uefi(self.ovmf.as_ref().expect("preflight found OVMF"), dir)?
-            }
+            Firmware::Uefi => MachineFirmware::uefi(
+                self.ovmf.as_ref().expect("preflight found OVMF"),
+                dir,
+                self.secure_boot,
+            )?,
         };
         Ok(Machine {
             platform: self.platform,
@@ -96,6 +118,7 @@ impl Preflight {
             disk,
             disk_format: "qcow2".into(),
             firmware_log: Some(dir.join("firmware.log")),
+            tpm_socket: None,
             launch: None,
         })
     }
@@ -119,26 +142,43 @@ type ImageAndMachine = (
     &'static Architecture,
     Vec<Firmware>,
     Option<Ovmf>,
+    Option<&'static SecureBootMachine>,
 );
 
 /// Reads the image's GPT and manifest, the machine it boots on, the
 /// firmwares to boot and their files (the host's missing tools first);
 /// fails when a bootloader for one of them is missing.
 fn read_image(
-    image: &Path,
+    request: &BootTestRequest,
     format: &str,
-    asked: &[Firmware],
     scratch: &Path,
 ) -> Result<ImageAndMachine, BootTestError> {
+    let image = request.image.as_path();
     let raw = image::raw_view(image, format, scratch)?;
     let info = image::read(&raw, image)?;
     let platform = machine_platform(&info);
-    let firmwares = firmwares_for(asked, platform)?;
-    platform.qemu_tool().require()?;
-    let ovmf = if firmwares.contains(&Firmware::Uefi) {
-        Some(qemu::find_ovmf(platform)?)
+    let firmwares = if request.secure_boot {
+        secure_boot_firmwares(&request.firmwares, &info)?
+    } else if request.tpm {
+        uefi_only(&request.firmwares)?
     } else {
-        None
+        firmwares_for(&request.firmwares, platform)?
+    };
+    platform.qemu_tool().require()?;
+    if request.tpm {
+        if platform.qemu.tpm_device.is_none() {
+            return Err(BootTestError::NoTpmDevice(platform.name.clone()));
+        }
+        tpm::SWTPM.require()?;
+        tpm::SWTPM_SETUP.require()?;
+    }
+    let (ovmf, secure_boot) = match (firmwares.contains(&Firmware::Uefi), request.secure_boot) {
+        (false, _) => (None, None),
+        (true, false) => (Some(firmware::find_ovmf(platform)?), None),
+        (true, true) => {
+            let (ovmf, secure) = firmware::find_secure_ovmf(platform)?;
+            (Some(ovmf), Some(secure))
+        }
     };
     for &firmware in &firmwares {
         image::require_bootloader(&raw, image, &info, firmware)?;
@@ -147,7 +187,33 @@ fn read_image(
         // Only the GPT and manifest were needed from the copy.
         let _ = std::fs::remove_file(&raw);
     }
-    Ok((info, platform, firmwares, ovmf))
+    Ok((info, platform, firmwares, ovmf, secure_boot))
+}
+
+/// `--secure-boot` and `--tpm` boot UEFI only (NitroTPM needs UEFI).
+fn uefi_only(asked: &[Firmware]) -> Result<Vec<Firmware>, BootTestError> {
+    if !asked.contains(&Firmware::Uefi) {
+        return Err(BootTestError::SecureBootNeedsUefi);
+    }
+    Ok(vec![Firmware::Uefi])
+}
+
+/// `--secure-boot` boots UEFI only, an image built with `--secure-boot`
+/// (another one's unsigned GRUB is refused by the firmware: nothing to
+/// learn from booting it).
+fn secure_boot_firmwares(
+    asked: &[Firmware],
+    info: &ImageInfo,
+) -> Result<Vec<Firmware>, BootTestError> {
+    uefi_only(asked)?;
+    if info
+        .manifest
+        .as_ref()
+        .is_some_and(|m| m.secure_boot.is_none())
+    {
+        return Err(BootTestError::NotSigned(info.path.clone()));
+    }
+    Ok(vec![Firmware::Uefi])
 }
 
 /// The size class the image's manifest names, if it has a manifest.

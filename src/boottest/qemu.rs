@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::firmware::MachineFirmware;
 use crate::platform::Architecture;
 use crate::sys::interrupt::{self, Interrupted};
 use crate::sys::tool::HostTool;
@@ -33,26 +34,10 @@ const STDERR_TAIL: usize = 20;
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
     #[error(
-        "{arch} UEFI firmware for QEMU not found; looked for {looked}. Install the Debian \
-         package `{package}` (apt-get install {package}), or set IMGFORGE_OVMF_CODE and \
-         IMGFORGE_OVMF_VARS"
-    )]
-    OvmfMissing {
-        arch: String,
-        looked: String,
-        package: String,
-    },
-    #[error(
         "QEMU cannot find SeaBIOS (its BIOS firmware): install the Debian package `seabios` \
          (apt-get install seabios)\n--- QEMU said ---\n{tail}"
     )]
     SeabiosMissing { tail: String },
-    #[error("cannot copy the OVMF variable store {path}")]
-    OvmfVars {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("could not start QEMU")]
     Spawn(#[source] std::io::Error),
     #[error(
@@ -106,69 +91,6 @@ impl Accel {
 /// `-accel` for TCG; see [`Accel::qemu_accel`].
 pub const TCG_ACCEL: &str = "tcg,thread=single";
 
-/// UEFI firmware: the read-only code and a template of the variable store
-/// (each run gets its own copy of the variables).
-#[derive(Debug, Clone)]
-pub struct Ovmf {
-    pub code: PathBuf,
-    pub vars: PathBuf,
-}
-
-/// Finds the architecture's UEFI firmware (OVMF, AAVMF) where its row in
-/// boot/architectures.toml says distributions put it;
-/// `IMGFORGE_OVMF_CODE`/`IMGFORGE_OVMF_VARS` override the search.
-pub fn find_ovmf(arch: &Architecture) -> Result<Ovmf, QemuError> {
-    let from_env = (
-        std::env::var_os("IMGFORGE_OVMF_CODE"),
-        std::env::var_os("IMGFORGE_OVMF_VARS"),
-    );
-    let candidates: Vec<(PathBuf, PathBuf)> = match from_env {
-        (Some(code), Some(vars)) => vec![(code.into(), vars.into())],
-        _ => arch.qemu.firmware.clone(),
-    };
-    for (code, vars) in &candidates {
-        if code.is_file() && vars.is_file() {
-            return Ok(Ovmf {
-                code: code.clone(),
-                vars: vars.clone(),
-            });
-        }
-    }
-    Err(QemuError::OvmfMissing {
-        arch: arch.name.clone(),
-        package: arch.qemu.firmware_package.clone(),
-        looked: candidates
-            .iter()
-            .map(|(c, _)| c.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-    })
-}
-
-/// Which firmware the machine starts with.
-#[derive(Debug, Clone)]
-pub enum MachineFirmware {
-    /// QEMU's default firmware (SeaBIOS).
-    Bios,
-    /// OVMF with a per-run copy of the variable store at `vars_copy`.
-    Uefi { ovmf: Ovmf, vars_copy: PathBuf },
-}
-
-impl MachineFirmware {
-    /// For UEFI, copies the variable store template into `dir`.
-    pub fn uefi(ovmf: &Ovmf, dir: &Path) -> Result<Self, QemuError> {
-        let vars_copy = dir.join("OVMF_VARS.fd");
-        std::fs::copy(&ovmf.vars, &vars_copy).map_err(|source| QemuError::OvmfVars {
-            path: ovmf.vars.clone(),
-            source,
-        })?;
-        Ok(MachineFirmware::Uefi {
-            ovmf: ovmf.clone(),
-            vars_copy,
-        })
-    }
-}
-
 /// A virtual machine like an EC2 Nitro instance: the architecture's machine
 /// (q35, virt), the disk on an NVMe controller, one NIC on user-mode
 /// networking (DHCP from QEMU), the first serial port on QEMU's stdout, no
@@ -187,6 +109,8 @@ pub struct Machine {
     pub disk_format: String,
     /// Where the firmware's debug port (0x402) output goes, if anywhere.
     pub firmware_log: Option<PathBuf>,
+    /// `--tpm`: swtpm's control socket, attached as the row's `tpm_device`.
+    pub tpm_socket: Option<PathBuf>,
     /// A launch rehearsal (`boot-test --ec2`): its network instead of the
     /// plain user network, EC2's system identity; a guest reboot then
     /// restarts the guest instead of ending QEMU.
@@ -238,9 +162,16 @@ impl Machine {
     pub fn args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+        let machine = match &self.firmware {
+            MachineFirmware::Uefi {
+                secure: Some(secure),
+                ..
+            } => &secure.machine,
+            _ => &self.platform.qemu.machine,
+        };
         push(&[
             "-machine",
-            &self.platform.qemu.machine,
+            machine,
             "-accel",
             self.accel.qemu_accel(),
             "-cpu",
@@ -257,8 +188,18 @@ impl Machine {
                 .filter(|a| !(reboots && **a == "-no-reboot"))
                 .map(OsString::from),
         );
+        if let MachineFirmware::Uefi {
+            secure: Some(secure),
+            ..
+        } = &self.firmware
+        {
+            args.extend(secure.args.iter().map(OsString::from));
+        }
         let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
-        if let MachineFirmware::Uefi { ovmf, vars_copy } = &self.firmware {
+        if let MachineFirmware::Uefi {
+            ovmf, vars_copy, ..
+        } = &self.firmware
+        {
             push(&[
                 "-drive",
                 &format!(
@@ -298,6 +239,16 @@ impl Machine {
         ]);
         if let Some(launch) = &self.launch {
             push(&["-smbios", &launch.system_identity]);
+        }
+        if let (Some(socket), Some(device)) = (&self.tpm_socket, &self.platform.qemu.tpm_device) {
+            push(&[
+                "-chardev",
+                &format!("socket,id=chrtpm,path={}", escape_opt(socket)),
+                "-tpmdev",
+                "emulator,id=tpm0,chardev=chrtpm",
+                "-device",
+                &format!("{device},tpmdev=tpm0"),
+            ]);
         }
         args
     }
@@ -599,6 +550,7 @@ pub fn squeeze(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boottest::firmware::Ovmf;
 
     #[test]
     fn console_lines_lose_escapes_and_crs() {
@@ -643,6 +595,7 @@ mod tests {
             disk: "/tmp/x,y/overlay.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: None,
+            tpm_socket: None,
             launch: None,
         };
         let args: Vec<String> = machine
@@ -674,12 +627,14 @@ mod tests {
                     vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
                 },
                 vars_copy: "/tmp/run/OVMF_VARS.fd".into(),
+                secure: None,
             },
             smp: 4,
             memory_mib: 1024,
             disk: "/tmp/run/overlay.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: None,
+            tpm_socket: None,
             launch: None,
         };
         let joined = machine.command_text();
@@ -705,12 +660,14 @@ mod tests {
                     vars: "/usr/share/AAVMF/AAVMF_VARS.fd".into(),
                 },
                 vars_copy: "/tmp/run/AAVMF_VARS.fd".into(),
+                secure: None,
             },
             smp: 4,
             memory_mib: 1024,
             disk: "/tmp/run/overlay.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: Some("/tmp/run/firmware.log".into()),
+            tpm_socket: None,
             launch: None,
         };
         assert_eq!(machine.program(), "qemu-system-aarch64");

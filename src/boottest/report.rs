@@ -60,6 +60,16 @@ pub struct GuestReport {
     pub verify_failures: String,
     /// `present` when /root/trading_system_tuning_report.txt was written.
     pub tuning_report: String,
+    /// `enabled` when Secure Boot was enforced (the kernel's own line, else
+    /// the firmware's SecureBoot variable), `disabled`, or empty.
+    pub secure_boot: String,
+    /// The kernel log's Secure Boot line (`Secure boot enabled` on x86).
+    pub secure_boot_line: String,
+    /// /sys/class/tpm/tpm0/tpm_version_major (`2`), empty without a TPM.
+    pub tpm_version: String,
+    /// Bytes of /sys/kernel/security/tpm0/binary_bios_measurements (the
+    /// firmware's measured-boot event log), empty when the kernel has none.
+    pub tpm_event_log: String,
 }
 
 /// The report in a console line, if the line carries a whole one. A line
@@ -109,6 +119,10 @@ pub struct Expectations {
     pub manifest_cmdline: Vec<String>,
     /// The root filesystem's UUID from the manifest.
     pub root_uuid: Option<String>,
+    /// `--secure-boot`: the guest must report Secure Boot enforced.
+    pub secure_boot: bool,
+    /// `--tpm`: the guest must see a TPM 2.0 and the firmware's event log.
+    pub tpm: bool,
 }
 
 /// Every check, in a fixed order.
@@ -196,6 +210,42 @@ pub fn check(report: &GuestReport, want: &Expectations) -> Vec<Check> {
         "active, listening on port 22",
         format!("{}, listening={}", report.sshd, report.ssh_listen),
     ));
+    checks.extend(trust_checks(report, want));
+    checks
+}
+
+/// `--secure-boot` and `--tpm`: what the guest must have been given.
+fn trust_checks(report: &GuestReport, want: &Expectations) -> Vec<Check> {
+    let mut checks = Vec::new();
+    if want.secure_boot {
+        checks.push(Check::new(
+            "Secure Boot enforced",
+            report.secure_boot == "enabled",
+            "enabled (the kernel: Secure boot enabled)",
+            match (
+                report.secure_boot.as_str(),
+                report.secure_boot_line.as_str(),
+            ) {
+                ("", _) => "not reported (an image whose report predates Secure Boot?)".into(),
+                (state, "") => state.to_string(),
+                (state, line) => format!("{state} (the kernel: {line})"),
+            },
+        ));
+    }
+    if want.tpm {
+        checks.push(Check::equal("TPM version", "2", &report.tpm_version));
+        let bytes: u64 = report.tpm_event_log.parse().unwrap_or(0);
+        checks.push(Check::new(
+            "measured-boot event log",
+            bytes > 0,
+            "binary_bios_measurements present",
+            if report.tpm_event_log.is_empty() {
+                "missing".to_string()
+            } else {
+                format!("{bytes} bytes")
+            },
+        ));
+    }
     checks
 }
 
@@ -356,6 +406,8 @@ mod tests {
             .to_vec(),
             manifest_cmdline: vec!["console=ttyS0,115200".into()],
             root_uuid: Some(UUID.to_uppercase()),
+            secure_boot: false,
+            tpm: false,
         }
     }
 

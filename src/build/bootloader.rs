@@ -2,6 +2,8 @@
 //! grub-mkimage and modules (the targets in [`super::grub`]), one grub.cfg
 //! with the size class's kernel command line. The BIOS boot code it makes
 //! is written into the disk by assemble ([`crate::image::bios_boot`]).
+//! With `--secure-boot` the UEFI target is the distribution's signed chain
+//! instead ([`super::signed_chain`]); the BIOS path is the same.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,10 +11,12 @@ use std::path::{Path, PathBuf};
 use super::bootstrap::Rootfs;
 use super::context::BuildContext;
 use super::grub::{self, GrubError, Target};
+use super::signed_chain::{self, SignedChainError};
 use super::template::{TemplateError, render};
 use crate::data::DataError;
 use crate::image::bios_boot;
 use crate::image::firmware::Firmware;
+use crate::image::manifest::SecureBootManifest;
 use crate::sys::fsio::{PathError, at};
 use crate::sys::tool::{Tool, ToolError};
 
@@ -39,6 +43,8 @@ pub enum BootloaderError {
         path: PathBuf,
         packages: String,
     },
+    #[error(transparent)]
+    SignedChain(#[from] SignedChainError),
     #[error("{0} is not a GRUB boot.img (expected 512 bytes ending in 55 AA)")]
     BadBootImg(PathBuf),
 }
@@ -51,6 +57,8 @@ pub struct BootFiles {
     pub boot_modes: Vec<Firmware>,
     /// GRUB's boot.img (512 bytes) and core.img, for the BIOS path.
     pub bios: Option<(Vec<u8>, Vec<u8>)>,
+    /// `--secure-boot`: the signed chain placed on the ESP.
+    pub secure_boot: Option<SecureBootManifest>,
 }
 
 pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, BootloaderError> {
@@ -90,12 +98,13 @@ pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, Bootloa
     fs::write(grub_dir.join("grub.cfg"), grub_cfg).map_err(at("write", &grub_dir))?;
     let early = render(&settings.early_config, &vars, Path::new(grub::TARGETS))?;
     let early_path = root.join("tmp/imgforge-early.cfg");
-    fs::write(&early_path, early).map_err(at("write", &early_path))?;
+    fs::write(&early_path, &early).map_err(at("write", &early_path))?;
 
     let mut files = BootFiles {
         kernel_cmdline: cmdline,
         boot_modes: Vec::new(),
         bios: None,
+        secure_boot: None,
     };
     for target in &grub::targets_for(settings.target, arch)? {
         ctx.progress.note(&format!("GRUB for {}", target.firmware));
@@ -108,6 +117,12 @@ pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, Bootloa
             });
         }
         copy_modules(&modules_src, &grub_dir.join(&target.format))?;
+        if let (Some(chain), Some(esp_path)) = (&request.secure_boot, &target.esp_path) {
+            let placed = signed_chain::install(chain, root, &ctx.esp_dir(), esp_path, &early)?;
+            files.secure_boot = Some(signed_chain::manifest(chain, &placed, &rootfs.packages));
+            files.boot_modes.push(target.firmware);
+            continue;
+        }
         let image = build_core_image(root, target)?;
         match &target.esp_path {
             Some(esp_path) => {

@@ -83,6 +83,7 @@ pub fn record(
         build_time: source_date_epoch,
         seed: Some(ctx.seed.clone()),
         layout_from: ctx.parent.as_ref().map(|p| p.record.clone()),
+        secure_boot: boot.secure_boot.clone(),
         sha256: None,
     };
     for path in [rootfs.dir.join(ROOTFS_PATH), ctx.esp_dir().join(ESP_PATH)] {

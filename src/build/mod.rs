@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod plan;
 pub mod reproducible;
 pub mod request;
+pub mod signed_chain;
 pub mod template;
 
 use std::path::PathBuf;
@@ -72,6 +73,8 @@ pub enum BuildError {
     LayoutFrom(#[from] LayoutFromError),
     #[error(transparent)]
     Reproducible(#[from] ReproducibleError),
+    #[error("SBOM")]
+    Sbom(#[from] crate::sbom::SbomError),
     #[error(transparent)]
     Interrupted(#[from] Interrupted),
 }
@@ -102,7 +105,18 @@ pub struct BuildSummary {
     pub seed: String,
     /// What every timestamp was clamped to.
     pub source_date_epoch: u64,
+    /// `IMAGE.spdx.json` and `IMAGE.cdx.json`, when the distro's package
+    /// database is one imgforge reads (Debian).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sbom: Option<SbomFiles>,
     pub stages: Vec<StageTime>,
+}
+
+/// The SBOM files written beside the image.
+#[derive(Debug, Serialize)]
+pub struct SbomFiles {
+    pub spdx: PathBuf,
+    pub cyclonedx: PathBuf,
 }
 
 /// The build, stage by stage: `request` is `options` resolved
@@ -128,6 +142,9 @@ pub fn build(request: BuildRequest, options: &BuildOptions) -> Result<BuildSumma
     let manifest = p.stage("manifest", || {
         manifest::record(&ctx, &rootfs, &boot, &layout, epoch)
     })?;
+    let sbom = p.stage("sbom", || {
+        crate::sbom::write_into_tree(&rootfs.dir, &manifest)
+    })?;
     p.stage("clamp times", || {
         reproducible::clamp_tree_times(&rootfs.dir, epoch)
     })?;
@@ -137,6 +154,13 @@ pub fn build(request: BuildRequest, options: &BuildOptions) -> Result<BuildSumma
     let sealed = p.stage("seal", || {
         manifest::seal(image, manifest, &ctx.request.output)
     })?;
+    let sbom = match &sbom {
+        Some(documents) => {
+            let (spdx, cyclonedx) = crate::sbom::write_beside(&ctx.request.output, documents)?;
+            Some(SbomFiles { spdx, cyclonedx })
+        }
+        None => None,
+    };
     // Last, so that a failed build leaves no lock file that names an image
     // that was never made.
     if let Some(path) = &options.lock {
@@ -155,6 +179,7 @@ pub fn build(request: BuildRequest, options: &BuildOptions) -> Result<BuildSumma
         lock: options.lock.clone(),
         seed: ctx.seed.clone(),
         source_date_epoch: epoch,
+        sbom,
         stages: p.times(),
     })
 }

@@ -11,6 +11,7 @@ use super::binfmt;
 use super::cache_key;
 use super::grub::{self, GrubError};
 use super::request::{BuildRequest, ImageSize};
+use super::signed_chain;
 use super::template::{self, TemplateError};
 use crate::distro::Sources;
 use crate::image::layout;
@@ -58,6 +59,9 @@ pub struct Plan {
     /// What else decides the tree's key, and when it is known.
     pub package_state: String,
     pub output: PathBuf,
+    /// `--secure-boot`: the signed chain and where each file goes on the
+    /// ESP; `null` when the image boots grub-mkimage's unsigned GRUB.
+    pub secure_boot: Option<PlanSecureBoot>,
     pub data_dir: String,
     pub notes: Vec<(String, String)>,
 }
@@ -84,6 +88,44 @@ pub struct PlanPlatform {
     /// boot-test's machine.
     pub qemu: String,
     pub uefi_firmware: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanSecureBoot {
+    pub packages: Vec<String>,
+    /// `ESP path <- file in the tree`, shim first.
+    pub esp_files: Vec<String>,
+    /// What is unchanged.
+    pub bios: String,
+}
+
+impl PlanSecureBoot {
+    fn of(request: &BuildRequest) -> Result<Option<Self>, PlanError> {
+        let Some(chain) = &request.secure_boot else {
+            return Ok(None);
+        };
+        let loaders = grub::esp_paths(&request.data, request.architecture)?;
+        let esp_files = loaders
+            .iter()
+            .flat_map(|loader| {
+                let placed = signed_chain::esp_layout(chain, loader);
+                [
+                    format!("{} <- /{} (shim)", placed.loader, chain.shim),
+                    format!("{} <- /{} (signed GRUB)", placed.grub, chain.grub),
+                    format!("{} -> /boot/grub/grub.cfg", placed.grub_cfg),
+                ]
+            })
+            .collect();
+        Ok(Some(Self {
+            packages: chain.packages.clone(),
+            esp_files,
+            bios: if request.architecture.bios {
+                "unchanged: grub-mkimage's core.img in the BIOS boot partition".into()
+            } else {
+                "none on this architecture".into()
+            },
+        }))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -166,6 +208,7 @@ impl Plan {
             },
             package_state: package_state(request),
             output: request.output.clone(),
+            secure_boot: PlanSecureBoot::of(request)?,
             data_dir: if request.data.is_embedded() {
                 "built into imgforge".into()
             } else {
@@ -269,6 +312,16 @@ impl Plan {
         row("image size", &self.image_size);
         row("cache key", &self.cache_key);
         row("  and", &self.package_state);
+        match &self.secure_boot {
+            Some(sb) => {
+                row("secure boot", &format!("on: {}", sb.packages.join(" ")));
+                for file in &sb.esp_files {
+                    row("  ESP", file);
+                }
+                row("  BIOS", &sb.bios);
+            }
+            None => row("secure boot", "off (unsigned GRUB; --secure-boot to sign)"),
+        }
         row("output", &self.output.display().to_string());
         row("data", &self.data_dir);
         for (k, v) in &self.notes {

@@ -10,7 +10,7 @@ use super::cache_key;
 use super::layers::{self, Layer, LayersError};
 use super::lock::{self, Lock, LockError, LockedBuild};
 use crate::data::{DataDir, DataError};
-use crate::distro::{self, Distro, DistroData, DistroError, Sources};
+use crate::distro::{self, Distro, DistroData, DistroError, SignedBootChain, Sources};
 use crate::firstboot::{FirstBootError, FirstBootMode, FirstBootModes};
 use crate::platform::Architecture;
 use crate::profile::{Profile, ProfileError, Profiles};
@@ -58,6 +58,8 @@ pub struct BuildOptions {
     pub data_dir: Option<PathBuf>,
     /// Stage progress on stderr (off when stdout carries JSON).
     pub show_progress: bool,
+    /// UEFI Secure Boot: the distribution's signed shim and GRUB on the ESP.
+    pub secure_boot: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,13 @@ pub enum RequestError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Io(#[from] PathError),
+    #[error(
+        "--secure-boot: {distro} has no signed boot chain (shim, signed GRUB and kernel) for \
+         {arch} in rootfs/distros/{distro}.toml ([architectures.{arch}.secure_boot]), so an \
+         image of it cannot boot with Secure Boot on; leave out --secure-boot, or build \
+         --distro debian"
+    )]
+    NoSignedChain { distro: String, arch: String },
 }
 
 /// The disk's size: `--size`, or made to fit the tree.
@@ -113,6 +122,8 @@ pub struct BuildRequest {
     /// `--locked FILE`: the versions to install.
     pub locked: Option<LockedBuild>,
     pub image_size: ImageSize,
+    /// `--secure-boot`: the signed chain the ESP gets.
+    pub secure_boot: Option<SignedBootChain>,
     /// `--layout-from PARENT.raw`: the image whose root filesystem (and
     /// disk size and seed) this build's starts from.
     pub layout_from: Option<PathBuf>,
@@ -136,10 +147,14 @@ impl BuildRequest {
             .release
             .clone()
             .unwrap_or_else(|| d.default_release.clone());
+        let secure_boot = signed_chain(d, options)?;
         let extra_packages: Vec<String> = profile
             .packages
             .iter()
             .chain(&first_boot.packages)
+            // Always, as Debian's own cloud images do: --secure-boot then
+            // changes only the ESP, and shares the cached tree.
+            .chain(d.secure_boot.iter().flat_map(|c| &c.packages))
             .chain(&options.packages)
             .cloned()
             .collect();
@@ -183,6 +198,7 @@ impl BuildRequest {
             },
             layout_from: options.layout_from.clone(),
             output: options.output.clone(),
+            secure_boot,
             data,
         })
     }
@@ -197,6 +213,24 @@ impl BuildRequest {
 
     pub fn data_path(&self, relative: &str) -> PathBuf {
         self.data.path().join(relative)
+    }
+}
+
+/// `--secure-boot`: the distro's signed chain for the architecture, or
+/// why there is none.
+fn signed_chain(
+    d: &DistroData,
+    options: &BuildOptions,
+) -> Result<Option<SignedBootChain>, RequestError> {
+    if !options.secure_boot {
+        return Ok(None);
+    }
+    match &d.secure_boot {
+        Some(chain) => Ok(Some(chain.clone())),
+        None => Err(RequestError::NoSignedChain {
+            distro: d.name.clone(),
+            arch: options.architecture.name.clone(),
+        }),
     }
 }
 

@@ -54,6 +54,21 @@ pub struct BootTestArgs {
     /// Print the result as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Boot with the firmware that enforces UEFI Secure Boot (x86: OVMF's
+    /// secboot build on q35 with SMM; arm64: AAVMF), Microsoft's keys
+    /// enrolled (OVMF_VARS_4M.ms.fd), UEFI only. Passes only when the guest
+    /// reports Secure Boot enforced (the kernel's "Secure boot enabled");
+    /// a chain the firmware or shim refuses fails at once, naming why
+    /// (shim's "Verification failed"). For images built with --secure-boot.
+    #[arg(long)]
+    pub secure_boot: bool,
+    /// Attach a software TPM 2.0 (swtpm, the SHA-256 PCR bank only, as EC2's
+    /// NitroTPM; x86: tpm-crb), UEFI only. Passes only when the guest sees a
+    /// TPM 2.0 and the firmware's measured-boot event log
+    /// (/sys/kernel/security/tpm0/binary_bios_measurements). Plain boots
+    /// only (not with --ec2).
+    #[arg(long)]
+    pub tpm: bool,
     /// A launch rehearsal: boot like an EC2 launch (a metadata stand-in at
     /// 169.254.169.254 answering IMDSv2 with a fresh launch key, user-data,
     /// instance-id and local-hostname; a root volume larger than the image),
@@ -162,6 +177,11 @@ impl BootTestArgs {
                 "--timeout must be longer than 0 s (e.g. --timeout 300s)",
             ));
         }
+        if self.tpm && self.ec2 {
+            return Err(BadInput::new(
+                "--tpm is for plain boots: leave out --ec2 (the launch rehearsal has no TPM yet)",
+            ));
+        }
         let ec2 = if self.ec2 {
             Some(Ec2Request {
                 volume_size: self.volume_size,
@@ -181,6 +201,8 @@ impl BootTestArgs {
             accel: self.accel.into(),
             log: self.log.clone(),
             ec2,
+            secure_boot: self.secure_boot,
+            tpm: self.tpm,
         })
     }
 }

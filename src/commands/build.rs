@@ -19,6 +19,7 @@ use super::BadInput;
 imgforge build --distro debian --release bookworm --size-class large --size 8G -o trading.raw\n  \
 imgforge build --distro arch --size-class large --mirror 'https://mirror.example/archlinux/$repo/os/$arch'\n  \
 imgforge build --arch arm64 --size-class medium -o graviton.raw\n  \
+imgforge build --secure-boot -o signed.raw\n  \
 imgforge build --tuning base -o plain.raw\n  \
 imgforge build --packages htop,tcpdump --layer ./my-layer -o image.raw\n  \
 imgforge build --packages htop --layout-from base.raw -o htop.raw")]
@@ -156,6 +157,16 @@ pub struct BuildArgs {
     #[arg(long, value_name = "MODE")]
     pub first_boot: Option<String>,
 
+    /// UEFI Secure Boot: install the distribution's signed shim and GRUB
+    /// (Debian: shim-signed, grub-efi-amd64-signed / grub-efi-arm64-signed)
+    /// and lay out the ESP's removable-media path as shim (EFI/BOOT/BOOTX64.EFI)
+    /// -> the signed GRUB beside it -> the distribution's signed kernel, with
+    /// EFI/debian/grub.cfg (the signed GRUB's built-in prefix) pointing at
+    /// /boot/grub/grub.cfg. The BIOS path is unchanged. Refused (exit 2) for a
+    /// distro without a signed chain (Arch).
+    #[arg(long)]
+    pub secure_boot: bool,
+
     /// Print what the build would use (distro, sources, packages, layers,
     /// size class, kernel command line, partitions, cache key) and stop:
     /// no bootstrap, no root, no network.
@@ -230,6 +241,7 @@ impl BuildArgs {
             first_boot: self.first_boot.clone(),
             data_dir: self.data_dir.clone(),
             show_progress: !self.json,
+            secure_boot: self.secure_boot,
         })
     }
 }

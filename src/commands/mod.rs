@@ -23,6 +23,7 @@ pub mod download;
 pub mod export;
 pub mod inspect;
 pub mod kernel_check;
+pub mod sbom;
 pub mod upload;
 
 use std::ffi::OsString;

@@ -98,6 +98,10 @@ pub struct DistroData {
     /// `--kernel` choices for the build's architecture: name -> packages.
     #[serde(skip_deserializing)]
     pub kernels: BTreeMap<String, Vec<String>>,
+    /// The build architecture's signed boot chain (`build --secure-boot`);
+    /// `None` where the distro ships none for it.
+    #[serde(skip_deserializing)]
+    pub secure_boot: Option<SignedBootChain>,
     /// Per architecture (boot/architectures.toml's names): the distro's
     /// name for it, its GRUB packages and kernels. An architecture without
     /// a table cannot be built.
@@ -135,6 +139,29 @@ pub struct DistroArchitecture {
     pub grub_packages: Vec<String>,
     /// `--kernel` choices: name -> packages.
     pub kernels: BTreeMap<String, Vec<String>>,
+    /// The distribution's signed boot chain for the architecture, if it
+    /// ships one (`[architectures.NAME.secure_boot]`).
+    #[serde(default)]
+    pub secure_boot: Option<SignedBootChain>,
+}
+
+/// A distribution's signed UEFI boot chain: shim signed by Microsoft's UEFI
+/// CA, the distribution's GRUB signed by its own key (which shim trusts),
+/// and where that GRUB looks for its config. Paths are inside the tree.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SignedBootChain {
+    /// Packages that carry the signed files (installed by the bootstrap).
+    pub packages: Vec<String>,
+    /// The signed shim, e.g. `usr/lib/shim/shimx64.efi.signed`.
+    pub shim: String,
+    /// The signed GRUB, a monolithic image with its modules built in.
+    pub grub: String,
+    /// The name shim loads from its own ESP folder (`grubx64.efi`).
+    pub grub_esp_name: String,
+    /// The signed GRUB's built-in prefix on the ESP (`EFI/debian`): its
+    /// embedded script reads `grub.cfg` there.
+    pub grub_prefix: String,
 }
 
 /// What a build asks of the bootstrap: the resolved request.
@@ -349,6 +376,7 @@ pub fn read_data_for(
         .extend(row.grub_packages.iter().cloned());
     distro_data.grub_packages = row.grub_packages;
     distro_data.kernels = row.kernels;
+    distro_data.secure_boot = row.secure_boot;
     Ok(distro_data)
 }
 

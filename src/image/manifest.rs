@@ -38,6 +38,10 @@ pub struct Manifest {
     /// (`imgforge build --layout-from`): the image depends on its bytes too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout_from: Option<LayoutParent>,
+    /// `build --secure-boot`: the signed chain on the ESP; absent when the
+    /// image boots an unsigned GRUB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<SecureBootManifest>,
     /// sha256 of the whole raw image; only in the copy beside the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
@@ -72,6 +76,15 @@ pub struct PartitionManifest {
     pub filesystem: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filesystem_uuid: Option<String>,
+}
+
+/// The signed UEFI chain of a Secure Boot image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SecureBootManifest {
+    /// On the ESP: shim, the signed GRUB, the early grub.cfg.
+    pub esp_files: Vec<String>,
+    /// The packages the signed files came from, with versions.
+    pub packages: Vec<Package>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::attempts::{self, ConsoleLog};
-use super::expect;
 use super::imds::{ImdsCounts, ImdsServer, InstanceMetadata};
 use super::preflight::Preflight;
 use super::qemu::{Launch, Machine, Qemu};
@@ -231,7 +230,7 @@ fn rehearse_firmware(
     firmware: Firmware,
     log: Option<&ConsoleLog>,
 ) -> Result<RehearsalResult, BootTestError> {
-    let want = expect::expectations(firmware, p.smp, p.class.as_ref(), &p.info);
+    let want = p.expectations(firmware);
     let mut runs = attempts::each(
         firmware,
         p.scratch.path(),
@@ -469,7 +468,7 @@ fn imdsv2_only(imds: &ImdsCounts) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boottest::qemu::MachineFirmware;
+    use crate::boottest::firmware::MachineFirmware;
 
     #[test]
     fn a_launch_replaces_the_plain_network_looks_like_ec2_and_allows_reboots() {
@@ -483,6 +482,7 @@ mod tests {
             disk: "/tmp/disk.qcow2".into(),
             disk_format: "qcow2".into(),
             firmware_log: None,
+            tpm_socket: None,
             launch: None,
         };
         let plain = machine.command_text();

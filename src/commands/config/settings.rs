@@ -184,6 +184,7 @@ pub const SETTINGS: &[Setting] = &[
     s("packages", &[build("--packages")], JOINED, None),
     s("layers", &[build("--layer")], LIST, None),
     s("output", &[build("--output")], Kind::Text, None),
+    s("secure_boot", &[build("--secure-boot")], Kind::Switch, None),
     // upload and publish (AWS)
     s("profile", &[upload("--profile")], Kind::Text, None),
     s("region", &[upload("--region")], Kind::Text, Some(region)),

@@ -1,0 +1,339 @@
+//! The software bill of materials of an image: every installed package
+//! (name, version, architecture, source package, licence where the package
+//! declares it machine-readably, a purl), the kernel and the image itself,
+//! as SPDX 2.3 ([`spdx`]) and CycloneDX 1.5 ([`cyclonedx`]) JSON.
+//!
+//! One [`Inventory`] is read from a root tree (the build's, or what
+//! [`image`] dumps from a finished image with debugfs) and the image's
+//! manifest. Nothing in it comes from the clock or the file's path: the
+//! time is the manifest's `build_time` (SOURCE_DATE_EPOCH) and the names
+//! come from the manifest, so the same image gives the same bytes, from
+//! the build, from `imgforge sbom`, inside the image and beside it.
+
+pub mod cyclonedx;
+pub mod dpkg;
+pub mod image;
+pub mod licence;
+pub mod spdx;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::image::manifest::Manifest;
+use crate::sys::fsio::{PathError, at};
+
+/// Where the SBOMs live inside the image, beside the manifest.
+pub const ROOTFS_SPDX: &str = "etc/imgforge/sbom.spdx.json";
+pub const ROOTFS_CYCLONEDX: &str = "etc/imgforge/sbom.cdx.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SbomError {
+    #[error(transparent)]
+    Io(#[from] PathError),
+    #[error(
+        "{0} has no package database imgforge can read (var/lib/dpkg/status): an SBOM is \
+         written for Debian images only so far"
+    )]
+    NoPackageDatabase(PathBuf),
+    #[error(transparent)]
+    Image(#[from] image::ImageSbomError),
+}
+
+/// What the SBOM lists.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    /// The image's name: distro-release-architecture-size class-seed.
+    pub image_name: String,
+    /// The image's version: its build time and seed.
+    pub image_version: String,
+    pub kernel_version: String,
+    /// SOURCE_DATE_EPOCH of the build.
+    pub created: u64,
+    /// `debian-12`: purl's distro qualifier.
+    pub distro: String,
+    pub packages: Vec<Component>,
+}
+
+/// One installed package.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub package: dpkg::InstalledPackage,
+    /// SPDX expression, when the package declares one machine-readably.
+    pub licence: Option<String>,
+    pub purl: String,
+}
+
+impl Inventory {
+    /// The inventory of the tree at `root` (a Debian root filesystem) for
+    /// the image `manifest` describes.
+    pub fn read(root: &Path, manifest: &Manifest) -> Result<Self, SbomError> {
+        let status_path = root.join("var/lib/dpkg/status");
+        if !status_path.is_file() {
+            return Err(SbomError::NoPackageDatabase(root.to_path_buf()));
+        }
+        let status = fs::read_to_string(&status_path).map_err(at("read", &status_path))?;
+        let distro = distro_qualifier(root, manifest);
+        let packages = dpkg::installed(&status)
+            .into_iter()
+            .map(|package| Component {
+                licence: read_in_root(root, &format!("usr/share/doc/{}/copyright", package.name))
+                    .and_then(|text| licence::from_copyright(&text)),
+                purl: purl(&manifest.distro, &package, &distro),
+                package,
+            })
+            .collect();
+        Ok(Self {
+            image_name: format!(
+                "{}-{}-{}-{}-{}",
+                manifest.distro,
+                manifest.release,
+                manifest.architecture,
+                manifest.size_class,
+                manifest.seed.as_deref().unwrap_or("unseeded")
+            ),
+            image_version: format!("{}", manifest.build_time),
+            kernel_version: manifest.kernel_version.clone(),
+            created: manifest.build_time,
+            distro,
+            packages,
+        })
+    }
+
+    /// A digest of everything listed: the documents' unique ids.
+    pub fn digest(&self) -> String {
+        let mut hash = Sha256::new();
+        for part in [&self.image_name, &self.image_version, &self.kernel_version] {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        for c in &self.packages {
+            for part in [&c.purl, c.licence.as_deref().unwrap_or("")] {
+                hash.update(part.as_bytes());
+                hash.update([0]);
+            }
+        }
+        hex(&hash.finalize())
+    }
+
+    /// The package that carries the kernel (`linux-image-VERSION`).
+    pub fn kernel_package(&self) -> Option<&Component> {
+        let name = format!("linux-image-{}", self.kernel_version);
+        self.packages.iter().find(|c| c.package.name == name)
+    }
+}
+
+/// The build's SBOM stage: both documents of the tree at `root`, written
+/// into it beside the manifest; `None` (with a warning) for a tree without
+/// a package database imgforge reads (Arch, so far).
+pub fn write_into_tree(
+    root: &Path,
+    manifest: &Manifest,
+) -> Result<Option<(String, String)>, SbomError> {
+    let inventory = match Inventory::read(root, manifest) {
+        Ok(inventory) => inventory,
+        Err(SbomError::NoPackageDatabase(_)) => {
+            log::warn!(
+                "no SBOM: the tree has no dpkg database (SBOMs are written for Debian images \
+                 so far)"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let (spdx, cdx) = documents(&inventory);
+    for (path, text) in [(ROOTFS_SPDX, &spdx), (ROOTFS_CYCLONEDX, &cdx)] {
+        let path = root.join(path);
+        let dir = path.parent().expect("a file in a folder");
+        fs::create_dir_all(dir).map_err(at("create", dir))?;
+        fs::write(&path, text).map_err(at("write", &path))?;
+    }
+    Ok(Some((spdx, cdx)))
+}
+
+/// Writes both documents beside `image`; returns their paths.
+pub fn write_beside(
+    image: &Path,
+    documents: &(String, String),
+) -> Result<(PathBuf, PathBuf), SbomError> {
+    let (spdx_path, cdx_path) = beside(image);
+    write_atomically(&spdx_path, &documents.0)?;
+    write_atomically(&cdx_path, &documents.1)?;
+    Ok((spdx_path, cdx_path))
+}
+
+/// The SBOM files of an image: `IMAGE.spdx.json` and `IMAGE.cdx.json`.
+pub fn beside(image: &Path) -> (PathBuf, PathBuf) {
+    let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", image.display()));
+    (with(".spdx.json"), with(".cdx.json"))
+}
+
+/// Both documents, as the bytes written everywhere.
+pub fn documents(inventory: &Inventory) -> (String, String) {
+    (spdx::document(inventory), cyclonedx::document(inventory))
+}
+
+/// Writes `text` to `path` through a temporary file in the same folder.
+pub fn write_atomically(path: &Path, text: &str) -> Result<(), PathError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(at("create", dir))?;
+    let temp = tempfile::Builder::new()
+        .prefix(".imgforge-")
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(at("create a temporary file in", dir))?;
+    fs::write(temp.path(), text).map_err(at("write", temp.path()))?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(temp.path(), fs::Permissions::from_mode(0o644))
+        .map_err(at("chmod", temp.path()))?;
+    temp.persist(path)
+        .map_err(|e| at("rename into", path)(e.error))?;
+    Ok(())
+}
+
+/// `debian-12` from the tree's /etc/debian_version (`12.13`); the release
+/// name when that file is missing or says `trixie/sid`.
+fn distro_qualifier(root: &Path, manifest: &Manifest) -> String {
+    let major = read_in_root(root, "etc/debian_version")
+        .and_then(|v| v.trim().split('.').next().map(str::to_string))
+        .filter(|m| !m.is_empty() && m.chars().all(|c| c.is_ascii_digit()));
+    format!(
+        "{}-{}",
+        manifest.distro,
+        major.unwrap_or_else(|| manifest.release.clone())
+    )
+}
+
+/// `pkg:deb/debian/NAME@VERSION?arch=ARCH&distro=debian-12`.
+fn purl(namespace: &str, p: &dpkg::InstalledPackage, distro: &str) -> String {
+    format!(
+        "pkg:deb/{namespace}/{}@{}?arch={}&distro={distro}",
+        percent(&p.name),
+        percent(&p.version),
+        percent(&p.architecture)
+    )
+}
+
+/// purl's percent-encoding: everything but letters, digits and `.-_~`.
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A file under `root`, following symbolic links as if `root` were `/`
+/// (an absolute link, or a folder on the way such as
+/// `usr/share/doc/PKG -> /usr/share/doc/OTHER`, never reaches the host's).
+fn read_in_root(root: &Path, relative: &str) -> Option<String> {
+    let mut pending: Vec<String> = relative.split('/').rev().map(String::from).collect();
+    let mut inside: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "" | "." => continue,
+            ".." => {
+                inside.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let here = root.join(inside.join("/")).join(&part);
+        let meta = fs::symlink_metadata(&here).ok()?;
+        if !meta.file_type().is_symlink() {
+            inside.push(part);
+            continue;
+        }
+        links += 1;
+        if links > 16 {
+            return None;
+        }
+        let target = fs::read_link(&here).ok()?.to_string_lossy().into_owned();
+        if target.starts_with('/') {
+            inside.clear();
+        }
+        pending.extend(target.split('/').rev().map(String::from));
+    }
+    fs::read_to_string(root.join(inside.join("/"))).ok()
+}
+
+/// sha256 of `bytes`, in hex (an SBOM's digest, as upload would tag it).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `2026-12-06T01:02:03Z` for seconds since 1970.
+pub fn rfc3339(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purl_encodes_epochs_and_plus() {
+        let p = dpkg::InstalledPackage {
+            name: "libstdc++6".into(),
+            version: "1:12.2.0-14+deb12u1".into(),
+            architecture: "amd64".into(),
+            source: "gcc-12".into(),
+            source_version: "12.2.0-14+deb12u1".into(),
+        };
+        assert_eq!(
+            purl("debian", &p, "debian-12"),
+            "pkg:deb/debian/libstdc%2B%2B6@1%3A12.2.0-14%2Bdeb12u1?arch=amd64&distro=debian-12"
+        );
+    }
+
+    #[test]
+    fn times_are_utc_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_897_038), "2026-11-28T20:17:18Z");
+    }
+
+    #[test]
+    fn links_resolve_inside_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let doc = root.path().join("usr/share/doc");
+        fs::create_dir_all(doc.join("libfoo-common")).unwrap();
+        fs::write(doc.join("libfoo-common/copyright"), "inside").unwrap();
+        std::os::unix::fs::symlink("libfoo-common", doc.join("libfoo1")).unwrap();
+        std::os::unix::fs::symlink("/usr/share/doc/libfoo-common", doc.join("libfoo2")).unwrap();
+        for name in ["libfoo1", "libfoo2"] {
+            assert_eq!(
+                read_in_root(root.path(), &format!("usr/share/doc/{name}/copyright")).as_deref(),
+                Some("inside")
+            );
+        }
+    }
+}

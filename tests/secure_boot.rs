@@ -1,0 +1,322 @@
+//! UEFI Secure Boot: `build --secure-boot` lays out the distribution's
+//! signed chain (shim -> Debian-signed GRUB -> Debian-signed kernel), and
+//! `boot-test --secure-boot` boots it under OVMF's Secure Boot firmware
+//! with Microsoft's keys enrolled, passing only when the guest's kernel
+//! reports Secure Boot enforced, with a software TPM 2.0 (`--tpm`) whose
+//! measured-boot event log reaches the kernel; the same image with its
+//! GRUB's signature removed is refused by shim, and boot-test says so.
+//!
+//! Needs root, mmdebstrap, QEMU, OVMF's secboot firmware, mtools and
+//! sbsigntool (under CI=true a missing one fails the test). The Secure
+//! Boot image is built from the shared small image's cached tree (every
+//! Debian image carries the signed packages, so the tree is the same).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::qemu::{assert_nothing_left, boot_test, boot_test_ok, imgforge_in};
+use common::{BOOT, BUILD, IMGFORGE, Need, heavy, prerequisites, text};
+use serde_json::Value;
+
+const SECURE_BOOT: &[Need] = &[
+    Need::File("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
+    Need::File("/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
+    Need::Tool("mcopy"),
+    Need::Tool("sbattach"),
+    Need::Tool("sbverify"),
+    Need::Tool("swtpm"),
+    Need::Tool("swtpm_setup"),
+];
+
+fn plan(args: &[&str]) -> (bool, Value, String) {
+    let out = Command::new(IMGFORGE)
+        .args(["build", "--plan", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.success(), value, text(&out))
+}
+
+#[test]
+fn the_plan_shows_the_signed_chain_and_arch_is_refused() {
+    let (ok, p, out) = plan(&["--secure-boot"]);
+    assert!(ok, "{out}");
+    let sb = &p["secure_boot"];
+    let files: Vec<&str> = sb["esp_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "EFI/BOOT/BOOTX64.EFI <- /usr/lib/shim/shimx64.efi.signed (shim)",
+            "EFI/BOOT/grubx64.efi <- /usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed \
+             (signed GRUB)",
+            "EFI/debian/grub.cfg -> /boot/grub/grub.cfg",
+        ]
+    );
+    assert!(
+        sb["bios"].as_str().unwrap().starts_with("unchanged"),
+        "{sb}"
+    );
+    // The same packages with and without --secure-boot: one cached tree.
+    let (_, plain, _) = plan(&[]);
+    assert_eq!(plain["secure_boot"], Value::Null);
+    assert_eq!(plain["packages"], p["packages"]);
+    assert_eq!(plain["cache_key"], p["cache_key"]);
+    let packages = p["packages"].to_string();
+    assert!(packages.contains("\"shim-signed\""), "{packages}");
+    assert!(packages.contains("\"grub-efi-amd64-signed\""), "{packages}");
+
+    let (_, arm, out) = plan(&["--secure-boot", "--arch", "arm64"]);
+    assert!(
+        arm["secure_boot"]["esp_files"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("EFI/BOOT/BOOTAA64.EFI <- /usr/lib/shim/shimaa64.efi.signed"),
+        "{out}"
+    );
+
+    let out = Command::new(IMGFORGE)
+        .args(["build", "--distro", "arch", "--secure-boot", "--plan"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("arch has no signed boot chain"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// The ESP's byte offset in a raw image, from its manifest.
+fn esp_offset(manifest: &Value) -> u64 {
+    manifest["disk"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["filesystem"] == "vfat")
+        .unwrap()["first_lba"]
+        .as_u64()
+        .unwrap()
+        * 512
+}
+
+/// `mcopy` of one ESP file out of (or, with `into`, into) a raw image.
+fn esp_copy(image: &Path, offset: u64, esp_path: &str, file: &Path, into: bool) {
+    let drive = format!("{}@@{offset}", image.display());
+    let esp = format!("::/{esp_path}");
+    let mut command = Command::new("mcopy");
+    command.args(["-n", "-o", "-i", &drive]);
+    if into {
+        command.arg(file).arg(&esp);
+    } else {
+        command.arg(&esp).arg(file);
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "mcopy {esp}: {}", text(&out));
+}
+
+fn signers(file: &Path) -> String {
+    text(
+        &Command::new("sbverify")
+            .arg("--list")
+            .arg(file)
+            .output()
+            .unwrap(),
+    )
+}
+
+fn build_secure_boot_image(dir: &Path) -> (PathBuf, Value) {
+    let image = dir.join("sb.raw");
+    let out = Command::new(IMGFORGE)
+        .args(["build", "--distro", "debian", "--size-class", "small"])
+        .arg("--secure-boot")
+        .arg("-o")
+        .arg(&image)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "secure-boot build: {:.0} s, tree from cache: {}",
+        summary["seconds"], summary["bootstrap_from_cache"]
+    );
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sb.raw.json")).unwrap()).unwrap();
+    (image, manifest)
+}
+
+#[test]
+fn secure_boot_image_boots_enforced_and_an_unsigned_grub_is_refused() {
+    if !prerequisites(
+        "secure_boot_image_boots_enforced_and_an_unsigned_grub_is_refused",
+        &[BUILD, BOOT, SECURE_BOOT],
+    ) {
+        return;
+    }
+    let shared = common::image::debian_small();
+    let dir = common::scratch("imgforge-secure-boot-");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let _one_guest = heavy();
+
+    // An image without the signed chain is refused before any boot.
+    let out = imgforge_in(&tmp)
+        .arg("boot-test")
+        .arg(&shared.path)
+        .arg("--secure-boot")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("was not built with --secure-boot"),
+        "{}",
+        text(&out)
+    );
+
+    let (image, manifest) = build_secure_boot_image(dir.path());
+    assert_eq!(manifest["boot_modes"], serde_json::json!(["bios", "uefi"]));
+    let sb = &manifest["secure_boot"];
+    assert_eq!(
+        sb["esp_files"],
+        serde_json::json!([
+            "EFI/BOOT/BOOTX64.EFI",
+            "EFI/BOOT/grubx64.efi",
+            "EFI/debian/grub.cfg"
+        ])
+    );
+    assert_eq!(sb["packages"][0]["name"], "shim-signed");
+    assert!(!sb["packages"][0]["version"].as_str().unwrap().is_empty());
+
+    // What is on the ESP: shim signed by Microsoft, GRUB by Debian, and the
+    // early config at GRUB's prefix finding the root by its UUID.
+    let offset = esp_offset(&manifest);
+    let shim = dir.path().join("BOOTX64.EFI");
+    let grub = dir.path().join("grubx64.efi");
+    let cfg = dir.path().join("grub.cfg");
+    esp_copy(&image, offset, "EFI/BOOT/BOOTX64.EFI", &shim, false);
+    esp_copy(&image, offset, "EFI/BOOT/grubx64.efi", &grub, false);
+    esp_copy(&image, offset, "EFI/debian/grub.cfg", &cfg, false);
+    assert!(
+        signers(&shim).contains("Microsoft Corporation UEFI CA"),
+        "{}",
+        signers(&shim)
+    );
+    assert!(
+        signers(&grub).contains("Debian Secure Boot"),
+        "{}",
+        signers(&grub)
+    );
+    let early = std::fs::read_to_string(&cfg).unwrap();
+    let root_uuid = manifest["disk"]["partitions"][2]["filesystem_uuid"]
+        .as_str()
+        .unwrap();
+    assert!(
+        early.contains(&format!("--set=root {root_uuid}")),
+        "{early}"
+    );
+    assert!(early.contains("configfile $prefix/grub.cfg"), "{early}");
+
+    // --tpm is UEFI only, and not for launch rehearsals.
+    for (flags, says) in [
+        (&["--tpm", "--firmware", "bios"][..], "boot UEFI only"),
+        (&["--tpm", "--ec2"][..], "--tpm is for plain boots"),
+    ] {
+        let out = imgforge_in(&tmp)
+            .arg("boot-test")
+            .arg(&image)
+            .args(flags)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {}", text(&out));
+        assert!(text(&out).contains(says), "{flags:?}: {}", text(&out));
+    }
+
+    // One boot proves both: Secure Boot enforced, and a TPM 2.0 with the
+    // firmware's event log (the EFI stub, which Secure Boot makes GRUB use,
+    // hands it to the kernel).
+    let boot = boot_test_ok(&tmp, &image, &["--secure-boot", "--tpm"]);
+    let result = boot.result();
+    assert_eq!(result["firmware"], "uefi", "--secure-boot boots UEFI only");
+    let report = &result["report"];
+    assert_eq!(report["secure_boot"], "enabled", "{result:#}");
+    assert_eq!(report["secure_boot_line"], "Secure boot enabled");
+    assert_eq!(report["tpm_version"], "2", "{report:#}");
+    let log_bytes: u64 = report["tpm_event_log"].as_str().unwrap().parse().unwrap();
+    assert!(log_bytes > 1000, "event log of {log_bytes} bytes");
+    for name in [
+        "Secure Boot enforced",
+        "TPM version",
+        "measured-boot event log",
+    ] {
+        let check = result["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {result:#}"));
+        assert_eq!(check["ok"], true, "{check}");
+    }
+    assert_nothing_left(&tmp);
+    assert!(
+        !Command::new("pgrep")
+            .args(["-f", &format!("swtpm socket.*{}", tmp.display())])
+            .status()
+            .unwrap()
+            .success(),
+        "swtpm outlived boot-test"
+    );
+
+    // The same image, its GRUB's signature removed: shim refuses it, and
+    // boot-test says so at once rather than waiting for the timeout.
+    let unsigned = dir.path().join("unsigned.raw");
+    assert!(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&image)
+            .arg(&unsigned)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::copy(
+        dir.path().join("sb.raw.json"),
+        dir.path().join("unsigned.raw.json"),
+    )
+    .unwrap();
+    let out = Command::new("sbattach")
+        .arg("--remove")
+        .arg(&grub)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        signers(&grub).contains("No signature table"),
+        "{}",
+        signers(&grub)
+    );
+    esp_copy(&unsigned, offset, "EFI/BOOT/grubx64.efi", &grub, true);
+    let refused = boot_test(&tmp, &unsigned, &["--secure-boot", "--timeout", "120s"]);
+    assert!(!refused.ok, "{}", refused.output);
+    let result = refused.result();
+    let failures = result["failures"].to_string();
+    assert!(failures.contains("Verification failed"), "{failures}");
+    assert!(failures.contains("shim refused"), "{failures}");
+    assert_eq!(
+        result["attempts"].as_array().unwrap().len(),
+        1,
+        "no retry: {result:#}"
+    );
+    assert!(
+        result["seconds"].as_f64().unwrap() < 100.0,
+        "refused before the timeout: {result:#}"
+    );
+    assert_nothing_left(&tmp);
+}

@@ -157,6 +157,9 @@ fn unpack_and_check(
         .arg(&dir)
         .run()?;
     let packages = ctx.request.distro.installed_packages(&dir)?;
+    // A failed initramfs hook does not fail the package manager.
+    crate::distro::initrd::check_installed(&dir, ctx.request.distro.data())
+        .map_err(DistroError::from)?;
     if let Some(locked) = &ctx.request.locked {
         let differences = locked.lock.differences(&packages);
         if !differences.is_empty() {

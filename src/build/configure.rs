@@ -13,7 +13,8 @@ use super::layers::{LAYER_SETTINGS, UserSpec};
 use super::reproducible::{self, ReproducibleError};
 use super::template::{TemplateError, render};
 use crate::distro::DistroError;
-use crate::kernelcheck::{KernelCheckError, kernel_config_gaps};
+use crate::distro::initrd;
+use crate::kernelcheck::{self, KernelCheckError};
 use crate::sys::fsio::{PathError, at};
 use crate::sys::tool::{Tool, ToolError};
 
@@ -77,11 +78,7 @@ pub fn run(
     source_date_epoch: u64,
 ) -> Result<(), ConfigureError> {
     let request = &ctx.request;
-    check_kernel_config(
-        &request.kernel_config_fragments,
-        &rootfs.kernel.config,
-        &rootfs.kernel.version,
-    )?;
+    check_kernel_config(ctx, rootfs)?;
     let vars = template_variables(ctx)?;
     for layer in &request.layers {
         ctx.progress.note(&format!("layer {}", layer.name));
@@ -339,15 +336,27 @@ fn glob_match(pattern: &str, name: &str) -> bool {
 }
 
 /// Every `CONFIG_X=y` of every fragment (the profile's, under
-/// kernel-configs/) must be built in; `=m` may be a module or built in.
-fn check_kernel_config(
-    fragments: &[PathBuf],
-    config: &str,
-    kernel: &str,
-) -> Result<(), ConfigureError> {
-    match kernel_config_gaps(fragments, config)?.into_iter().next() {
+/// kernel-configs/) must be built in, or a module the initramfs carries
+/// where kernel-configs/ allows it; `=m` may be a module or built in.
+fn check_kernel_config(ctx: &BuildContext, rootfs: &Rootfs) -> Result<(), ConfigureError> {
+    let request = &ctx.request;
+    let data = request.distro.data();
+    let grub_initrd = initrd::render_boot_path(data, &data.grub_initrd, &request.kernel);
+    let checked = kernelcheck::check_image(
+        &request.data.path().join("kernel-configs"),
+        &request.kernel_config_fragments,
+        &rootfs.kernel.config,
+        &initrd::resolve_in_tree(&rootfs.dir, &grub_initrd),
+    )?;
+    for (_, found) in &checked.modules {
+        ctx.progress.note(&format!(
+            "{}: a module, {} in the initramfs ({})",
+            found.option, found.module, found.file
+        ));
+    }
+    match checked.gaps.into_iter().next() {
         Some(gap) => Err(ConfigureError::KernelConfig {
-            kernel: kernel.to_string(),
+            kernel: rootfs.kernel.version.clone(),
             fragment: gap.fragment.display().to_string(),
             missing: gap.missing.join(", "),
         }),

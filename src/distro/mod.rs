@@ -9,6 +9,7 @@
 
 pub mod arch;
 pub mod debian;
+pub mod initrd;
 pub mod mirror;
 
 use std::collections::BTreeMap;
@@ -63,6 +64,8 @@ pub enum DistroError {
     Tool(#[from] ToolError),
     #[error(transparent)]
     Io(#[from] PathError),
+    #[error(transparent)]
+    Initrd(#[from] initrd::InitrdError),
     #[error(transparent)]
     Debian(#[from] debian::DebianError),
     #[error(transparent)]

@@ -88,6 +88,8 @@ pub enum ArchError {
     Tool(#[from] ToolError),
     #[error(transparent)]
     Io(#[from] PathError),
+    #[error(transparent)]
+    Initrd(#[from] super::initrd::InitrdError),
     #[error(
         "the bootstrapped tree has no kernel (expected exactly one /boot/vmlinuz-*, found {found})"
     )]
@@ -482,6 +484,8 @@ impl Arch {
         pacman.install(job.packages)?;
         mounts.unmount()?;
         drop(keyring);
+        // mkinitcpio runs in a hook whose failure pacman does not report.
+        super::initrd::check_installed(&tree, &self.data)?;
 
         check_interrupt()?;
         Tool::new("tar")

@@ -229,7 +229,13 @@ pub fn database_build_date(bytes: &[u8]) -> Option<u64> {
     let reader: Box<dyn Read + '_> = if bytes.starts_with(ikconfig::GZIP) {
         Box::new(flate2::read::GzDecoder::new(bytes))
     } else if bytes.starts_with(ikconfig::ZSTD) {
-        Box::new(ruzstd::decoding::StreamingDecoder::new(bytes).ok()?)
+        Box::new(
+            ruzstd::decoding::StreamingDecoder::new_with_max_window_size(
+                bytes,
+                crate::compressed::ZSTD_MAX_WINDOW,
+            )
+            .ok()?,
+        )
     } else {
         Box::new(bytes)
     };

@@ -60,6 +60,11 @@ pub struct GuestReport {
     pub verify_failures: String,
     /// `present` when /root/trading_system_tuning_report.txt was written.
     pub tuning_report: String,
+    /// The image's first-boot units (`ConditionFirstBoot=yes` under
+    /// /etc/systemd/system), `NAME=STATE` space separated: `ran`, `skipped`
+    /// (systemd did not count the boot as the first) or the unit's state.
+    /// Arch's keyring unit, imgforge-pacman-init.service, is one.
+    pub first_boot_units: String,
 }
 
 /// The report in a console line, if the line carries a whole one. A line

@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use super::bootstrap::Rootfs;
 use super::context::BuildContext;
+use super::identity::{self, IdentityError};
 use super::layers::{LAYER_SETTINGS, UserSpec};
 use super::reproducible::{self, ReproducibleError};
 use super::template::{TemplateError, render};
@@ -57,6 +58,8 @@ pub enum ConfigureError {
     Template(#[from] TemplateError),
     #[error(transparent)]
     KernelCheck(#[from] KernelCheckError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     #[error("{path}: {message}")]
     Settings { path: PathBuf, message: String },
     #[error(
@@ -86,7 +89,7 @@ pub fn run(
     }
     request.distro.configure(&rootfs.dir, &request.sources)?;
     write_fstab(ctx, &rootfs.dir)?;
-    reset_machine_identity(&rootfs.dir)?;
+    identity::reset(&rootfs.dir)?;
     for layer in &request.layers {
         for user in &layer.settings.users {
             create_user(&rootfs.dir, user, source_date_epoch)?;
@@ -105,6 +108,7 @@ pub fn run(
     for file in SHADOW_FILES {
         reproducible::clamp_shadow_dates(&rootfs.dir.join(file), source_date_epoch)?;
     }
+    identity::check_first_boot_units(&rootfs.dir)?;
     Ok(())
 }
 
@@ -210,23 +214,6 @@ fn write_fstab(ctx: &BuildContext, root: &Path) -> Result<(), ConfigureError> {
     fs::write(&path, fstab).map_err(at("write", &path))?;
     let efi = root.join("boot/efi");
     fs::create_dir_all(&efi).map_err(at("create", &efi))?;
-    Ok(())
-}
-
-/// An empty machine-id makes systemd create one on first boot, so no two
-/// instances share it.
-fn reset_machine_identity(root: &Path) -> Result<(), ConfigureError> {
-    let machine_id = root.join("etc/machine-id");
-    fs::write(&machine_id, b"").map_err(at("write", &machine_id))?;
-    fs::set_permissions(&machine_id, fs::Permissions::from_mode(0o444))
-        .map_err(at("chmod", &machine_id))?;
-    let dbus_id = root.join("var/lib/dbus/machine-id");
-    if dbus_id
-        .symlink_metadata()
-        .is_ok_and(|m| !m.file_type().is_symlink())
-    {
-        fs::remove_file(&dbus_id).map_err(at("remove", &dbus_id))?;
-    }
     Ok(())
 }
 

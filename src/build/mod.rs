@@ -18,6 +18,7 @@ pub mod cache_key;
 pub mod configure;
 pub mod context;
 pub mod grub;
+pub mod identity;
 pub mod layers;
 pub mod layout_from;
 pub mod lock;

@@ -13,6 +13,7 @@ use super::identity::{self, IdentityError};
 use super::layers::{LAYER_SETTINGS, UserSpec};
 use super::reproducible::{self, ReproducibleError};
 use super::template::{TemplateError, render};
+use super::units;
 use crate::distro::DistroError;
 use crate::distro::initrd;
 use crate::kernelcheck::{self, KernelCheckError};
@@ -60,6 +61,8 @@ pub enum ConfigureError {
     KernelCheck(#[from] KernelCheckError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Units(#[from] units::UnitsError),
     #[error("{path}: {message}")]
     Settings { path: PathBuf, message: String },
     #[error(
@@ -94,7 +97,13 @@ pub fn run(
         for user in &layer.settings.users {
             create_user(&rootfs.dir, user, source_date_epoch)?;
         }
-        systemctl(&rootfs.dir, "enable", &layer.settings.enable)?;
+        let enable = units::to_enable(
+            &layer.settings.enable,
+            &layer.settings.enable_from,
+            &rootfs.packages,
+        );
+        units::check_exist(&rootfs.dir, &layer.name, &enable)?;
+        systemctl(&rootfs.dir, "enable", &enable)?;
         systemctl(&rootfs.dir, "disable", &layer.settings.disable)?;
     }
     let distro_scrub = &request.distro.data().scrub;

@@ -27,6 +27,7 @@ pub mod plan;
 pub mod reproducible;
 pub mod request;
 pub mod template;
+pub mod units;
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -12,11 +12,15 @@
 //! - `hooked`: ships an alpm hook (usr/share/libalpm/hooks) that writes
 //!   /hook-marker when `hooked` is installed;
 //! - `archlinux-keyring`: the test key as an Arch keyring package, for the
-//!   default keyring path (host keyring, then the mirror's keyring package).
+//!   default keyring path (host keyring, then the mirror's keyring package);
+//! - `linux`, `linux-lts`: /boot/vmlinuz-NAME and an alpm hook in
+//!   mkinitcpio's place, failing for `linux` (pacman still exits 0), writing
+//!   the initramfs for `linux-lts`.
 //!
 //! Runs: unsigned (`SigLevel = Never`, default keyring path), signed with a
 //! throw-away key under `Required` (the `--keyring` path), a tampered
-//! package (refused, with the clear error), an unreachable mirror (fails
+//! package (refused, with the clear error), a failed initramfs hook (the
+//! bootstrap fails, no archive), an unreachable mirror (fails
 //! fast, leaves nothing), and a missing host tool (names its package).
 //!
 //! Needs root (pacman installs as root, mounts /proc) and the host tools
@@ -149,6 +153,21 @@ const PACKAGES: &[PackageSpec] = &[
         depends: &["testshell"],
         install: None,
     },
+    // Kernels: /boot/vmlinuz-NAME and an alpm hook standing in for
+    // mkinitcpio's. `linux`'s hook fails as mkinitcpio does on a missing
+    // module (pacman still exits 0); `linux-lts`'s writes the initramfs.
+    PackageSpec {
+        name: "linux",
+        repo: "core",
+        depends: &["testshell"],
+        install: None,
+    },
+    PackageSpec {
+        name: "linux-lts",
+        repo: "core",
+        depends: &["testshell"],
+        install: None,
+    },
     // Keeps pacman busy in a scriptlet (with the API filesystems mounted)
     // long enough to be interrupted; the test shell has no `sleep`.
     PackageSpec {
@@ -168,6 +187,21 @@ const PACKAGES: &[PackageSpec] = &[
 const HOOK: &str = "[Trigger]\nOperation = Install\nType = Package\nTarget = hooked\n\n\
 [Action]\nDescription = imgforge test hook\nWhen = PostTransaction\n\
 Exec = /bin/sh -c 'echo hooked > /hook-marker'\n";
+
+/// The initramfs hook of a fixture kernel package: `linux` fails, `linux-lts`
+/// writes /boot/initramfs-linux-lts.img.
+fn initramfs_hook(kernel: &str) -> String {
+    let exec = if kernel == "linux" {
+        "/bin/sh -c 'echo \"==> ERROR: module not found: nvme\" >&2; exit 1'".to_string()
+    } else {
+        format!("/bin/sh -c 'echo initramfs > /boot/initramfs-{kernel}.img'")
+    };
+    format!(
+        "[Trigger]\nOperation = Install\nOperation = Upgrade\nType = Package\nTarget = {kernel}\n\n\
+         [Action]\nDescription = Building the initramfs (imgforge test)\nWhen = PostTransaction\n\
+         Exec = {exec}\n"
+    )
+}
 
 fn build_fixture() -> Fixture {
     // A fixed place under target/ (a static is never dropped, so a temporary
@@ -360,6 +394,13 @@ fn stage_payload(name: &str, payload: &Path, keyring: &Path) {
             let hooks = payload.join("usr/share/libalpm/hooks");
             fs::create_dir_all(&hooks).unwrap();
             fs::write(hooks.join("imgforge-test.hook"), HOOK).unwrap();
+        }
+        "linux" | "linux-lts" => {
+            let hooks = payload.join("usr/share/libalpm/hooks");
+            fs::create_dir_all(&hooks).unwrap();
+            fs::create_dir_all(payload.join("boot")).unwrap();
+            fs::write(payload.join(format!("boot/vmlinuz-{name}")), "kernel").unwrap();
+            fs::write(hooks.join("90-initramfs.hook"), initramfs_hook(name)).unwrap();
         }
         "archlinux-keyring" => {
             let dir = payload.join("usr/share/pacman/keyrings");
@@ -752,6 +793,54 @@ fn tampered_package_is_refused_with_a_clear_error() {
     assert!(
         !cache.path().join("hooked-1-1-x86_64.pkg.tar.zst").exists(),
         "the tampered file stayed in the cache"
+    );
+}
+
+/// mkinitcpio runs in a pacman hook, and a failed hook does not fail
+/// pacman: the bootstrap itself must notice that the initramfs grub.cfg
+/// names is not there, and write no archive. A kernel whose hook works
+/// passes the same check.
+#[test]
+fn failed_initramfs_hook_fails_the_bootstrap() {
+    skip_unless_ready!("failed_initramfs_hook_fails_the_bootstrap");
+    let _heavy = heavy();
+    let fx = fixture();
+    let cache = tempfile::tempdir().unwrap();
+    let run = bootstrap(
+        &fx.signed,
+        SigLevel::Required,
+        Some(&fx.keyring),
+        cache.path(),
+        &["testshell", "linux"],
+    );
+    let err = run
+        .result
+        .as_ref()
+        .expect_err("a tree without its initramfs was accepted")
+        .to_string();
+    println!("the error, as the user sees it:\n{err}");
+    assert!(
+        err.contains("/boot/vmlinuz-linux")
+            && err.contains("no initramfs at /boot/initramfs-linux.img")
+            && err.contains("mkinitcpio"),
+        "{err}"
+    );
+    assert!(!run.output().exists(), "an archive was written");
+
+    let run = bootstrap(
+        &fx.signed,
+        SigLevel::Required,
+        Some(&fx.keyring),
+        cache.path(),
+        &["testshell", "linux-lts"],
+    );
+    if let Err(err) = &run.result {
+        panic!("a kernel whose initramfs hook worked was refused: {err}");
+    }
+    let files = tar_contents(&run.output());
+    assert_eq!(
+        files.get("boot/initramfs-linux-lts.img").map(Vec::as_slice),
+        Some(&b"initramfs\n"[..])
     );
 }
 

@@ -97,8 +97,11 @@ struct Fixture {
     unsigned: String,
     signed: String,
     tampered: String,
-    /// A keyring folder with the test key (the --keyring form).
+    /// A keyring folder with the test keys (the --keyring form), the
+    /// packager key renewed.
     keyring: PathBuf,
+    /// The same keys with the packager key expired.
+    starting_keyring: PathBuf,
 }
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
@@ -127,10 +130,18 @@ const PACKAGES: &[PackageSpec] = &[
         depends: &["filesystem"],
         install: None,
     },
+    // As Arch's: archlinux-keyring depends on pacman (here a stand-in),
+    // which the keyring refresh must not fetch or verify.
     PackageSpec {
         name: "archlinux-keyring",
         repo: "core",
-        depends: &[],
+        depends: &["pacman"],
+        install: None,
+    },
+    PackageSpec {
+        name: "pacman",
+        repo: "core",
+        depends: &["testshell"],
         install: None,
     },
     PackageSpec {
@@ -212,40 +223,14 @@ fn build_fixture() -> Fixture {
     }
     fs::create_dir_all(&base).unwrap();
     let base = base.as_path();
-    // A throw-away signing key, its keyring folder as --keyring takes it.
     let gnupg = base.join("gnupg");
-    fs::create_dir(&gnupg).unwrap();
-    fs::set_permissions(&gnupg, fs::Permissions::from_mode(0o700)).unwrap();
     let home = gnupg.to_str().unwrap();
     let gpg = |args: &[&str]| {
         let mut all = vec!["--homedir", home, "--batch", "--pinentry-mode", "loopback"];
         all.extend_from_slice(args);
         run("gpg", &all)
     };
-    gpg(&[
-        "--passphrase",
-        "",
-        "--quick-gen-key",
-        "imgforge test <test@imgforge.invalid>",
-        "ed25519",
-        "sign",
-        "never",
-    ]);
-    let listing = String::from_utf8(gpg(&["--with-colons", "--list-keys"]).stdout).unwrap();
-    let fingerprint = listing
-        .lines()
-        .find_map(|l| l.strip_prefix("fpr:"))
-        .map(|l| l.trim_matches(':').to_string())
-        .expect("fingerprint");
-    let keyring = base.join("keyring");
-    fs::create_dir(&keyring).unwrap();
-    fs::write(keyring.join("archlinux.gpg"), gpg(&["--export"]).stdout).unwrap();
-    fs::write(
-        keyring.join("archlinux-trusted"),
-        format!("{fingerprint}:4:\n"),
-    )
-    .unwrap();
-    fs::write(keyring.join("archlinux-revoked"), "").unwrap();
+    let (keyring, starting_keyring, packager) = make_keys(base, &gnupg);
 
     // Packages, built by nobody.
     let build = base.join("build");
@@ -315,6 +300,8 @@ fn build_fixture() -> Fixture {
             let file_str = file.to_str().unwrap();
             if sign {
                 gpg(&[
+                    "--local-user",
+                    &packager,
                     "--yes",
                     "--detach-sign",
                     "--no-armor",
@@ -345,7 +332,92 @@ fn build_fixture() -> Fixture {
         signed,
         tampered,
         keyring,
+        starting_keyring,
     }
+}
+
+/// Arch's trust model in small: a master key (no expiry, in
+/// archlinux-trusted) certifies a packager key that signs the packages.
+/// The packager key is made in the past (gpg's faked clock) with a one-year
+/// expiry, so the starting keyring (exported then) holds it expired, as a
+/// Debian host's 2023 keyring holds 38 of Arch's packager keys today; then
+/// it is renewed, and the renewed keyring is what `--keyring` takes and
+/// what the `archlinux-keyring` package ships. Returns (renewed keyring,
+/// starting keyring, the packager key's fingerprint).
+fn make_keys(base: &Path, gnupg: &Path) -> (PathBuf, PathBuf, String) {
+    fs::create_dir(gnupg).unwrap();
+    fs::set_permissions(gnupg, fs::Permissions::from_mode(0o700)).unwrap();
+    let home = gnupg.to_str().unwrap();
+    let gpg = |args: &[&str]| {
+        let mut all = vec![
+            "--homedir",
+            home,
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+        ];
+        all.extend_from_slice(args);
+        run("gpg", &all)
+    };
+    let fingerprint_of = |uid: &str| {
+        let listing =
+            String::from_utf8(gpg(&["--with-colons", "--list-keys", uid]).stdout).unwrap();
+        listing
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .map(|l| l.trim_matches(':').to_string())
+            .expect("fingerprint")
+    };
+    let at = |time: &str, args: &[&str]| {
+        let mut all = vec!["--faked-system-time", time];
+        all.extend_from_slice(args);
+        gpg(&all)
+    };
+    // Three master keys: archlinux-trusted gives each marginal ownertrust
+    // (`:4:`), so a packager key needs three certifications, as in Arch.
+    let mut masters = Vec::new();
+    for n in 1..=3 {
+        let uid = format!("test master {n} <master{n}@imgforge.invalid>");
+        at(
+            "20190101T000000",
+            &["--quick-gen-key", &uid, "ed25519", "cert", "never"],
+        );
+        masters.push(fingerprint_of(&format!("master{n}@imgforge.invalid")));
+    }
+    at(
+        "20200101T000000",
+        &[
+            "--quick-gen-key",
+            "test packager <packager@imgforge.invalid>",
+            "ed25519",
+            "sign",
+            "1y",
+        ],
+    );
+    let packager = fingerprint_of("packager@imgforge.invalid");
+    for master in &masters {
+        at(
+            "20200102T000000",
+            &["--default-key", master, "--quick-sign-key", &packager],
+        );
+    }
+    let write_keyring = |dir: &Path| {
+        fs::create_dir(dir).unwrap();
+        let mut export = vec!["--export", &packager];
+        export.extend(masters.iter().map(String::as_str));
+        fs::write(dir.join("archlinux.gpg"), gpg(&export).stdout).unwrap();
+        let trusted: String = masters.iter().map(|m| format!("{m}:4:\n")).collect();
+        fs::write(dir.join("archlinux-trusted"), trusted).unwrap();
+        fs::write(dir.join("archlinux-revoked"), "").unwrap();
+    };
+    let starting = base.join("starting-keyring");
+    write_keyring(&starting);
+    gpg(&["--quick-set-expire", &packager, "0"]);
+    let keyring = base.join("keyring");
+    write_keyring(&keyring);
+    (keyring, starting, packager)
 }
 
 fn stage_payload(name: &str, payload: &Path, keyring: &Path) {
@@ -476,7 +548,17 @@ fn bootstrap(
     cache: &Path,
     packages: &[&str],
 ) -> Run {
-    let (arch, data_dir) = arch(level);
+    bootstrap_with(arch(level), mirror, keyring, cache, packages)
+}
+
+/// [`bootstrap`] with a distro set up by the caller.
+fn bootstrap_with(
+    (arch, data_dir): (Arch, DataDir),
+    mirror: &str,
+    keyring: Option<&Path>,
+    cache: &Path,
+    packages: &[&str],
+) -> Run {
     let dir = tempfile::Builder::new()
         .prefix("imgforge-arch-run-")
         .tempdir_in("/var/tmp")
@@ -733,7 +815,8 @@ fn unsigned_repository_with_the_default_keyring_path() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    for p in ["filesystem", "scripted", "archlinux-keyring"] {
+    // The keyring package is fetched apart, into the work folder.
+    for p in ["filesystem", "scripted"] {
         assert!(
             cached.iter().any(|c| c.starts_with(&format!("{p}-1-1"))),
             "{p}: {cached:?}"
@@ -793,6 +876,76 @@ fn tampered_package_is_refused_with_a_clear_error() {
     assert!(
         !cache.path().join("hooked-1-1-x86_64.pkg.tar.zst").exists(),
         "the tampered file stayed in the cache"
+    );
+}
+
+/// The keyring refresh from a starting keyring whose packager key has
+/// expired (as a Debian host's 2023 archlinux-keyring has 38 today), every
+/// package signed by that key and `SigLevel = Required`: pacman alone
+/// refuses the packages; imgforge fetches archlinux-keyring alone (not its
+/// dependency `pacman`), accepts it through the master key's certification,
+/// populates the renewed key, and the bootstrap then installs everything
+/// verified.
+#[test]
+fn expired_packager_key_is_renewed_from_the_keyring_package_alone() {
+    skip_unless_ready!("expired_packager_key_is_renewed_from_the_keyring_package_alone");
+    let _heavy = heavy();
+    let fx = fixture();
+    // The fixture models the real failure: with the starting keyring as it
+    // is, pacman refuses the packages by their expired signer.
+    let cache = tempfile::tempdir().unwrap();
+    let stale = bootstrap(
+        &fx.signed,
+        SigLevel::Required,
+        Some(&fx.starting_keyring),
+        cache.path(),
+        TEST_PACKAGES,
+    );
+    let err = stale
+        .result
+        .as_ref()
+        .expect_err("pacman accepted a package signed by an expired key")
+        .to_string();
+    assert!(err.contains("signature"), "{err}");
+
+    let cache = tempfile::tempdir().unwrap();
+    let (distro, data_dir) = arch(SigLevel::Required);
+    let distro = distro.with_starting_keyring(&fx.starting_keyring);
+    let run = bootstrap_with(
+        (distro, data_dir),
+        &fx.signed,
+        None,
+        cache.path(),
+        TEST_PACKAGES,
+    );
+    let (arch, _d) = arch(SigLevel::Required);
+    check_tree(&run, &arch);
+    // Exactly one package fetched for the keyring, beside its signature,
+    // in the build's work folder; pacman was not fetched at all.
+    let fetched: Vec<String> = fs::read_dir(run.dir.path().join("work/keyring"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".pkg.tar"))
+        .collect();
+    let mut fetched = fetched;
+    fetched.sort();
+    assert_eq!(
+        fetched,
+        [
+            "archlinux-keyring-1-1-x86_64.pkg.tar.zst",
+            "archlinux-keyring-1-1-x86_64.pkg.tar.zst.sig",
+            "archlinux-keyring-1-1-x86_64.pkg.tar.zst.status",
+        ]
+    );
+    let cached: Vec<String> = fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !cached.iter().any(|c| c.starts_with("pacman-1-1")),
+        "the keyring's dependency was fetched: {cached:?}"
     );
 }
 

@@ -6,6 +6,7 @@
 mod chroot;
 pub mod ikconfig;
 pub mod keyring;
+pub mod keyring_package;
 pub mod pacman;
 
 use std::fs;
@@ -59,6 +60,12 @@ pub enum ArchError {
          and archlinux-revoked, as usr/share/pacman/keyrings/ of an archlinux-keyring package does)"
     )]
     KeyringFiles { dir: PathBuf, what: String },
+    #[error(
+        "the keyring package {package} from the mirror is refused: {detail}. The build's keyring \
+         is not refreshed with it; pass --keyring DIR with a current Arch keyring \
+         (usr/share/pacman/keyrings/ of an archlinux-keyring package you trust), or try another --mirror"
+    )]
+    KeyringPackage { package: String, detail: String },
     #[error("pacman downloaded {package}, but its file is not in {cache}")]
     Downloaded { package: String, cache: PathBuf },
     #[error(
@@ -113,6 +120,11 @@ pub struct Settings {
     /// imgforge's tests use unsigned test repositories.
     #[serde(skip)]
     pub sig_level: SigLevel,
+    /// The keyring the build starts from when no --keyring is given: the
+    /// host's (/usr/share/keyrings) unless [`Arch::with_starting_keyring`]
+    /// names another (tests: a keyring with an expired packager key).
+    #[serde(skip)]
+    pub starting_keyring: Option<PathBuf>,
 }
 
 pub struct Arch {
@@ -160,6 +172,13 @@ impl Arch {
         self
     }
 
+    /// The same distro starting, without --keyring, from the keyring
+    /// folder `dir` instead of the host's (tests only).
+    pub fn with_starting_keyring(mut self, dir: &Path) -> Self {
+        self.settings.starting_keyring = Some(dir.to_path_buf());
+        self
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -191,6 +210,9 @@ pub fn mkinitcpio_array(lines: &[String], name: &str) -> Option<Vec<String>> {
         Some(inner.split_whitespace().map(String::from).collect())
     })
 }
+
+/// Where Debian's archlinux-keyring package puts the keyring files.
+const HOST_KEYRINGS: &str = "/usr/share/keyrings";
 
 /// The shared interruption check, as this module's error (the callers
 /// return the distro-level error, which wraps [`ArchError`]).
@@ -362,8 +384,11 @@ impl Distro for Arch {
                 "keyring".to_string(),
                 format!(
                     "--keyring DIR if given; else the host's archlinux-keyring \
-                     (/usr/share/keyrings/archlinux*), refreshed from the mirror's {} \
-                     (verified with it first); private to the build, not in the image",
+                     (/usr/share/keyrings/archlinux*), refreshed from the mirror's {} alone \
+                     (not its dependencies), whose signature must be good and by a key the \
+                     host's keyring trusts, or by a packager key expired there that three \
+                     master keys certify, and then verify under its own keys; private to the \
+                     build, not in the image",
                     self.settings.keyring_package
                 ),
             ),
@@ -441,6 +466,7 @@ impl Arch {
             gpgdir: job.work_dir.join("gnupg"),
             logfile: job.work_dir.join("pacman.log"),
             mirror: mirror.clone(),
+            architecture: self.data.architecture.clone(),
             source_date_epoch: job.source_date_epoch,
         };
         let dbpath = pacman.dbpath();
@@ -458,23 +484,35 @@ impl Arch {
 
         check_interrupt()?;
         let keyring = Keyring::init(&pacman.gpgdir, &pacman.config)?;
-        match job.keyring {
-            Some(dir) => keyring.populate_from(dir, "--keyring")?,
-            None => keyring.populate_from_host()?,
-        }
+        let starting = match (job.keyring, &self.settings.starting_keyring) {
+            (Some(dir), _) => {
+                keyring.populate_from(dir, "--keyring")?;
+                None
+            }
+            (None, Some(dir)) => {
+                keyring.populate_from(dir, "the starting keyring")?;
+                Some(dir.clone())
+            }
+            (None, None) => {
+                keyring.populate_from_host()?;
+                Some(PathBuf::from(HOST_KEYRINGS))
+            }
+        };
         check_interrupt()?;
         pacman.sync()?;
-        if job.keyring.is_none() {
+        if let Some(starting) = starting {
             job.progress.note(&format!(
-                "refreshing the keyring from {}",
+                "refreshing the keyring from {} (that package alone)",
                 self.settings.keyring_package
             ));
-            let newer = Keyring::fetch_newer(
+            keyring_package::refresh(
                 &pacman,
+                &keyring,
+                &starting,
                 &self.settings.keyring_package,
                 &job.work_dir.join("keyring"),
+                self.settings.sig_level == SigLevel::Required,
             )?;
-            keyring.populate_from(&newer, &self.settings.keyring_package)?;
         }
 
         check_interrupt()?;

@@ -145,8 +145,11 @@ pub struct Pacman {
     pub cache: PathBuf,
     pub gpgdir: PathBuf,
     pub logfile: PathBuf,
-    /// The mirror URL, for error messages.
+    /// The mirror URL (`$repo`, `$arch` unexpanded): error messages, and
+    /// the keyring package's download.
     pub mirror: String,
+    /// pacman's name for the architecture (`$arch`).
+    pub architecture: String,
     /// Passed to pacman's hooks: mkinitcpio stamps the initramfs with it.
     pub source_date_epoch: u64,
 }
@@ -187,6 +190,27 @@ impl Pacman {
     pub fn install(&self, packages: &[String]) -> Result<(), ArchError> {
         self.run(self.tool().args(["-S", "--needed"]).args(packages))
             .map(drop)
+    }
+
+    /// The repository and file name of `package` alone (`-dd`: not its
+    /// dependencies), from the synced databases; nothing is downloaded.
+    pub fn locate(&self, package: &str) -> Result<(String, String), ArchError> {
+        let out = self.run(
+            self.tool()
+                .args(["-Sp", "-dd", "--print-format", "%r %l"])
+                .arg(package),
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().map(str::trim).rfind(|l| !l.is_empty());
+        let found = line.and_then(|l| {
+            let (repo, location) = l.split_once(' ')?;
+            let name = location.rsplit('/').next()?;
+            Some((repo.to_string(), name.to_string()))
+        });
+        found.ok_or_else(|| ArchError::Downloaded {
+            package: package.to_string(),
+            cache: self.cache.clone(),
+        })
     }
 
     /// `pacman -Sw PACKAGE` into the cache (signature checked), and the path

@@ -548,16 +548,19 @@ fn bootstrap(
     cache: &Path,
     packages: &[&str],
 ) -> Run {
-    bootstrap_with(arch(level), mirror, keyring, cache, packages)
+    bootstrap_with(arch(level), mirror, keyring, cache, packages, false)
 }
 
-/// [`bootstrap`] with a distro set up by the caller.
+/// [`bootstrap`] with a distro set up by the caller. The mirror's state is
+/// read first, as a build does (empty when the mirror cannot be read);
+/// `moved` alters it, as if the mirror had been updated since.
 fn bootstrap_with(
     (arch, data_dir): (Arch, DataDir),
     mirror: &str,
     keyring: Option<&Path>,
     cache: &Path,
     packages: &[&str],
+    moved: bool,
 ) -> Run {
     let dir = tempfile::Builder::new()
         .prefix("imgforge-arch-run-")
@@ -572,6 +575,14 @@ fn bootstrap_with(
         .join("rootfs")
         .join(arch.data().bootstrap_files.as_ref().unwrap());
     let output = dir.path().join("rootfs.tar");
+    let mut mirror_state = arch
+        .mirror_state("rolling", &sources, &work)
+        .unwrap_or_default();
+    if moved {
+        for digest in &mut mirror_state {
+            digest.sha256 = "0".repeat(64);
+        }
+    }
     let progress = Progress::new(false);
     let keyrings_before = host_keyrings();
     let started = Instant::now();
@@ -587,6 +598,7 @@ fn bootstrap_with(
         keyring,
         locked: None,
         progress: &progress,
+        mirror_state: &mirror_state,
     };
     let result = arch.bootstrap(&job);
     let elapsed = started.elapsed();
@@ -917,6 +929,7 @@ fn expired_packager_key_is_renewed_from_the_keyring_package_alone() {
         None,
         cache.path(),
         TEST_PACKAGES,
+        false,
     );
     let (arch, _d) = arch(SigLevel::Required);
     check_tree(&run, &arch);
@@ -947,6 +960,34 @@ fn expired_packager_key_is_renewed_from_the_keyring_package_alone() {
         !cached.iter().any(|c| c.starts_with("pacman-1-1")),
         "the keyring's dependency was fetched: {cached:?}"
     );
+}
+
+/// The databases pacman syncs must be the ones the mirror's state (the
+/// cache key) read: a mirror updated in between fails the bootstrap.
+#[test]
+fn a_mirror_updated_after_its_state_was_read_fails_the_bootstrap() {
+    skip_unless_ready!("a_mirror_updated_after_its_state_was_read_fails_the_bootstrap");
+    let _heavy = heavy();
+    let fx = fixture();
+    let cache = tempfile::tempdir().unwrap();
+    let run = bootstrap_with(
+        arch(SigLevel::Required),
+        &fx.signed,
+        Some(&fx.keyring),
+        cache.path(),
+        &["testshell"],
+        true,
+    );
+    let err = run
+        .result
+        .as_ref()
+        .expect_err("a tree from other databases than the key's was accepted")
+        .to_string();
+    assert!(
+        err.contains("core.db") && err.contains("changed between reading"),
+        "{err}"
+    );
+    assert!(!run.output().exists(), "an archive was written");
 }
 
 /// mkinitcpio runs in a pacman hook, and a failed hook does not fail

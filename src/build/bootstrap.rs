@@ -114,6 +114,8 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
             keyring: ctx.keyring.as_deref(),
             locked: locked.map(|l| &l.lock.packages),
             progress: &ctx.progress,
+            // --locked keys the tree by the lock's versions, not the mirror.
+            mirror_state: if locked.is_some() { &[] } else { &mirror_state },
         };
         if let Err(err) = distro.bootstrap(&job) {
             let _ = fs::remove_file(&partial);

@@ -186,6 +186,32 @@ impl Pacman {
         self.run(self.tool().arg("-Sy")).map(drop)
     }
 
+    /// After [`Pacman::sync`]: each repository database pacman synced from
+    /// the mirror must be the one the build's mirror state read (the tree's
+    /// cache key), or the mirror was updated in between and the cached tree
+    /// would not be what its key says.
+    pub fn check_synced(
+        &self,
+        repositories: &[String],
+        state: &[crate::distro::MirrorDigest],
+    ) -> Result<(), ArchError> {
+        for repo in repositories {
+            let url = format!(
+                "{}/{repo}.db",
+                expand(&self.mirror, repo, &self.architecture).trim_end_matches('/')
+            );
+            let Some(digest) = state.iter().find(|d| d.url == url) else {
+                continue;
+            };
+            let synced = self.dbpath().join("sync").join(format!("{repo}.db"));
+            let bytes = std::fs::read(&synced).map_err(crate::sys::fsio::at("read", &synced))?;
+            if crate::distro::mirror::sha256_hex(&bytes) != digest.sha256 {
+                return Err(ArchError::MirrorMoved { url });
+            }
+        }
+        Ok(())
+    }
+
     /// `pacman -S --needed PACKAGES` (databases already synced).
     pub fn install(&self, packages: &[String]) -> Result<(), ArchError> {
         self.run(self.tool().args(["-S", "--needed"]).args(packages))

@@ -5,7 +5,8 @@
 //! the main newc cpio, zstd-compressed, with the modules where mkinitcpio's
 //! `filesystems` hook puts them. The check passes and says the module was
 //! found in the initramfs; it fails, naming the module, when the initramfs
-//! lacks it, and when no initramfs is given.
+//! lacks it, and when no initramfs is given. Also what `--plan` and `--help`
+//! say of how far Arch is tested.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -143,5 +144,44 @@ fn arch_ext4_as_a_module_passes_only_when_the_initramfs_carries_it() {
         text(&out).contains("is not an initramfs imgforge can read"),
         "{}",
         text(&out)
+    );
+}
+
+/// `--plan` and `--help` say plainly that Arch is tested offline against a
+/// fixture repository, and what only a real mirror proves.
+#[test]
+fn plan_and_help_say_how_far_arch_is_tested() {
+    let out = Command::new(IMGFORGE)
+        .args(["build", "--distro", "arch", "--plan", "--json"])
+        .env_remove("IMGFORGE_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tested = plan["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n[0] == "tested")
+        .and_then(|n| n[1].as_str())
+        .expect("a `tested` note")
+        .to_string();
+    for words in [
+        "offline only",
+        "fixture repository",
+        "real mirror",
+        "mkinitcpio",
+    ] {
+        assert!(tested.contains(words), "{words}: {tested}");
+    }
+    let help = Command::new(IMGFORGE)
+        .args(["build", "--help"])
+        .output()
+        .unwrap();
+    let help = text(&help);
+    assert!(
+        help.contains("Arch is tested offline only, against a fixture")
+            && help.contains("proven only on a real mirror"),
+        "{help}"
     );
 }

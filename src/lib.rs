@@ -19,11 +19,13 @@
 pub mod aws;
 pub mod boottest;
 pub mod build;
+pub mod compressed;
 pub mod data;
 pub mod distro;
 pub mod export;
 pub mod firstboot;
 pub mod image;
+pub mod initramfs;
 pub mod kernelcheck;
 pub mod platform;
 pub mod profile;

@@ -12,11 +12,15 @@
 //! - `hooked`: ships an alpm hook (usr/share/libalpm/hooks) that writes
 //!   /hook-marker when `hooked` is installed;
 //! - `archlinux-keyring`: the test key as an Arch keyring package, for the
-//!   default keyring path (host keyring, then the mirror's keyring package).
+//!   default keyring path (host keyring, then the mirror's keyring package);
+//! - `linux`, `linux-lts`: /boot/vmlinuz-NAME and an alpm hook in
+//!   mkinitcpio's place, failing for `linux` (pacman still exits 0), writing
+//!   the initramfs for `linux-lts`.
 //!
 //! Runs: unsigned (`SigLevel = Never`, default keyring path), signed with a
 //! throw-away key under `Required` (the `--keyring` path), a tampered
-//! package (refused, with the clear error), an unreachable mirror (fails
+//! package (refused, with the clear error), a failed initramfs hook (the
+//! bootstrap fails, no archive), an unreachable mirror (fails
 //! fast, leaves nothing), and a missing host tool (names its package).
 //!
 //! Needs root (pacman installs as root, mounts /proc) and the host tools
@@ -93,8 +97,11 @@ struct Fixture {
     unsigned: String,
     signed: String,
     tampered: String,
-    /// A keyring folder with the test key (the --keyring form).
+    /// A keyring folder with the test keys (the --keyring form), the
+    /// packager key renewed.
     keyring: PathBuf,
+    /// The same keys with the packager key expired.
+    starting_keyring: PathBuf,
 }
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
@@ -123,10 +130,18 @@ const PACKAGES: &[PackageSpec] = &[
         depends: &["filesystem"],
         install: None,
     },
+    // As Arch's: archlinux-keyring depends on pacman (here a stand-in),
+    // which the keyring refresh must not fetch or verify.
     PackageSpec {
         name: "archlinux-keyring",
         repo: "core",
-        depends: &[],
+        depends: &["pacman"],
+        install: None,
+    },
+    PackageSpec {
+        name: "pacman",
+        repo: "core",
+        depends: &["testshell"],
         install: None,
     },
     PackageSpec {
@@ -146,6 +161,21 @@ const PACKAGES: &[PackageSpec] = &[
     PackageSpec {
         name: "hooked",
         repo: "extra",
+        depends: &["testshell"],
+        install: None,
+    },
+    // Kernels: /boot/vmlinuz-NAME and an alpm hook standing in for
+    // mkinitcpio's. `linux`'s hook fails as mkinitcpio does on a missing
+    // module (pacman still exits 0); `linux-lts`'s writes the initramfs.
+    PackageSpec {
+        name: "linux",
+        repo: "core",
+        depends: &["testshell"],
+        install: None,
+    },
+    PackageSpec {
+        name: "linux-lts",
+        repo: "core",
         depends: &["testshell"],
         install: None,
     },
@@ -169,6 +199,21 @@ const HOOK: &str = "[Trigger]\nOperation = Install\nType = Package\nTarget = hoo
 [Action]\nDescription = imgforge test hook\nWhen = PostTransaction\n\
 Exec = /bin/sh -c 'echo hooked > /hook-marker'\n";
 
+/// The initramfs hook of a fixture kernel package: `linux` fails, `linux-lts`
+/// writes /boot/initramfs-linux-lts.img.
+fn initramfs_hook(kernel: &str) -> String {
+    let exec = if kernel == "linux" {
+        "/bin/sh -c 'echo \"==> ERROR: module not found: nvme\" >&2; exit 1'".to_string()
+    } else {
+        format!("/bin/sh -c 'echo initramfs > /boot/initramfs-{kernel}.img'")
+    };
+    format!(
+        "[Trigger]\nOperation = Install\nOperation = Upgrade\nType = Package\nTarget = {kernel}\n\n\
+         [Action]\nDescription = Building the initramfs (imgforge test)\nWhen = PostTransaction\n\
+         Exec = {exec}\n"
+    )
+}
+
 fn build_fixture() -> Fixture {
     // A fixed place under target/ (a static is never dropped, so a temporary
     // folder would outlive the run): made afresh by every run.
@@ -178,40 +223,14 @@ fn build_fixture() -> Fixture {
     }
     fs::create_dir_all(&base).unwrap();
     let base = base.as_path();
-    // A throw-away signing key, its keyring folder as --keyring takes it.
     let gnupg = base.join("gnupg");
-    fs::create_dir(&gnupg).unwrap();
-    fs::set_permissions(&gnupg, fs::Permissions::from_mode(0o700)).unwrap();
     let home = gnupg.to_str().unwrap();
     let gpg = |args: &[&str]| {
         let mut all = vec!["--homedir", home, "--batch", "--pinentry-mode", "loopback"];
         all.extend_from_slice(args);
         run("gpg", &all)
     };
-    gpg(&[
-        "--passphrase",
-        "",
-        "--quick-gen-key",
-        "imgforge test <test@imgforge.invalid>",
-        "ed25519",
-        "sign",
-        "never",
-    ]);
-    let listing = String::from_utf8(gpg(&["--with-colons", "--list-keys"]).stdout).unwrap();
-    let fingerprint = listing
-        .lines()
-        .find_map(|l| l.strip_prefix("fpr:"))
-        .map(|l| l.trim_matches(':').to_string())
-        .expect("fingerprint");
-    let keyring = base.join("keyring");
-    fs::create_dir(&keyring).unwrap();
-    fs::write(keyring.join("archlinux.gpg"), gpg(&["--export"]).stdout).unwrap();
-    fs::write(
-        keyring.join("archlinux-trusted"),
-        format!("{fingerprint}:4:\n"),
-    )
-    .unwrap();
-    fs::write(keyring.join("archlinux-revoked"), "").unwrap();
+    let (keyring, starting_keyring, packager) = make_keys(base, &gnupg);
 
     // Packages, built by nobody.
     let build = base.join("build");
@@ -281,6 +300,8 @@ fn build_fixture() -> Fixture {
             let file_str = file.to_str().unwrap();
             if sign {
                 gpg(&[
+                    "--local-user",
+                    &packager,
                     "--yes",
                     "--detach-sign",
                     "--no-armor",
@@ -311,7 +332,92 @@ fn build_fixture() -> Fixture {
         signed,
         tampered,
         keyring,
+        starting_keyring,
     }
+}
+
+/// Arch's trust model in small: a master key (no expiry, in
+/// archlinux-trusted) certifies a packager key that signs the packages.
+/// The packager key is made in the past (gpg's faked clock) with a one-year
+/// expiry, so the starting keyring (exported then) holds it expired, as a
+/// Debian host's 2023 keyring holds 38 of Arch's packager keys today; then
+/// it is renewed, and the renewed keyring is what `--keyring` takes and
+/// what the `archlinux-keyring` package ships. Returns (renewed keyring,
+/// starting keyring, the packager key's fingerprint).
+fn make_keys(base: &Path, gnupg: &Path) -> (PathBuf, PathBuf, String) {
+    fs::create_dir(gnupg).unwrap();
+    fs::set_permissions(gnupg, fs::Permissions::from_mode(0o700)).unwrap();
+    let home = gnupg.to_str().unwrap();
+    let gpg = |args: &[&str]| {
+        let mut all = vec![
+            "--homedir",
+            home,
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+        ];
+        all.extend_from_slice(args);
+        run("gpg", &all)
+    };
+    let fingerprint_of = |uid: &str| {
+        let listing =
+            String::from_utf8(gpg(&["--with-colons", "--list-keys", uid]).stdout).unwrap();
+        listing
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .map(|l| l.trim_matches(':').to_string())
+            .expect("fingerprint")
+    };
+    let at = |time: &str, args: &[&str]| {
+        let mut all = vec!["--faked-system-time", time];
+        all.extend_from_slice(args);
+        gpg(&all)
+    };
+    // Three master keys: archlinux-trusted gives each marginal ownertrust
+    // (`:4:`), so a packager key needs three certifications, as in Arch.
+    let mut masters = Vec::new();
+    for n in 1..=3 {
+        let uid = format!("test master {n} <master{n}@imgforge.invalid>");
+        at(
+            "20190101T000000",
+            &["--quick-gen-key", &uid, "ed25519", "cert", "never"],
+        );
+        masters.push(fingerprint_of(&format!("master{n}@imgforge.invalid")));
+    }
+    at(
+        "20200101T000000",
+        &[
+            "--quick-gen-key",
+            "test packager <packager@imgforge.invalid>",
+            "ed25519",
+            "sign",
+            "1y",
+        ],
+    );
+    let packager = fingerprint_of("packager@imgforge.invalid");
+    for master in &masters {
+        at(
+            "20200102T000000",
+            &["--default-key", master, "--quick-sign-key", &packager],
+        );
+    }
+    let write_keyring = |dir: &Path| {
+        fs::create_dir(dir).unwrap();
+        let mut export = vec!["--export", &packager];
+        export.extend(masters.iter().map(String::as_str));
+        fs::write(dir.join("archlinux.gpg"), gpg(&export).stdout).unwrap();
+        let trusted: String = masters.iter().map(|m| format!("{m}:4:\n")).collect();
+        fs::write(dir.join("archlinux-trusted"), trusted).unwrap();
+        fs::write(dir.join("archlinux-revoked"), "").unwrap();
+    };
+    let starting = base.join("starting-keyring");
+    write_keyring(&starting);
+    gpg(&["--quick-set-expire", &packager, "0"]);
+    let keyring = base.join("keyring");
+    write_keyring(&keyring);
+    (keyring, starting, packager)
 }
 
 fn stage_payload(name: &str, payload: &Path, keyring: &Path) {
@@ -360,6 +466,13 @@ fn stage_payload(name: &str, payload: &Path, keyring: &Path) {
             let hooks = payload.join("usr/share/libalpm/hooks");
             fs::create_dir_all(&hooks).unwrap();
             fs::write(hooks.join("imgforge-test.hook"), HOOK).unwrap();
+        }
+        "linux" | "linux-lts" => {
+            let hooks = payload.join("usr/share/libalpm/hooks");
+            fs::create_dir_all(&hooks).unwrap();
+            fs::create_dir_all(payload.join("boot")).unwrap();
+            fs::write(payload.join(format!("boot/vmlinuz-{name}")), "kernel").unwrap();
+            fs::write(hooks.join("90-initramfs.hook"), initramfs_hook(name)).unwrap();
         }
         "archlinux-keyring" => {
             let dir = payload.join("usr/share/pacman/keyrings");
@@ -435,7 +548,20 @@ fn bootstrap(
     cache: &Path,
     packages: &[&str],
 ) -> Run {
-    let (arch, data_dir) = arch(level);
+    bootstrap_with(arch(level), mirror, keyring, cache, packages, false)
+}
+
+/// [`bootstrap`] with a distro set up by the caller. The mirror's state is
+/// read first, as a build does (empty when the mirror cannot be read);
+/// `moved` alters it, as if the mirror had been updated since.
+fn bootstrap_with(
+    (arch, data_dir): (Arch, DataDir),
+    mirror: &str,
+    keyring: Option<&Path>,
+    cache: &Path,
+    packages: &[&str],
+    moved: bool,
+) -> Run {
     let dir = tempfile::Builder::new()
         .prefix("imgforge-arch-run-")
         .tempdir_in("/var/tmp")
@@ -449,6 +575,14 @@ fn bootstrap(
         .join("rootfs")
         .join(arch.data().bootstrap_files.as_ref().unwrap());
     let output = dir.path().join("rootfs.tar");
+    let mut mirror_state = arch
+        .mirror_state("rolling", &sources, &work)
+        .unwrap_or_default();
+    if moved {
+        for digest in &mut mirror_state {
+            digest.sha256 = "0".repeat(64);
+        }
+    }
     let progress = Progress::new(false);
     let keyrings_before = host_keyrings();
     let started = Instant::now();
@@ -464,6 +598,7 @@ fn bootstrap(
         keyring,
         locked: None,
         progress: &progress,
+        mirror_state: &mirror_state,
     };
     let result = arch.bootstrap(&job);
     let elapsed = started.elapsed();
@@ -692,7 +827,8 @@ fn unsigned_repository_with_the_default_keyring_path() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    for p in ["filesystem", "scripted", "archlinux-keyring"] {
+    // The keyring package is fetched apart, into the work folder.
+    for p in ["filesystem", "scripted"] {
         assert!(
             cached.iter().any(|c| c.starts_with(&format!("{p}-1-1"))),
             "{p}: {cached:?}"
@@ -752,6 +888,153 @@ fn tampered_package_is_refused_with_a_clear_error() {
     assert!(
         !cache.path().join("hooked-1-1-x86_64.pkg.tar.zst").exists(),
         "the tampered file stayed in the cache"
+    );
+}
+
+/// The keyring refresh from a starting keyring whose packager key has
+/// expired (as a Debian host's 2023 archlinux-keyring has 38 today), every
+/// package signed by that key and `SigLevel = Required`: pacman alone
+/// refuses the packages; imgforge fetches archlinux-keyring alone (not its
+/// dependency `pacman`), accepts it through the master key's certification,
+/// populates the renewed key, and the bootstrap then installs everything
+/// verified.
+#[test]
+fn expired_packager_key_is_renewed_from_the_keyring_package_alone() {
+    skip_unless_ready!("expired_packager_key_is_renewed_from_the_keyring_package_alone");
+    let _heavy = heavy();
+    let fx = fixture();
+    // The fixture models the real failure: with the starting keyring as it
+    // is, pacman refuses the packages by their expired signer.
+    let cache = tempfile::tempdir().unwrap();
+    let stale = bootstrap(
+        &fx.signed,
+        SigLevel::Required,
+        Some(&fx.starting_keyring),
+        cache.path(),
+        TEST_PACKAGES,
+    );
+    let err = stale
+        .result
+        .as_ref()
+        .expect_err("pacman accepted a package signed by an expired key")
+        .to_string();
+    assert!(err.contains("signature"), "{err}");
+
+    let cache = tempfile::tempdir().unwrap();
+    let (distro, data_dir) = arch(SigLevel::Required);
+    let distro = distro.with_starting_keyring(&fx.starting_keyring);
+    let run = bootstrap_with(
+        (distro, data_dir),
+        &fx.signed,
+        None,
+        cache.path(),
+        TEST_PACKAGES,
+        false,
+    );
+    let (arch, _d) = arch(SigLevel::Required);
+    check_tree(&run, &arch);
+    // Exactly one package fetched for the keyring, beside its signature,
+    // in the build's work folder; pacman was not fetched at all.
+    let fetched: Vec<String> = fs::read_dir(run.dir.path().join("work/keyring"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".pkg.tar"))
+        .collect();
+    let mut fetched = fetched;
+    fetched.sort();
+    assert_eq!(
+        fetched,
+        [
+            "archlinux-keyring-1-1-x86_64.pkg.tar.zst",
+            "archlinux-keyring-1-1-x86_64.pkg.tar.zst.sig",
+            "archlinux-keyring-1-1-x86_64.pkg.tar.zst.status",
+        ]
+    );
+    let cached: Vec<String> = fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !cached.iter().any(|c| c.starts_with("pacman-1-1")),
+        "the keyring's dependency was fetched: {cached:?}"
+    );
+}
+
+/// The databases pacman syncs must be the ones the mirror's state (the
+/// cache key) read: a mirror updated in between fails the bootstrap.
+#[test]
+fn a_mirror_updated_after_its_state_was_read_fails_the_bootstrap() {
+    skip_unless_ready!("a_mirror_updated_after_its_state_was_read_fails_the_bootstrap");
+    let _heavy = heavy();
+    let fx = fixture();
+    let cache = tempfile::tempdir().unwrap();
+    let run = bootstrap_with(
+        arch(SigLevel::Required),
+        &fx.signed,
+        Some(&fx.keyring),
+        cache.path(),
+        &["testshell"],
+        true,
+    );
+    let err = run
+        .result
+        .as_ref()
+        .expect_err("a tree from other databases than the key's was accepted")
+        .to_string();
+    assert!(
+        err.contains("core.db") && err.contains("changed between reading"),
+        "{err}"
+    );
+    assert!(!run.output().exists(), "an archive was written");
+}
+
+/// mkinitcpio runs in a pacman hook, and a failed hook does not fail
+/// pacman: the bootstrap itself must notice that the initramfs grub.cfg
+/// names is not there, and write no archive. A kernel whose hook works
+/// passes the same check.
+#[test]
+fn failed_initramfs_hook_fails_the_bootstrap() {
+    skip_unless_ready!("failed_initramfs_hook_fails_the_bootstrap");
+    let _heavy = heavy();
+    let fx = fixture();
+    let cache = tempfile::tempdir().unwrap();
+    let run = bootstrap(
+        &fx.signed,
+        SigLevel::Required,
+        Some(&fx.keyring),
+        cache.path(),
+        &["testshell", "linux"],
+    );
+    let err = run
+        .result
+        .as_ref()
+        .expect_err("a tree without its initramfs was accepted")
+        .to_string();
+    println!("the error, as the user sees it:\n{err}");
+    assert!(
+        err.contains("/boot/vmlinuz-linux")
+            && err.contains("no initramfs at /boot/initramfs-linux.img")
+            && err.contains("mkinitcpio"),
+        "{err}"
+    );
+    assert!(!run.output().exists(), "an archive was written");
+
+    let run = bootstrap(
+        &fx.signed,
+        SigLevel::Required,
+        Some(&fx.keyring),
+        cache.path(),
+        &["testshell", "linux-lts"],
+    );
+    if let Err(err) = &run.result {
+        panic!("a kernel whose initramfs hook worked was refused: {err}");
+    }
+    let files = tar_contents(&run.output());
+    assert_eq!(
+        files.get("boot/initramfs-linux-lts.img").map(Vec::as_slice),
+        Some(&b"initramfs\n"[..])
     );
 }
 

@@ -119,13 +119,23 @@ fn real_arch_image_builds_and_boots_under_both_firmwares() {
         let out = Command::new(IMGFORGE)
             .arg("boot-test")
             .arg(&image)
-            .args(["--firmware", firmware])
+            .args(["--firmware", firmware, "--json"])
             .output()
             .unwrap();
         assert!(
             out.status.success(),
             "boot-test {firmware}:\n{}",
             text(&out)
+        );
+        // Each boot-test boot is an instance's first: the keyring unit ran.
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let units = json["results"][0]["report"]["first_boot_units"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            units.contains("imgforge-pacman-init.service=ran"),
+            "{firmware}: first-boot units {units:?}"
         );
     }
 }

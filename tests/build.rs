@@ -232,8 +232,10 @@ fn builds_a_debian_image_that_independent_tools_accept() {
         !ssh.contains("ssh_host_"),
         "host keys left in the image: {ssh}"
     );
-    let machine_id = debugfs(&image, root_offset, "stat /etc/machine-id");
-    assert!(machine_id.contains("Size: 0"), "{machine_id}");
+    // `uninitialized`: each instance makes its own and counts its first
+    // boot (machine-id(5)); an empty file would skip first-boot units.
+    let machine_id = debugfs(&image, root_offset, "cat /etc/machine-id");
+    assert_eq!(machine_id, "uninitialized\n");
     let resolv = debugfs(&image, root_offset, "stat /etc/resolv.conf");
     assert!(
         resolv.contains("symlink") || resolv.contains("Fast link dest"),
@@ -543,4 +545,40 @@ fn interrupted_bootstrap_leaves_the_host_untouched() {
         .filter_map(Result::ok)
         .collect();
     assert!(cached.is_empty(), "a partial tree was cached: {cached:?}");
+}
+
+/// A layer that enables a unit the image does not have (a renamed unit, a
+/// missing package) fails the build naming the unit and the layer, before
+/// `systemctl enable` runs, and leaves no image.
+#[test]
+fn a_layer_enabling_a_missing_unit_fails_naming_it() {
+    if !prerequisites("a_layer_enabling_a_missing_unit_fails_naming_it", &[BUILD]) {
+        return;
+    }
+    // The shared image's tree is in the cache: this build reaches configure fast.
+    let _small = common::image::debian_small();
+    let _heavy = heavy();
+    let dir = scratch();
+    let layer = dir.path().join("renamed");
+    std::fs::create_dir_all(&layer).unwrap();
+    std::fs::write(
+        layer.join("layer.toml"),
+        "enable = [\"cloud-init-network.service\"]\n",
+    )
+    .unwrap();
+    let image = dir.path().join("image.raw");
+    let out = imgforge(&[
+        "build",
+        "--layer",
+        layer.to_str().unwrap(),
+        "-o",
+        image.to_str().unwrap(),
+    ]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("layer renamed enables cloud-init-network.service, which is not in the image"),
+        "{all}"
+    );
+    assert!(!image.exists(), "an image was left");
 }

@@ -70,6 +70,11 @@ pub struct GuestReport {
     /// Bytes of /sys/kernel/security/tpm0/binary_bios_measurements (the
     /// firmware's measured-boot event log), empty when the kernel has none.
     pub tpm_event_log: String,
+    /// The image's first-boot units (`ConditionFirstBoot=yes` under
+    /// /etc/systemd/system), `NAME=STATE` space separated: `ran`, `skipped`
+    /// (systemd did not count the boot as the first) or the unit's state.
+    /// Arch's keyring unit, imgforge-pacman-init.service, is one.
+    pub first_boot_units: String,
 }
 
 /// The report in a console line, if the line carries a whole one. A line

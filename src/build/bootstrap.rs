@@ -114,6 +114,8 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
             keyring: ctx.keyring.as_deref(),
             locked: locked.map(|l| &l.lock.packages),
             progress: &ctx.progress,
+            // --locked keys the tree by the lock's versions, not the mirror.
+            mirror_state: if locked.is_some() { &[] } else { &mirror_state },
         };
         if let Err(err) = distro.bootstrap(&job) {
             let _ = fs::remove_file(&partial);
@@ -157,6 +159,9 @@ fn unpack_and_check(
         .arg(&dir)
         .run()?;
     let packages = ctx.request.distro.installed_packages(&dir)?;
+    // A failed initramfs hook does not fail the package manager.
+    crate::distro::initrd::check_installed(&dir, ctx.request.distro.data())
+        .map_err(DistroError::from)?;
     if let Some(locked) = &ctx.request.locked {
         let differences = locked.lock.differences(&packages);
         if !differences.is_empty() {

@@ -4,16 +4,19 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use super::bootstrap::Rootfs;
 use super::context::BuildContext;
+use super::identity::{self, IdentityError};
 use super::layers::{LAYER_SETTINGS, UserSpec};
 use super::reproducible::{self, ReproducibleError};
 use super::template::{TemplateError, render};
+use super::units;
 use crate::distro::DistroError;
-use crate::kernelcheck::{KernelCheckError, kernel_config_gaps};
+use crate::distro::initrd;
+use crate::kernelcheck::{self, KernelCheckError};
 use crate::sys::fsio::{PathError, at};
 use crate::sys::tool::{Tool, ToolError};
 
@@ -56,6 +59,10 @@ pub enum ConfigureError {
     Template(#[from] TemplateError),
     #[error(transparent)]
     KernelCheck(#[from] KernelCheckError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Units(#[from] units::UnitsError),
     #[error("{path}: {message}")]
     Settings { path: PathBuf, message: String },
     #[error(
@@ -77,11 +84,7 @@ pub fn run(
     source_date_epoch: u64,
 ) -> Result<(), ConfigureError> {
     let request = &ctx.request;
-    check_kernel_config(
-        &request.kernel_config_fragments,
-        &rootfs.kernel.config,
-        &rootfs.kernel.version,
-    )?;
+    check_kernel_config(ctx, rootfs)?;
     let vars = template_variables(ctx)?;
     for layer in &request.layers {
         ctx.progress.note(&format!("layer {}", layer.name));
@@ -89,12 +92,18 @@ pub fn run(
     }
     request.distro.configure(&rootfs.dir, &request.sources)?;
     write_fstab(ctx, &rootfs.dir)?;
-    reset_machine_identity(&rootfs.dir)?;
+    identity::reset(&rootfs.dir)?;
     for layer in &request.layers {
         for user in &layer.settings.users {
             create_user(&rootfs.dir, user, source_date_epoch)?;
         }
-        systemctl(&rootfs.dir, "enable", &layer.settings.enable)?;
+        let enable = units::to_enable(
+            &layer.settings.enable,
+            &layer.settings.enable_from,
+            &rootfs.packages,
+        );
+        units::check_exist(&rootfs.dir, &layer.name, &enable)?;
+        systemctl(&rootfs.dir, "enable", &enable)?;
         systemctl(&rootfs.dir, "disable", &layer.settings.disable)?;
     }
     let distro_scrub = &request.distro.data().scrub;
@@ -108,6 +117,7 @@ pub fn run(
     for file in SHADOW_FILES {
         reproducible::clamp_shadow_dates(&rootfs.dir.join(file), source_date_epoch)?;
     }
+    identity::check_first_boot_units(&rootfs.dir)?;
     Ok(())
 }
 
@@ -213,23 +223,6 @@ fn write_fstab(ctx: &BuildContext, root: &Path) -> Result<(), ConfigureError> {
     fs::write(&path, fstab).map_err(at("write", &path))?;
     let efi = root.join("boot/efi");
     fs::create_dir_all(&efi).map_err(at("create", &efi))?;
-    Ok(())
-}
-
-/// An empty machine-id makes systemd create one on first boot, so no two
-/// instances share it.
-fn reset_machine_identity(root: &Path) -> Result<(), ConfigureError> {
-    let machine_id = root.join("etc/machine-id");
-    fs::write(&machine_id, b"").map_err(at("write", &machine_id))?;
-    fs::set_permissions(&machine_id, fs::Permissions::from_mode(0o444))
-        .map_err(at("chmod", &machine_id))?;
-    let dbus_id = root.join("var/lib/dbus/machine-id");
-    if dbus_id
-        .symlink_metadata()
-        .is_ok_and(|m| !m.file_type().is_symlink())
-    {
-        fs::remove_file(&dbus_id).map_err(at("remove", &dbus_id))?;
-    }
     Ok(())
 }
 
@@ -339,15 +332,27 @@ fn glob_match(pattern: &str, name: &str) -> bool {
 }
 
 /// Every `CONFIG_X=y` of every fragment (the profile's, under
-/// kernel-configs/) must be built in; `=m` may be a module or built in.
-fn check_kernel_config(
-    fragments: &[PathBuf],
-    config: &str,
-    kernel: &str,
-) -> Result<(), ConfigureError> {
-    match kernel_config_gaps(fragments, config)?.into_iter().next() {
+/// kernel-configs/) must be built in, or a module the initramfs carries
+/// where kernel-configs/ allows it; `=m` may be a module or built in.
+fn check_kernel_config(ctx: &BuildContext, rootfs: &Rootfs) -> Result<(), ConfigureError> {
+    let request = &ctx.request;
+    let data = request.distro.data();
+    let grub_initrd = initrd::render_boot_path(data, &data.grub_initrd, &request.kernel);
+    let checked = kernelcheck::check_image(
+        &request.data.path().join("kernel-configs"),
+        &request.kernel_config_fragments,
+        &rootfs.kernel.config,
+        &initrd::resolve_in_tree(&rootfs.dir, &grub_initrd),
+    )?;
+    for (_, found) in &checked.modules {
+        ctx.progress.note(&format!(
+            "{}: a module, {} in the initramfs ({})",
+            found.option, found.module, found.file
+        ));
+    }
+    match checked.gaps.into_iter().next() {
         Some(gap) => Err(ConfigureError::KernelConfig {
-            kernel: kernel.to_string(),
+            kernel: rootfs.kernel.version.clone(),
             fragment: gap.fragment.display().to_string(),
             missing: gap.missing.join(", "),
         }),

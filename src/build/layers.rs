@@ -38,6 +38,10 @@ pub struct LayerSettings {
     /// systemd units to enable after the copy.
     #[serde(default)]
     pub enable: Vec<String>,
+    /// More units to enable, picked by an installed package's version
+    /// (see [`super::units`]).
+    #[serde(default)]
+    pub enable_from: Vec<super::units::EnableFrom>,
     /// systemd units to disable.
     #[serde(default)]
     pub disable: Vec<String>,

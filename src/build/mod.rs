@@ -18,6 +18,7 @@ pub mod cache_key;
 pub mod configure;
 pub mod context;
 pub mod grub;
+pub mod identity;
 pub mod layers;
 pub mod layout_from;
 pub mod lock;
@@ -27,6 +28,7 @@ pub mod reproducible;
 pub mod request;
 pub mod signed_chain;
 pub mod template;
+pub mod units;
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -387,7 +387,13 @@ impl PlanLayer {
                     .strip_prefix(request.data.path())
                     .map(Path::to_path_buf)
                     .unwrap_or_else(|_| l.dir.clone()),
-                enable: l.settings.enable.clone(),
+                enable: l
+                    .settings
+                    .enable
+                    .iter()
+                    .cloned()
+                    .chain(l.settings.enable_from.iter().map(|r| r.describe()))
+                    .collect(),
             })
             .collect()
     }

@@ -25,7 +25,11 @@ imgforge build --packages htop,tcpdump --layer ./my-layer -o image.raw\n  \
 imgforge build --packages htop --layout-from base.raw -o htop.raw")]
 pub struct BuildArgs {
     /// Distribution to bootstrap: debian or arch (one data file each in
-    /// rootfs/distros/).
+    /// rootfs/distros/). Arch is tested offline only, against a fixture
+    /// repository of small makepkg'd packages (pacman with signatures
+    /// required, the keyring refresh, hooks, the initramfs check); a real
+    /// mirror, Arch's kernel and mkinitcpio, and a booting Arch image are
+    /// proven only on a real mirror (see README, Arch Linux, and --plan).
     #[arg(long, default_value = "debian")]
     pub distro: String,
 

@@ -14,11 +14,19 @@ use super::build::tuning_flag;
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  imgforge kernel-check /boot/config-$(uname -r)\n  \
-imgforge kernel-check ./linux/.config --tuning base --json"
+imgforge kernel-check ./linux/.config --tuning base --json\n  \
+imgforge kernel-check config-linux --initramfs /boot/initramfs-linux.img"
 )]
 pub struct KernelCheckArgs {
     /// A kernel config file (`.config`, /boot/config-VERSION).
     pub config: PathBuf,
+    /// The kernel's initramfs (e.g. /boot/initramfs-linux.img): a `=y`
+    /// requirement that the kernel has as a module (`=m`) is met when the
+    /// initramfs carries the module, where kernel-configs/initramfs-modules.toml
+    /// allows it (ext4, jbd2, mbcache: Arch builds them as modules). Without
+    /// it such a requirement fails. Read in-process: cpio, gzip/zstd/xz.
+    #[arg(long, value_name = "FILE")]
+    pub initramfs: Option<PathBuf>,
     /// The tuning profile whose requirements apply (default: the default
     /// profile, trading).
     #[arg(long, value_name = "NAME")]
@@ -40,13 +48,15 @@ pub fn run(args: &KernelCheckArgs) -> anyhow::Result<()> {
     let profile = Profiles::load(&data)
         .and_then(|p| p.choose(tuning.as_deref()))
         .map_err(BadInput::from_error)?;
-    let outcome = kernelcheck::check(&args.config, &profile, &data).map_err(|e| match e {
-        kernelcheck::KernelCheckError::Read { .. }
-        | kernelcheck::KernelCheckError::NotAConfig { .. } => {
-            anyhow::Error::from(BadInput::from_error(e))
-        }
-        other => other.into(),
-    })?;
+    let outcome = kernelcheck::check(&args.config, args.initramfs.as_deref(), &profile, &data)
+        .map_err(|e| match e {
+            kernelcheck::KernelCheckError::Read { .. }
+            | kernelcheck::KernelCheckError::NotAConfig { .. }
+            | kernelcheck::KernelCheckError::Initramfs(_) => {
+                anyhow::Error::from(BadInput::from_error(e))
+            }
+            other => other.into(),
+        })?;
     if args.json {
         println!(
             "{}",
@@ -58,6 +68,12 @@ pub fn run(args: &KernelCheckArgs) -> anyhow::Result<()> {
                 println!("ok      {}", f.fragment);
             } else {
                 println!("MISSING {}: {}", f.fragment, f.missing.join(", "));
+            }
+            for m in &f.modules {
+                println!(
+                    "        {}: not built in; module {} in the initramfs ({})",
+                    m.option, m.module, m.file
+                );
             }
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod arch;
 pub mod debian;
+pub mod initrd;
 pub mod mirror;
 
 use std::collections::BTreeMap;
@@ -63,6 +64,8 @@ pub enum DistroError {
     Tool(#[from] ToolError),
     #[error(transparent)]
     Io(#[from] PathError),
+    #[error(transparent)]
+    Initrd(#[from] initrd::InitrdError),
     #[error(transparent)]
     Debian(#[from] debian::DebianError),
     #[error(transparent)]
@@ -213,6 +216,10 @@ pub struct BootstrapJob<'a> {
     /// dependencies included, or fail naming what the mirror lacks.
     pub locked: Option<&'a BTreeMap<String, String>>,
     pub progress: &'a Progress,
+    /// The mirror's state the tree's cache key was made from (empty with
+    /// `--locked`): a distro that syncs its indexes again checks it got
+    /// the same ones, so the cached tree is what the key says.
+    pub mirror_state: &'a [MirrorDigest],
 }
 
 /// The kernel installed in a tree.

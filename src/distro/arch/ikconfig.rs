@@ -5,12 +5,10 @@
 //! when the image itself has no marker every gzip, zstd and xz stream in it
 //! is decompressed and searched.
 
-use std::io::{self, Read};
+use crate::compressed::Format;
+pub(super) use crate::compressed::{GZIP, XZ, ZSTD};
 
 const START: &[u8] = b"IKCFG_ST";
-pub(super) const GZIP: &[u8] = &[0x1f, 0x8b, 0x08];
-pub(super) const ZSTD: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
-const XZ: &[u8] = &[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00];
 
 /// A decompressed payload larger than this is not a kernel.
 const LIMIT: u64 = 512 << 20;
@@ -62,51 +60,16 @@ fn find_all<'a>(haystack: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = us
         .map(|(i, _)| i)
 }
 
-/// Everything a decoder yields before it ends or fails: like `zcat`, trailing
-/// bytes after the stream (the rest of the kernel) are not an error.
-fn drain(mut reader: impl Read) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 64 * 1024];
-    while (out.len() as u64) < LIMIT {
-        match reader.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    out
-}
-
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
-    drain(flate2::read::GzDecoder::new(bytes))
+    Format::Gzip.decode(bytes, LIMIT)
 }
 
 fn unzstd(bytes: &[u8]) -> Vec<u8> {
-    match ruzstd::decoding::StreamingDecoder::new(bytes) {
-        Ok(decoder) => drain(decoder),
-        Err(_) => Vec::new(),
-    }
+    Format::Zstd.decode(bytes, LIMIT)
 }
 
 fn unxz(bytes: &[u8]) -> Vec<u8> {
-    /// A writer that stops the decoder at the size limit.
-    struct Bounded(Vec<u8>);
-    impl io::Write for Bounded {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if (self.0.len() + buf.len()) as u64 > LIMIT {
-                return Err(io::Error::other("payload too large"));
-            }
-            self.0.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut out = Bounded(Vec::new());
-    // An error after the stream (padding, the rest of the image) still
-    // leaves what was decoded in `out`.
-    let _ = lzma_rs::xz_decompress(&mut io::BufReader::new(bytes), &mut out);
-    out.0
+    Format::Xz.decode(bytes, LIMIT)
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::ArchError;
-use super::pacman::Pacman;
 use crate::sys::fsio::at;
 use crate::sys::tool::Tool;
 
@@ -83,23 +82,6 @@ impl Keyring {
             .env("LC_ALL", "C")
             .run()?;
         Ok(())
-    }
-
-    /// The current keyring package from the mirror, verified with the
-    /// keyring as it is: its keyring files, unpacked under `dest`.
-    pub fn fetch_newer(pacman: &Pacman, package: &str, dest: &Path) -> Result<PathBuf, ArchError> {
-        let file = pacman.download(package)?;
-        fs::create_dir_all(dest).map_err(at("create", dest))?;
-        Tool::new("bsdtar")
-            .arg("-xf")
-            .arg(&file)
-            .arg("-C")
-            .arg(dest)
-            .arg(PACKAGE_KEYRING_DIR)
-            .run()?;
-        let dir = dest.join(PACKAGE_KEYRING_DIR);
-        check_keyring_dir(&dir, &format!("{package} ({})", file.display()))?;
-        Ok(dir)
     }
 }
 

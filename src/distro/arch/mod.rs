@@ -4,8 +4,10 @@
 //! by a drop-in before the kernel is installed.
 
 mod chroot;
+mod desc;
 pub mod ikconfig;
 pub mod keyring;
+pub mod keyring_package;
 pub mod pacman;
 
 use std::fs;
@@ -20,6 +22,7 @@ use crate::image::manifest::Package;
 use crate::sys::fsio::{PathError, at};
 use crate::sys::interrupt::{self, Interrupted};
 use crate::sys::tool::{HostTool, Tool, ToolError};
+pub use desc::{desc_build_date, parse_desc};
 pub use ikconfig::extract_ikconfig;
 use keyring::Keyring;
 use pacman::Pacman;
@@ -59,6 +62,17 @@ pub enum ArchError {
          and archlinux-revoked, as usr/share/pacman/keyrings/ of an archlinux-keyring package does)"
     )]
     KeyringFiles { dir: PathBuf, what: String },
+    #[error(
+        "the keyring package {package} from the mirror is refused: {detail}. The build's keyring \
+         is not refreshed with it; pass --keyring DIR with a current Arch keyring \
+         (usr/share/pacman/keyrings/ of an archlinux-keyring package you trust), or try another --mirror"
+    )]
+    KeyringPackage { package: String, detail: String },
+    #[error(
+        "the mirror's {url} changed between reading the mirror's state (the cached tree's key) \
+         and pacman -Sy: the mirror was updated during the build. Run the build again"
+    )]
+    MirrorMoved { url: String },
     #[error("pacman downloaded {package}, but its file is not in {cache}")]
     Downloaded { package: String, cache: PathBuf },
     #[error(
@@ -88,6 +102,8 @@ pub enum ArchError {
     Tool(#[from] ToolError),
     #[error(transparent)]
     Io(#[from] PathError),
+    #[error(transparent)]
+    Initrd(#[from] super::initrd::InitrdError),
     #[error(
         "the bootstrapped tree has no kernel (expected exactly one /boot/vmlinuz-*, found {found})"
     )]
@@ -111,6 +127,11 @@ pub struct Settings {
     /// imgforge's tests use unsigned test repositories.
     #[serde(skip)]
     pub sig_level: SigLevel,
+    /// The keyring the build starts from when no --keyring is given: the
+    /// host's (/usr/share/keyrings) unless [`Arch::with_starting_keyring`]
+    /// names another (tests: a keyring with an expired packager key).
+    #[serde(skip)]
+    pub starting_keyring: Option<PathBuf>,
 }
 
 pub struct Arch {
@@ -158,6 +179,13 @@ impl Arch {
         self
     }
 
+    /// The same distro starting, without --keyring, from the keyring
+    /// folder `dir` instead of the host's (tests only).
+    pub fn with_starting_keyring(mut self, dir: &Path) -> Self {
+        self.settings.starting_keyring = Some(dir.to_path_buf());
+        self
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -189,6 +217,17 @@ pub fn mkinitcpio_array(lines: &[String], name: &str) -> Option<Vec<String>> {
         Some(inner.split_whitespace().map(String::from).collect())
     })
 }
+
+/// What `--plan` says of how far the Arch path is proven (README, Arch Linux).
+pub const TESTED: &str = "offline only, against a fixture repository of small makepkg'd packages: \
+     pacman with SigLevel Required, the keyring refresh over an expired packager key, scriptlets \
+     and hooks, a failed initramfs hook, the kernel check on Arch's ext4=m config lines. Proven \
+     only on a real mirror: Arch's real packages and their dependency closure, mkinitcpio and \
+     Arch's kernel, GRUB from Arch, and an Arch image booting (tests/arch_real.rs, \
+     IMGFORGE_ARCH_MIRROR)";
+
+/// Where Debian's archlinux-keyring package puts the keyring files.
+const HOST_KEYRINGS: &str = "/usr/share/keyrings";
 
 /// The shared interruption check, as this module's error (the callers
 /// return the distro-level error, which wraps [`ArchError`]).
@@ -360,8 +399,11 @@ impl Distro for Arch {
                 "keyring".to_string(),
                 format!(
                     "--keyring DIR if given; else the host's archlinux-keyring \
-                     (/usr/share/keyrings/archlinux*), refreshed from the mirror's {} \
-                     (verified with it first); private to the build, not in the image",
+                     (/usr/share/keyrings/archlinux*), refreshed from the mirror's {} alone \
+                     (not its dependencies), whose signature must be good and by a key the \
+                     host's keyring trusts, or by a packager key expired there that three \
+                     master keys certify, and then verify under its own keys; private to the \
+                     build, not in the image",
                     self.settings.keyring_package
                 ),
             ),
@@ -380,6 +422,7 @@ impl Distro for Arch {
         if !self.mkinitcpio.is_empty() {
             notes.push(("mkinitcpio".to_string(), self.mkinitcpio.join(" ")));
         }
+        notes.push(("tested".to_string(), TESTED.to_string()));
         notes
     }
 }
@@ -439,6 +482,7 @@ impl Arch {
             gpgdir: job.work_dir.join("gnupg"),
             logfile: job.work_dir.join("pacman.log"),
             mirror: mirror.clone(),
+            architecture: self.data.architecture.clone(),
             source_date_epoch: job.source_date_epoch,
         };
         let dbpath = pacman.dbpath();
@@ -456,23 +500,36 @@ impl Arch {
 
         check_interrupt()?;
         let keyring = Keyring::init(&pacman.gpgdir, &pacman.config)?;
-        match job.keyring {
-            Some(dir) => keyring.populate_from(dir, "--keyring")?,
-            None => keyring.populate_from_host()?,
-        }
+        let starting = match (job.keyring, &self.settings.starting_keyring) {
+            (Some(dir), _) => {
+                keyring.populate_from(dir, "--keyring")?;
+                None
+            }
+            (None, Some(dir)) => {
+                keyring.populate_from(dir, "the starting keyring")?;
+                Some(dir.clone())
+            }
+            (None, None) => {
+                keyring.populate_from_host()?;
+                Some(PathBuf::from(HOST_KEYRINGS))
+            }
+        };
         check_interrupt()?;
         pacman.sync()?;
-        if job.keyring.is_none() {
+        pacman.check_synced(&self.settings.repositories, job.mirror_state)?;
+        if let Some(starting) = starting {
             job.progress.note(&format!(
-                "refreshing the keyring from {}",
+                "refreshing the keyring from {} (that package alone)",
                 self.settings.keyring_package
             ));
-            let newer = Keyring::fetch_newer(
+            keyring_package::refresh(
                 &pacman,
+                &keyring,
+                &starting,
                 &self.settings.keyring_package,
                 &job.work_dir.join("keyring"),
+                self.settings.sig_level == SigLevel::Required,
             )?;
-            keyring.populate_from(&newer, &self.settings.keyring_package)?;
         }
 
         check_interrupt()?;
@@ -482,6 +539,8 @@ impl Arch {
         pacman.install(job.packages)?;
         mounts.unmount()?;
         drop(keyring);
+        // mkinitcpio runs in a hook whose failure pacman does not report.
+        super::initrd::check_installed(&tree, &self.data)?;
 
         check_interrupt()?;
         Tool::new("tar")
@@ -512,35 +571,6 @@ fn kernel_version(root: &Path) -> Option<String> {
         .filter_map(Result::ok)
         .find(|e| e.path().join("vmlinuz").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-}
-
-/// `%BUILDDATE%` of a pacman `desc` file (seconds since 1970).
-pub fn desc_build_date(text: &str) -> Option<u64> {
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        if line == "%BUILDDATE%" {
-            return lines.next()?.trim().parse().ok();
-        }
-    }
-    None
-}
-
-/// `%NAME%` and `%VERSION%` of a pacman `desc` file.
-pub fn parse_desc(text: &str) -> Option<Package> {
-    let mut lines = text.lines();
-    let mut name = None;
-    let mut version = None;
-    while let Some(line) = lines.next() {
-        match line {
-            "%NAME%" => name = lines.next().map(String::from),
-            "%VERSION%" => version = lines.next().map(String::from),
-            _ => {}
-        }
-    }
-    Some(Package {
-        name: name?,
-        version: version?,
-    })
 }
 
 #[cfg(test)]

@@ -145,8 +145,11 @@ pub struct Pacman {
     pub cache: PathBuf,
     pub gpgdir: PathBuf,
     pub logfile: PathBuf,
-    /// The mirror URL, for error messages.
+    /// The mirror URL (`$repo`, `$arch` unexpanded): error messages, and
+    /// the keyring package's download.
     pub mirror: String,
+    /// pacman's name for the architecture (`$arch`).
+    pub architecture: String,
     /// Passed to pacman's hooks: mkinitcpio stamps the initramfs with it.
     pub source_date_epoch: u64,
 }
@@ -183,10 +186,57 @@ impl Pacman {
         self.run(self.tool().arg("-Sy")).map(drop)
     }
 
+    /// After [`Pacman::sync`]: each repository database pacman synced from
+    /// the mirror must be the one the build's mirror state read (the tree's
+    /// cache key), or the mirror was updated in between and the cached tree
+    /// would not be what its key says.
+    pub fn check_synced(
+        &self,
+        repositories: &[String],
+        state: &[crate::distro::MirrorDigest],
+    ) -> Result<(), ArchError> {
+        for repo in repositories {
+            let url = format!(
+                "{}/{repo}.db",
+                expand(&self.mirror, repo, &self.architecture).trim_end_matches('/')
+            );
+            let Some(digest) = state.iter().find(|d| d.url == url) else {
+                continue;
+            };
+            let synced = self.dbpath().join("sync").join(format!("{repo}.db"));
+            let bytes = std::fs::read(&synced).map_err(crate::sys::fsio::at("read", &synced))?;
+            if crate::distro::mirror::sha256_hex(&bytes) != digest.sha256 {
+                return Err(ArchError::MirrorMoved { url });
+            }
+        }
+        Ok(())
+    }
+
     /// `pacman -S --needed PACKAGES` (databases already synced).
     pub fn install(&self, packages: &[String]) -> Result<(), ArchError> {
         self.run(self.tool().args(["-S", "--needed"]).args(packages))
             .map(drop)
+    }
+
+    /// The repository and file name of `package` alone (`-dd`: not its
+    /// dependencies), from the synced databases; nothing is downloaded.
+    pub fn locate(&self, package: &str) -> Result<(String, String), ArchError> {
+        let out = self.run(
+            self.tool()
+                .args(["-Sp", "-dd", "--print-format", "%r %l"])
+                .arg(package),
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().map(str::trim).rfind(|l| !l.is_empty());
+        let found = line.and_then(|l| {
+            let (repo, location) = l.split_once(' ')?;
+            let name = location.rsplit('/').next()?;
+            Some((repo.to_string(), name.to_string()))
+        });
+        found.ok_or_else(|| ArchError::Downloaded {
+            package: package.to_string(),
+            cache: self.cache.clone(),
+        })
     }
 
     /// `pacman -Sw PACKAGE` into the cache (signature checked), and the path
@@ -229,7 +279,13 @@ pub fn database_build_date(bytes: &[u8]) -> Option<u64> {
     let reader: Box<dyn Read + '_> = if bytes.starts_with(ikconfig::GZIP) {
         Box::new(flate2::read::GzDecoder::new(bytes))
     } else if bytes.starts_with(ikconfig::ZSTD) {
-        Box::new(ruzstd::decoding::StreamingDecoder::new(bytes).ok()?)
+        Box::new(
+            ruzstd::decoding::StreamingDecoder::new_with_max_window_size(
+                bytes,
+                crate::compressed::ZSTD_MAX_WINDOW,
+            )
+            .ok()?,
+        )
     } else {
         Box::new(bytes)
     };

@@ -462,6 +462,7 @@ fn bootstrap(
         output: &output,
         source_date_epoch: 0,
         keyring,
+        package_files: &[],
         locked: None,
         progress: &progress,
     };

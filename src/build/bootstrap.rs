@@ -102,6 +102,9 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
         let scratch = ctx.work_dir().join("bootstrap");
         fs::create_dir_all(&scratch).map_err(at("create", &scratch))?;
         let bootstrap_files = ctx.request.bootstrap_files.as_deref();
+        let package_files: Vec<PathBuf> = (ctx.request.package_files.iter())
+            .map(|(p, _)| p.clone())
+            .collect();
         let job = BootstrapJob {
             release: &ctx.request.release,
             packages: &ctx.request.packages,
@@ -112,6 +115,7 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
             output: &partial,
             source_date_epoch: ctx.bootstrap_epoch(&mirror_state),
             keyring: ctx.keyring.as_deref(),
+            package_files: &package_files,
             locked: locked.map(|l| &l.lock.packages),
             progress: &ctx.progress,
         };

@@ -41,6 +41,8 @@ pub struct Plan {
     pub profile: PlanProfile,
     pub sources: Sources,
     pub packages: Vec<String>,
+    /// `--package-file`s (absolute path, SHA-256).
+    pub package_files: Vec<(PathBuf, String)>,
     pub default_user: String,
     pub admin_group: String,
     pub layers: Vec<PlanLayer>,
@@ -138,6 +140,7 @@ impl Plan {
             },
             sources: request.sources.clone(),
             packages: request.packages.clone(),
+            package_files: request.package_files.clone(),
             default_user: d.default_user.clone(),
             admin_group: d.admin_group.clone(),
             first_boot_units: layers.iter().flat_map(|l| l.enable.clone()).collect(),
@@ -154,7 +157,8 @@ impl Plan {
                 class,
                 &request.profile,
                 arch,
-            )?,
+            )
+            .map(|c| grub::with_kernel_args(c, &request.kernel_args))?,
             grub_kernel: render(&d.grub_kernel)?,
             grub_initrd: render(&d.grub_initrd)?,
             initramfs: d.initramfs.clone(),
@@ -218,6 +222,19 @@ impl Plan {
             &self.sources.lines.join("\n                    "),
         );
         row("  from", &self.sources.origin);
+        for entry in &self.sources.entries {
+            let mark = if entry.used { "source" } else { "left out" };
+            row(
+                mark,
+                &format!("{}\n{:>20}{} ({})", entry.line, "", entry.from, entry.note),
+            );
+        }
+        for key in &self.sources.keys {
+            row("key", &format!("{} -> {}", key.host.display(), key.image));
+        }
+        for (path, _) in &self.package_files {
+            row("package file", &path.display().to_string());
+        }
         row("packages", &self.packages.join(" "));
         row(
             "default user",

@@ -10,7 +10,7 @@ use super::cache_key;
 use super::layers::{self, Layer, LayersError};
 use super::lock::{self, Lock, LockError, LockedBuild};
 use crate::data::{DataDir, DataError};
-use crate::distro::{self, Distro, DistroData, DistroError, Sources};
+use crate::distro::{self, Distro, DistroData, DistroError, SourceOptions, Sources};
 use crate::firstboot::{FirstBootError, FirstBootMode, FirstBootModes};
 use crate::platform::Architecture;
 use crate::profile::{Profile, ProfileError, Profiles};
@@ -37,6 +37,15 @@ pub struct BuildOptions {
     /// The disk's size; default: the tree plus headroom.
     pub size: Option<ByteSize>,
     pub mirror: Option<String>,
+    /// `--security-mirror`: the security archive with `--mirror`.
+    pub security_mirror: Option<String>,
+    /// `--repository`: extra package sources with their keys (the
+    /// distro's syntax: Debian `deb [signed-by=KEYFILE] URI SUITE COMPONENT...`).
+    pub repositories: Vec<String>,
+    /// `--package-file`: local packages installed with the set.
+    pub package_files: Vec<PathBuf>,
+    /// `--kernel-arg`: appended to the size class's kernel command line.
+    pub kernel_args: Vec<String>,
     pub keyring: Option<PathBuf>,
     pub cache_dir: PathBuf,
     pub refresh_cache: bool,
@@ -76,6 +85,8 @@ pub enum RequestError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Io(#[from] PathError),
+    #[error("--package-file {path}: {why}")]
+    PackageFile { path: PathBuf, why: String },
 }
 
 /// The disk's size: `--size`, or made to fit the tree.
@@ -102,6 +113,10 @@ pub struct BuildRequest {
     /// The distro's packages, the kernel's, then `--packages`.
     pub packages: Vec<String>,
     pub sources: Sources,
+    /// `--package-file`s, as absolute paths, with their SHA-256.
+    pub package_files: Vec<(PathBuf, String)>,
+    /// `--kernel-arg`s, after the size class's command line.
+    pub kernel_args: Vec<String>,
     pub layers: Vec<Layer>,
     pub bootstrap_files: Option<PathBuf>,
     /// The profile's kernel config fragments (files under kernel-configs/).
@@ -144,7 +159,15 @@ impl BuildRequest {
             .cloned()
             .collect();
         let packages = d.packages(&kernel, &extra_packages)?;
-        let sources = distro.sources(&release, options.mirror.as_deref())?;
+        let sources = distro.sources_with(
+            &release,
+            &SourceOptions {
+                mirror: options.mirror.as_deref(),
+                security_mirror: options.security_mirror.as_deref(),
+                repositories: &options.repositories,
+            },
+        )?;
+        let package_files = read_package_files(distro.as_ref(), &options.package_files)?;
         let layers = resolve_layers(&data, d, &kernel, &profile, &first_boot, &options.layers)?;
         let bootstrap_files = d
             .bootstrap_files
@@ -152,7 +175,7 @@ impl BuildRequest {
             .map(|f| data.path().join("rootfs").join(f));
         let cache_key = cache_key::cache_key(
             &[&d.name, &release, &d.architecture, &kernel],
-            &sources.lines,
+            &source_key_lines(&sources, &package_files),
             &packages,
             bootstrap_files.as_deref(),
         )?;
@@ -172,6 +195,8 @@ impl BuildRequest {
             profile,
             packages,
             sources,
+            package_files,
+            kernel_args: options.kernel_args.clone(),
             layers,
             bootstrap_files,
             kernel_config_fragments,
@@ -241,4 +266,65 @@ fn read_lock(
         path: path.to_path_buf(),
         lock,
     })
+}
+
+/// What of the sources decides the tree: the lines, and the exact bytes
+/// of every key they name and every `--package-file`.
+fn source_key_lines(sources: &Sources, package_files: &[(PathBuf, String)]) -> Vec<String> {
+    let keys = sources
+        .keys
+        .iter()
+        .map(|k| format!("key {} {}", k.image, k.sha256));
+    let files = package_files.iter().map(|(path, sha256)| {
+        format!(
+            "package-file {} {sha256}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        )
+    });
+    sources
+        .lines
+        .iter()
+        .cloned()
+        .chain(keys)
+        .chain(files)
+        .collect()
+}
+
+/// `--package-file`s: files the distro installs (`.deb`), read for their
+/// digest, named by absolute path.
+fn read_package_files(
+    distro: &dyn Distro,
+    paths: &[PathBuf],
+) -> Result<Vec<(PathBuf, String)>, RequestError> {
+    let refuse = |path: &Path, why: String| RequestError::PackageFile {
+        path: path.to_path_buf(),
+        why,
+    };
+    let mut files = Vec::new();
+    for path in paths {
+        let Some(suffix) = distro.package_file_suffix() else {
+            return Err(refuse(
+                path,
+                format!(
+                    "{} images take no local package files yet",
+                    distro.data().name
+                ),
+            ));
+        };
+        if !path.to_string_lossy().ends_with(suffix) {
+            return Err(refuse(path, format!("not a package file (`{suffix}`)")));
+        }
+        let bytes =
+            std::fs::read(path).map_err(|e| refuse(path, format!("cannot read it ({e})")))?;
+        let absolute = std::path::absolute(path)
+            .map_err(|e| refuse(path, format!("cannot resolve it ({e})")))?;
+        if absolute.to_string_lossy().contains([',', ' ']) {
+            return Err(refuse(
+                path,
+                "its path has a comma or a space, which the bootstrap splits; rename it".into(),
+            ));
+        }
+        files.push((absolute, crate::distro::mirror::sha256_hex(&bytes)));
+    }
+    Ok(files)
 }

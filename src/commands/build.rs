@@ -21,7 +21,8 @@ imgforge build --distro arch --size-class large --mirror 'https://mirror.example
 imgforge build --arch arm64 --size-class medium -o graviton.raw\n  \
 imgforge build --tuning base -o plain.raw\n  \
 imgforge build --packages htop,tcpdump --layer ./my-layer -o image.raw\n  \
-imgforge build --packages htop --layout-from base.raw -o htop.raw")]
+imgforge build --packages htop --layout-from base.raw -o htop.raw\n  \
+imgforge build --repository 'deb [signed-by=ci.asc] https://apt.example/ci stable main' --packages ci-runner")]
 pub struct BuildArgs {
     /// Distribution to bootstrap: debian or arch (one data file each in
     /// rootfs/distros/).
@@ -80,6 +81,33 @@ pub struct BuildArgs {
     /// (default: Arch's geo mirror).
     #[arg(long)]
     pub mirror: Option<String>,
+
+    /// Debian: the security archive for --mirror's -security source
+    /// (default http://deb.debian.org/debian-security). --mirror URL gives
+    /// the image URL's release and -updates, and this -security.
+    #[arg(long, value_name = "URL")]
+    pub security_mirror: Option<String>,
+
+    /// An extra package source, with its key (repeatable; part of the cache
+    /// key, with the key's bytes). Debian: 'deb [signed-by=KEYFILE] URL
+    /// SUITE COMPONENT...': KEYFILE (armored .asc or binary .gpg) is read
+    /// from this machine and installed into the image's /etc/apt/keyrings;
+    /// --packages may name its packages. An unsigned repository
+    /// (no signed-by, or trusted=yes) or a missing key file is refused.
+    #[arg(long = "repository", value_name = "LINE")]
+    pub repositories: Vec<String>,
+
+    /// A local package to install (repeatable; Debian: a .deb), its
+    /// dependencies resolved from the sources. Part of the cache key by
+    /// its exact bytes.
+    #[arg(long = "package-file", value_name = "FILE")]
+    pub package_files: Vec<PathBuf>,
+
+    /// A kernel command line argument appended after the size class's
+    /// (repeatable), e.g. --kernel-arg mitigations=off --kernel-arg
+    /// hugepages=512. Recorded in the manifest with the whole command line.
+    #[arg(long = "kernel-arg", value_name = "ARG")]
+    pub kernel_args: Vec<String>,
 
     /// A newer keyring to verify packages with (Arch: a folder holding
     /// archlinux.gpg, archlinux-trusted and archlinux-revoked), instead of
@@ -178,6 +206,21 @@ fn size_arg(text: &str) -> Result<ByteSize, String> {
         .map_err(|e| format!("cannot understand size `{text}`: {e}"))
 }
 
+/// One `--kernel-arg`: a single token grub.cfg can carry as written.
+fn check_kernel_arg(arg: &str) -> Result<(), BadInput> {
+    let bad = arg.is_empty()
+        || arg
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "\"'`$;\\{}#".contains(c));
+    if bad {
+        return Err(BadInput::new(format!(
+            "--kernel-arg {arg:?} is not one kernel argument: give one NAME or NAME=VALUE per \
+             --kernel-arg, without spaces, quotes, `$`, `;`, `#`, braces or backslashes"
+        )));
+    }
+    Ok(())
+}
+
 /// `--tuning`, or its old name `--profile` with a warning.
 pub fn tuning_flag(tuning: &Option<String>, old: &Option<String>) -> Option<String> {
     if old.is_some() {
@@ -207,6 +250,9 @@ impl BuildArgs {
                 )));
             }
         }
+        for arg in &self.kernel_args {
+            check_kernel_arg(arg)?;
+        }
         Ok(BuildOptions {
             distro: self.distro.clone(),
             architecture,
@@ -216,6 +262,10 @@ impl BuildArgs {
             tuning: tuning_flag(&self.tuning, &self.old_profile),
             size: self.size,
             mirror: self.mirror.clone(),
+            security_mirror: self.security_mirror.clone(),
+            repositories: self.repositories.clone(),
+            package_files: self.package_files.clone(),
+            kernel_args: self.kernel_args.clone(),
             keyring: self.keyring.clone(),
             cache_dir: self.cache_dir.clone(),
             refresh_cache: self.refresh_cache,

@@ -278,6 +278,7 @@ impl Distro for Arch {
         Ok(Sources {
             lines: vec![format!("Server = {url}")],
             origin: origin.into(),
+            ..Sources::default()
         })
     }
 

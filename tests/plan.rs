@@ -154,7 +154,11 @@ fn the_cache_key_follows_what_decides_the_tree() {
     );
     assert_eq!(
         strings(&debian["sources"]["lines"]),
-        ["deb http://127.0.0.1:9/debian trixie main"]
+        [
+            "deb http://127.0.0.1:9/debian trixie main",
+            "deb http://127.0.0.1:9/debian trixie-updates main",
+            "deb http://deb.debian.org/debian-security trixie-security main"
+        ]
     );
     assert_eq!(debian["admin_group"], "sudo");
     assert_eq!(debian["grub_kernel"], "/vmlinuz");

@@ -65,6 +65,8 @@ pub struct Rootfs {
     pub mirror_state: Vec<MirrorDigest>,
     /// See [`crate::distro::Distro::newest_package_date`].
     pub newest_package_date: Option<String>,
+    /// What the provisioning steps did (filled by [`super::provision`]).
+    pub provisioned: Vec<crate::image::manifest::ProvisionRecord>,
 }
 
 pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
@@ -143,6 +145,7 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
         from_cache,
         key,
         mirror_state,
+        provisioned: Vec::new(),
     })
 }
 

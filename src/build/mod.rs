@@ -6,7 +6,8 @@
 //! [`reproducible`], [`binfmt`], [`lock`] and [`plan`]. The disk format is
 //! [`crate::image::layout`]; clap stays in `src/commands/build.rs`.
 //!
-//! Stages, in order: [`bootstrap`], [`configure`], [`bootloader`],
+//! Stages, in order: [`bootstrap`], [`configure`], [`provision`] (the
+//! user's scripts, when there are any), [`bootloader`],
 //! [`manifest`] (record), [`assemble`] (with [`layout_from`]), then
 //! [`manifest`] again (seal).
 
@@ -23,6 +24,7 @@ pub mod layout_from;
 pub mod lock;
 pub mod manifest;
 pub mod plan;
+pub mod provision;
 pub mod reproducible;
 pub mod request;
 pub mod template;
@@ -45,6 +47,7 @@ use context::ContextError;
 use layout_from::LayoutFromError;
 use lock::LockError;
 use manifest::ManifestError;
+use provision::ProvisionError;
 use reproducible::ReproducibleError;
 pub use request::{BuildOptions, BuildRequest};
 
@@ -60,6 +63,8 @@ pub enum BuildError {
     Binfmt(#[from] BinfmtError),
     #[error("configure")]
     Configure(#[from] ConfigureError),
+    #[error("provision")]
+    Provision(#[from] ProvisionError),
     #[error("bootloader")]
     Bootloader(#[from] BootloaderError),
     #[error("assemble")]
@@ -106,8 +111,9 @@ pub fn build(request: BuildRequest, options: &BuildOptions) -> Result<BuildSumma
     // A foreign architecture's programs (bootstrap, chroot grub-mkimage) run
     // through qemu-user-static until this is dropped.
     let _emulation = binfmt::Emulation::ensure(ctx.request.architecture)?;
+    provision::check_host(&ctx)?;
 
-    let rootfs = p.stage("bootstrap", || bootstrap::run(&ctx))?;
+    let mut rootfs = p.stage("bootstrap", || bootstrap::run(&ctx))?;
     ctx.check_interrupt()?;
     let epoch = reproducible::source_date_epoch(
         ctx.epoch_override,
@@ -115,6 +121,10 @@ pub fn build(request: BuildRequest, options: &BuildOptions) -> Result<BuildSumma
         &rootfs.dir,
     )?;
     p.stage("configure", || configure::run(&ctx, &rootfs, epoch))?;
+    if provision::wanted(&ctx) {
+        p.stage("provision", || provision::run(&ctx, &mut rootfs))?;
+        configure::scrub_leftovers(&ctx, &rootfs.dir)?;
+    }
     let boot = p.stage("bootloader", || bootloader::prepare(&ctx, &rootfs))?;
     let layout = assemble::plan(&ctx, &rootfs)?;
     let manifest = p.stage("manifest", || {

@@ -46,6 +46,13 @@ pub struct BuildOptions {
     pub package_files: Vec<PathBuf>,
     /// `--kernel-arg`: appended to the size class's kernel command line.
     pub kernel_args: Vec<String>,
+    /// `--script`: run as root in the image's tree, in order, after the
+    /// packages and layers.
+    pub scripts: Vec<PathBuf>,
+    /// `--ansible`: a playbook run against the image's tree.
+    pub ansible: Option<PathBuf>,
+    /// `--ansible-var KEY=VALUE`s.
+    pub ansible_vars: Vec<(String, String)>,
     pub keyring: Option<PathBuf>,
     pub cache_dir: PathBuf,
     pub refresh_cache: bool,
@@ -85,8 +92,113 @@ pub enum RequestError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Io(#[from] PathError),
+    #[error("--script {path}: cannot read it ({source}); give the path of a script file")]
+    Script {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--ansible {path}: {why}")]
+    Ansible { path: PathBuf, why: String },
     #[error("--package-file {path}: {why}")]
     PackageFile { path: PathBuf, why: String },
+}
+
+/// One `--script`, read when the request was resolved.
+#[derive(Debug, Clone)]
+pub struct ScriptFile {
+    pub path: PathBuf,
+    /// SHA-256 of its bytes.
+    pub sha256: String,
+}
+
+/// `--ansible PLAYBOOK`: what Ansible needs in the image (Python) is
+/// the distro's `ansible_packages`.
+#[derive(Debug, Clone)]
+pub struct AnsibleRun {
+    /// Absolute, so that roles and files beside it are found.
+    pub playbook: PathBuf,
+    pub vars: Vec<(String, String)>,
+    /// SHA-256 over the playbook's folder (every file's path and bytes).
+    pub dir_sha256: String,
+    /// Installed for it (the distro's `ansible_packages`).
+    pub packages: Vec<String>,
+}
+
+fn read_playbook(
+    d: &DistroData,
+    playbook: &Path,
+    vars: &[(String, String)],
+) -> Result<AnsibleRun, RequestError> {
+    let refuse = |why: String| RequestError::Ansible {
+        path: playbook.to_path_buf(),
+        why,
+    };
+    if d.ansible_packages.is_empty() {
+        return Err(refuse(format!("{} images cannot run Ansible yet", d.name)));
+    }
+    if !playbook.is_file() {
+        return Err(refuse("no such playbook file".into()));
+    }
+    let playbook = std::path::absolute(playbook).map_err(|e| refuse(e.to_string()))?;
+    let dir = playbook.parent().unwrap_or(Path::new("/"));
+    Ok(AnsibleRun {
+        dir_sha256: folder_digest(dir).map_err(|e| refuse(e.to_string()))?,
+        playbook,
+        vars: vars.to_vec(),
+        packages: d.ansible_packages.clone(),
+    })
+}
+
+/// SHA-256 over every file below `dir` (its relative path and bytes, in
+/// name order; `.git` left out).
+fn folder_digest(dir: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder)?.flatten() {
+            let kind = entry.file_type()?;
+            if entry.file_name() == ".git" {
+                continue;
+            }
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    let mut hash = Sha256::new();
+    for file in files {
+        hash.update(
+            file.strip_prefix(dir)
+                .unwrap_or(&file)
+                .to_string_lossy()
+                .as_bytes(),
+        );
+        hash.update([0]);
+        hash.update(std::fs::read(&file)?);
+        hash.update([0]);
+    }
+    Ok(hex::encode(hash.finalize()))
+}
+
+fn read_scripts(paths: &[PathBuf]) -> Result<Vec<ScriptFile>, RequestError> {
+    paths
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).map_err(|source| RequestError::Script {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(ScriptFile {
+                path: path.clone(),
+                sha256: crate::distro::mirror::sha256_hex(&bytes),
+            })
+        })
+        .collect()
 }
 
 /// The disk's size: `--size`, or made to fit the tree.
@@ -117,6 +229,10 @@ pub struct BuildRequest {
     pub package_files: Vec<(PathBuf, String)>,
     /// `--kernel-arg`s, after the size class's command line.
     pub kernel_args: Vec<String>,
+    /// `--script`s, read for their digest.
+    pub scripts: Vec<ScriptFile>,
+    /// `--ansible`, with its variables and its folder's digest.
+    pub ansible: Option<AnsibleRun>,
     pub layers: Vec<Layer>,
     pub bootstrap_files: Option<PathBuf>,
     /// The profile's kernel config fragments (files under kernel-configs/).
@@ -151,10 +267,19 @@ impl BuildRequest {
             .release
             .clone()
             .unwrap_or_else(|| d.default_release.clone());
+        let ansible = match &options.ansible {
+            Some(playbook) => Some(read_playbook(d, playbook, &options.ansible_vars)?),
+            None => None,
+        };
+        let ansible_packages = match ansible {
+            Some(_) => d.ansible_packages.as_slice(),
+            None => &[],
+        };
         let extra_packages: Vec<String> = profile
             .packages
             .iter()
             .chain(&first_boot.packages)
+            .chain(ansible_packages)
             .chain(&options.packages)
             .cloned()
             .collect();
@@ -197,6 +322,8 @@ impl BuildRequest {
             sources,
             package_files,
             kernel_args: options.kernel_args.clone(),
+            scripts: read_scripts(&options.scripts)?,
+            ansible,
             layers,
             bootstrap_files,
             kernel_config_fragments,

@@ -109,6 +109,32 @@ pub struct BuildArgs {
     #[arg(long = "kernel-arg", value_name = "ARG")]
     pub kernel_args: Vec<String>,
 
+    /// A script run as root inside the image's tree after its packages and
+    /// layers (repeatable, in order). It gets /proc, /sys, /dev and /run,
+    /// the network (the host's name servers), apt (lists fresh), no service
+    /// started (policy-rc.d), `uname -r` reporting the image's kernel, and
+    /// IMGFORGE_DISTRO, IMGFORGE_RELEASE, IMGFORGE_ARCH, IMGFORGE_SIZE_CLASS,
+    /// IMGFORGE_KERNEL_VERSION. `sysctl -w`/`-p`, `modprobe` and `systemctl
+    /// start` do nothing there: the build host's kernel and services never
+    /// change (/proc/sys is read-only). A failing script fails the build.
+    #[arg(long = "script", value_name = "FILE")]
+    pub scripts: Vec<PathBuf>,
+
+    /// An Ansible playbook run against the image's tree (before the
+    /// --scripts) by the host's ansible-playbook (Debian package `ansible`)
+    /// through Ansible's chroot connection: roles and files beside it work,
+    /// facts are the image's, Python is installed into the image for it,
+    /// and imgforge_distro, imgforge_release, imgforge_architecture,
+    /// imgforge_size_class, imgforge_kernel_version are set. As for
+    /// --script, sysctl reloads and service starts leave the build host
+    /// alone; the settings stay in the image's files.
+    #[arg(long, value_name = "PLAYBOOK")]
+    pub ansible: Option<PathBuf>,
+
+    /// A variable for --ansible's playbook, KEY=VALUE (repeatable).
+    #[arg(long = "ansible-var", value_name = "KEY=VALUE", value_parser = ansible_var)]
+    pub ansible_vars: Vec<(String, String)>,
+
     /// A newer keyring to verify packages with (Arch: a folder holding
     /// archlinux.gpg, archlinux-trusted and archlinux-revoked), instead of
     /// the host's archlinux-keyring refreshed from the mirror.
@@ -206,6 +232,21 @@ fn size_arg(text: &str) -> Result<ByteSize, String> {
         .map_err(|e| format!("cannot understand size `{text}`: {e}"))
 }
 
+/// `--ansible-var KEY=VALUE`: KEY an Ansible variable name.
+fn ansible_var(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
+    let valid = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "`{key}` is not an Ansible variable name (letters, digits and _, not starting with a digit)"
+        ));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
 /// One `--kernel-arg`: a single token grub.cfg can carry as written.
 fn check_kernel_arg(arg: &str) -> Result<(), BadInput> {
     let bad = arg.is_empty()
@@ -266,6 +307,9 @@ impl BuildArgs {
             repositories: self.repositories.clone(),
             package_files: self.package_files.clone(),
             kernel_args: self.kernel_args.clone(),
+            scripts: self.scripts.clone(),
+            ansible: self.ansible.clone(),
+            ansible_vars: self.ansible_vars.clone(),
             keyring: self.keyring.clone(),
             cache_dir: self.cache_dir.clone(),
             refresh_cache: self.refresh_cache,

@@ -125,6 +125,10 @@ pub struct DistroData {
     /// Settings only this distro's module reads.
     #[serde(default)]
     pub bootstrap: toml::Table,
+    /// What `--ansible` needs in the image (Python, and what its package
+    /// modules use); empty: the distro cannot run Ansible yet.
+    #[serde(default)]
+    pub ansible_packages: Vec<String>,
 }
 
 /// `[architectures.NAME]` in a distro's data file.
@@ -314,6 +318,13 @@ pub trait Distro {
             });
         }
         self.sources(release, options.mirror)
+    }
+
+    /// The command, run inside the tree, that makes the package manager's
+    /// lists fresh before the user's provisioning steps (the bootstrap's
+    /// were removed from the image); None: nothing to run.
+    fn refresh_package_lists(&self) -> Option<Vec<&'static str>> {
+        None
     }
 
     /// The file name ending of a local package `--package-file` takes

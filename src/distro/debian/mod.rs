@@ -32,6 +32,10 @@ pub use locked::MissingVersion;
 use locked::{check_versions, lock_preferences};
 use sources::{mirror_digest, parse_source};
 
+/// mmdebstrap's hooks that make `file://` sources and local `.deb`s
+/// visible inside the tree at their host paths.
+const FILE_MIRROR_HOOKS: &str = "/usr/share/mmdebstrap/hooks/file-mirror-automount";
+
 /// The apt preferences file that pins a `--locked` bootstrap, inside the
 /// tree while mmdebstrap runs (removed before the tree is packed).
 const LOCK_PREFERENCES: &str = "/etc/apt/preferences.d/imgforge-locked.pref";
@@ -140,6 +144,10 @@ impl Distro for Debian {
         Some(".deb")
     }
 
+    fn refresh_package_lists(&self) -> Option<Vec<&'static str>> {
+        Some(vec!["apt-get", "update", "-q"])
+    }
+
     /// The image's own sources (its keys installed), written over what the
     /// bootstrap left: there, a repository's key is named by its host file.
     fn configure(&self, root: &Path, sources: &Sources) -> Result<(), DistroError> {
@@ -225,6 +233,13 @@ impl Distro for Debian {
                 "--setup-hook=sync-in {} /var/cache/apt/archives/",
                 quoted(job.package_cache)
             ));
+        let bootstrap_lines = job.sources.bootstrap_lines();
+        if !job.package_files.is_empty() || bootstrap_lines.iter().any(|l| l.contains("file:")) {
+            // dpkg runs inside the tree and reads local packages (and a
+            // file:// source's) at their host paths: mmdebstrap's own hook
+            // makes them appear there for the bootstrap, and cleans up.
+            tool = tool.arg(format!("--hook-dir={FILE_MIRROR_HOOKS}"));
+        }
         for file in job.package_files {
             // A path is one --include of its own (mmdebstrap splits lists).
             tool = tool.arg(format!("--include={}", file.display()));
@@ -251,7 +266,7 @@ impl Distro for Debian {
         .arg("--customize-hook=find \"$1\"/var/cache/apt/archives -name '*.deb' -delete")
         .arg(job.release)
         .arg(job.output)
-        .args(job.sources.bootstrap_lines())
+        .args(bootstrap_lines)
         // mmdebstrap's own temporary tree goes into our work directory, so
         // that whatever an interrupted run leaves is cleaned up with it.
         .env("TMPDIR", job.work_dir)

@@ -78,6 +78,15 @@ fn arch_large_plan_resolves_without_root_or_network() {
         strings(&p["sources"]["lines"]),
         ["Server = https://geo.mirror.pkgbuild.com/$repo/os/$arch"]
     );
+    assert_eq!(p["provisioning"][0]["kind"], "ansible");
+    assert_eq!(p["provisioning"][1]["kind"], "script");
+    assert!(
+        p["provisioning"][1]["network"]
+            .as_str()
+            .unwrap()
+            .contains("outside the package manager")
+    );
+    assert!(strings(&p["packages"]).contains(&"python3".to_string()));
     let cmdline = p["kernel_cmdline"].as_str().unwrap();
     assert!(
         cmdline.contains("isolcpus=managed_irq,domain,8-N"),
@@ -281,6 +290,15 @@ fn arm64_plan_is_graviton_uefi_only_and_x86_stays_as_it_was() {
             ("root", "B921B045-1DF0-41C3-AF44-4C6F280D3FAE")
         ]
     );
+    assert_eq!(p["provisioning"][0]["kind"], "ansible");
+    assert_eq!(p["provisioning"][1]["kind"], "script");
+    assert!(
+        p["provisioning"][1]["network"]
+            .as_str()
+            .unwrap()
+            .contains("outside the package manager")
+    );
+    assert!(strings(&p["packages"]).contains(&"python3".to_string()));
     let cmdline = p["kernel_cmdline"].as_str().unwrap();
     assert!(
         cmdline.contains(" console=ttyAMA0,115200n8 console=ttyS0,115200n8 "),
@@ -368,6 +386,10 @@ fn debian_sources_repositories_package_files_and_kernel_args_in_the_plan() {
             "mitigations=off",
             "--kernel-arg",
             "hugepages=64",
+            "--script",
+            key.to_str().unwrap(),
+            "--ansible",
+            key.to_str().unwrap(),
         ],
         &[],
     );
@@ -384,6 +406,15 @@ fn debian_sources_repositories_package_files_and_kernel_args_in_the_plan() {
     assert_eq!(entries[3]["from"], "--repository");
     assert_eq!(p["sources"]["keys"][0]["host"], key.to_str().unwrap());
     assert_eq!(p["package_files"][0][0], deb.to_str().unwrap());
+    assert_eq!(p["provisioning"][0]["kind"], "ansible");
+    assert_eq!(p["provisioning"][1]["kind"], "script");
+    assert!(
+        p["provisioning"][1]["network"]
+            .as_str()
+            .unwrap()
+            .contains("outside the package manager")
+    );
+    assert!(strings(&p["packages"]).contains(&"python3".to_string()));
     let cmdline = p["kernel_cmdline"].as_str().unwrap();
     assert!(
         cmdline.ends_with(" mitigations=off hugepages=64"),
@@ -442,6 +473,15 @@ fn debian_sources_repositories_package_files_and_kernel_args_in_the_plan() {
     assert!(unsigned.contains("unsigned"), "{unsigned}");
     let not_deb = plan_refused(&["--package-file", key.to_str().unwrap()]);
     assert!(not_deb.contains(".deb"), "{not_deb}");
+    let no_playbook = plan_refused(&["--ansible", "/nonexistent/tune_os.yaml"]);
+    assert!(no_playbook.contains("no such playbook"), "{no_playbook}");
+    let bad_var = plan_refused(&["--ansible-var", "1x=y"]);
+    assert!(
+        bad_var.contains("not an Ansible variable name"),
+        "{bad_var}"
+    );
+    let no_script = plan_refused(&["--script", "/nonexistent/setup.sh"]);
+    assert!(no_script.contains("/nonexistent/setup.sh"), "{no_script}");
     let bad_arg = plan_refused(&["--kernel-arg", "a b"]);
     assert!(bad_arg.contains("--kernel-arg"), "{bad_arg}");
 }

@@ -43,6 +43,10 @@ pub struct Plan {
     pub packages: Vec<String>,
     /// `--package-file`s (absolute path, SHA-256).
     pub package_files: Vec<(PathBuf, String)>,
+    /// The user's provisioning steps in the order they run (`--ansible`,
+    /// then each `--script`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub provisioning: Vec<PlanStep>,
     pub default_user: String,
     pub admin_group: String,
     pub layers: Vec<PlanLayer>,
@@ -86,6 +90,38 @@ pub struct PlanPlatform {
     /// boot-test's machine.
     pub qemu: String,
     pub uefi_firmware: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanStep {
+    /// `ansible` or `script`.
+    pub kind: String,
+    pub path: PathBuf,
+    /// Of the file (a playbook: of its folder's files).
+    pub sha256: String,
+    /// A step may download outside the package manager: the image then
+    /// depends on the network at build time.
+    pub network: String,
+}
+
+impl PlanStep {
+    fn all(request: &BuildRequest) -> Vec<Self> {
+        const NETWORK: &str = "may download outside the package manager: the image depends on \
+                               what the network served at build time (a lock file pins packages only)";
+        let playbook = request.ansible.iter().map(|a| PlanStep {
+            kind: "ansible".into(),
+            path: a.playbook.clone(),
+            sha256: a.dir_sha256.clone(),
+            network: NETWORK.into(),
+        });
+        let scripts = request.scripts.iter().map(|s| PlanStep {
+            kind: "script".into(),
+            path: s.path.clone(),
+            sha256: s.sha256.clone(),
+            network: NETWORK.into(),
+        });
+        playbook.chain(scripts).collect()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -141,6 +177,7 @@ impl Plan {
             sources: request.sources.clone(),
             packages: request.packages.clone(),
             package_files: request.package_files.clone(),
+            provisioning: PlanStep::all(request),
             default_user: d.default_user.clone(),
             admin_group: d.admin_group.clone(),
             first_boot_units: layers.iter().flat_map(|l| l.enable.clone()).collect(),
@@ -234,6 +271,15 @@ impl Plan {
         }
         for (path, _) in &self.package_files {
             row("package file", &path.display().to_string());
+        }
+        for step in &self.provisioning {
+            row(
+                &step.kind,
+                &format!("{} (sha256 {})", step.path.display(), &step.sha256[..16]),
+            );
+        }
+        if let Some(step) = self.provisioning.first() {
+            row("  network", &format!("the steps {}", step.network));
         }
         row("packages", &self.packages.join(" "));
         row(

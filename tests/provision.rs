@@ -240,6 +240,7 @@ if echo 7 > /proc/sys/vm/swappiness 2>/dev/null; then echo writable; else echo r
 [ -x /usr/sbin/policy-rc.d ] && echo present > /root/provision-policy
 cat /usr/share/imgforge-repo-hello/marker > /root/provision-repo
 getent hosts deb.debian.org >/dev/null && echo resolved > /root/provision-dns
+date +%s%N > /root/provision-stamp
 sleep 7777 &
 "#;
 

@@ -122,7 +122,10 @@ pub fn build(request: BuildRequest, options: &BuildOptions) -> Result<BuildSumma
     )?;
     p.stage("configure", || configure::run(&ctx, &rootfs, epoch))?;
     if provision::wanted(&ctx) {
-        p.stage("provision", || provision::run(&ctx, &mut rootfs))?;
+        let vars = configure::template_variables(&ctx)?;
+        p.stage("provision", || {
+            provision::run(&ctx, &mut rootfs, &vars, epoch)
+        })?;
         configure::scrub_leftovers(&ctx, &rootfs.dir)?;
     }
     let boot = p.stage("bootloader", || bootloader::prepare(&ctx, &rootfs))?;

@@ -152,7 +152,7 @@ fn read_playbook(
 
 /// SHA-256 over every file below `dir` (its relative path and bytes, in
 /// name order; `.git` left out).
-fn folder_digest(dir: &Path) -> std::io::Result<String> {
+pub fn folder_digest(dir: &Path) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];

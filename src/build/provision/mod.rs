@@ -1,11 +1,15 @@
 //! Stage 2b, provision: the user's own programs run as root inside the
 //! image's tree, after its packages and layers: the `--ansible` playbook
-//! ([`ansible`]), then the `--script FILE`s, in order. The tree is made ready and put back by [`session`]; what each
-//! step changed (packages added) is recorded for the manifest.
+//! ([`ansible`]), then the `--script FILE`s, in order. The tree is made
+//! ready and put back by [`session`]; what each step changed (packages
+//! added) is recorded for the manifest, and the provisioned tree is cached
+//! ([`cache`]): an identical rebuild reruns nothing.
 
 pub mod ansible;
+pub mod cache;
 pub mod session;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -55,9 +59,20 @@ pub enum ProvisionError {
 
 /// Runs every provisioning step; updates `rootfs.packages` to what the
 /// tree holds afterwards and `rootfs.provisioned` to what each step did.
-pub fn run(ctx: &BuildContext, rootfs: &mut Rootfs) -> Result<(), ProvisionError> {
+/// `configure_vars` and `epoch` are what configured the tree (part of the
+/// cached provisioned tree's key, with the steps' inputs).
+pub fn run(
+    ctx: &BuildContext,
+    rootfs: &mut Rootfs,
+    configure_vars: &BTreeMap<&str, String>,
+    epoch: u64,
+) -> Result<(), ProvisionError> {
     let request = &ctx.request;
     if !wanted(ctx) {
+        return Ok(());
+    }
+    let key = cache::key(ctx, rootfs, configure_vars, epoch)?;
+    if cache::restore(ctx, &key, rootfs)? {
         return Ok(());
     }
     let session = Session::open(
@@ -106,6 +121,7 @@ pub fn run(ctx: &BuildContext, rootfs: &mut Rootfs) -> Result<(), ProvisionError
         });
     }
     session.close()?;
+    cache::store(ctx, &key, &rootfs.dir, &records);
     rootfs.provisioned = records;
     Ok(())
 }

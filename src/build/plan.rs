@@ -254,33 +254,7 @@ impl Plan {
                 self.profile.kernel_configs.join(" ")
             ),
         );
-        row(
-            "sources",
-            &self.sources.lines.join("\n                    "),
-        );
-        row("  from", &self.sources.origin);
-        for entry in &self.sources.entries {
-            let mark = if entry.used { "source" } else { "left out" };
-            row(
-                mark,
-                &format!("{}\n{:>20}{} ({})", entry.line, "", entry.from, entry.note),
-            );
-        }
-        for key in &self.sources.keys {
-            row("key", &format!("{} -> {}", key.host.display(), key.image));
-        }
-        for (path, _) in &self.package_files {
-            row("package file", &path.display().to_string());
-        }
-        for step in &self.provisioning {
-            row(
-                &step.kind,
-                &format!("{} (sha256 {})", step.path.display(), &step.sha256[..16]),
-            );
-        }
-        if let Some(step) = self.provisioning.first() {
-            row("  network", &format!("the steps {}", step.network));
-        }
+        self.print_sources();
         row("packages", &self.packages.join(" "));
         row(
             "default user",
@@ -336,6 +310,38 @@ impl Plan {
         row("data", &self.data_dir);
         for (k, v) in &self.notes {
             row(k, v);
+        }
+    }
+    /// The sources (each with where it came from), keys, package files and
+    /// provisioning steps.
+    fn print_sources(&self) {
+        let row = |k: &str, v: &str| println!("{k:>18}: {v}");
+        row(
+            "sources",
+            &self.sources.lines.join("\n                    "),
+        );
+        row("  from", &self.sources.origin);
+        for entry in &self.sources.entries {
+            let mark = if entry.used { "source" } else { "left out" };
+            row(
+                mark,
+                &format!("{}\n{:>20}{} ({})", entry.line, "", entry.from, entry.note),
+            );
+        }
+        for key in &self.sources.keys {
+            row("key", &format!("{} -> {}", key.host.display(), key.image));
+        }
+        for (path, _) in &self.package_files {
+            row("package file", &path.display().to_string());
+        }
+        for step in &self.provisioning {
+            row(
+                &step.kind,
+                &format!("{} (sha256 {})", step.path.display(), &step.sha256[..16]),
+            );
+        }
+        if let Some(step) = self.provisioning.first() {
+            row("  network", &format!("the steps {}", step.network));
         }
     }
 }

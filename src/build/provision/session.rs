@@ -313,6 +313,55 @@ mod tests {
         );
     }
 
+    /// The stand-ins run here as they would in the tree (the host's
+    /// /usr/bin/uname and /usr/sbin/sysctl stand for the image's); only
+    /// those that change nothing are run.
+    #[test]
+    fn uname_tells_the_images_kernel_and_sysctl_writes_do_nothing() {
+        let stand_ins = stand_ins("6.1.0-99-cloud-amd64");
+        let run = |name: &str, args: &[&str]| {
+            let body = &stand_ins.iter().find(|(n, _)| *n == name).unwrap().1;
+            std::process::Command::new("sh")
+                .args(["-c", body, name])
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let uname = run("uname", &["-r"]);
+        assert_eq!(
+            String::from_utf8_lossy(&uname.stdout).trim(),
+            "6.1.0-99-cloud-amd64"
+        );
+        let all = String::from_utf8_lossy(&run("uname", &["-a"]).stdout).into_owned();
+        assert!(all.contains("6.1.0-99-cloud-amd64"), "{all}");
+        let before = fs::read_to_string("/proc/sys/vm/swappiness").unwrap_or_default();
+        for args in [
+            &["-w", "vm.swappiness=7"][..],
+            &["-p", "/etc/sysctl.d/x.conf"],
+            &["--system"],
+        ] {
+            let out = run("sysctl", args);
+            assert!(out.status.success(), "{args:?}");
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("not run"),
+                "{args:?}"
+            );
+        }
+        assert_eq!(
+            fs::read_to_string("/proc/sys/vm/swappiness").unwrap_or_default(),
+            before
+        );
+        for (name, args) in [
+            ("modprobe", &["dummy"][..]),
+            ("systemctl", &["start", "ssh"]),
+        ] {
+            let out = run(name, args);
+            assert!(
+                out.status.success() && String::from_utf8_lossy(&out.stdout).contains("not run")
+            );
+        }
+    }
+
     #[test]
     fn stand_ins_are_shell_that_sh_accepts() {
         for (name, body) in stand_ins("6.1.0-99-cloud-amd64") {

@@ -389,6 +389,7 @@ fn repository_package_file_kernel_arg_playbook_and_script_in_one_build() {
     assert!(listing.contains("engine.service"), "{listing}");
     // Nothing of the machinery stays; the repository's key does.
     assert_eq!(file("/usr/sbin/policy-rc.d"), "");
+    assert_eq!(file("/etc/apt/apt.conf.d/00imgforge-provision"), "");
     assert_eq!(file("/etc/resolv.conf.imgforge-saved"), "");
     let sources = file("/etc/apt/sources.list");
     assert!(

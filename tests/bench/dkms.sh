@@ -1,6 +1,6 @@
 #!/bin/bash
 # A DKMS module built during the build for the IMAGE's kernel (a --script
-# installs v4l2loopback-dkms from Debian main with the image kernel's
+# installs acpi-call-dkms from Debian main with the image kernel's
 # headers; `uname -r` in the script is the image's), then loaded in the
 # booted image: a unit prints `IMGFORGE-DKMS loaded=N` on the serial
 # console after modules-load.d loaded it. Prints the build and boot times
@@ -19,9 +19,9 @@ trap 'rm -rf "$tmp"' EXIT
 cat >"$tmp/dkms.sh" <<'EOF'
 #!/bin/sh
 set -e
-apt-get install -y --no-install-recommends "linux-headers-$(uname -r)" v4l2loopback-dkms
-ls /lib/modules/"$IMGFORGE_KERNEL_VERSION"/updates/dkms/v4l2loopback.ko*
-echo v4l2loopback > /etc/modules-load.d/v4l2loopback.conf
+apt-get install -y --no-install-recommends "linux-headers-$(uname -r)" acpi-call-dkms
+ls /lib/modules/"$IMGFORGE_KERNEL_VERSION"/updates/dkms/acpi_call.ko*
+echo acpi_call > /etc/modules-load.d/acpi_call.conf
 cat > /etc/systemd/system/imgforge-dkms-report.service <<'UNIT'
 [Unit]
 After=systemd-modules-load.service
@@ -29,7 +29,7 @@ After=systemd-modules-load.service
 Type=oneshot
 StandardOutput=tty
 TTYPath=/dev/ttyS0
-ExecStart=/bin/sh -c 'echo "IMGFORGE-DKMS loaded=$(grep -c ^v4l2loopback /proc/modules)"'
+ExecStart=/bin/sh -c 'echo "IMGFORGE-DKMS loaded=$(grep -c ^acpi_call /proc/modules)"'
 [Install]
 WantedBy=multi-user.target
 UNIT

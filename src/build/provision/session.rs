@@ -2,7 +2,7 @@
 //! API filesystems mounted ([`ApiMounts`], /proc/sys read-only), the
 //! host's DNS answers reachable through the image's own resolv.conf, no
 //! service started (`policy-rc.d` answers 101), and stand-ins first on
-//! PATH, in the tree's fresh /run (so nothing of them outlives the
+//! PATH (apt's `DPkg::Path` too, for maintainer scripts), in the tree's fresh /run (so nothing of them outlives the
 //! session):
 //!
 //! - `uname` reports the image's kernel, not the build host's, so that
@@ -27,6 +27,7 @@ pub const STAND_INS: &str = "/run/imgforge/bin";
 pub const SCRATCH: &str = "/run/imgforge";
 const POLICY_RC_D: &str = "usr/sbin/policy-rc.d";
 const RESOLV_CONF: &str = "etc/resolv.conf";
+const APT_CONF: &str = "etc/apt/apt.conf.d/00imgforge-provision";
 const SAVED_SUFFIX: &str = ".imgforge-saved";
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,13 @@ impl Session {
             b"#!/bin/sh\n# imgforge: no service starts while the image is built.\nexit 101\n",
             0o755,
         )?;
+        // apt runs dpkg with a PATH of its own: the stand-ins first there
+        // too, so that maintainer scripts (DKMS's, procps's) see them.
+        let dpkg_path = format!(
+            "// imgforge: removed after the build.\nDPkg::Path \"{}\";\n",
+            Self::path_variable()
+        );
+        session.replace(APT_CONF, dpkg_path.as_bytes(), 0o644)?;
         session.link_resolv_conf()?;
         Ok(session)
     }

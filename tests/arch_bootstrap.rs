@@ -596,6 +596,7 @@ fn bootstrap_with(
         output: &output,
         source_date_epoch: 0,
         keyring,
+        package_files: &[],
         locked: None,
         progress: &progress,
         mirror_state: &mirror_state,

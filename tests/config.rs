@@ -236,3 +236,41 @@ fn config_errors_name_the_file_line_and_key() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("pass --config"));
 }
+
+#[test]
+fn provisioning_keys_become_build_flags() {
+    let dir = scratch("imgforge-config-provision-");
+    let script = dir.path().join("toolchain.sh");
+    std::fs::write(&script, "#!/bin/sh\ntrue\n").unwrap();
+    let key = dir.path().join("ci.asc");
+    std::fs::write(&key, "-----BEGIN PGP PUBLIC KEY BLOCK-----\n").unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[image]]\nname = \"ci\"\nkernel_args = [\"mitigations=off\", \"hugepages=64\"]\n\
+             scripts = [\"{script}\"]\nsecurity_mirror = \"http://m/debian-security\"\n\
+             mirror = \"http://m/debian\"\n\
+             repositories = [\"deb [signed-by={key}] https://apt.example/ci stable main\"]\n",
+            script = script.display(),
+            key = key.display()
+        ),
+    );
+    let plans = plan(dir.path(), &["--config", &config, "--image", "ci"]);
+    let p = &plans[0];
+    assert!(
+        p["kernel_cmdline"]
+            .as_str()
+            .unwrap()
+            .ends_with(" mitigations=off hugepages=64")
+    );
+    assert_eq!(p["provisioning"][0]["path"], script.to_str().unwrap());
+    let lines = p["sources"]["lines"].to_string();
+    assert!(
+        lines.contains("http://m/debian-security bookworm-security"),
+        "{lines}"
+    );
+    assert!(
+        lines.contains("imgforge-repository-1.asc] https://apt.example/ci"),
+        "{lines}"
+    );
+}

@@ -154,7 +154,11 @@ fn the_cache_key_follows_what_decides_the_tree() {
     );
     assert_eq!(
         strings(&debian["sources"]["lines"]),
-        ["deb http://127.0.0.1:9/debian trixie main"]
+        [
+            "deb http://127.0.0.1:9/debian trixie main",
+            "deb http://127.0.0.1:9/debian trixie-updates main",
+            "deb http://deb.debian.org/debian-security trixie-security main"
+        ]
     );
     assert_eq!(debian["admin_group"], "sudo");
     assert_eq!(debian["grub_kernel"], "/vmlinuz");
@@ -321,4 +325,145 @@ fn arch_linux_for_arm64_and_unknown_architectures_are_refused_with_the_choices()
         assert!(!out.status.success(), "{args:?}");
         assert!(text(&out).contains(wanted), "{args:?}: {}", text(&out));
     }
+}
+
+/// Runs `imgforge build --plan ARGS` expecting bad input: exit 2, the
+/// message on stderr.
+fn plan_refused(args: &[&str]) -> String {
+    let out = Command::new(IMGFORGE)
+        .args(["build", "--plan"])
+        .args(args)
+        .output()
+        .expect("run imgforge");
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn debian_sources_repositories_package_files_and_kernel_args_in_the_plan() {
+    // Files the plan (run as nobody) can read.
+    let dir = common::scratch("imgforge-plan-sources");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let key = dir.path().join("ci.asc");
+    std::fs::write(&key, "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nx\n").unwrap();
+    let deb = dir.path().join("tool_1.0_all.deb");
+    std::fs::write(&deb, "not read by the plan beyond its digest").unwrap();
+    let repository = format!(
+        "deb [arch=amd64 signed-by={}] https://apt.example/ci stable main",
+        key.display()
+    );
+    let p = plan(
+        &[
+            "--mirror",
+            "http://mirror.example/debian",
+            "--repository",
+            &repository,
+            "--package-file",
+            deb.to_str().unwrap(),
+            "--kernel-arg",
+            "mitigations=off",
+            "--kernel-arg",
+            "hugepages=64",
+            "--script",
+            key.to_str().unwrap(),
+            "--ansible",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        strings(&p["sources"]["lines"]),
+        [
+            "deb http://mirror.example/debian bookworm main",
+            "deb http://mirror.example/debian bookworm-updates main",
+            "deb http://deb.debian.org/debian-security bookworm-security main",
+            "deb [arch=amd64 signed-by=/etc/apt/keyrings/imgforge-repository-1.asc] https://apt.example/ci stable main",
+        ]
+    );
+    let entries = p["sources"]["entries"].as_array().unwrap();
+    assert_eq!(entries[3]["from"], "--repository");
+    assert_eq!(p["sources"]["keys"][0]["host"], key.to_str().unwrap());
+    assert_eq!(p["package_files"][0][0], deb.to_str().unwrap());
+    assert_eq!(p["provisioning"][0]["kind"], "ansible");
+    assert_eq!(p["provisioning"][1]["kind"], "script");
+    assert!(
+        p["provisioning"][1]["network"]
+            .as_str()
+            .unwrap()
+            .contains("outside the package manager")
+    );
+    assert!(strings(&p["packages"]).contains(&"python3".to_string()));
+    let cmdline = p["kernel_cmdline"].as_str().unwrap();
+    assert!(
+        cmdline.ends_with(" mitigations=off hugepages=64"),
+        "{cmdline}"
+    );
+    // The key's bytes decide the tree, like the package file's.
+    let base = p["cache_key"].as_str().unwrap().to_string();
+    std::fs::write(&key, "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\ny\n").unwrap();
+    let key_changed = plan(
+        &[
+            "--mirror",
+            "http://mirror.example/debian",
+            "--repository",
+            &repository,
+            "--package-file",
+            deb.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_ne!(key_changed["cache_key"].as_str().unwrap(), base);
+
+    let security = plan(
+        &[
+            "--mirror",
+            "http://m/debian",
+            "--security-mirror",
+            "http://m/debian-security",
+            "--release",
+            "trixie",
+        ],
+        &[],
+    );
+    assert_eq!(
+        strings(&security["sources"]["lines"])[2],
+        "deb http://m/debian-security trixie-security main"
+    );
+
+    // The host's own sources: each line says where it came from, and only
+    // Debian's archive is taken (this host also lists third parties).
+    let host = plan(&[], &[]);
+    for entry in host["sources"]["entries"].as_array().unwrap() {
+        assert!(
+            entry["from"].as_str().unwrap().starts_with("/etc/apt/"),
+            "{entry}"
+        );
+    }
+    let lines = strings(&host["sources"]["lines"]);
+    assert!(lines.iter().any(|l| l.contains("-security")), "{lines:?}");
+
+    let missing = plan_refused(&[
+        "--repository",
+        "deb [signed-by=/nonexistent/ci.gpg] https://apt.example/ci stable main",
+    ]);
+    assert!(missing.contains("/nonexistent/ci.gpg"), "{missing}");
+    let unsigned = plan_refused(&["--repository", "deb https://apt.example/ci stable main"]);
+    assert!(unsigned.contains("unsigned"), "{unsigned}");
+    let not_deb = plan_refused(&["--package-file", key.to_str().unwrap()]);
+    assert!(not_deb.contains(".deb"), "{not_deb}");
+    let no_playbook = plan_refused(&["--ansible", "/nonexistent/tune_os.yaml"]);
+    assert!(no_playbook.contains("no such playbook"), "{no_playbook}");
+    let bad_var = plan_refused(&["--ansible-var", "1x=y"]);
+    assert!(
+        bad_var.contains("not an Ansible variable name"),
+        "{bad_var}"
+    );
+    let no_script = plan_refused(&["--script", "/nonexistent/setup.sh"]);
+    assert!(no_script.contains("/nonexistent/setup.sh"), "{no_script}");
+    let bad_arg = plan_refused(&["--kernel-arg", "a b"]);
+    assert!(bad_arg.contains("--kernel-arg"), "{bad_arg}");
 }

@@ -73,7 +73,8 @@ pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, Bootloa
         class,
         &request.profile,
         arch,
-    )?;
+    )
+    .map(|c| grub::with_kernel_args(c, &request.kernel_args))?;
     let distro = request.distro.data();
     let mut vars = distro.template_variables(&request.kernel);
     let data_file = Path::new("rootfs/distros");

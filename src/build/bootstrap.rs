@@ -65,6 +65,8 @@ pub struct Rootfs {
     pub mirror_state: Vec<MirrorDigest>,
     /// See [`crate::distro::Distro::newest_package_date`].
     pub newest_package_date: Option<String>,
+    /// What the provisioning steps did (filled by [`super::provision`]).
+    pub provisioned: Vec<crate::image::manifest::ProvisionRecord>,
 }
 
 pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
@@ -102,6 +104,9 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
         let scratch = ctx.work_dir().join("bootstrap");
         fs::create_dir_all(&scratch).map_err(at("create", &scratch))?;
         let bootstrap_files = ctx.request.bootstrap_files.as_deref();
+        let package_files: Vec<PathBuf> = (ctx.request.package_files.iter())
+            .map(|(p, _)| p.clone())
+            .collect();
         let job = BootstrapJob {
             release: &ctx.request.release,
             packages: &ctx.request.packages,
@@ -112,6 +117,7 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
             output: &partial,
             source_date_epoch: ctx.bootstrap_epoch(&mirror_state),
             keyring: ctx.keyring.as_deref(),
+            package_files: &package_files,
             locked: locked.map(|l| &l.lock.packages),
             progress: &ctx.progress,
             // --locked keys the tree by the lock's versions, not the mirror.
@@ -141,6 +147,7 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
         from_cache,
         key,
         mirror_state,
+        provisioned: Vec::new(),
     })
 }
 

@@ -106,19 +106,26 @@ pub fn run(
         systemctl(&rootfs.dir, "enable", &enable)?;
         systemctl(&rootfs.dir, "disable", &layer.settings.disable)?;
     }
-    let distro_scrub = &request.distro.data().scrub;
-    scrub(
-        &rootfs.dir,
-        SCRUB
-            .iter()
-            .copied()
-            .chain(distro_scrub.iter().map(String::as_str)),
-    )?;
+    scrub_leftovers(ctx, &rootfs.dir)?;
     for file in SHADOW_FILES {
         reproducible::clamp_shadow_dates(&rootfs.dir.join(file), source_date_epoch)?;
     }
     identity::check_first_boot_units(&rootfs.dir)?;
     Ok(())
+}
+
+/// Removes what is specific to the build host or to one build (the
+/// [`SCRUB`] list and the distro's): after the layers, and again after the
+/// user's provisioning steps.
+pub fn scrub_leftovers(ctx: &BuildContext, root: &Path) -> Result<(), ConfigureError> {
+    let distro_scrub = &ctx.request.distro.data().scrub;
+    scrub(
+        root,
+        SCRUB
+            .iter()
+            .copied()
+            .chain(distro_scrub.iter().map(String::as_str)),
+    )
 }
 
 /// Password files whose "last changed" days are the bootstrap's date.

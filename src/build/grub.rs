@@ -87,6 +87,15 @@ pub fn esp_paths(data: &DataDir, arch: &Architecture) -> Result<Vec<String>, Gru
 /// The kernel command line: the root by UUID, the base tokens with the
 /// architecture's consoles, the profile's tokens for the size class that
 /// the architecture's kernel has.
+/// The command line with the build's `--kernel-arg`s after it: the size
+/// class's tokens stay, the user's come last (the kernel's last one wins).
+pub fn with_kernel_args(cmdline: String, kernel_args: &[String]) -> String {
+    std::iter::once(cmdline)
+        .chain(kernel_args.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn kernel_cmdline(
     data: &DataDir,
     root_uuid: &str,

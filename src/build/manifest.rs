@@ -80,6 +80,7 @@ pub fn record(
         },
         layers: request.layers.iter().map(|l| l.name.clone()).collect(),
         packages: rootfs.packages.clone(),
+        provisioning: rootfs.provisioned.clone(),
         build_time: source_date_epoch,
         seed: Some(ctx.seed.clone()),
         layout_from: ctx.parent.as_ref().map(|p| p.record.clone()),

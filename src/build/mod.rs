@@ -6,7 +6,8 @@
 //! [`reproducible`], [`binfmt`], [`lock`] and [`plan`]. The disk format is
 //! [`crate::image::layout`]; clap stays in `src/commands/build.rs`.
 //!
-//! Stages, in order: [`bootstrap`], [`configure`], [`bootloader`],
+//! Stages, in order: [`bootstrap`], [`configure`], [`provision`] (the
+//! user's scripts, when there are any), [`bootloader`],
 //! [`manifest`] (record), [`assemble`] (with [`layout_from`]), then
 //! [`manifest`] again (seal).
 
@@ -24,6 +25,7 @@ pub mod layout_from;
 pub mod lock;
 pub mod manifest;
 pub mod plan;
+pub mod provision;
 pub mod reproducible;
 pub mod request;
 pub mod signed_chain;
@@ -48,6 +50,7 @@ use context::ContextError;
 use layout_from::LayoutFromError;
 use lock::LockError;
 use manifest::ManifestError;
+use provision::ProvisionError;
 use reproducible::ReproducibleError;
 pub use request::{BuildOptions, BuildRequest};
 
@@ -63,6 +66,8 @@ pub enum BuildError {
     Binfmt(#[from] BinfmtError),
     #[error("configure")]
     Configure(#[from] ConfigureError),
+    #[error("provision")]
+    Provision(#[from] ProvisionError),
     #[error("bootloader")]
     Bootloader(#[from] BootloaderError),
     #[error("assemble")]
@@ -130,8 +135,9 @@ pub fn build(request: BuildRequest, options: &BuildOptions) -> Result<BuildSumma
     // A foreign architecture's programs (bootstrap, chroot grub-mkimage) run
     // through qemu-user-static until this is dropped.
     let _emulation = binfmt::Emulation::ensure(ctx.request.architecture)?;
+    provision::check_host(&ctx)?;
 
-    let rootfs = p.stage("bootstrap", || bootstrap::run(&ctx))?;
+    let mut rootfs = p.stage("bootstrap", || bootstrap::run(&ctx))?;
     ctx.check_interrupt()?;
     let epoch = reproducible::source_date_epoch(
         ctx.epoch_override,
@@ -139,6 +145,13 @@ pub fn build(request: BuildRequest, options: &BuildOptions) -> Result<BuildSumma
         &rootfs.dir,
     )?;
     p.stage("configure", || configure::run(&ctx, &rootfs, epoch))?;
+    if provision::wanted(&ctx) {
+        let vars = configure::template_variables(&ctx)?;
+        p.stage("provision", || {
+            provision::run(&ctx, &mut rootfs, &vars, epoch)
+        })?;
+        configure::scrub_leftovers(&ctx, &rootfs.dir)?;
+    }
     let boot = p.stage("bootloader", || bootloader::prepare(&ctx, &rootfs))?;
     let layout = assemble::plan(&ctx, &rootfs)?;
     let manifest = p.stage("manifest", || {

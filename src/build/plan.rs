@@ -42,6 +42,12 @@ pub struct Plan {
     pub profile: PlanProfile,
     pub sources: Sources,
     pub packages: Vec<String>,
+    /// `--package-file`s (absolute path, SHA-256).
+    pub package_files: Vec<(PathBuf, String)>,
+    /// The user's provisioning steps in the order they run (`--ansible`,
+    /// then each `--script`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub provisioning: Vec<PlanStep>,
     pub default_user: String,
     pub admin_group: String,
     pub layers: Vec<PlanLayer>,
@@ -129,6 +135,38 @@ impl PlanSecureBoot {
 }
 
 #[derive(Debug, Serialize)]
+pub struct PlanStep {
+    /// `ansible` or `script`.
+    pub kind: String,
+    pub path: PathBuf,
+    /// Of the file (a playbook: of its folder's files).
+    pub sha256: String,
+    /// A step may download outside the package manager: the image then
+    /// depends on the network at build time.
+    pub network: String,
+}
+
+impl PlanStep {
+    fn all(request: &BuildRequest) -> Vec<Self> {
+        const NETWORK: &str = "may download outside the package manager: the image depends on \
+                               what the network served at build time (a lock file pins packages only)";
+        let playbook = request.ansible.iter().map(|a| PlanStep {
+            kind: "ansible".into(),
+            path: a.playbook.clone(),
+            sha256: a.dir_sha256.clone(),
+            network: NETWORK.into(),
+        });
+        let scripts = request.scripts.iter().map(|s| PlanStep {
+            kind: "script".into(),
+            path: s.path.clone(),
+            sha256: s.sha256.clone(),
+            network: NETWORK.into(),
+        });
+        playbook.chain(scripts).collect()
+    }
+}
+
+#[derive(Debug, Serialize)]
 pub struct PlanProfile {
     pub name: String,
     pub description: String,
@@ -180,6 +218,8 @@ impl Plan {
             },
             sources: request.sources.clone(),
             packages: request.packages.clone(),
+            package_files: request.package_files.clone(),
+            provisioning: PlanStep::all(request),
             default_user: d.default_user.clone(),
             admin_group: d.admin_group.clone(),
             first_boot_units: layers.iter().flat_map(|l| l.enable.clone()).collect(),
@@ -196,7 +236,8 @@ impl Plan {
                 class,
                 &request.profile,
                 arch,
-            )?,
+            )
+            .map(|c| grub::with_kernel_args(c, &request.kernel_args))?,
             grub_kernel: render(&d.grub_kernel)?,
             grub_initrd: render(&d.grub_initrd)?,
             initramfs: d.initramfs.clone(),
@@ -256,11 +297,7 @@ impl Plan {
                 self.profile.kernel_configs.join(" ")
             ),
         );
-        row(
-            "sources",
-            &self.sources.lines.join("\n                    "),
-        );
-        row("  from", &self.sources.origin);
+        self.print_sources();
         row("packages", &self.packages.join(" "));
         row(
             "default user",
@@ -326,6 +363,38 @@ impl Plan {
         row("data", &self.data_dir);
         for (k, v) in &self.notes {
             row(k, v);
+        }
+    }
+    /// The sources (each with where it came from), keys, package files and
+    /// provisioning steps.
+    fn print_sources(&self) {
+        let row = |k: &str, v: &str| println!("{k:>18}: {v}");
+        row(
+            "sources",
+            &self.sources.lines.join("\n                    "),
+        );
+        row("  from", &self.sources.origin);
+        for entry in &self.sources.entries {
+            let mark = if entry.used { "source" } else { "left out" };
+            row(
+                mark,
+                &format!("{}\n{:>20}{} ({})", entry.line, "", entry.from, entry.note),
+            );
+        }
+        for key in &self.sources.keys {
+            row("key", &format!("{} -> {}", key.host.display(), key.image));
+        }
+        for (path, _) in &self.package_files {
+            row("package file", &path.display().to_string());
+        }
+        for step in &self.provisioning {
+            row(
+                &step.kind,
+                &format!("{} (sha256 {})", step.path.display(), &step.sha256[..16]),
+            );
+        }
+        if let Some(step) = self.provisioning.first() {
+            row("  network", &format!("the steps {}", step.network));
         }
     }
 }

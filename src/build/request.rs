@@ -10,7 +10,9 @@ use super::cache_key;
 use super::layers::{self, Layer, LayersError};
 use super::lock::{self, Lock, LockError, LockedBuild};
 use crate::data::{DataDir, DataError};
-use crate::distro::{self, Distro, DistroData, DistroError, SignedBootChain, Sources};
+use crate::distro::{
+    self, Distro, DistroData, DistroError, SignedBootChain, SourceOptions, Sources,
+};
 use crate::firstboot::{FirstBootError, FirstBootMode, FirstBootModes};
 use crate::platform::Architecture;
 use crate::profile::{Profile, ProfileError, Profiles};
@@ -37,6 +39,22 @@ pub struct BuildOptions {
     /// The disk's size; default: the tree plus headroom.
     pub size: Option<ByteSize>,
     pub mirror: Option<String>,
+    /// `--security-mirror`: the security archive with `--mirror`.
+    pub security_mirror: Option<String>,
+    /// `--repository`: extra package sources with their keys (the
+    /// distro's syntax: Debian `deb [signed-by=KEYFILE] URI SUITE COMPONENT...`).
+    pub repositories: Vec<String>,
+    /// `--package-file`: local packages installed with the set.
+    pub package_files: Vec<PathBuf>,
+    /// `--kernel-arg`: appended to the size class's kernel command line.
+    pub kernel_args: Vec<String>,
+    /// `--script`: run as root in the image's tree, in order, after the
+    /// packages and layers.
+    pub scripts: Vec<PathBuf>,
+    /// `--ansible`: a playbook run against the image's tree.
+    pub ansible: Option<PathBuf>,
+    /// `--ansible-var KEY=VALUE`s.
+    pub ansible_vars: Vec<(String, String)>,
     pub keyring: Option<PathBuf>,
     pub cache_dir: PathBuf,
     pub refresh_cache: bool,
@@ -85,6 +103,113 @@ pub enum RequestError {
          --distro debian"
     )]
     NoSignedChain { distro: String, arch: String },
+    #[error("--script {path}: cannot read it ({source}); give the path of a script file")]
+    Script {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--ansible {path}: {why}")]
+    Ansible { path: PathBuf, why: String },
+    #[error("--package-file {path}: {why}")]
+    PackageFile { path: PathBuf, why: String },
+}
+
+/// One `--script`, read when the request was resolved.
+#[derive(Debug, Clone)]
+pub struct ScriptFile {
+    pub path: PathBuf,
+    /// SHA-256 of its bytes.
+    pub sha256: String,
+}
+
+/// `--ansible PLAYBOOK`: what Ansible needs in the image (Python) is
+/// the distro's `ansible_packages`.
+#[derive(Debug, Clone)]
+pub struct AnsibleRun {
+    /// Absolute, so that roles and files beside it are found.
+    pub playbook: PathBuf,
+    pub vars: Vec<(String, String)>,
+    /// SHA-256 over the playbook's folder (every file's path and bytes).
+    pub dir_sha256: String,
+    /// Installed for it (the distro's `ansible_packages`).
+    pub packages: Vec<String>,
+}
+
+fn read_playbook(
+    d: &DistroData,
+    playbook: &Path,
+    vars: &[(String, String)],
+) -> Result<AnsibleRun, RequestError> {
+    let refuse = |why: String| RequestError::Ansible {
+        path: playbook.to_path_buf(),
+        why,
+    };
+    if d.ansible_packages.is_empty() {
+        return Err(refuse(format!("{} images cannot run Ansible yet", d.name)));
+    }
+    if !playbook.is_file() {
+        return Err(refuse("no such playbook file".into()));
+    }
+    let playbook = std::path::absolute(playbook).map_err(|e| refuse(e.to_string()))?;
+    let dir = playbook.parent().unwrap_or(Path::new("/"));
+    Ok(AnsibleRun {
+        dir_sha256: folder_digest(dir).map_err(|e| refuse(e.to_string()))?,
+        playbook,
+        vars: vars.to_vec(),
+        packages: d.ansible_packages.clone(),
+    })
+}
+
+/// SHA-256 over every file below `dir` (its relative path and bytes, in
+/// name order; `.git` left out).
+pub fn folder_digest(dir: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder)?.flatten() {
+            let kind = entry.file_type()?;
+            if entry.file_name() == ".git" {
+                continue;
+            }
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    let mut hash = Sha256::new();
+    for file in files {
+        hash.update(
+            file.strip_prefix(dir)
+                .unwrap_or(&file)
+                .to_string_lossy()
+                .as_bytes(),
+        );
+        hash.update([0]);
+        hash.update(std::fs::read(&file)?);
+        hash.update([0]);
+    }
+    Ok(hex::encode(hash.finalize()))
+}
+
+fn read_scripts(paths: &[PathBuf]) -> Result<Vec<ScriptFile>, RequestError> {
+    paths
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).map_err(|source| RequestError::Script {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(ScriptFile {
+                path: path.clone(),
+                sha256: crate::distro::mirror::sha256_hex(&bytes),
+            })
+        })
+        .collect()
 }
 
 /// The disk's size: `--size`, or made to fit the tree.
@@ -111,6 +236,14 @@ pub struct BuildRequest {
     /// The distro's packages, the kernel's, then `--packages`.
     pub packages: Vec<String>,
     pub sources: Sources,
+    /// `--package-file`s, as absolute paths, with their SHA-256.
+    pub package_files: Vec<(PathBuf, String)>,
+    /// `--kernel-arg`s, after the size class's command line.
+    pub kernel_args: Vec<String>,
+    /// `--script`s, read for their digest.
+    pub scripts: Vec<ScriptFile>,
+    /// `--ansible`, with its variables and its folder's digest.
+    pub ansible: Option<AnsibleRun>,
     pub layers: Vec<Layer>,
     pub bootstrap_files: Option<PathBuf>,
     /// The profile's kernel config fragments (files under kernel-configs/).
@@ -148,6 +281,14 @@ impl BuildRequest {
             .clone()
             .unwrap_or_else(|| d.default_release.clone());
         let secure_boot = signed_chain(d, options)?;
+        let ansible = match &options.ansible {
+            Some(playbook) => Some(read_playbook(d, playbook, &options.ansible_vars)?),
+            None => None,
+        };
+        let ansible_packages = match ansible {
+            Some(_) => d.ansible_packages.as_slice(),
+            None => &[],
+        };
         let extra_packages: Vec<String> = profile
             .packages
             .iter()
@@ -155,11 +296,20 @@ impl BuildRequest {
             // Always, as Debian's own cloud images do: --secure-boot then
             // changes only the ESP, and shares the cached tree.
             .chain(d.secure_boot.iter().flat_map(|c| &c.packages))
+            .chain(ansible_packages)
             .chain(&options.packages)
             .cloned()
             .collect();
         let packages = d.packages(&kernel, &extra_packages)?;
-        let sources = distro.sources(&release, options.mirror.as_deref())?;
+        let sources = distro.sources_with(
+            &release,
+            &SourceOptions {
+                mirror: options.mirror.as_deref(),
+                security_mirror: options.security_mirror.as_deref(),
+                repositories: &options.repositories,
+            },
+        )?;
+        let package_files = read_package_files(distro.as_ref(), &options.package_files)?;
         let layers = resolve_layers(&data, d, &kernel, &profile, &first_boot, &options.layers)?;
         let bootstrap_files = d
             .bootstrap_files
@@ -167,7 +317,7 @@ impl BuildRequest {
             .map(|f| data.path().join("rootfs").join(f));
         let cache_key = cache_key::cache_key(
             &[&d.name, &release, &d.architecture, &kernel],
-            &sources.lines,
+            &source_key_lines(&sources, &package_files),
             &packages,
             bootstrap_files.as_deref(),
         )?;
@@ -187,6 +337,10 @@ impl BuildRequest {
             profile,
             packages,
             sources,
+            package_files,
+            kernel_args: options.kernel_args.clone(),
+            scripts: read_scripts(&options.scripts)?,
+            ansible,
             layers,
             bootstrap_files,
             kernel_config_fragments,
@@ -275,4 +429,65 @@ fn read_lock(
         path: path.to_path_buf(),
         lock,
     })
+}
+
+/// What of the sources decides the tree: the lines, and the exact bytes
+/// of every key they name and every `--package-file`.
+fn source_key_lines(sources: &Sources, package_files: &[(PathBuf, String)]) -> Vec<String> {
+    let keys = sources
+        .keys
+        .iter()
+        .map(|k| format!("key {} {}", k.image, k.sha256));
+    let files = package_files.iter().map(|(path, sha256)| {
+        format!(
+            "package-file {} {sha256}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        )
+    });
+    sources
+        .lines
+        .iter()
+        .cloned()
+        .chain(keys)
+        .chain(files)
+        .collect()
+}
+
+/// `--package-file`s: files the distro installs (`.deb`), read for their
+/// digest, named by absolute path.
+fn read_package_files(
+    distro: &dyn Distro,
+    paths: &[PathBuf],
+) -> Result<Vec<(PathBuf, String)>, RequestError> {
+    let refuse = |path: &Path, why: String| RequestError::PackageFile {
+        path: path.to_path_buf(),
+        why,
+    };
+    let mut files = Vec::new();
+    for path in paths {
+        let Some(suffix) = distro.package_file_suffix() else {
+            return Err(refuse(
+                path,
+                format!(
+                    "{} images take no local package files yet",
+                    distro.data().name
+                ),
+            ));
+        };
+        if !path.to_string_lossy().ends_with(suffix) {
+            return Err(refuse(path, format!("not a package file (`{suffix}`)")));
+        }
+        let bytes =
+            std::fs::read(path).map_err(|e| refuse(path, format!("cannot read it ({e})")))?;
+        let absolute = std::path::absolute(path)
+            .map_err(|e| refuse(path, format!("cannot resolve it ({e})")))?;
+        if absolute.to_string_lossy().contains([',', ' ']) {
+            return Err(refuse(
+                path,
+                "its path has a comma or a space, which the bootstrap splits; rename it".into(),
+            ));
+        }
+        files.push((absolute, crate::distro::mirror::sha256_hex(&bytes)));
+    }
+    Ok(files)
 }

@@ -22,7 +22,8 @@ imgforge build --arch arm64 --size-class medium -o graviton.raw\n  \
 imgforge build --secure-boot -o signed.raw\n  \
 imgforge build --tuning base -o plain.raw\n  \
 imgforge build --packages htop,tcpdump --layer ./my-layer -o image.raw\n  \
-imgforge build --packages htop --layout-from base.raw -o htop.raw")]
+imgforge build --packages htop --layout-from base.raw -o htop.raw\n  \
+imgforge build --repository 'deb [signed-by=ci.asc] https://apt.example/ci stable main' --packages ci-runner")]
 pub struct BuildArgs {
     /// Distribution to bootstrap: debian or arch (one data file each in
     /// rootfs/distros/). Arch is tested offline only, against a fixture
@@ -85,6 +86,59 @@ pub struct BuildArgs {
     /// (default: Arch's geo mirror).
     #[arg(long)]
     pub mirror: Option<String>,
+
+    /// Debian: the security archive for --mirror's -security source
+    /// (default http://deb.debian.org/debian-security). --mirror URL gives
+    /// the image URL's release and -updates, and this -security.
+    #[arg(long, value_name = "URL")]
+    pub security_mirror: Option<String>,
+
+    /// An extra package source, with its key (repeatable; part of the cache
+    /// key, with the key's bytes). Debian: 'deb [signed-by=KEYFILE] URL
+    /// SUITE COMPONENT...': KEYFILE (armored .asc or binary .gpg) is read
+    /// from this machine and installed into the image's /etc/apt/keyrings;
+    /// --packages may name its packages. An unsigned repository
+    /// (no signed-by, or trusted=yes) or a missing key file is refused.
+    #[arg(long = "repository", value_name = "LINE")]
+    pub repositories: Vec<String>,
+
+    /// A local package to install (repeatable; Debian: a .deb), its
+    /// dependencies resolved from the sources. Part of the cache key by
+    /// its exact bytes.
+    #[arg(long = "package-file", value_name = "FILE")]
+    pub package_files: Vec<PathBuf>,
+
+    /// A kernel command line argument appended after the size class's
+    /// (repeatable), e.g. --kernel-arg mitigations=off --kernel-arg
+    /// hugepages=512. Recorded in the manifest with the whole command line.
+    #[arg(long = "kernel-arg", value_name = "ARG")]
+    pub kernel_args: Vec<String>,
+
+    /// A script run as root inside the image's tree after its packages and
+    /// layers (repeatable, in order). It gets /proc, /sys, /dev and /run,
+    /// the network (the host's name servers), apt (lists fresh), no service
+    /// started (policy-rc.d), `uname -r` reporting the image's kernel, and
+    /// IMGFORGE_DISTRO, IMGFORGE_RELEASE, IMGFORGE_ARCH, IMGFORGE_SIZE_CLASS,
+    /// IMGFORGE_KERNEL_VERSION. `sysctl -w`/`-p`, `modprobe` and `systemctl
+    /// start` do nothing there: the build host's kernel and services never
+    /// change (/proc/sys is read-only). A failing script fails the build.
+    #[arg(long = "script", value_name = "FILE")]
+    pub scripts: Vec<PathBuf>,
+
+    /// An Ansible playbook run against the image's tree (before the
+    /// --scripts) by the host's ansible-playbook (Debian package `ansible`)
+    /// through Ansible's chroot connection: roles and files beside it work,
+    /// facts are the image's, Python is installed into the image for it,
+    /// and imgforge_distro, imgforge_release, imgforge_architecture,
+    /// imgforge_size_class, imgforge_kernel_version are set. As for
+    /// --script, sysctl reloads and service starts leave the build host
+    /// alone; the settings stay in the image's files.
+    #[arg(long, value_name = "PLAYBOOK")]
+    pub ansible: Option<PathBuf>,
+
+    /// A variable for --ansible's playbook, KEY=VALUE (repeatable).
+    #[arg(long = "ansible-var", value_name = "KEY=VALUE", value_parser = ansible_var)]
+    pub ansible_vars: Vec<(String, String)>,
 
     /// A newer keyring to verify packages with (Arch: a folder holding
     /// archlinux.gpg, archlinux-trusted and archlinux-revoked), instead of
@@ -193,6 +247,36 @@ fn size_arg(text: &str) -> Result<ByteSize, String> {
         .map_err(|e| format!("cannot understand size `{text}`: {e}"))
 }
 
+/// `--ansible-var KEY=VALUE`: KEY an Ansible variable name.
+fn ansible_var(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
+    let valid = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "`{key}` is not an Ansible variable name (letters, digits and _, not starting with a digit)"
+        ));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// One `--kernel-arg`: a single token grub.cfg can carry as written.
+fn check_kernel_arg(arg: &str) -> Result<(), BadInput> {
+    let bad = arg.is_empty()
+        || arg
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "\"'`$;\\{}#".contains(c));
+    if bad {
+        return Err(BadInput::new(format!(
+            "--kernel-arg {arg:?} is not one kernel argument: give one NAME or NAME=VALUE per \
+             --kernel-arg, without spaces, quotes, `$`, `;`, `#`, braces or backslashes"
+        )));
+    }
+    Ok(())
+}
+
 /// `--tuning`, or its old name `--profile` with a warning.
 pub fn tuning_flag(tuning: &Option<String>, old: &Option<String>) -> Option<String> {
     if old.is_some() {
@@ -222,6 +306,9 @@ impl BuildArgs {
                 )));
             }
         }
+        for arg in &self.kernel_args {
+            check_kernel_arg(arg)?;
+        }
         Ok(BuildOptions {
             distro: self.distro.clone(),
             architecture,
@@ -231,6 +318,13 @@ impl BuildArgs {
             tuning: tuning_flag(&self.tuning, &self.old_profile),
             size: self.size,
             mirror: self.mirror.clone(),
+            security_mirror: self.security_mirror.clone(),
+            repositories: self.repositories.clone(),
+            package_files: self.package_files.clone(),
+            kernel_args: self.kernel_args.clone(),
+            scripts: self.scripts.clone(),
+            ansible: self.ansible.clone(),
+            ansible_vars: self.ansible_vars.clone(),
             keyring: self.keyring.clone(),
             cache_dir: self.cache_dir.clone(),
             refresh_cache: self.refresh_cache,

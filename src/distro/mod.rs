@@ -60,6 +60,8 @@ pub enum DistroError {
         given: String,
         known: String,
     },
+    #[error("{what}: not supported for {distro} images yet")]
+    Unsupported { distro: String, what: String },
     #[error(transparent)]
     Tool(#[from] ToolError),
     #[error(transparent)]
@@ -130,6 +132,10 @@ pub struct DistroData {
     /// Settings only this distro's module reads.
     #[serde(default)]
     pub bootstrap: toml::Table,
+    /// What `--ansible` needs in the image (Python, and what its package
+    /// modules use); empty: the distro cannot run Ansible yet.
+    #[serde(default)]
+    pub ansible_packages: Vec<String>,
 }
 
 /// `[architectures.NAME]` in a distro's data file.
@@ -168,13 +174,68 @@ pub struct SignedBootChain {
 }
 
 /// What a build asks of the bootstrap: the resolved request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Sources {
     /// The package sources as lines (apt lines, pacman `Server =` URLs):
     /// part of the cache key and of `--plan`.
     pub lines: Vec<String>,
     /// Where they came from (host apt sources, --mirror, the distro default).
     pub origin: String,
+    /// Each source considered, where it came from, and whether the image
+    /// has it (a host's third-party repository is listed, left out).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub entries: Vec<SourceEntry>,
+    /// Keys the lines name, read from the host and installed into the image.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<SourceKey>,
+}
+
+/// One package source as the plan shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceEntry {
+    /// The image's line (a source left out: the line as read).
+    pub line: String,
+    /// The file and line it was read from, or the flag that gave it.
+    pub from: String,
+    /// Whether the image (and the bootstrap) use it.
+    pub used: bool,
+    /// Why it was taken or left out.
+    pub note: String,
+}
+
+/// A repository's key: a host file, installed into the image.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceKey {
+    pub host: std::path::PathBuf,
+    /// Its path in the image, which the image's line names.
+    pub image: String,
+    pub sha256: String,
+}
+
+impl Sources {
+    /// The lines as the bootstrap (running on the host) reads them: a key
+    /// named by its host file, not by its place in the image.
+    pub fn bootstrap_lines(&self) -> Vec<String> {
+        self.lines
+            .iter()
+            .map(|line| {
+                self.keys.iter().fold(line.clone(), |line, key| {
+                    line.replace(&key.image, &key.host.to_string_lossy())
+                })
+            })
+            .collect()
+    }
+}
+
+/// What a build asks of its package sources, beyond the release.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SourceOptions<'a> {
+    /// `--mirror`.
+    pub mirror: Option<&'a str>,
+    /// `--security-mirror`.
+    pub security_mirror: Option<&'a str>,
+    /// `--repository` entries, in the distro's own syntax.
+    pub repositories: &'a [String],
 }
 
 /// One index of the mirror's state: what a build without `--locked` keys
@@ -212,6 +273,9 @@ pub struct BootstrapJob<'a> {
     pub source_date_epoch: u64,
     /// A newer keyring than the host's, where the distro verifies packages.
     pub keyring: Option<&'a Path>,
+    /// `--package-file`: local packages installed with the set (their
+    /// dependencies from the sources).
+    pub package_files: &'a [std::path::PathBuf],
     /// `--locked`: install exactly these versions (name -> version), the
     /// dependencies included, or fail naming what the mirror lacks.
     pub locked: Option<&'a BTreeMap<String, String>>,
@@ -277,6 +341,31 @@ pub trait Distro {
     /// The same package versions give the same answer, whether the tree
     /// was bootstrapped now or comes from the cache.
     fn source_date_epoch(&self, root: &Path) -> Result<Option<u64>, DistroError>;
+
+    /// The package sources with the build's options (`--security-mirror`,
+    /// `--repository`); a distro without them refuses those.
+    fn sources_with(&self, release: &str, options: &SourceOptions) -> Result<Sources, DistroError> {
+        if options.security_mirror.is_some() || !options.repositories.is_empty() {
+            return Err(DistroError::Unsupported {
+                distro: self.data().name.clone(),
+                what: "--security-mirror and --repository".into(),
+            });
+        }
+        self.sources(release, options.mirror)
+    }
+
+    /// The command, run inside the tree, that makes the package manager's
+    /// lists fresh before the user's provisioning steps (the bootstrap's
+    /// were removed from the image); None: nothing to run.
+    fn refresh_package_lists(&self) -> Option<Vec<&'static str>> {
+        None
+    }
+
+    /// The file name ending of a local package `--package-file` takes
+    /// (`.deb`); None: the distro takes none.
+    fn package_file_suffix(&self) -> Option<&'static str> {
+        None
+    }
 
     /// Distro settings written after the layers (e.g. the image's own
     /// package sources); nothing by default.

@@ -26,6 +26,9 @@ pub struct Manifest {
     pub disk: DiskManifest,
     pub layers: Vec<String>,
     pub packages: Vec<Package>,
+    /// The user's provisioning steps (`--ansible`, `--script`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provisioning: Vec<ProvisionRecord>,
     /// SOURCE_DATE_EPOCH of the build (seconds since 1970): every
     /// timestamp in the image is at most this.
     pub build_time: u64,
@@ -85,6 +88,26 @@ pub struct SecureBootManifest {
     pub esp_files: Vec<String>,
     /// The packages the signed files came from, with versions.
     pub packages: Vec<Package>,
+}
+
+/// One provisioning step of the build (`--script`), as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisionRecord {
+    /// `script` or `ansible`.
+    pub kind: String,
+    /// The file as given.
+    pub name: String,
+    /// SHA-256 of its bytes (a playbook: of its folder's files).
+    pub sha256: String,
+    /// Packages the step installed (`name=version`).
+    pub packages_added: Vec<String>,
+    /// Whether it could reach the network outside the package manager (a
+    /// script can): the image then depends on what was downloaded at build
+    /// time, which the lock file does not pin.
+    pub network: bool,
+    /// Packages installed with the image's for the step (Ansible: Python).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,6 +1,7 @@
 //! The host side: running tools, interrupts, work directories, progress and
 //! file errors.
 
+pub mod api_mounts;
 pub mod fsio;
 pub mod interrupt;
 pub mod progress;

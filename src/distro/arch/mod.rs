@@ -317,6 +317,7 @@ impl Distro for Arch {
         Ok(Sources {
             lines: vec![format!("Server = {url}")],
             origin: origin.into(),
+            ..Sources::default()
         })
     }
 

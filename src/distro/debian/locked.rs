@@ -64,7 +64,10 @@ pub(super) fn check_versions(
         fs::write(&path, text).map_err(at("write", &path))
     };
     write("status", String::new())?;
-    write("sources.list", job.sources.lines.join("\n") + "\n")?;
+    write(
+        "sources.list",
+        job.sources.bootstrap_lines().join("\n") + "\n",
+    )?;
     let d = dir.display();
     write(
         "apt.conf",

@@ -1,13 +1,17 @@
 //! Debian: mmdebstrap from the host's apt mirror (or `--mirror`), dpkg's
 //! status file for the package list, the kernel's config in /boot.
 //!
-//! The parts: [`sources`] (the host's apt sources, the mirror's Release
-//! files), [`locked`] (`--locked` builds: apt pins and the check that the
+//! The parts: [`archive`] (which sources an image gets: Debian's archive
+//! from the host or `--mirror`, and `--repository` entries with their
+//! keys), [`source_list`] (apt's one-line and deb822 files), [`sources`]
+//! (the mirror's Release files), [`locked`] (`--locked` builds: apt pins and the check that the
 //! mirror still has every version), [`dpkg`] (the installed package list
 //! and the newest packaged file's time).
 
+mod archive;
 mod dpkg;
 mod locked;
+mod source_list;
 mod sources;
 
 use std::fs;
@@ -16,7 +20,9 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::mirror::CURL;
-use super::{BootstrapJob, Distro, DistroData, DistroError, Kernel, MirrorDigest, Sources};
+use super::{
+    BootstrapJob, Distro, DistroData, DistroError, Kernel, MirrorDigest, SourceOptions, Sources,
+};
 use crate::data::DataDir;
 use crate::image::manifest::Package;
 use crate::sys::fsio::at;
@@ -24,7 +30,11 @@ use crate::sys::tool::{HostTool, Tool};
 
 pub use locked::MissingVersion;
 use locked::{check_versions, lock_preferences};
-use sources::{AptSource, HostSources, mirror_digest};
+use sources::{mirror_digest, parse_source};
+
+/// mmdebstrap's hooks that make `file://` sources and local `.deb`s
+/// visible inside the tree at their host paths.
+const FILE_MIRROR_HOOKS: &str = "/usr/share/mmdebstrap/hooks/file-mirror-automount";
 
 /// The apt preferences file that pins a `--locked` bootstrap, inside the
 /// tree while mmdebstrap runs (removed before the tree is packed).
@@ -53,6 +63,8 @@ pub enum DebianError {
     LockedNeedsMirror { detail: String },
     #[error("a package source is not an apt line `deb URI SUITE COMPONENT...`: {0}")]
     SourceLine(String),
+    #[error("--repository '{spec}': {why}")]
+    Repository { spec: String, why: String },
     #[error(
         "the mirror no longer has {} locked version(s):\n{}\n\
          Drop --locked to take the mirror's current versions (add --lock FILE to record them), or \
@@ -102,37 +114,61 @@ impl Distro for Debian {
         ]
     }
 
-    /// `--mirror`, else the host's own Debian sources with their suites
-    /// moved to the target release.
+    /// `--mirror` (with -updates and -security), else the host's own
+    /// Debian archive sources moved to the target release.
     fn sources(&self, release: &str, mirror: Option<&str>) -> Result<Sources, DistroError> {
-        if let Some(mirror) = mirror {
-            return Ok(Sources {
-                lines: vec![format!("deb {mirror} {release} main")],
-                origin: "--mirror".into(),
-            });
+        self.sources_with(
+            release,
+            &SourceOptions {
+                mirror,
+                ..SourceOptions::default()
+            },
+        )
+    }
+
+    /// As [`Distro::sources`], with `--security-mirror` and the
+    /// `--repository` entries (their keys read from the host).
+    fn sources_with(&self, release: &str, options: &SourceOptions) -> Result<Sources, DistroError> {
+        let mut sources = match options.mirror {
+            Some(mirror) => archive::mirror_sources(release, mirror, options.security_mirror),
+            None => {
+                let files = archive::read_host_files(Path::new("/etc/apt"));
+                archive::host_sources(release, &files, Path::new(archive::APT_LISTS))?
+            }
+        };
+        archive::add_repositories(&mut sources, options.repositories)?;
+        Ok(sources)
+    }
+
+    fn package_file_suffix(&self) -> Option<&'static str> {
+        Some(".deb")
+    }
+
+    fn refresh_package_lists(&self) -> Option<Vec<&'static str>> {
+        Some(vec!["apt-get", "update", "-q"])
+    }
+
+    /// The image's own sources (its keys installed), written over what the
+    /// bootstrap left: there, a repository's key is named by its host file.
+    fn configure(&self, root: &Path, sources: &Sources) -> Result<(), DistroError> {
+        for key in &sources.keys {
+            let target = root.join(key.image.trim_start_matches('/'));
+            if let Some(dir) = target.parent() {
+                fs::create_dir_all(dir).map_err(at("create", dir))?;
+            }
+            fs::copy(&key.host, &target).map_err(at("copy", &key.host))?;
         }
-        let lines = HostSources::read().for_release(release);
-        if lines.is_empty() {
-            return Err(DebianError::NoMirror.into());
-        }
-        Ok(Sources {
-            lines,
-            origin: "the host's apt sources, moved to the release".into(),
-        })
+        let list = root.join("etc/apt/sources.list");
+        fs::write(&list, sources.lines.join("\n") + "\n").map_err(at("write", &list))?;
+        Ok(())
     }
 
     fn mirror_state_files(&self, _release: &str, sources: &Sources) -> Vec<String> {
         sources
             .lines
             .iter()
-            .filter_map(|line| AptSource::parse(line).ok())
-            .map(|s| {
-                format!(
-                    "{}/dists/{}/InRelease",
-                    s.uri.trim_end_matches('/'),
-                    s.suite
-                )
-            })
+            .filter_map(|line| parse_source(line).ok())
+            .map(|s| s.in_release_url("InRelease"))
             .collect()
     }
 
@@ -197,6 +233,17 @@ impl Distro for Debian {
                 "--setup-hook=sync-in {} /var/cache/apt/archives/",
                 quoted(job.package_cache)
             ));
+        let bootstrap_lines = job.sources.bootstrap_lines();
+        if !job.package_files.is_empty() || bootstrap_lines.iter().any(|l| l.contains("file:")) {
+            // dpkg runs inside the tree and reads local packages (and a
+            // file:// source's) at their host paths: mmdebstrap's own hook
+            // makes them appear there for the bootstrap, and cleans up.
+            tool = tool.arg(format!("--hook-dir={FILE_MIRROR_HOOKS}"));
+        }
+        for file in job.package_files {
+            // A path is one --include of its own (mmdebstrap splits lists).
+            tool = tool.arg(format!("--include={}", file.display()));
+        }
         if let Some(files) = job.bootstrap_files {
             tool = tool.arg(format!("--setup-hook=sync-in {} /", quoted(files)));
         }
@@ -219,7 +266,7 @@ impl Distro for Debian {
         .arg("--customize-hook=find \"$1\"/var/cache/apt/archives -name '*.deb' -delete")
         .arg(job.release)
         .arg(job.output)
-        .args(&job.sources.lines)
+        .args(bootstrap_lines)
         // mmdebstrap's own temporary tree goes into our work directory, so
         // that whatever an interrupted run leaves is cleaned up with it.
         .env("TMPDIR", job.work_dir)

@@ -1,32 +1,19 @@
-//! Debian's package sources: the host's apt sources (deb822 and one-line)
-//! moved to the target release, apt source lines, and the mirror's Release
-//! files that key the cached tree.
+//! The mirror's Release files that key the cached tree (which sources an
+//! image gets is [`super::archive`]; how apt's files read,
+//! [`super::source_list`]).
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::super::mirror;
 use super::super::{DistroError, MirrorDigest};
+use super::source_list::{AptEntry, parse_line};
 use super::{DebianError, tool_detail};
 
-/// One apt source line, `deb URI SUITE COMPONENT...`.
-pub(super) struct AptSource<'a> {
-    pub(super) uri: &'a str,
-    pub(super) suite: &'a str,
-    pub(super) components: Vec<&'a str>,
-}
-
-impl<'a> AptSource<'a> {
-    pub(super) fn parse(line: &'a str) -> Result<Self, DebianError> {
-        let mut words = line.split_whitespace().filter(|w| !w.starts_with('['));
-        match (words.next(), words.next(), words.next()) {
-            (Some("deb"), Some(uri), Some(suite)) => Ok(Self {
-                uri,
-                suite,
-                components: words.collect(),
-            }),
-            _ => Err(DebianError::SourceLine(line.to_string())),
-        }
+/// One source line of the build's, parsed (brackets and all).
+pub(super) fn parse_source(line: &str) -> Result<AptEntry, DebianError> {
+    match parse_line(line, "the build's sources") {
+        Ok(Some(entry)) => Ok(entry),
+        _ => Err(DebianError::SourceLine(line.to_string())),
     }
 }
 
@@ -68,14 +55,10 @@ pub(super) fn mirror_digest(
     dest: &Path,
     architecture: &str,
 ) -> Result<Option<MirrorDigest>, DistroError> {
-    let source = AptSource::parse(line)?;
+    let source = parse_source(line)?;
     let mut fetched = None;
     for name in ["InRelease", "Release"] {
-        let url = format!(
-            "{}/dists/{}/{name}",
-            source.uri.trim_end_matches('/'),
-            source.suite
-        );
+        let url = source.in_release_url(name);
         match mirror::fetch(&url, dest) {
             Ok(()) => {
                 fetched = Some(url);
@@ -96,7 +79,8 @@ pub(super) fn mirror_digest(
     };
     let bytes = mirror::read(dest)?;
     let text = String::from_utf8_lossy(&bytes);
-    let indexes = packages_indexes(&text, &source.components, architecture);
+    let components: Vec<&str> = source.components.iter().map(String::as_str).collect();
+    let indexes = packages_indexes(&text, &components, architecture);
     Ok(Some(MirrorDigest {
         url,
         sha256: mirror::sha256_hex(&bytes),
@@ -109,122 +93,9 @@ pub(super) fn mirror_digest(
     }))
 }
 
-/// The host's apt sources (deb822 and one-line formats).
-#[derive(Debug, Default)]
-pub struct HostSources {
-    /// (uri, suite, components)
-    entries: Vec<(String, String, String)>,
-}
-
-impl HostSources {
-    pub fn read() -> Self {
-        let mut sources = Self::default();
-        let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-        if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
-            let mut more: Vec<PathBuf> = dir.filter_map(Result::ok).map(|e| e.path()).collect();
-            more.sort();
-            files.extend(more);
-        }
-        for file in files {
-            let Ok(text) = fs::read_to_string(&file) else {
-                continue;
-            };
-            match file.extension().and_then(|e| e.to_str()) {
-                Some("sources") => sources.parse_deb822(&text),
-                Some("list") => sources.parse_one_line(&text),
-                _ => {}
-            }
-        }
-        sources
-    }
-
-    pub fn parse_one_line(&mut self, text: &str) {
-        for line in text.lines().map(str::trim) {
-            let mut words = line.split_whitespace().filter(|w| !w.starts_with('['));
-            if words.next() != Some("deb") {
-                continue;
-            }
-            let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let components: Vec<&str> = words.collect();
-            self.entries
-                .push((uri.into(), suite.into(), components.join(" ")));
-        }
-    }
-
-    pub fn parse_deb822(&mut self, text: &str) {
-        for stanza in text.split("\n\n") {
-            let field = |name: &str| {
-                stanza
-                    .lines()
-                    .filter(|l| !l.trim_start().starts_with('#'))
-                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                    .map(str::trim)
-                    .unwrap_or_default()
-            };
-            if !field("Types").split_whitespace().any(|t| t == "deb") || field("Enabled") == "no" {
-                continue;
-            }
-            for uri in field("URIs").split_whitespace() {
-                for suite in field("Suites").split_whitespace() {
-                    self.entries
-                        .push((uri.into(), suite.into(), field("Components").into()));
-                }
-            }
-        }
-    }
-
-    /// Debian entries moved to `release`: a host suite `bookworm-updates`
-    /// becomes `<release>-updates`, and so on.
-    pub fn for_release(&self, release: &str) -> Vec<String> {
-        let mut lines: Vec<String> = Vec::new();
-        for (uri, suite, components) in &self.entries {
-            if !uri.contains("debian") {
-                continue;
-            }
-            let pocket = suite.split_once(['-', '/']).map(|(_, p)| p);
-            let target = match pocket {
-                None => release.to_string(),
-                Some(p) if suite.contains('/') => format!("{release}/{p}"),
-                Some(p) => format!("{release}-{p}"),
-            };
-            let components = if components.is_empty() {
-                "main"
-            } else {
-                components
-            };
-            let line = format!("deb {uri} {target} {components}");
-            if !lines.contains(&line) {
-                lines.push(line);
-            }
-        }
-        lines
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_sources_move_to_the_target_release() {
-        let mut sources = HostSources::default();
-        sources.parse_deb822(
-            "Types: deb\n# comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n\
-             Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n\n\
-             Types: deb-src\nURIs: http://mirror.example/debian\nSuites: bookworm\nComponents: main\n",
-        );
-        sources.parse_one_line("deb [arch=amd64] http://other.example/ubuntu jammy main\n");
-        assert_eq!(
-            sources.for_release("trixie"),
-            [
-                "deb http://mirror.example/debian trixie main",
-                "deb http://mirror.example/debian trixie-updates main",
-                "deb http://mirror.example/debian-security trixie-security main",
-            ]
-        );
-    }
 
     const RELEASE: &str = "Origin: Debian\nSuite: stable\nDate: Sat, 11 Jul 2026 10:16:37 UTC\n\
         MD5Sum:\n f230d61720e789abf5df55d6026230c6 50060337 main/binary-amd64/Packages\n\

@@ -1,0 +1,493 @@
+//! The user's own software on the image: a signed `file://` apt repository
+//! made here (dpkg-deb, dpkg-scanpackages, a Release clearsigned with gpg)
+//! used through `--repository`, a local `.deb` through `--package-file`,
+//! `--kernel-arg`, and a `--script` that installs a package from the mirror
+//! and records what it saw, an instance-style Ansible playbook (apt, sysctl,
+//! lineinfile, template, copy, systemd); all checked in one built image with
+//! debugfs, then the same build with a failing playbook.
+//! Then the failures: a failing script (its name, status and last lines;
+//! exit 1, no image, nothing mounted or running), a missing key file and an
+//! unsigned repository (exit 2 before any work). Needs root, mmdebstrap,
+//! gpg, dpkg-deb, dpkg-scanpackages, debugfs and the host's mirror.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{BUILD, IMGFORGE, Need, heavy, prerequisites, run_program as run, text};
+
+const NEEDS: &[Need] = &[
+    Need::Tool("gpg"),
+    Need::Tool("dpkg-deb"),
+    Need::Tool("dpkg-scanpackages"),
+    Need::Tool("debugfs"),
+];
+
+fn ok(out: Output, what: &str) -> Output {
+    assert!(out.status.success(), "{what}: {}", text(&out));
+    out
+}
+
+/// A package of one marker file, `Architecture: all`.
+fn make_deb(dir: &Path, name: &str, depends: Option<&str>) -> PathBuf {
+    let root = dir.join(format!("{name}-root"));
+    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(root.join(format!("usr/share/{name}"))).unwrap();
+    std::fs::write(root.join(format!("usr/share/{name}/marker")), name).unwrap();
+    let depends = depends
+        .map(|d| format!("Depends: {d}\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        root.join("DEBIAN/control"),
+        format!(
+            "Package: {name}\nVersion: 1.0\nArchitecture: all\nMaintainer: imgforge tests \
+             <tests@imgforge.test>\n{depends}Description: imgforge test package\n"
+        ),
+    )
+    .unwrap();
+    let deb = dir.join(format!("{name}_1.0_all.deb"));
+    ok(
+        run(
+            "dpkg-deb",
+            &[
+                "--root-owner-group",
+                "--build",
+                root.to_str().unwrap(),
+                deb.to_str().unwrap(),
+            ],
+        ),
+        "dpkg-deb",
+    );
+    deb
+}
+
+/// A flat repository in `dir/repo` holding `deb`, its Release clearsigned
+/// by a new key: the key file and the `--repository` line.
+fn signed_repository(dir: &Path, deb: &Path) -> (PathBuf, String) {
+    let home = dir.join("gnupg");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let gpg = |args: &[&str]| {
+        let mut all = vec!["--batch", "--homedir", home.to_str().unwrap()];
+        all.extend_from_slice(args);
+        ok(run("gpg", &all), "gpg")
+    };
+    gpg(&[
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "imgforge test repository <repo@imgforge.test>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    let key = dir.join("repo-key.gpg");
+    std::fs::write(&key, gpg(&["--export"]).stdout).unwrap();
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::copy(deb, repo.join(deb.file_name().unwrap())).unwrap();
+    let scan = Command::new("dpkg-scanpackages")
+        .args(["--multiversion", "."])
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    let packages = ok(scan, "dpkg-scanpackages").stdout;
+    std::fs::write(repo.join("Packages"), &packages).unwrap();
+    let date = text(&ok(
+        run("date", &["-u", "+%a, %d %b %Y %H:%M:%S UTC"]),
+        "date",
+    ));
+    let sha = common::sha256_file(&repo.join("Packages"));
+    std::fs::write(
+        repo.join("Release"),
+        format!(
+            "Origin: imgforge-test\nLabel: imgforge-test\nDate: {}\nSHA256:\n {sha} {} Packages\n",
+            date.trim(),
+            packages.len()
+        ),
+    )
+    .unwrap();
+    let release = repo.join("Release");
+    let in_release = repo.join("InRelease");
+    gpg(&[
+        "--yes",
+        "--clearsign",
+        "--output",
+        in_release.to_str().unwrap(),
+        release.to_str().unwrap(),
+    ]);
+    let line = format!(
+        "deb [signed-by={}] file://{} ./",
+        key.display(),
+        repo.display()
+    );
+    (key, line)
+}
+
+fn root_partition_offset(manifest: &serde_json::Value) -> u64 {
+    let root = manifest["disk"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["filesystem"] == "ext4")
+        .unwrap();
+    root["first_lba"].as_u64().unwrap() * 512
+}
+
+fn debugfs_command(image: &Path, manifest: &serde_json::Value, command: &str) -> String {
+    let target = format!(
+        "{}?offset={}",
+        image.display(),
+        root_partition_offset(manifest)
+    );
+    String::from_utf8_lossy(&run("debugfs", &["-R", command, &target]).stdout).into_owned()
+}
+
+/// Reads a file out of the image's ext4 root with debugfs (no mount).
+fn image_file(image: &Path, manifest: &serde_json::Value, path: &str) -> String {
+    let offset = root_partition_offset(manifest);
+    let target = format!("{}?offset={offset}", image.display());
+    let out = run("debugfs", &["-R", &format!("cat {path}"), &target]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mounts_under(dir: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(String::from))
+        .filter(|m| m.starts_with(dir))
+        .collect()
+}
+
+fn processes_running(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).replace('\0', " ").trim() == needle)
+        .count()
+}
+
+/// A playbook written for an instance, in the style of the trading teams'
+/// tune_os.yaml, with a template and a file beside it.
+fn tune_os_playbook(dir: &Path) -> PathBuf {
+    let play = dir.join("ansible");
+    std::fs::create_dir_all(play.join("templates")).unwrap();
+    std::fs::create_dir_all(play.join("files")).unwrap();
+    std::fs::write(
+        play.join("templates/engine.conf.j2"),
+        "ring={{ ring_size }} class={{ imgforge_size_class }} arch={{ imgforge_architecture }}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        play.join("files/engine.service"),
+        "[Unit]\nDescription=engine\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    let playbook = play.join("tune_os.yaml");
+    std::fs::write(&playbook, TUNE_OS).unwrap();
+    playbook
+}
+
+const TUNE_OS: &str = r#"- hosts: all
+  vars:
+    ring_size: 4096
+  tasks:
+    - name: packages
+      ansible.builtin.apt:
+        name: [hello]
+        state: present
+    - name: kernel settings
+      ansible.posix.sysctl:
+        name: vm.swappiness
+        value: "7"
+        sysctl_file: /etc/sysctl.d/90-trading.conf
+    - name: limits
+      ansible.builtin.lineinfile:
+        path: /etc/security/limits.conf
+        line: "* - memlock unlimited"
+    - name: engine configuration
+      ansible.builtin.template:
+        src: templates/engine.conf.j2
+        dest: /etc/engine.conf
+    - name: engine unit
+      ansible.builtin.copy:
+        src: files/engine.service
+        dest: /etc/systemd/system/engine.service
+    - name: engine enabled
+      ansible.builtin.systemd:
+        name: engine.service
+        enabled: true
+    - name: what the playbook saw
+      ansible.builtin.copy:
+        dest: /root/ansible-facts
+        content: "{{ ansible_distribution }} {{ ansible_distribution_release }} {{ imgforge_kernel_version }} {{ imgforge_release }} {{ team }}\n"
+"#;
+
+const SCRIPT: &str = r#"#!/bin/sh
+set -e
+apt-get install -y --no-install-recommends tree
+uname -r > /root/provision-uname
+env | grep '^IMGFORGE_' | sort > /root/provision-env
+echo 'vm.swappiness = 7' > /etc/sysctl.d/90-imgforge-test.conf
+sysctl -p /etc/sysctl.d/90-imgforge-test.conf
+sysctl -w vm.swappiness=7
+modprobe dummy
+systemctl start ssh.service
+if echo 7 > /proc/sys/vm/swappiness 2>/dev/null; then echo writable; else echo read-only; fi > /root/provision-proc-sys
+[ -x /usr/sbin/policy-rc.d ] && echo present > /root/provision-policy
+cat /usr/share/imgforge-repo-hello/marker > /root/provision-repo
+getent hosts deb.debian.org >/dev/null && echo resolved > /root/provision-dns
+date +%s%N > /root/provision-stamp
+sleep 7777 &
+"#;
+
+#[test]
+fn repository_package_file_kernel_arg_playbook_and_script_in_one_build() {
+    if !prerequisites(
+        "repository_package_file_kernel_arg_playbook_and_script_in_one_build",
+        &[BUILD, NEEDS, &[Need::Tool("ansible-playbook")]],
+    ) {
+        return;
+    }
+    let _heavy = heavy();
+    let dir = common::scratch("imgforge-provision-");
+    let repo_deb = make_deb(dir.path(), "imgforge-repo-hello", None);
+    let local_deb = make_deb(dir.path(), "imgforge-local-tool", Some("jq"));
+    let (key, repository) = signed_repository(dir.path(), &repo_deb);
+    let script = dir.path().join("toolchain.sh");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let playbook = tune_os_playbook(dir.path());
+    let swappiness = std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap();
+    let image = dir.path().join("provisioned.raw");
+    let started = std::time::Instant::now();
+    let out = Command::new(IMGFORGE)
+        .args(["build", "--json", "--repository", &repository])
+        .args(["--packages", "imgforge-repo-hello", "--package-file"])
+        .arg(&local_deb)
+        .args(["--kernel-arg", "imgforge.test=1", "--script"])
+        .arg(&script)
+        .arg("--ansible")
+        .arg(&playbook)
+        .args(["--ansible-var", "team=trading"])
+        .arg("-o")
+        .arg(&image)
+        // The work directory (and any mount in it) under the test's folder.
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    eprintln!(
+        "provisioned build: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let home = dir.path().join("gnupg");
+    let _ = run(
+        "gpgconf",
+        &["--homedir", home.to_str().unwrap(), "--kill", "gpg-agent"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap(),
+        swappiness,
+        "the host's kernel settings changed"
+    );
+    assert_eq!(
+        processes_running("sleep 7777"),
+        0,
+        "a script's process survived"
+    );
+    assert!(mounts_under(dir.path().to_str().unwrap()).is_empty());
+
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}.json", image.display())).unwrap(),
+    )
+    .unwrap();
+    let kernel = manifest["kernel_version"].as_str().unwrap();
+    let installed: Vec<&str> = manifest["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "imgforge-repo-hello",
+        "imgforge-local-tool",
+        "jq",
+        "tree",
+        "python3",
+        "hello",
+    ] {
+        assert!(
+            installed.contains(&name),
+            "{name} not installed: {installed:?}"
+        );
+    }
+    let played = &manifest["provisioning"][0];
+    assert_eq!(played["kind"], "ansible");
+    assert!(
+        played["requires"].to_string().contains("python3"),
+        "{played}"
+    );
+    assert!(
+        played["packages_added"].to_string().contains("\"hello="),
+        "{played}"
+    );
+    let step = &manifest["provisioning"][1];
+    assert_eq!(step["kind"], "script");
+    assert_eq!(step["sha256"], common::sha256_file(&script));
+    let added = step["packages_added"].to_string();
+    assert!(added.contains("\"tree="), "{added}");
+    assert!(
+        !added.contains("jq="),
+        "jq came with the bootstrap: {added}"
+    );
+    assert!(
+        manifest["kernel_cmdline"]
+            .as_str()
+            .unwrap()
+            .ends_with(" imgforge.test=1")
+    );
+
+    let file = |path: &str| image_file(&image, &manifest, path);
+    assert_eq!(file("/root/provision-uname").trim(), kernel);
+    let uname = text(&run("uname", &["-r"]));
+    assert_ne!(uname.trim(), kernel, "the host's kernel would not tell");
+    let env = file("/root/provision-env");
+    for wanted in [
+        "IMGFORGE_DISTRO=debian".to_string(),
+        "IMGFORGE_RELEASE=bookworm".into(),
+        "IMGFORGE_ARCH=x86_64".into(),
+        "IMGFORGE_SIZE_CLASS=small".into(),
+        format!("IMGFORGE_KERNEL_VERSION={kernel}"),
+    ] {
+        assert!(env.contains(&wanted), "{wanted}: {env}");
+    }
+    assert_eq!(file("/root/provision-proc-sys").trim(), "read-only");
+    assert_eq!(file("/root/provision-policy").trim(), "present");
+    assert_eq!(file("/root/provision-repo").trim(), "imgforge-repo-hello");
+    assert_eq!(file("/root/provision-dns").trim(), "resolved");
+    assert!(file("/etc/sysctl.d/90-imgforge-test.conf").contains("vm.swappiness = 7"));
+    assert!(file("/usr/share/imgforge-local-tool/marker").contains("imgforge-local-tool"));
+    // The playbook's effects, with the image's facts and imgforge's variables.
+    assert_eq!(
+        file("/root/ansible-facts").trim(),
+        format!("Debian bookworm {kernel} bookworm trading")
+    );
+    assert!(file("/etc/sysctl.d/90-trading.conf").contains("vm.swappiness=7"));
+    assert!(file("/etc/security/limits.conf").contains("* - memlock unlimited"));
+    assert_eq!(
+        file("/etc/engine.conf").trim(),
+        "ring=4096 class=small arch=x86_64"
+    );
+    let listing = debugfs_command(
+        &image,
+        &manifest,
+        "ls -l /etc/systemd/system/multi-user.target.wants",
+    );
+    assert!(listing.contains("engine.service"), "{listing}");
+    // Nothing of the machinery stays; the repository's key does.
+    assert_eq!(file("/usr/sbin/policy-rc.d"), "");
+    assert_eq!(file("/etc/apt/apt.conf.d/00imgforge-provision"), "");
+    assert_eq!(file("/etc/resolv.conf.imgforge-saved"), "");
+    let sources = file("/etc/apt/sources.list");
+    assert!(
+        sources.contains("deb [signed-by=/etc/apt/keyrings/imgforge-repository-1.gpg] file://"),
+        "{sources}"
+    );
+    assert!(sources.contains("bookworm-security"), "{sources}");
+    let copied = dir.path().join("key-from-image");
+    let root_offset = root_partition_offset(&manifest);
+    let dump = format!(
+        "dump /etc/apt/keyrings/imgforge-repository-1.gpg {}",
+        copied.display()
+    );
+    run(
+        "debugfs",
+        &[
+            "-R",
+            &dump,
+            &format!("{}?offset={root_offset}", image.display()),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(&copied).unwrap(),
+        std::fs::read(&key).unwrap()
+    );
+}
+
+#[test]
+fn a_failing_script_fails_the_build_naming_it_and_leaves_nothing() {
+    if !prerequisites(
+        "a_failing_script_fails_the_build_naming_it_and_leaves_nothing",
+        &[BUILD],
+    ) {
+        return;
+    }
+    let _heavy = heavy();
+    let dir = common::scratch("imgforge-provision-fail-");
+    let script = dir.path().join("broken.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho preparing the toolchain\nsleep 7778 &\necho 'cannot find zig-0.99' >&2\nexit 3\n",
+    )
+    .unwrap();
+    let image = dir.path().join("never.raw");
+    let out = Command::new(IMGFORGE)
+        .args(["build", "--script"])
+        .arg(&script)
+        .arg("-o")
+        .arg(&image)
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr.contains(&script.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains("exit status: 3") || stderr.contains("status 3"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cannot find zig-0.99"), "{stderr}");
+    assert!(stderr.contains("preparing the toolchain"), "{stderr}");
+    assert!(!image.exists());
+    assert!(!Path::new(&format!("{}.json", image.display())).exists());
+    assert_eq!(processes_running("sleep 7778"), 0);
+    assert!(mounts_under(dir.path().to_str().unwrap()).is_empty());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("broken.sh")],
+        "work directory left"
+    );
+
+    // Bad input, before any work: exit 2.
+    let missing = Command::new(IMGFORGE)
+        .args(["build", "--repository"])
+        .arg("deb [signed-by=/nonexistent/key.gpg] file:///srv/repo ./")
+        .arg("-o")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(text(&missing).contains("/nonexistent/key.gpg"));
+    let unsigned = Command::new(IMGFORGE)
+        .args(["build", "--repository", "deb file:///srv/repo ./", "-o"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert_eq!(unsigned.status.code(), Some(2), "{}", text(&unsigned));
+    assert!(text(&unsigned).contains("unsigned"));
+    let no_script = Command::new(IMGFORGE)
+        .args(["build", "--script", "/nonexistent/setup.sh", "-o"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert_eq!(no_script.status.code(), Some(2), "{}", text(&no_script));
+    assert!(!image.exists());
+}

@@ -211,7 +211,7 @@ fn the_printed_policy_allows_every_call_of_an_upload_with_every_publishing_flag(
     for region in ["us-east-1", "eu-west-1"] {
         let via = policy["Statement"].as_array().unwrap().iter().any(|s| {
             strings(&s["Action"]).contains(&"kms:CreateGrant".to_string())
-                && strings(&s["Condition"]["StringEquals"]["kms:ViaService"])
+                && strings(&s["Condition"]["StringLike"]["kms:ViaService"])
                     .contains(&format!("ec2.{region}.amazonaws.com"))
         });
         assert!(via, "kms:CreateGrant via EC2 in {region}: {policy:#}");

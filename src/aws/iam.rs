@@ -234,7 +234,9 @@ fn kms_statements(req: &UploadRequest, source_region: &str, regions: &[String]) 
             format!("ebs.{region}.amazonaws.com")
         ]);
         let mut condition = via.condition.take().unwrap_or_else(|| json!({}));
-        condition["StringEquals"] = json!({"kms:ViaService": services});
+        // StringLike: where the source region is not known offline it is
+        // `*`, and StringEquals would compare the `*` literally.
+        condition["StringLike"]["kms:ViaService"] = services;
         via.condition = Some(condition);
         out.push(via);
     }

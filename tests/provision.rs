@@ -125,8 +125,8 @@ fn signing_home() -> PathBuf {
     home
 }
 
-/// A flat repository in `dir/repo` holding `deb`, its Release clearsigned
-/// with the test key: the key file and the `--repository` line.
+/// A flat repository holding `deb`, its Release clearsigned with the test
+/// key: the key file (in `dir`) and the `--repository` line.
 fn signed_repository(dir: &Path, deb: &Path) -> (PathBuf, String) {
     let home = signing_home();
     let gpg = |args: &[&str]| {
@@ -136,7 +136,10 @@ fn signed_repository(dir: &Path, deb: &Path) -> (PathBuf, String) {
     };
     let key = dir.join("repo-key.gpg");
     std::fs::write(&key, gpg(&["--export"]).stdout).unwrap();
-    let repo = dir.join("repo");
+    // At a fixed path: the source line (and so the tree's key) repeats
+    // between runs, which then reuse the bootstrapped tree.
+    let repo = PathBuf::from("/var/tmp/imgforge-test-apt-repository");
+    let _ = std::fs::remove_dir_all(&repo);
     std::fs::create_dir_all(&repo).unwrap();
     std::fs::copy(deb, repo.join(deb.file_name().unwrap())).unwrap();
     let scan = Command::new("dpkg-scanpackages")

@@ -317,7 +317,13 @@ fn repository_package_file_kernel_arg_playbook_and_script_in_one_build() {
     let local_deb = make_deb(dir.path(), "imgforge-local-tool", Some("jq"));
     let (key, repository) = signed_repository(dir.path(), &repo_deb);
     let script = dir.path().join("toolchain.sh");
-    std::fs::write(&script, SCRIPT).unwrap();
+    // A new script every run: the steps run (the bootstrapped tree may come
+    // from an earlier run's cache, the provisioned one must not).
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::fs::write(&script, format!("{SCRIPT}# run {nonce}\n")).unwrap();
     let playbook = tune_os_playbook(dir.path());
     let swappiness = std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap();
     let image = dir.path().join("provisioned.raw");
@@ -405,6 +411,8 @@ fn repository_package_file_kernel_arg_playbook_and_script_in_one_build() {
     );
 
     let file = |path: &str| image_file(&image, &manifest, path);
+    let stamp: u128 = file("/root/provision-stamp").trim().parse().unwrap();
+    assert!(stamp > nonce, "the script did not run in this build");
     assert_eq!(file("/root/provision-uname").trim(), kernel);
     let uname = text(&run("uname", &["-r"]));
     assert_ne!(uname.trim(), kernel, "the host's kernel would not tell");

@@ -47,44 +47,99 @@ fn make_deb(dir: &Path, name: &str, depends: Option<&str>) -> PathBuf {
     )
     .unwrap();
     let deb = dir.join(format!("{name}_1.0_all.deb"));
+    // The same bytes every run (they key the cached tree): fixed times.
     ok(
         run(
-            "dpkg-deb",
+            "find",
             &[
-                "--root-owner-group",
-                "--build",
                 root.to_str().unwrap(),
-                deb.to_str().unwrap(),
+                "-exec",
+                "touch",
+                "-h",
+                "-d",
+                "@1700000000",
+                "{}",
+                "+",
             ],
         ),
-        "dpkg-deb",
+        "touch",
     );
+    let built = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&root)
+        .arg(&deb)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    ok(built, "dpkg-deb");
     deb
 }
 
-/// A flat repository in `dir/repo` holding `deb`, its Release clearsigned
-/// by a new key: the key file and the `--repository` line.
+/// The test repository's signing key, made once per machine and kept in
+/// /var/tmp: the key's bytes are part of the tree's cache key, so a kept
+/// key lets later runs reuse the bootstrapped tree.
+fn signing_home() -> PathBuf {
+    let home = PathBuf::from("/var/tmp/imgforge-test-apt-signing-key");
+    if home.join("done").exists() {
+        return home;
+    }
+    let fresh = common::scratch("imgforge-test-apt-signing-key-");
+    let fresh_home = fresh.path().to_path_buf();
+    std::fs::set_permissions(
+        &fresh_home,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    ok(
+        run(
+            "gpg",
+            &[
+                "--batch",
+                "--homedir",
+                fresh_home.to_str().unwrap(),
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                "imgforge test repository <repo@imgforge.test>",
+                "ed25519",
+                "sign",
+                "never",
+            ],
+        ),
+        "gpg --quick-gen-key",
+    );
+    let _ = run(
+        "gpgconf",
+        &[
+            "--homedir",
+            fresh_home.to_str().unwrap(),
+            "--kill",
+            "gpg-agent",
+        ],
+    );
+    std::fs::write(fresh_home.join("done"), "").unwrap();
+    // Another test binary may have made one meanwhile: the first one stays.
+    if std::fs::rename(fresh.keep(), &home).is_err() {
+        let _ = std::fs::remove_dir_all(&fresh_home);
+    }
+    home
+}
+
+/// A flat repository holding `deb`, its Release clearsigned with the test
+/// key: the key file (in `dir`) and the `--repository` line.
 fn signed_repository(dir: &Path, deb: &Path) -> (PathBuf, String) {
-    let home = dir.join("gnupg");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let home = signing_home();
     let gpg = |args: &[&str]| {
         let mut all = vec!["--batch", "--homedir", home.to_str().unwrap()];
         all.extend_from_slice(args);
         ok(run("gpg", &all), "gpg")
     };
-    gpg(&[
-        "--passphrase",
-        "",
-        "--quick-gen-key",
-        "imgforge test repository <repo@imgforge.test>",
-        "ed25519",
-        "sign",
-        "never",
-    ]);
     let key = dir.join("repo-key.gpg");
     std::fs::write(&key, gpg(&["--export"]).stdout).unwrap();
-    let repo = dir.join("repo");
+    // At a fixed path: the source line (and so the tree's key) repeats
+    // between runs, which then reuse the bootstrapped tree.
+    let repo = PathBuf::from("/var/tmp/imgforge-test-apt-repository");
+    let _ = std::fs::remove_dir_all(&repo);
     std::fs::create_dir_all(&repo).unwrap();
     std::fs::copy(deb, repo.join(deb.file_name().unwrap())).unwrap();
     let scan = Command::new("dpkg-scanpackages")
@@ -117,6 +172,10 @@ fn signed_repository(dir: &Path, deb: &Path) -> (PathBuf, String) {
         in_release.to_str().unwrap(),
         release.to_str().unwrap(),
     ]);
+    let _ = run(
+        "gpgconf",
+        &["--homedir", home.to_str().unwrap(), "--kill", "gpg-agent"],
+    );
     let line = format!(
         "deb [signed-by={}] file://{} ./",
         key.display(),
@@ -258,7 +317,13 @@ fn repository_package_file_kernel_arg_playbook_and_script_in_one_build() {
     let local_deb = make_deb(dir.path(), "imgforge-local-tool", Some("jq"));
     let (key, repository) = signed_repository(dir.path(), &repo_deb);
     let script = dir.path().join("toolchain.sh");
-    std::fs::write(&script, SCRIPT).unwrap();
+    // A new script every run: the steps run (the bootstrapped tree may come
+    // from an earlier run's cache, the provisioned one must not).
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::fs::write(&script, format!("{SCRIPT}# run {nonce}\n")).unwrap();
     let playbook = tune_os_playbook(dir.path());
     let swappiness = std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap();
     let image = dir.path().join("provisioned.raw");
@@ -281,11 +346,6 @@ fn repository_package_file_kernel_arg_playbook_and_script_in_one_build() {
     eprintln!(
         "provisioned build: {:.0} s",
         started.elapsed().as_secs_f64()
-    );
-    let home = dir.path().join("gnupg");
-    let _ = run(
-        "gpgconf",
-        &["--homedir", home.to_str().unwrap(), "--kill", "gpg-agent"],
     );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
@@ -351,6 +411,8 @@ fn repository_package_file_kernel_arg_playbook_and_script_in_one_build() {
     );
 
     let file = |path: &str| image_file(&image, &manifest, path);
+    let stamp: u128 = file("/root/provision-stamp").trim().parse().unwrap();
+    assert!(stamp > nonce, "the script did not run in this build");
     assert_eq!(file("/root/provision-uname").trim(), kernel);
     let uname = text(&run("uname", &["-r"]));
     assert_ne!(uname.trim(), kernel, "the host's kernel would not tell");
@@ -414,6 +476,96 @@ fn repository_package_file_kernel_arg_playbook_and_script_in_one_build() {
     assert_eq!(
         std::fs::read(&copied).unwrap(),
         std::fs::read(&key).unwrap()
+    );
+
+    // The same inputs again (the same seed): the provisioned tree comes
+    // from the cache, no step runs again.
+    let again = dir.path().join("again.raw");
+    let started = std::time::Instant::now();
+    let out = Command::new(IMGFORGE)
+        .args([
+            "build",
+            "--json",
+            "--seed",
+            "provisioned",
+            "--repository",
+            &repository,
+        ])
+        .args(["--packages", "imgforge-repo-hello", "--package-file"])
+        .arg(&local_deb)
+        .args(["--kernel-arg", "imgforge.test=1", "--script"])
+        .arg(&script)
+        .arg("--ansible")
+        .arg(&playbook)
+        .args(["--ansible-var", "team=trading"])
+        .arg("-o")
+        .arg(&again)
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    eprintln!(
+        "identical rebuild: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let again_manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}.json", again.display())).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        image_file(&again, &again_manifest, "/root/provision-stamp"),
+        file("/root/provision-stamp"),
+        "the script ran again"
+    );
+    assert_eq!(again_manifest["provisioning"], manifest["provisioning"]);
+    std::fs::remove_file(&again).unwrap();
+
+    // The same image with a playbook that fails: the cached tree, then the
+    // failure named, exit 1, no image, nothing left.
+    let failing = dir.path().join("failing");
+    std::fs::create_dir_all(&failing).unwrap();
+    let broken = failing.join("broken.yaml");
+    std::fs::write(
+        &broken,
+        "- hosts: all\n  tasks:\n    - name: the engine's build\n      ansible.builtin.command: /bin/sh -c 'echo engine build broke; exit 4'\n",
+    )
+    .unwrap();
+    let never = dir.path().join("never.raw");
+    let started = std::time::Instant::now();
+    let out = Command::new(IMGFORGE)
+        .args(["build", "--repository", &repository])
+        .args(["--packages", "imgforge-repo-hello", "--package-file"])
+        .arg(&local_deb)
+        .arg("--ansible")
+        .arg(&broken)
+        .arg("-o")
+        .arg(&never)
+        .env("TMPDIR", &failing)
+        .output()
+        .unwrap();
+    eprintln!("failing playbook: {:.0} s", started.elapsed().as_secs_f64());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr.contains(&format!("playbook {} failed", broken.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("engine build broke"), "{stderr}");
+    assert!(!never.exists());
+    assert!(mounts_under(failing.to_str().unwrap()).is_empty());
+    let left: Vec<_> = std::fs::read_dir(&failing)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("broken.yaml")],
+        "work directory left"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap(),
+        swappiness
     );
 }
 

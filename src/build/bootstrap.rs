@@ -65,6 +65,10 @@ pub struct Rootfs {
     pub mirror_state: Vec<MirrorDigest>,
     /// See [`crate::distro::Distro::newest_package_date`].
     pub newest_package_date: Option<String>,
+    /// The packages as bootstrapped, before any provisioning step: what a
+    /// lock file records (a `--locked` bootstrap reproduces this set;
+    /// `packages` is what the image holds).
+    pub bootstrapped_packages: Vec<Package>,
     /// What the provisioning steps did (filled by [`super::provision`]).
     pub provisioned: Vec<crate::image::manifest::ProvisionRecord>,
 }
@@ -142,6 +146,7 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
     Ok(Rootfs {
         kernel: distro.kernel(&dir)?,
         newest_package_date: distro.newest_package_date(&dir, &mirror_state)?,
+        bootstrapped_packages: packages.clone(),
         packages,
         dir,
         from_cache,

@@ -214,7 +214,7 @@ fn lock_of(ctx: &BuildContext, rootfs: &bootstrap::Rootfs) -> lock::Lock {
         requested: request.packages.clone(),
         mirror_state: rootfs.mirror_state.clone(),
         packages: rootfs
-            .packages
+            .bootstrapped_packages
             .iter()
             .map(|p| (p.name.clone(), p.version.clone()))
             .collect(),

@@ -25,12 +25,18 @@ fn release_field(text: &str, name: &str) -> Option<String> {
 }
 
 /// The `SHA256:` lines of a Release file for the uncompressed `Packages`
-/// index of each component on this architecture, in the file's order.
+/// index of each component on this architecture (a flat repository, no
+/// components: its one `Packages`), in the file's order.
 pub fn packages_indexes(release: &str, components: &[&str], architecture: &str) -> Vec<String> {
-    let wanted: Vec<String> = components
-        .iter()
-        .map(|c| format!("{c}/binary-{architecture}/Packages"))
-        .collect();
+    let wanted: Vec<String> = if components.is_empty() {
+        // A flat repository (`deb URI ./`): one index beside the Release.
+        vec!["Packages".to_string()]
+    } else {
+        components
+            .iter()
+            .map(|c| format!("{c}/binary-{architecture}/Packages"))
+            .collect()
+    };
     release
         .lines()
         .skip_while(|l| *l != "SHA256:")
@@ -114,6 +120,8 @@ mod tests {
             2
         );
         assert!(packages_indexes(RELEASE, &["main"], "riscv64").is_empty());
+        let flat = "Date: x\nSHA256:\n 66 600 Packages\n 77 700 Packages.gz\n";
+        assert_eq!(packages_indexes(flat, &[], "amd64"), ["66 600 Packages"]);
         assert_eq!(
             release_field(RELEASE, "Date").as_deref(),
             Some("Sat, 11 Jul 2026 10:16:37 UTC")

@@ -1,5 +1,6 @@
 //! A running system's API filesystems mounted into a tree for programs run
-//! chrooted into it (the user's provisioning scripts and playbooks): /proc
+//! chrooted into it (the user's provisioning scripts and playbooks, pacman's
+//! install scriptlets and alpm hooks, as arch-chroot sets them up): /proc
 //! with /proc/sys read-only, /sys read-only, /dev (with its own /dev/pts
 //! and /dev/shm) and a fresh /run.
 //!
@@ -19,12 +20,18 @@ use crate::sys::workdir::mounts_below;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiMountError {
-    #[error("cannot mount {target}: {errno}")]
+    #[error(
+        "cannot mount {target} for the programs run in the tree: {errno} (imgforge must run as \
+         root, outside a container that forbids mounts)"
+    )]
     Mount {
         target: PathBuf,
         errno: nix::errno::Errno,
     },
-    #[error("still mounted after cleanup: {0:?}")]
+    #[error(
+        "still mounted below the tree after unmounting: {0:?}; unmount them (umount -l) before \
+         removing the work directory"
+    )]
     MountsLeft(Vec<PathBuf>),
     #[error(transparent)]
     Io(#[from] PathError),

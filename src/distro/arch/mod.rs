@@ -3,7 +3,6 @@
 //! keyring, the package cache under imgforge's cache, and mkinitcpio set up
 //! by a drop-in before the kernel is installed.
 
-mod chroot;
 mod desc;
 pub mod ikconfig;
 pub mod keyring;
@@ -19,6 +18,7 @@ use super::mirror::{self, CURL};
 use super::{BootstrapJob, Distro, DistroData, DistroError, Kernel, MirrorDigest, Sources};
 use crate::data::DataDir;
 use crate::image::manifest::Package;
+use crate::sys::api_mounts::{ApiMountError, ApiMounts};
 use crate::sys::fsio::{PathError, at};
 use crate::sys::interrupt::{self, Interrupted};
 use crate::sys::tool::{HostTool, Tool, ToolError};
@@ -75,19 +75,8 @@ pub enum ArchError {
     MirrorMoved { url: String },
     #[error("pacman downloaded {package}, but its file is not in {cache}")]
     Downloaded { package: String, cache: PathBuf },
-    #[error(
-        "cannot mount {target} for the package scripts: {errno} (imgforge must run as root, \
-         outside a container that forbids mounts)"
-    )]
-    Mount {
-        target: PathBuf,
-        errno: nix::errno::Errno,
-    },
-    #[error(
-        "still mounted below the tree after unmounting: {0:?}; unmount them (umount -l) before \
-         removing the work directory"
-    )]
-    MountsLeft(Vec<PathBuf>),
+    #[error(transparent)]
+    ApiMounts(#[from] ApiMountError),
     #[error(
         "cannot read the state of the Arch mirror at {url}: {detail}\n\
          imgforge keys its cached tree by the mirror's repository databases, so that an update is \
@@ -536,7 +525,7 @@ impl Arch {
         check_interrupt()?;
         pacman.install(std::slice::from_ref(&self.settings.first_package))?;
         check_interrupt()?;
-        let mounts = chroot::ApiMounts::mount(&tree)?;
+        let mounts = ApiMounts::mount(&tree)?;
         pacman.install(job.packages)?;
         mounts.unmount()?;
         drop(keyring);

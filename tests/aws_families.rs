@@ -12,23 +12,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
 
 fn upload(dir: &Path, url: &str, seed: u64, name: &str, extra: &[&str]) -> String {
-    let image = dir.join(format!("fam-{seed}.raw"));
-    make_image(&image, 4 * MIB, &[(MIB, pattern(seed, 100_000))]);
-    write_build_manifest(&image);
-    let out = run(imgforge(dir)
-        .arg("upload")
-        .arg(&image)
-        .args(["--endpoint-url", url, "--workers", "4", "--json"])
-        .args(["--boot-mode", "legacy-bios", "--arch", "x86_64"])
-        .args(["--name", name])
-        .args(extra));
+    let image = pattern_image(dir, &format!("fam-{seed}.raw"), seed);
+    let out = upload_pattern(dir, url, &image, &[&["--name", name], extra].concat());
     let result = json_stdout(&out);
     // moto's creation times have whole seconds: keep the order unambiguous.
     std::thread::sleep(Duration::from_millis(1100));
@@ -40,26 +32,6 @@ fn ami(dir: &Path, url: &str, args: &[&str]) -> Output {
         .arg("ami")
         .args(args)
         .args(["--endpoint-url", url]))
-}
-
-/// Runs a boto3 snippet against `url` (moto or the proxy); prints JSON.
-fn boto(url: &str, code: &str) -> Value {
-    let script = format!(
-        "import boto3, json, sys\n\
-         def client(service, region='us-east-1'):\n    \
-         return boto3.client(service, endpoint_url=sys.argv[1], region_name=region, \
-         aws_access_key_id='test', aws_secret_access_key='test')\n{code}"
-    );
-    let out = Command::new("python3")
-        .args(["-c", &script, url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "boto3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn deregistered(requests: &[Value]) -> Vec<String> {

@@ -8,35 +8,19 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use serde_json::Value;
 
-fn image(dir: &Path, seed: u64) -> std::path::PathBuf {
-    let path = dir.join(format!("iam-{seed}.raw"));
-    make_image(&path, 4 * MIB, &[(MIB, pattern(seed, 100_000))]);
-    write_build_manifest(&path);
-    path
-}
-
 fn create_key(moto: &Moto, region: &str, alias: &str) {
-    let script = format!(
-        "import boto3, sys\n\
-         kms = boto3.client('kms', endpoint_url=sys.argv[1], region_name='{region}', \
-         aws_access_key_id='test', aws_secret_access_key='test')\n\
-         key = kms.create_key()['KeyMetadata']\n\
-         kms.create_alias(AliasName='{alias}', TargetKeyId=key['KeyId'])"
-    );
-    let out = Command::new("python3")
-        .args(["-c", &script, &moto.url()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    boto(
+        &moto.url(),
+        &format!(
+            "kms = client('kms', '{region}')\n\
+             key = kms.create_key()['KeyMetadata']\n\
+             kms.create_alias(AliasName='{alias}', TargetKeyId=key['KeyId'])"
+        ),
     );
 }
 
@@ -158,7 +142,7 @@ fn the_printed_policy_allows_every_call_of_an_upload_with_every_publishing_flag(
         "4",
     ];
     // An older image under the name, so that --replace deregisters it.
-    let older = image(dir.path(), 1);
+    let older = pattern_image(dir.path(), "iam-1.raw", 1);
     json_stdout(&run(imgforge(dir.path())
         .arg("upload")
         .arg(&older)
@@ -178,7 +162,7 @@ fn the_printed_policy_allows_every_call_of_an_upload_with_every_publishing_flag(
             "iam-all",
         ])));
     let before = proxy.requests().len();
-    let newer = image(dir.path(), 2);
+    let newer = pattern_image(dir.path(), "iam-2.raw", 2);
     let out = run(imgforge(dir.path())
         .arg("upload")
         .arg(&newer)
@@ -247,7 +231,7 @@ fn the_printed_policy_allows_what_ami_prune_and_promote_call() {
     for seed in [3, 4] {
         json_stdout(&run(imgforge(dir.path())
             .arg("upload")
-            .arg(image(dir.path(), seed))
+            .arg(pattern_image(dir.path(), &format!("iam-{seed}.raw"), seed))
             .args(["--endpoint-url", &proxy.url(), "--json"])
             .args([
                 "--name",

@@ -9,48 +9,19 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
 use common::*;
-use serde_json::Value;
-
-fn image(dir: &Path, seed: u64) -> PathBuf {
-    let path = dir.join(format!("kms-{seed}.raw"));
-    make_image(&path, 4 * MIB, &[(MIB, pattern(seed, 100_000))]);
-    write_build_manifest(&path);
-    path
-}
-
-fn upload(dir: &Path, url: &str, image: &Path, extra: &[&str]) -> Output {
-    run(imgforge(dir)
-        .arg("upload")
-        .arg(image)
-        .args(["--endpoint-url", url, "--workers", "4", "--json"])
-        .args(["--boot-mode", "legacy-bios", "--arch", "x86_64"])
-        .args(extra))
-}
 
 /// A customer managed key with `alias` in `region`; answers its ARN.
 fn key(moto: &Moto, region: &str, alias: &str) -> String {
-    let script = format!(
-        "import boto3, json, sys\n\
-         kms = boto3.client('kms', endpoint_url=sys.argv[1], region_name='{region}', \
-         aws_access_key_id='test', aws_secret_access_key='test')\n\
-         key = kms.create_key(Description='imgforge test')['KeyMetadata']\n\
-         kms.create_alias(AliasName='{alias}', TargetKeyId=key['KeyId'])\n\
-         print(json.dumps(key['Arn']))"
+    let arn = boto(
+        &moto.url(),
+        &format!(
+            "kms = client('kms', '{region}')\n\
+             key = kms.create_key(Description='imgforge test')['KeyMetadata']\n\
+             kms.create_alias(AliasName='{alias}', TargetKeyId=key['KeyId'])\n\
+             print(json.dumps(key['Arn']))"
+        ),
     );
-    let out = Command::new("python3")
-        .args(["-c", &script, &moto.url()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let arn: Value = serde_json::from_slice(&out.stdout).unwrap();
     arn.as_str().unwrap().to_string()
 }
 
@@ -61,10 +32,10 @@ fn aliases_resolve_to_arns_and_each_copy_gets_its_regions_key() {
     let proxy = Proxy::start(moto, dir.path(), &[]);
     let source_arn = key(moto, "us-east-1", "alias/kms-images");
     let copy_arn = key(moto, "eu-west-1", "alias/kms-images-eu");
-    let out = upload(
+    let out = upload_pattern(
         dir.path(),
         &proxy.url(),
-        &image(dir.path(), 1),
+        &pattern_image(dir.path(), "kms-1.raw", 1),
         &[
             "--name",
             "kms-copies-v1",
@@ -96,10 +67,10 @@ fn aliases_resolve_to_arns_and_each_copy_gets_its_regions_key() {
     assert_eq!(copy["params"]["KmsKeyId"], copy_arn.as_str());
 
     // A key that does not exist is bad input, found before anything is written.
-    let out = upload(
+    let out = upload_pattern(
         dir.path(),
         &proxy.url(),
-        &image(dir.path(), 2),
+        &pattern_image(dir.path(), "kms-2.raw", 2),
         &[
             "--name",
             "kms-missing-v1",
@@ -115,10 +86,10 @@ fn aliases_resolve_to_arns_and_each_copy_gets_its_regions_key() {
         stderr(&out)
     );
     // A copy key for a region that is not copied to.
-    let out = upload(
+    let out = upload_pattern(
         dir.path(),
         &proxy.url(),
-        &image(dir.path(), 2),
+        &pattern_image(dir.path(), "kms-2.raw", 2),
         &[
             "--name",
             "kms-missing-v1",
@@ -142,10 +113,10 @@ fn sharing_under_the_aws_managed_key_is_refused_and_a_customer_key_names_the_gra
     let moto = moto();
     let proxy = Proxy::start(moto, dir.path(), &[]);
     let share = ["--share-with", "210987654321"];
-    let out = upload(
+    let out = upload_pattern(
         dir.path(),
         &proxy.url(),
-        &image(dir.path(), 3),
+        &pattern_image(dir.path(), "kms-3.raw", 3),
         &[&["--name", "kms-share-v1", "--encrypted"][..], &share[..]].concat(),
     );
     assert_eq!(out.status.code(), Some(2));
@@ -161,10 +132,10 @@ fn sharing_under_the_aws_managed_key_is_refused_and_a_customer_key_names_the_gra
     assert!(Proxy::operations(&proxy.requests(), "StartSnapshot").is_empty());
 
     let arn = key(moto, "us-east-1", "alias/kms-shared");
-    let out = upload(
+    let out = upload_pattern(
         dir.path(),
         &proxy.url(),
-        &image(dir.path(), 3),
+        &pattern_image(dir.path(), "kms-3.raw", 3),
         &[
             &[
                 "--name",

@@ -10,7 +10,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use common::*;
 use serde_json::Value;
@@ -25,40 +24,10 @@ fn image(dir: &Path, file: &str, seed: u64, manifest: bool) -> PathBuf {
     path
 }
 
-fn upload(dir: &Path, url: &str, image: &Path, extra: &[&str]) -> Output {
-    run(imgforge(dir)
-        .arg("upload")
-        .arg(image)
-        .args(["--endpoint-url", url, "--workers", "4", "--json"])
-        // Pattern images are not disks: nothing to read the platform from.
-        .args(["--boot-mode", "legacy-bios", "--arch", "x86_64"])
-        .args(extra))
-}
-
-/// Runs a boto3 snippet against moto; prints JSON.
-fn boto(moto: &Moto, code: &str) -> Value {
-    let script = format!(
-        "import boto3, json, sys\n\
-         def client(service, region='us-east-1'):\n    \
-         return boto3.client(service, endpoint_url=sys.argv[1], region_name=region, \
-         aws_access_key_id='test', aws_secret_access_key='test')\n{code}"
-    );
-    let out = Command::new("python3")
-        .args(["-c", &script, &moto.url()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "boto3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// The tags of an AMI and of its snapshots, as moto keeps them.
 fn tags_of(moto: &Moto, region: &str, ami: &str) -> (Value, Value) {
     let both = boto(
-        moto,
+        &moto.url(),
         &format!(
             "ec2 = client('ec2', '{region}')\n\
              img = ec2.describe_images(ImageIds=['{ami}'])['Images'][0]\n\
@@ -92,7 +61,12 @@ fn an_ami_name_is_reused_only_for_the_same_image() {
     let sha_a = sha256_file(&first_image);
     let name = ["--name", "names-same-v1"];
 
-    let first = json_stdout(&upload(dir.path(), &proxy.url(), &first_image, &name));
+    let first = json_stdout(&upload_pattern(
+        dir.path(),
+        &proxy.url(),
+        &first_image,
+        &name,
+    ));
     let first_ami = first["ami_id"].as_str().unwrap().to_string();
     assert_eq!(first["image_sha256"], sha_a.as_str());
     let requests = proxy.requests();
@@ -111,7 +85,7 @@ fn an_ami_name_is_reused_only_for_the_same_image() {
     // The same image again: a no-op that prints the AMI (its manifest
     // gives the digest: the image is not even read).
     let starts = count(&proxy, "StartSnapshot");
-    let again_out = upload(dir.path(), &proxy.url(), &first_image, &name);
+    let again_out = upload_pattern(dir.path(), &proxy.url(), &first_image, &name);
     let again = json_stdout(&again_out);
     assert_eq!(again["ami_id"], first_ami.as_str());
     assert_eq!(again["reused_existing_ami"], true);
@@ -123,7 +97,7 @@ fn an_ami_name_is_reused_only_for_the_same_image() {
     // naming the AMI and both digests.
     let other_image = image(dir.path(), "names-b.raw", 2, false);
     let sha_b = sha256_file(&other_image);
-    let refused = upload(dir.path(), &proxy.url(), &other_image, &name);
+    let refused = upload_pattern(dir.path(), &proxy.url(), &other_image, &name);
     assert_eq!(refused.status.code(), Some(2), "bad input");
     let text = stderr(&refused);
     for needle in [&first_ami, &sha_a, &sha_b, &"--replace".to_string()] {
@@ -135,7 +109,7 @@ fn an_ami_name_is_reused_only_for_the_same_image() {
     // --replace: the new snapshot is written first, then the old AMI is
     // deregistered and its snapshots deleted, then the new one registered.
     let log_before = proxy.requests().len();
-    let replaced = json_stdout(&upload(
+    let replaced = json_stdout(&upload_pattern(
         dir.path(),
         &proxy.url(),
         &other_image,
@@ -171,7 +145,7 @@ fn an_untagged_ami_of_the_name_is_not_taken_for_this_image() {
     let proxy = Proxy::start(moto, dir.path(), &[]);
     // An AMI another tool registered under the name (no digest tag).
     let foreign = boto(
-        moto,
+        &moto.url(),
         "ec2 = client('ec2')\n\
          snap = ec2.create_snapshot(VolumeId=ec2.create_volume(Size=1, \
          AvailabilityZone='us-east-1a')['VolumeId'])['SnapshotId']\n\
@@ -180,7 +154,7 @@ fn an_untagged_ami_of_the_name_is_not_taken_for_this_image() {
          print(json.dumps(ami['ImageId']))",
     );
     let image = image(dir.path(), "names-foreign.raw", 3, true);
-    let out = upload(
+    let out = upload_pattern(
         dir.path(),
         &proxy.url(),
         &image,
@@ -207,7 +181,7 @@ fn date_in_a_name_is_the_build_date_of_the_image() {
         serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
     manifest["build_time"] = 1_764_633_600u64.into();
     std::fs::write(&manifest_path, manifest.to_string()).unwrap();
-    let result = json_stdout(&upload(
+    let result = json_stdout(&upload_pattern(
         dir.path(),
         &proxy.url(),
         &image,
@@ -239,7 +213,7 @@ fn date_in_a_name_is_the_build_date_of_the_image() {
     // Without a manifest, {date} has nothing to come from: bad input.
     let bare = dir.path().join("names-bare.raw");
     make_image(&bare, 4 * MIB, &[(0, pattern(5, 1000))]);
-    let out = upload(dir.path(), &proxy.url(), &bare, &["--name", "bare-{date}"]);
+    let out = upload_pattern(dir.path(), &proxy.url(), &bare, &["--name", "bare-{date}"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("build manifest"), "{}", stderr(&out));
 }
@@ -253,7 +227,7 @@ fn a_copy_region_holding_another_image_is_refused_or_replaced() {
     let old = image(dir.path(), "names-copies-old.raw", 6, true);
     let new = image(dir.path(), "names-copies-new.raw", 7, true);
     let copy = ["--name", name, "--copy-to", "eu-west-1"];
-    let first = json_stdout(&upload(dir.path(), &proxy.url(), &old, &copy));
+    let first = json_stdout(&upload_pattern(dir.path(), &proxy.url(), &old, &copy));
     let old_copy = first["regions"]
         .as_array()
         .unwrap()
@@ -264,14 +238,14 @@ fn a_copy_region_holding_another_image_is_refused_or_replaced() {
     // Only the source region's AMI is gone (say, deregistered by hand): the
     // copy region still serves the old image under the name.
     boto(
-        moto,
+        &moto.url(),
         &format!(
             "client('ec2').deregister_image(ImageId='{}')\nprint('null')",
             first["ami_id"].as_str().unwrap()
         ),
     );
     let starts = count(&proxy, "StartSnapshot");
-    let out = upload(dir.path(), &proxy.url(), &new, &copy);
+    let out = upload_pattern(dir.path(), &proxy.url(), &new, &copy);
     assert_eq!(out.status.code(), Some(2));
     let text = stderr(&out);
     assert!(
@@ -280,7 +254,7 @@ fn a_copy_region_holding_another_image_is_refused_or_replaced() {
     );
     assert_eq!(count(&proxy, "StartSnapshot"), starts, "refused first");
 
-    let replaced = json_stdout(&upload(
+    let replaced = json_stdout(&upload_pattern(
         dir.path(),
         &proxy.url(),
         &new,
@@ -308,7 +282,7 @@ fn a_copy_region_holding_another_image_is_refused_or_replaced() {
     // The same image again: nothing uploaded, the copies completed as for
     // a fresh upload (here: a new region).
     let starts = count(&proxy, "StartSnapshot");
-    let more = json_stdout(&upload(
+    let more = json_stdout(&upload_pattern(
         dir.path(),
         &proxy.url(),
         &new,
@@ -341,7 +315,7 @@ fn copy_method_upload_writes_every_region_itself() {
     let moto = moto();
     let proxy = Proxy::start(moto, dir.path(), &[]);
     let image = image(dir.path(), "names-regional.raw", 8, true);
-    let result = json_stdout(&upload(
+    let result = json_stdout(&upload_pattern(
         dir.path(),
         &proxy.url(),
         &image,

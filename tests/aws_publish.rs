@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -35,26 +35,6 @@ fn upload(dir: &Path, url: &str, image: &Path, name: &str, extra: &[&str]) -> Ou
         .args(["--boot-mode", "legacy-bios", "--architecture", "x86_64"])
         .args(["--workers", "4"])
         .args(extra))
-}
-
-/// Runs a boto3 snippet against moto (region from the snippet); prints JSON.
-fn boto(moto: &Moto, code: &str) -> Value {
-    let script = format!(
-        "import boto3, json, sys\n\
-         def client(service, region):\n    \
-         return boto3.client(service, endpoint_url=sys.argv[1], region_name=region, \
-         aws_access_key_id='test', aws_secret_access_key='test')\n{code}"
-    );
-    let out = Command::new("python3")
-        .args(["-c", &script, &moto.url()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "boto3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn in_region<'a>(requests: &'a [Value], op: &str, region: &str) -> Vec<&'a Value> {
@@ -203,7 +183,7 @@ fn copies_shares_deprecates_and_points_ssm_in_every_region() {
         assert_eq!(dep[0]["params"]["ImageId"], ami.as_str());
         let at = dep[0]["params"]["DeprecateAt"].as_str().unwrap();
         let at = boto(
-            &moto,
+            &moto.url(),
             &format!(
                 "from datetime import datetime\nprint(int(datetime.fromisoformat({at:?}.replace('Z', '+00:00')).timestamp()))"
             ),
@@ -223,7 +203,7 @@ fn copies_shares_deprecates_and_points_ssm_in_every_region() {
     // What moto keeps: launch permissions, volume permissions, tags, parameters.
     let eu = ami_of(&result, "eu-west-1");
     let kept = boto(
-        &moto,
+        &moto.url(),
         &format!(
             "ec2 = client('ec2', 'eu-west-1')\n\
              img = ec2.describe_images(ImageIds=['{eu}'])['Images'][0]\n\
@@ -398,7 +378,7 @@ fn ssm_parameter_of_another_family_is_kept_unless_ssm_overwrite() {
         &forced,
     ));
     let value = boto(
-        &moto,
+        &moto.url(),
         "p = client('ssm', 'us-east-1').get_parameter(Name='/images/shared/latest')['Parameter']\n\
          print(json.dumps([p['Value'], p['DataType']]))",
     );
@@ -411,7 +391,7 @@ fn ssm_parameter_of_another_family_is_kept_unless_ssm_overwrite() {
     // A parameter that holds something else than an AMI id is not taken over,
     // and --deprecate-at sends the time as given.
     boto(
-        &moto,
+        &moto.url(),
         "client('ssm', 'us-east-1').put_parameter(Name='/config/text', Value='hello', Type='String')\n\
          print('null')",
     );
@@ -531,7 +511,7 @@ fn ami_list_prune_and_promote() {
     assert_eq!(promoted[0]["ami_id"], ids[0].as_str());
     assert_eq!(promoted[0]["previous_value"], ids[2].as_str());
     let values = boto(
-        &moto,
+        &moto.url(),
         "print(json.dumps([client('ssm', r).get_parameter(Name='/images/fleet/latest')['Parameter']['Value'] \
          for r in ['us-east-1', 'eu-west-1']]))",
     );

@@ -6,36 +6,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
-
 use common::*;
-
-fn image(dir: &Path, seed: u64) -> PathBuf {
-    let path = dir.join(format!("storage-{seed}.raw"));
-    make_image(&path, 4 * MIB, &[(MIB, pattern(seed, 100_000))]);
-    write_build_manifest(&path);
-    path
-}
-
-fn upload(dir: &Path, url: &str, image: &Path, extra: &[&str]) -> Output {
-    run(imgforge(dir)
-        .arg("upload")
-        .arg(image)
-        .args(["--endpoint-url", url, "--workers", "4", "--json"])
-        .args(["--boot-mode", "legacy-bios", "--arch", "x86_64"])
-        .args(extra))
-}
 
 #[test]
 fn root_volume_extra_volumes_instance_store_and_protection_go_on_the_wire() {
     let dir = tempfile::tempdir().unwrap();
     let moto = moto();
     let proxy = Proxy::start(moto, dir.path(), &[]);
-    let out = upload(
+    let out = upload_pattern(
         dir.path(),
         &proxy.url(),
-        &image(dir.path(), 1),
+        &pattern_image(dir.path(), "storage-1.raw", 1),
         &[
             "--name",
             "storage-ci-runner-v1",
@@ -108,7 +89,7 @@ fn volume_settings_outside_the_types_limits_are_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let moto = moto();
     let proxy = Proxy::start(moto, dir.path(), &[]);
-    let image = image(dir.path(), 2);
+    let image = pattern_image(dir.path(), "storage-2.raw", 2);
     for (args, needle) in [
         (&["--root-volume-iops", "2000"][..], "3000 to 80000"),
         (&["--root-volume-iops", "6000"][..], "at least 12 GiB"),
@@ -136,7 +117,7 @@ fn volume_settings_outside_the_types_limits_are_bad_input() {
             "IOPS",
         ),
     ] {
-        let out = upload(
+        let out = upload_pattern(
             dir.path(),
             &proxy.url(),
             &image,
@@ -161,7 +142,7 @@ fn instance_types_are_checked_before_anything_is_uploaded() {
     let dir = tempfile::tempdir().unwrap();
     let moto = moto();
     let proxy = Proxy::start(moto, dir.path(), &[]);
-    let image = image(dir.path(), 3);
+    let image = pattern_image(dir.path(), "storage-3.raw", 3);
     let run_with = |boot_mode: &str, extra: &[&str]| {
         run(imgforge(dir.path())
             .arg("upload")

@@ -246,6 +246,52 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// A 4 MiB pattern image of `seed` (100,000 bytes of data at 1 MiB) with
+/// a build manifest beside it: what the publishing tests upload.
+pub fn pattern_image(dir: &Path, file: &str, seed: u64) -> PathBuf {
+    let path = dir.join(file);
+    make_image(&path, 4 * MIB, &[(MIB, pattern(seed, 100_000))]);
+    write_build_manifest(&path);
+    path
+}
+
+/// `imgforge upload IMAGE --json` against `url` (moto or the proxy), four
+/// workers. Pattern images are not disks: nothing to read the platform
+/// from, so the boot mode and architecture are given.
+pub fn upload_pattern(dir: &Path, url: &str, image: &Path, extra: &[&str]) -> Output {
+    run(imgforge(dir)
+        .arg("upload")
+        .arg(image)
+        .args(["--endpoint-url", url, "--workers", "4", "--json"])
+        .args(["--boot-mode", "legacy-bios", "--arch", "x86_64"])
+        .args(extra))
+}
+
+/// Runs a boto3 snippet against `url` (moto or the proxy), with
+/// `client(service, region='us-east-1')` defined; answers what it prints as
+/// JSON (`null` when it prints nothing).
+pub fn boto(url: &str, code: &str) -> Value {
+    let script = format!(
+        "import boto3, json, sys\n\
+         def client(service, region='us-east-1'):\n    \
+         return boto3.client(service, endpoint_url=sys.argv[1], region_name=region, \
+         aws_access_key_id='test', aws_secret_access_key='test')\n{code}"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script, url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -112,8 +112,8 @@ pub struct Machine {
     /// `--tpm`: swtpm's control socket, attached as the row's `tpm_device`.
     pub tpm_socket: Option<PathBuf>,
     /// A launch rehearsal (`boot-test --ec2`): its network instead of the
-    /// plain user network, EC2's system identity; a guest reboot then
-    /// restarts the guest instead of ending QEMU.
+    /// plain user network, EC2's system identity. A guest reboot still ends
+    /// QEMU (`-no-reboot`): the rehearsal powers the instance on again.
     pub launch: Option<Launch>,
 }
 
@@ -181,13 +181,7 @@ impl Machine {
             "-m",
             &self.memory_mib.to_string(),
         ]);
-        let reboots = self.launch.is_some();
-        args.extend(
-            HEADLESS_SERIAL_ARGS
-                .iter()
-                .filter(|a| !(reboots && **a == "-no-reboot"))
-                .map(OsString::from),
-        );
+        args.extend(HEADLESS_SERIAL_ARGS.iter().map(OsString::from));
         if let MachineFirmware::Uefi {
             secure: Some(secure),
             ..
@@ -216,7 +210,8 @@ impl Machine {
         ) {
             push(&[
                 "-chardev",
-                &format!("file,id=fwlog,path={}", escape_opt(log)),
+                // append: a rehearsal's second power-on keeps the first's lines.
+                &format!("file,id=fwlog,path={},append=on", escape_opt(log)),
                 "-device",
                 &format!("{device},chardev=fwlog"),
             ]);

@@ -36,8 +36,7 @@ pub fn run_checks(
     }
 
     progress(&format!("{}: rebooting the instance", r.firmware));
-    // The reboot drops the SSH connection; its exit status says nothing.
-    let _ = instance.ssh("sudo -n systemctl reboot");
+    instance.reboot();
     let deadline = Instant::now() + r.timeout;
     let report = instance.wait_for_report(deadline)?;
     let checks = &mut result.checks;

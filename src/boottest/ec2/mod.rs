@@ -442,9 +442,15 @@ fn launch(r: &mut Rehearsal, imds: &ImdsServer, key: PathBuf) -> Result<Instance
         r.firmware,
         r.volume_bytes as f64 / (1u64 << 30) as f64
     ));
+    let log = r.log.take();
+    let console_copy = log.as_ref().and_then(|f| f.try_clone().ok());
     Ok(Instance {
         stall: r.stall,
-        qemu: Qemu::spawn(r.machine.program(), &args, r.log.take())?,
+        qemu: Qemu::spawn(r.machine.program(), &args, console_copy)?,
+        program: r.machine.program(),
+        args,
+        log,
+        rebooting: false,
         ssh_port,
         key,
         user: r.default_user.clone(),
@@ -471,7 +477,7 @@ mod tests {
     use crate::boottest::firmware::MachineFirmware;
 
     #[test]
-    fn a_launch_replaces_the_plain_network_looks_like_ec2_and_allows_reboots() {
+    fn a_launch_replaces_the_plain_network_and_looks_like_ec2() {
         let mut machine = Machine {
             platform: crate::platform::lookup("x86_64").unwrap(),
             accel: crate::boottest::qemu::Accel::Tcg,
@@ -494,7 +500,8 @@ mod tests {
             system_identity: SYSTEM_IDENTITY.into(),
         });
         let joined = machine.command_text();
-        assert!(!joined.contains("-no-reboot"), "{joined}");
+        // A reboot ends QEMU; the rehearsal powers the instance on again.
+        assert!(joined.contains("-no-reboot"), "{joined}");
         assert!(joined.contains("net=169.254.0.0/16"), "{joined}");
         assert!(
             joined.contains(

@@ -63,7 +63,12 @@ fn a_launch_of_the_debian_image_grows_the_volume_runs_user_data_once_and_passes(
     }
     let (_one_guest, image) = image();
     let (ok, summary, all) = rehearse(&image, &["--firmware", "uefi", "--volume-size", "5G"]);
-    assert!(ok, "the rehearsal failed:\n{all}");
+    // The failures first: a CI log may keep only the start of the output.
+    assert!(
+        ok,
+        "the rehearsal failed: {:#}\n{all}",
+        summary["results"][0]["failures"]
+    );
     assert_eq!(summary["ec2_rehearsal"], true);
     let result = &summary["results"][0];
     assert_eq!(result["firmware"], "uefi");
@@ -137,7 +142,8 @@ fn a_failing_user_data_script_is_reported_does_not_fail_the_boot_and_runs_once()
     assert_eq!(
         failed_checks(result),
         ["user-data exit status"],
-        "{result:#}"
+        "{:#}\n{result:#}",
+        result["failures"]
     );
     let status = check(result, "user-data exit status");
     let actual = status["actual"].as_str().unwrap();

@@ -246,3 +246,60 @@ fn sbom_of_a_file_that_is_not_an_image_is_bad_input() {
     );
     assert!(!dir.path().join("notes.raw.spdx.json").exists());
 }
+
+#[test]
+fn an_upload_tags_the_snapshot_and_ami_with_the_sbom_digests() {
+    if !prerequisites(
+        "an_upload_tags_the_snapshot_and_ami_with_the_sbom_digests",
+        &[BUILD, &[Need::Tool("debugfs")]],
+    ) {
+        return;
+    }
+    let shared = common::image::debian_small();
+    let moto = common::aws::moto();
+    let dir = common::scratch("imgforge-sbom-upload-");
+    let out = common::aws::run(
+        common::aws::imgforge(dir.path())
+            .arg("upload")
+            .arg(&shared.path)
+            .args(["--endpoint-url", &moto.url(), "--json"])
+            .args(["--name", "sbom-tags-test", "--output-dir"])
+            .arg(dir.path()),
+    );
+    let result = common::aws::json_stdout(&out);
+    let ami = result["ami_id"].as_str().unwrap();
+    let snapshot = result["snapshot_id"].as_str().unwrap();
+    let tags = common::aws::boto(
+        &moto.url(),
+        &format!(
+            "ec2 = client('ec2')\n\
+             tags = lambda items: {{t['Key']: t['Value'] for t in items}}\n\
+             image = ec2.describe_images(ImageIds=['{ami}'])['Images'][0]\n\
+             snap = ec2.describe_snapshots(SnapshotIds=['{snapshot}'])['Snapshots'][0]\n\
+             print(json.dumps({{'ami': tags(image.get('Tags', [])), \
+             'snapshot': tags(snap.get('Tags', []))}}))"
+        ),
+    );
+    // The digests of the files the build wrote beside the image: the tags
+    // are made again from the image, and must match them byte for byte.
+    let beside = |suffix: &str| {
+        common::aws::sha256_file(Path::new(&format!("{}{suffix}", shared.path.display())))
+    };
+    assert_eq!(
+        result["sbom_sha256"]["imgforge:sbom-spdx-sha256"],
+        beside(".spdx.json").as_str(),
+        "upload --json: {result:#}"
+    );
+    for on in ["ami", "snapshot"] {
+        assert_eq!(
+            tags[on]["imgforge:sbom-spdx-sha256"],
+            beside(".spdx.json").as_str(),
+            "{on}: {tags:#}"
+        );
+        assert_eq!(
+            tags[on]["imgforge:sbom-cdx-sha256"],
+            beside(".cdx.json").as_str(),
+            "{on}: {tags:#}"
+        );
+    }
+}

@@ -40,6 +40,12 @@ pub struct UploadResult {
     pub image_sha256: String,
     /// The image family (tagged `imgforge:family`).
     pub family: String,
+    /// The image's SBOM documents' sha256 by tag name
+    /// (`imgforge:sbom-spdx-sha256`, `imgforge:sbom-cdx-sha256`), tagged on
+    /// the snapshot and every AMI; empty when no SBOM could be made for the
+    /// image or an existing AMI was reused.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sbom_sha256: std::collections::BTreeMap<String, String>,
     /// `--instance-types`: each type's verdict.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub instance_types: Vec<crate::aws::ami::instance_types::TypeCheck>,
@@ -217,6 +223,7 @@ mod tests {
         UploadResult {
             image_sha256: "ab".repeat(32),
             family: "f".into(),
+            sbom_sha256: Default::default(),
             instance_types: Vec::new(),
             ami_id: Some(ami.into()),
             name: Some("n".into()),

@@ -14,12 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::ami::digest::{self, IMAGE_SHA256_TAG, ImageDigest};
+use super::ami::digest::{self, ImageDigest};
 use super::ami::instance_types;
-use super::ami::names::{self, FAMILY_TAG, default_ami_name};
+use super::ami::names::{self, default_ami_name};
 use super::ami::platform::{self, Registration};
 use super::ami::register::{self, BootMode, ExistingImage, ImageSpec};
 use super::ami::same_name::{self, SourceVerdict};
+use super::ami::sbom_tags;
 use super::client::{self, Clients};
 use super::ebs::blocks::{self, BLOCK_SIZE};
 use super::ebs::delta::{self, DigestStore, Parent, SnapshotRecord};
@@ -84,6 +85,7 @@ pub async fn upload(req: &UploadRequest) -> Result<UploadResult, UploadError> {
     if let Some(source) = result.source_image() {
         let plan = PublishPlan {
             image_sha256: Some(result.image_sha256.clone()),
+            identity_tags: result.sbom_sha256.clone().into_iter().collect(),
             replace: req.force_deregister,
             family: Some(result.family.clone()),
             ..req.publish.clone()
@@ -125,8 +127,11 @@ struct SnapshotPlan {
     volume_gib: u64,
     encrypted: bool,
     family: String,
-    /// The image digest and family tags, on the snapshot and the AMI.
+    /// The image digest, family and SBOM digest tags, on the snapshot and
+    /// the AMI.
     identity_tags: Vec<(String, String)>,
+    /// The SBOM digest tags alone (also in `identity_tags`).
+    sbom_tags: Vec<(String, String)>,
     parent: Option<Parent>,
     params: SnapshotParams,
 }
@@ -280,9 +285,11 @@ impl Job<'_> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let sbom_tags = sbom_tags::of(&req.image);
+        let identity_tags = [digest::identity_tags(digest, &family), sbom_tags.clone()].concat();
         let mut tags = req.tags.clone();
         tags.extend(req.snapshot_tags.iter().cloned());
-        tags.extend(identity_tags(digest, &family));
+        tags.extend(identity_tags.iter().cloned());
         let params = SnapshotParams {
             volume_size_gib: volume_gib,
             description: req
@@ -298,7 +305,8 @@ impl Job<'_> {
         Ok(SnapshotPlan {
             volume_gib,
             encrypted,
-            identity_tags: identity_tags(digest, &family),
+            identity_tags,
+            sbom_tags,
             family,
             parent,
             params,
@@ -496,6 +504,7 @@ impl Job<'_> {
             snapshot_id: outcome.snapshot_id,
             image_sha256: digest.sha256.clone(),
             family: plan.family.clone(),
+            sbom_sha256: plan.sbom_tags.iter().cloned().collect(),
             instance_types: Vec::new(),
             reused_existing_ami: false,
             replaced_ami_id: names.replaced,
@@ -545,6 +554,7 @@ impl Job<'_> {
             snapshot_id: existing.snapshot_ids.first().cloned().unwrap_or_default(),
             image_sha256: digest.sha256.clone(),
             family: family.to_string(),
+            sbom_sha256: Default::default(),
             instance_types: Vec::new(),
             reused_existing_ami: true,
             replaced_ami_id: None,
@@ -567,15 +577,6 @@ impl Job<'_> {
             regions: Vec::new(),
         }
     }
-}
-
-/// The tags naming what a snapshot or AMI holds: the image's sha256 and its
-/// family.
-fn identity_tags(digest: &ImageDigest, family: &str) -> Vec<(String, String)> {
-    vec![
-        (IMAGE_SHA256_TAG.to_string(), digest.sha256.clone()),
-        (FAMILY_TAG.to_string(), family.to_string()),
-    ]
 }
 
 /// The image's absolute path for the digest record (as given if that fails).

@@ -448,12 +448,12 @@ impl UploadArgs {
                 snapshot_tags: self.snapshot_tags.clone(),
                 copy_timeout: self.copy_timeout,
                 copies_in_flight: 4,
-                image_sha256: None,
                 replace: self.replace,
                 copy_kms_keys: self.copy_kms_keys.clone(),
-                copy_key_arns: Default::default(),
                 deregistration_protection: self.deregistration_protection,
                 copy_by_upload: self.copy_method == CopyMethod::Upload,
+                // What the upload finds out: the image's digests, the keys' ARNs.
+                ..PublishPlan::default()
             },
             instance_types: self.instance_types.clone(),
             storage: Storage {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
+use crate::aws::ami::names::FAMILY_TAG;
 use crate::aws::ebs::journal::{ImageIdentity, trusted_manifest_sha256};
 use crate::image::manifest::Manifest;
 
@@ -108,6 +109,15 @@ fn file_sha256(file: &File, size: u64) -> std::io::Result<(String, u64)> {
     hash_zeros(&mut hasher, size - at);
     bar.finish_and_clear();
     Ok((hex::encode(hasher.finalize()), read))
+}
+
+/// The tags naming what a snapshot or AMI holds: the image's sha256 and its
+/// family.
+pub fn identity_tags(digest: &ImageDigest, family: &str) -> Vec<(String, String)> {
+    vec![
+        (IMAGE_SHA256_TAG.to_string(), digest.sha256.clone()),
+        (FAMILY_TAG.to_string(), family.to_string()),
+    ]
 }
 
 /// The image's build date as `YYYYMMDD` (UTC), from its build manifest

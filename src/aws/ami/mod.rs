@@ -7,7 +7,7 @@
 //! regions, share targets, SSM templates), `platform` (the architecture and
 //! boot mode an image is registered with, read from the image and checked
 //! against the flags), `same_name` (an AMI of the name is reused only when
-//! it holds the same image), `storage` (the root volume's type, IOPS and
+//! it holds the same image), `sbom_tags` (the SBOM's digests as tags), `storage` (the root volume's type, IOPS and
 //! throughput, extra and instance-store volumes, checked against EBS's
 //! limits).
 
@@ -17,4 +17,5 @@ pub mod names;
 pub mod platform;
 pub mod register;
 pub mod same_name;
+pub mod sbom_tags;
 pub mod storage;

@@ -61,6 +61,9 @@ pub struct PublishPlan {
     /// The image's sha256: tagged on every AMI and snapshot; an AMI of the
     /// name in a copy region is reused only when it holds this image.
     pub image_sha256: Option<String>,
+    /// More tags naming what the image holds (the SBOM digests), on every
+    /// AMI and snapshot like the sha256.
+    pub identity_tags: Vec<(String, String)>,
     /// Replace an AMI of the name that holds another image (`--replace`).
     pub replace: bool,
     /// `--copy-kms-key REGION=KEY`, as given (alias, key ID or ARN).

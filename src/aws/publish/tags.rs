@@ -25,6 +25,7 @@ pub async fn apply(
     if let Some(sha256) = &plan.image_sha256 {
         identity.push((IMAGE_SHA256_TAG.to_string(), sha256.clone()));
     }
+    identity.extend(plan.identity_tags.iter().cloned());
     let info = super::list::by_id(clients, &image.image_id).await?;
     let (key, regions) = regions_tag;
     // A rerun publishing to fewer regions must not forget the earlier copies.

@@ -130,6 +130,8 @@ fn generate(dir: &Path, family: &str) -> Result<(), KeysError> {
         .prefix(".keys-")
         .tempdir_in(parent)
         .map_err(io("create a directory in", parent))?;
+    std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o700))
+        .map_err(io("restrict", temp.path()))?;
     for name in KEY_NAMES {
         let key = temp.path().join(format!("{name}.key"));
         let cert = temp.path().join(format!("{name}.crt"));

@@ -92,7 +92,7 @@ impl ShippedVariables {
             lines.push(format!("{variable}: {subject}"));
         }
         lines.push(format!(
-            "Microsoft's certificates and the dbx ({} entries) from {}{}",
+            "Microsoft's certificates and the dbx ({} hashes) from {}{}",
             self.dbx_hashes,
             self.source.display(),
             self.package
@@ -127,6 +127,15 @@ pub fn enrolled_store(arch: &Architecture) -> Result<PathBuf, SecureBootError> {
                 .join(", "),
             package: arch.qemu.firmware_package.clone(),
         })
+}
+
+/// Now, in seconds since 1970: the write time of a set for an image
+/// without a build time.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The owner's GUID on their certificates: derived from their PK, so the

@@ -11,15 +11,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::aws::{MIB, Proxy, imgforge, make_image, moto, pattern, run, stderr};
+use common::uefi::{decode_blob, read_store, secure_boot_only, tool};
 use common::{BUILD, IMGFORGE, Need, prerequisites, text};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const MS_STORE: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 const TOOLS: &[Need] = &[
@@ -28,87 +27,6 @@ const TOOLS: &[Need] = &[
     Need::Tool("openssl"),
     Need::File(MS_STORE),
 ];
-const SECURE_BOOT_NAMES: [&str; 4] = ["PK", "KEK", "db", "dbx"];
-
-/// One variable as the independent tools print it: GUID, attributes, the
-/// data's sha256 and the EFI_TIME (hex).
-#[derive(Debug, PartialEq, Eq, Clone)]
-struct Var {
-    guid: String,
-    attr: u64,
-    data_sha256: String,
-    time: String,
-    data: Vec<u8>,
-}
-
-fn tool(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(out.status.success(), "{program} {args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn var_of(v: &Value, time_key: &str) -> Var {
-    let data = hex::decode(v["data"].as_str().unwrap()).unwrap();
-    Var {
-        guid: v["guid"].as_str().unwrap().to_lowercase(),
-        attr: v["attr"].as_u64().unwrap(),
-        data_sha256: hex::encode(Sha256::digest(&data)),
-        time: v[time_key].as_str().unwrap_or_default().to_string(),
-        data,
-    }
-}
-
-/// A UefiData blob's variables, decoded by python-uefivars.
-fn decode_blob(dir: &Path, blob: &str) -> BTreeMap<String, Var> {
-    let input = dir.join("blob.b64");
-    let output = dir.join("blob.json");
-    std::fs::write(&input, blob).unwrap();
-    let (input, output_arg) = (input.to_str().unwrap(), output.to_str().unwrap());
-    tool(
-        "uefivars",
-        &["-i", "aws", "-I", input, "-o", "json", "-O", output_arg],
-    );
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
-    json["variables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            (
-                v["name"].as_str().unwrap().to_string(),
-                var_of(v, "timestamp"),
-            )
-        })
-        .collect()
-}
-
-/// An edk2 store's variables, read by virt-fw-vars.
-fn read_store(dir: &Path, store: &Path) -> BTreeMap<String, Var> {
-    let output = dir.join("store.json");
-    tool(
-        "virt-fw-vars",
-        &[
-            "-i",
-            store.to_str().unwrap(),
-            "--output-json",
-            output.to_str().unwrap(),
-        ],
-    );
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
-    json["variables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| (v["name"].as_str().unwrap().to_string(), var_of(v, "time")))
-        .collect()
-}
-
-fn secure_boot_only(vars: &BTreeMap<String, Var>) -> BTreeMap<String, Var> {
-    vars.iter()
-        .filter(|(name, _)| SECURE_BOOT_NAMES.contains(&name.as_str()))
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect()
-}
 
 /// The subjects virt-fw-vars prints for a blob's variables (the blob made
 /// into an edk2 store by uefivars): `VARIABLE: CN=...` lines.

@@ -81,10 +81,11 @@ pub struct BootTestRequest {
     /// Attach a software TPM 2.0 (swtpm, SHA-256 bank; UEFI only); the guest
     /// must see a TPM 2.0 and the firmware's measured-boot event log.
     pub tpm: bool,
-    /// `--secure-boot`: the owner's PK and KEK; the variable store gets the
-    /// set upload ships ([`crate::secureboot::shipped`]). `None`: the
+    /// `--secure-boot`: the owner's PK and KEK (generated for a family
+    /// only once the image is known to be signed); the variable store gets
+    /// the set upload ships ([`crate::secureboot::shipped`]). `None`: the
     /// distribution's enrolled store as it is.
-    pub secure_boot_keys: Option<crate::secureboot::keys::OwnerKeys>,
+    pub secure_boot_keys: Option<crate::secureboot::keys::KeySource>,
     /// Copy the UEFI variable store to this file after each UEFI boot (the
     /// last boot's stays).
     pub save_vars: Option<PathBuf>,

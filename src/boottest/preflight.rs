@@ -18,7 +18,7 @@ use super::{BootTestError, BootTestRequest, progress};
 use crate::image::firmware::Firmware;
 use crate::image::inspect::ImageInfo;
 use crate::platform::{self, Architecture, SecureBootMachine};
-use crate::secureboot::{self, efi::Variable};
+use crate::secureboot::{self, SecureBootError, efi::Variable, keys};
 use crate::sizeclass::{self, SizeClass};
 use crate::sys::interrupt;
 
@@ -140,15 +140,19 @@ fn secure_variables(
     ovmf: Option<&Ovmf>,
     secure_boot: Option<&'static SecureBootMachine>,
 ) -> Result<Vec<Variable>, BootTestError> {
-    let (Some(keys), Some(ovmf), Some(_)) = (&request.secure_boot_keys, ovmf, secure_boot) else {
+    let (Some(source), Some(ovmf), Some(_)) = (&request.secure_boot_keys, ovmf, secure_boot) else {
         return Ok(Vec::new());
     };
+    let keys = source.keys().map_err(SecureBootError::from)?;
+    if keys.generated_now {
+        progress(&keys::generated_notice(&keys));
+    }
     let time = info
         .manifest
         .as_ref()
         .map(|m| m.build_time)
         .unwrap_or_else(secureboot::now);
-    let shipped = secureboot::shipped(keys.clone(), &ovmf.vars, time)?;
+    let shipped = secureboot::shipped(keys, &ovmf.vars, time)?;
     for line in shipped.describe() {
         progress(&line);
     }

@@ -12,6 +12,7 @@ use imgforge::boottest::{
     Outcome, RehearsalSummary, Verdict, ec2::USER_DATA_MAX_BYTES,
 };
 use imgforge::image::firmware::Firmware;
+use imgforge::secureboot::keys::KeySource;
 use imgforge::units::{ByteSize, parse_duration};
 
 use super::{BadInput, secure_boot_keys};
@@ -219,13 +220,26 @@ impl BootTestArgs {
             ec2,
             secure_boot: self.secure_boot,
             tpm: self.tpm,
-            secure_boot_keys: self
-                .secure_boot_keys
-                .as_deref()
-                .map(secure_boot_keys::load)
-                .transpose()?,
+            secure_boot_keys: self.key_source()?,
             save_vars: self.save_vars.clone(),
         })
+    }
+}
+
+impl BootTestArgs {
+    /// `--secure-boot`'s keys: the user's own, else the image family's.
+    fn key_source(&self) -> Result<Option<KeySource>, BadInput> {
+        if !self.secure_boot {
+            return Ok(None);
+        }
+        Ok(Some(match &self.secure_boot_keys {
+            Some(dir) => KeySource::Own(secure_boot_keys::load(dir)?),
+            None => KeySource::Family(secure_boot_keys::family(
+                self.family.as_deref(),
+                None,
+                &self.image,
+            )),
+        }))
     }
 }
 
@@ -245,11 +259,7 @@ fn read_user_data(path: &std::path::Path) -> Result<Vec<u8>, BadInput> {
 }
 
 pub fn run(args: &BootTestArgs) -> anyhow::Result<()> {
-    let mut request = args.request()?;
-    if request.secure_boot && request.secure_boot_keys.is_none() {
-        let family = secure_boot_keys::family(args.family.as_deref(), None, &args.image);
-        request.secure_boot_keys = Some(secure_boot_keys::generated(&family)?);
-    }
+    let request = args.request()?;
     let verdict = boottest::run(&request).map_err(|err| {
         let bad = err.is_bad_input();
         let err = anyhow::Error::new(err).context("boot test failed");

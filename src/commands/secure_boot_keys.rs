@@ -27,17 +27,13 @@ pub fn load(dir: &Path) -> Result<OwnerKeys, BadInput> {
 /// user told where they are.
 pub fn generated(family: &str) -> anyhow::Result<OwnerKeys> {
     let owner = keys::for_family(family)?;
-    let dir = owner.dir.display();
     if owner.generated_now {
-        eprintln!(
-            "imgforge: generated Secure Boot keys for image family `{family}` in {dir}: \
-             PK.key and KEK.key are the private halves (mode 0600). Whoever holds PK.key \
-             controls the UEFI firmware of every instance launched from this family's AMIs: \
-             back the directory up and keep it secret; pass --secure-boot-keys DIR to use \
-             your own keys instead"
-        );
+        eprintln!("imgforge: {}", keys::generated_notice(&owner));
     } else {
-        log::info!("Secure Boot keys of image family `{family}`: {dir}");
+        log::info!(
+            "Secure Boot keys of image family `{family}`: {}",
+            owner.dir.display()
+        );
     }
     Ok(owner)
 }

@@ -458,9 +458,9 @@ pub fn run(args: &UploadArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&policy)?);
         return Ok(());
     }
+    upload::check(&request).map_err(BadInput::from_error)?;
     args.uefi
         .apply(args.family.as_deref(), args.name.as_deref(), &mut request)?;
-    upload::check(&request).map_err(BadInput::from_error)?;
     let runtime = client::runtime().context("cannot start the async runtime")?;
     let result = match runtime.block_on(upload::upload(&request)) {
         Ok(result) => result,

@@ -56,6 +56,40 @@ pub struct OwnerKeys {
     pub generated: bool,
 }
 
+/// Where the owner's keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// The user's own (`--secure-boot-keys DIR`), already read.
+    Own(OwnerKeys),
+    /// The image family's generated pair (generated the first time).
+    Family(String),
+}
+
+impl KeySource {
+    pub fn keys(&self) -> Result<OwnerKeys, KeysError> {
+        match self {
+            Self::Own(keys) => Ok(keys.clone()),
+            Self::Family(family) => for_family(family),
+        }
+    }
+}
+
+/// What the user must be told when imgforge generated a family's keys.
+pub fn generated_notice(keys: &OwnerKeys) -> String {
+    let family = keys
+        .dir
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(
+        "generated Secure Boot keys for image family `{family}` in {}: PK.key and KEK.key \
+         are the private halves (mode 0600). Whoever holds PK.key controls the UEFI firmware \
+         of every instance launched from this family's AMIs: back the directory up and keep \
+         it secret; pass --secure-boot-keys DIR to use your own keys instead",
+        keys.dir.display()
+    )
+}
+
 /// Where a family's generated keys live: `$XDG_STATE_HOME/imgforge/
 /// secure-boot/FAMILY`, else `~/.local/state/imgforge/secure-boot/FAMILY`.
 pub fn family_dir(family: &str) -> PathBuf {

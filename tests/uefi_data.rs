@@ -21,11 +21,13 @@ use common::{BUILD, IMGFORGE, Need, prerequisites, text};
 use serde_json::Value;
 
 const MS_STORE: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+const ARM_MS_STORE: &str = "/usr/share/AAVMF/AAVMF_VARS.ms.fd";
 const TOOLS: &[Need] = &[
     Need::Tool("uefivars"),
     Need::Tool("virt-fw-vars"),
     Need::Tool("openssl"),
     Need::File(MS_STORE),
+    Need::File(ARM_MS_STORE),
 ];
 
 /// The subjects virt-fw-vars prints for a blob's variables (the blob made
@@ -247,8 +249,9 @@ fn a_store_file_is_converted_and_a_blob_is_checked() {
         upload(dir.path(), &proxy, &image, &args)
     };
 
-    // An edk2 store: its Secure Boot variables, as virt-fw-vars reads them
-    // (names, GUIDs, attributes, data, times); no boot entries.
+    // An edk2 store (x86's OVMF and arm64's AAVMF with Microsoft's keys):
+    // its Secure Boot variables, as virt-fw-vars reads them (names, GUIDs,
+    // attributes, data, times); no boot entries.
     let out = with("file-v1", Path::new(MS_STORE));
     assert!(out.status.success(), "{}", stderr(&out));
     let params = &registrations(&proxy)[0];
@@ -257,6 +260,15 @@ fn a_store_file_is_converted_and_a_blob_is_checked() {
     let store = read_store(dir.path(), Path::new(MS_STORE));
     assert!(store.contains_key("Boot0000"), "the store has boot entries");
     assert_eq!(decode_blob(dir.path(), &blob), secure_boot_only(&store));
+    let out = with("file-arm", Path::new(ARM_MS_STORE));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let arm_blob = registrations(&proxy)[1]["UefiData"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let arm_store = secure_boot_only(&read_store(dir.path(), Path::new(ARM_MS_STORE)));
+    assert_eq!(arm_store.len(), 4);
+    assert_eq!(decode_blob(dir.path(), &arm_blob), arm_store);
 
     // A blob: sent as it is, one imgforge made and one python-uefivars made
     // (with its preset zlib dictionary).
@@ -307,7 +319,7 @@ fn a_store_file_is_converted_and_a_blob_is_checked() {
         &["--no-register", "--uefi-data", ours.to_str().unwrap()],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert_eq!(registrations(&proxy).len(), 3);
+    assert_eq!(registrations(&proxy).len(), 4);
 }
 
 fn base64_decode(text: &str) -> Vec<u8> {

@@ -52,7 +52,7 @@ pub struct UefiDataArgs {
     #[arg(long, value_name = "auto|none|FILE", default_value = "auto", value_parser = parse)]
     pub uefi_data: UefiDataArg,
     #[arg(long, value_name = "DIR", value_parser = secure_boot_keys::parse_dir,
-          help = secure_boot_keys::HELP)]
+          help = format!("{}. Packer: none", secure_boot_keys::HELP))]
     pub secure_boot_keys: Option<PathBuf>,
 }
 

@@ -142,14 +142,16 @@ impl MachineFirmware {
             path: ovmf.vars.clone(),
             source,
         };
-        let mut store = std::fs::read(&ovmf.vars).map_err(copy_error)?;
-        if !variables.is_empty() {
+        if variables.is_empty() {
+            std::fs::copy(&ovmf.vars, &vars_copy).map_err(copy_error)?;
+        } else {
+            let mut store = std::fs::read(&ovmf.vars).map_err(copy_error)?;
             edk2::set(&mut store, variables).map_err(|source| FirmwareError::SecureVars {
                 path: ovmf.vars.clone(),
                 source,
             })?;
+            std::fs::write(&vars_copy, store).map_err(copy_error)?;
         }
-        std::fs::write(&vars_copy, store).map_err(copy_error)?;
         Ok(MachineFirmware::Uefi {
             ovmf: ovmf.clone(),
             vars_copy,

@@ -145,3 +145,33 @@ fn auto(image: &Path, keys: KeyChoice) -> anyhow::Result<Option<String>> {
     }
     Ok(Some(aws_blob::encode(&shipped.variables)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_takes_auto_none_or_an_existing_file() {
+        assert_eq!(parse("auto"), Ok(UefiDataArg::Auto));
+        assert_eq!(parse("none"), Ok(UefiDataArg::None));
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_str().unwrap();
+        assert_eq!(parse(path), Ok(UefiDataArg::File(file.path().into())));
+        let missing = parse("/nonexistent/vars.fd").unwrap_err();
+        assert!(missing.contains("not a file"), "{missing}");
+    }
+
+    #[test]
+    fn a_templated_name_does_not_name_the_key_family() {
+        let image = Path::new("/images/web-small.raw");
+        assert_eq!(secure_boot_keys::family(None, Some("web-v3"), image), "web");
+        assert_eq!(
+            secure_boot_keys::family(None, Some("web-{date}"), image),
+            "web-small"
+        );
+        assert_eq!(
+            secure_boot_keys::family(Some("fleet"), None, image),
+            "fleet"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! EC2's UefiData (issue 23, item 3): `upload --uefi-data auto|none|FILE`
-//! against moto behind the recording proxy. moto ignores RegisterImage's
-//! UefiData (its DescribeImageAttribute `uefiData` answers a constant), so
+//! against moto behind the recording proxy. moto 5 drops RegisterImage's
+//! UefiData (its RegisterImage keeps only the name and description, and its
+//! image has no UefiData for DescribeImageAttribute `uefiData` to answer), so
 //! the tests read what went on the wire, and decode it with AWS's own
 //! python-uefivars, not with imgforge; edk2 stores are read with
 //! virt-firmware's virt-fw-vars. `boot-test --secure-boot` booting the same

@@ -11,6 +11,7 @@
 //! - [`platform`]: the architecture axis (`boot/architectures.toml`);
 //! - [`boottest`]: QEMU boot tests;
 //! - [`aws`]: the online half, upload, register, download;
+//! - [`secureboot`]: the UEFI Secure Boot variables shipped and tested;
 //! - [`sys`]: processes, interrupts, work directories, progress.
 //!
 //! Data (layers, GRUB templates, tables) lives in `rootfs/`, `boot/` and
@@ -30,6 +31,7 @@ pub mod kernelcheck;
 pub mod platform;
 pub mod profile;
 pub mod sbom;
+pub mod secureboot;
 pub mod sizeclass;
 pub mod sys;
 pub mod units;

@@ -3,7 +3,9 @@
 //! `boot-test --secure-boot` boots it under OVMF's Secure Boot firmware
 //! with Microsoft's keys enrolled, passing only when the guest's kernel
 //! reports Secure Boot enforced, with a software TPM 2.0 (`--tpm`) whose
-//! measured-boot event log reaches the kernel; the same image with its
+//! measured-boot event log reaches the kernel; the variable store that
+//! boot ran with holds the Secure Boot variables `upload` ships as UefiData
+//! (read with virt-fw-vars and python-uefivars); the same image with its
 //! GRUB's signature removed is refused by shim, and boot-test says so.
 //!
 //! Needs root, mmdebstrap, QEMU, OVMF's secboot firmware, mtools and
@@ -28,6 +30,9 @@ const SECURE_BOOT: &[Need] = &[
     Need::Tool("sbverify"),
     Need::Tool("swtpm"),
     Need::Tool("swtpm_setup"),
+    Need::Tool("openssl"),
+    Need::Tool("uefivars"),
+    Need::Tool("virt-fw-vars"),
 ];
 
 fn plan(args: &[&str]) -> (bool, Value, String) {
@@ -130,6 +135,50 @@ fn signers(file: &Path) -> String {
             .output()
             .unwrap(),
     )
+}
+
+/// The owner's own PK and KEK (`--secure-boot-keys DIR`), made with openssl.
+fn owner_keys(dir: &Path) -> PathBuf {
+    let keys = dir.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    for name in ["PK", "KEK"] {
+        let out = Command::new("openssl")
+            .args([
+                "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+            ])
+            .args(["-subj", &format!("/CN=test owner {name}")])
+            .arg("-keyout")
+            .arg(keys.join(format!("{name}.key")))
+            .arg("-out")
+            .arg(keys.join(format!("{name}.crt")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    keys
+}
+
+/// The UefiData `upload` registers the image with (through moto and the
+/// recording proxy), with the owner's keys.
+fn shipped_blob(dir: &Path, image: &Path, keys: &Path) -> String {
+    use common::aws::{Proxy, imgforge, moto, run, stderr};
+    let proxy = Proxy::start(moto(), dir, &[]);
+    let out = run(imgforge(dir)
+        .arg("upload")
+        .arg(image)
+        .args([
+            "--endpoint-url",
+            &proxy.url(),
+            "--name",
+            "sb-v1",
+            "--secure-boot-keys",
+        ])
+        .arg(keys));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let requests = proxy.requests();
+    let register = &Proxy::operations(&requests, "RegisterImage")[0]["params"];
+    assert_eq!(register["BootMode"], "uefi");
+    register["UefiData"].as_str().unwrap().to_string()
 }
 
 fn build_secure_boot_image(dir: &Path) -> (PathBuf, Value) {
@@ -242,7 +291,21 @@ fn secure_boot_image_boots_enforced_and_an_unsigned_grub_is_refused() {
     // One boot proves both: Secure Boot enforced, and a TPM 2.0 with the
     // firmware's event log (the EFI stub, which Secure Boot makes GRUB use,
     // hands it to the kernel).
-    let boot = boot_test_ok(&tmp, &image, &["--secure-boot", "--tpm"]);
+    let keys = owner_keys(dir.path());
+    let vars = dir.path().join("vars.fd");
+    let (keys_arg, vars_arg) = (keys.to_str().unwrap(), vars.to_str().unwrap());
+    let boot = boot_test_ok(
+        &tmp,
+        &image,
+        &[
+            "--secure-boot",
+            "--tpm",
+            "--secure-boot-keys",
+            keys_arg,
+            "--save-vars",
+            vars_arg,
+        ],
+    );
     let result = boot.result();
     assert_eq!(result["firmware"], "uefi", "--secure-boot boots UEFI only");
     let report = &result["report"];
@@ -265,6 +328,17 @@ fn secure_boot_image_boots_enforced_and_an_unsigned_grub_is_refused() {
         assert_eq!(check["ok"], true, "{check}");
     }
     assert_nothing_left(&tmp);
+    // What was tested is what is shipped: the Secure Boot variables of the
+    // store the firmware booted with (virt-fw-vars) are those of the
+    // UefiData upload registers (python-uefivars): names, GUIDs,
+    // attributes, data and times.
+    let tested = common::uefi::secure_boot_only(&common::uefi::read_store(dir.path(), &vars));
+    let shipped = common::uefi::decode_blob(dir.path(), &shipped_blob(dir.path(), &image, &keys));
+    assert_eq!(
+        tested.keys().collect::<Vec<_>>(),
+        ["KEK", "PK", "db", "dbx"]
+    );
+    assert_eq!(tested, shipped);
     assert!(
         !Command::new("pgrep")
             .args(["-f", &format!("swtpm socket.*{}", tmp.display())])
@@ -303,7 +377,17 @@ fn secure_boot_image_boots_enforced_and_an_unsigned_grub_is_refused() {
         signers(&grub)
     );
     esp_copy(&unsigned, offset, "EFI/BOOT/grubx64.efi", &grub, true);
-    let refused = boot_test(&tmp, &unsigned, &["--secure-boot", "--timeout", "120s"]);
+    let refused = boot_test(
+        &tmp,
+        &unsigned,
+        &[
+            "--secure-boot",
+            "--timeout",
+            "120s",
+            "--secure-boot-keys",
+            keys_arg,
+        ],
+    );
     assert!(!refused.ok, "{}", refused.output);
     let result = refused.result();
     let failures = result["failures"].to_string();

@@ -61,6 +61,7 @@ mod tests {
             boot_mode: None,
             architecture: None,
             tpm: false,
+            uefi_data: None,
             encrypted: false,
             kms_key_id: None,
             no_register: false,

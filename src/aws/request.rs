@@ -53,6 +53,9 @@ pub struct UploadRequest {
     /// None: read from the image (see [`super::ami::platform`]).
     pub architecture: Option<&'static Architecture>,
     pub tpm: bool,
+    /// RegisterImage's UefiData (base64, AWS's format, at most 64,000
+    /// characters): the Secure Boot variables the instance starts with.
+    pub uefi_data: Option<String>,
     pub encrypted: bool,
     pub kms_key_id: Option<String>,
     pub no_register: bool,

@@ -397,6 +397,7 @@ impl Job<'_> {
                         architecture: registration.architecture,
                         boot_mode: registration.boot_mode,
                         tpm: req.tpm,
+                        uefi_data: req.uefi_data.clone(),
                         tags: [req.tags.clone(), plan.identity_tags.clone()].concat(),
                         storage: req.storage.clone(),
                     };

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::attempts::{
     self, Attempt, AttemptEnv, ConsoleLog, FirmwareResult, MAX_ATTEMPTS, Outcome,
 };
+use super::firmware::MachineFirmware;
 use super::preflight::Preflight;
 use super::qemu::{self, Event, Machine, Qemu, QemuError};
 use super::refusal;
@@ -96,6 +97,11 @@ fn boot_attempt(
         env.number,
         env.log,
     )?;
+    if let (Some(to), MachineFirmware::Uefi { vars_copy, .. }) =
+        (&request.save_vars, &machine.firmware)
+    {
+        save_vars(vars_copy, to)?;
+    }
     match attempt.outcome {
         Outcome::Stalled => progress(&format!(
             "{label}: STALLED after {:.1} s, no console output for {} s; last line: {}",
@@ -110,6 +116,17 @@ fn boot_attempt(
         )),
     }
     Ok((result, attempt))
+}
+
+/// `--save-vars`: the store as the firmware left it, replaced whole.
+fn save_vars(store: &std::path::Path, to: &std::path::Path) -> Result<(), BootTestError> {
+    let error = |source| BootTestError::SaveVars {
+        path: to.to_path_buf(),
+        source,
+    };
+    let temp = to.with_extension("imgforge-tmp");
+    std::fs::copy(store, &temp).map_err(error)?;
+    std::fs::rename(&temp, to).map_err(error)
 }
 
 /// How watching the console ended.

@@ -1,11 +1,14 @@
 //! The machine's firmware: SeaBIOS, or UEFI (OVMF, AAVMF) found where the
 //! architecture's row of boot/architectures.toml says distributions put
 //! it, with a per-run copy of its variable store; with `--secure-boot` the
-//! build that enforces Secure Boot and the machine it needs.
+//! build that enforces Secure Boot and the machine it needs, and the
+//! shipped Secure Boot variables written into the copy.
 
 use std::path::{Path, PathBuf};
 
 use crate::platform::{Architecture, SecureBootMachine};
+use crate::secureboot::edk2::{self, Edk2Error};
+use crate::secureboot::efi::Variable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirmwareError {
@@ -24,6 +27,12 @@ pub enum FirmwareError {
          that enforces Secure Boot on {0}): boot-test the image without --secure-boot"
     )]
     NoSecureBoot(String),
+    #[error("cannot write the Secure Boot variables into {path}: {source}")]
+    SecureVars {
+        path: PathBuf,
+        #[source]
+        source: Edk2Error,
+    },
     #[error("cannot copy the OVMF variable store {path}")]
     OvmfVars {
         path: PathBuf,
@@ -120,17 +129,29 @@ pub enum MachineFirmware {
 }
 
 impl MachineFirmware {
-    /// For UEFI, copies the variable store template into `dir`.
+    /// For UEFI, copies the variable store template into `dir`, with
+    /// `variables` (the shipped Secure Boot set) written into the copy.
     pub fn uefi(
         ovmf: &Ovmf,
         dir: &Path,
         secure: Option<&'static SecureBootMachine>,
+        variables: &[Variable],
     ) -> Result<Self, FirmwareError> {
         let vars_copy = dir.join("OVMF_VARS.fd");
-        std::fs::copy(&ovmf.vars, &vars_copy).map_err(|source| FirmwareError::OvmfVars {
+        let copy_error = |source| FirmwareError::OvmfVars {
             path: ovmf.vars.clone(),
             source,
-        })?;
+        };
+        if variables.is_empty() {
+            std::fs::copy(&ovmf.vars, &vars_copy).map_err(copy_error)?;
+        } else {
+            let mut store = std::fs::read(&ovmf.vars).map_err(copy_error)?;
+            edk2::set(&mut store, variables).map_err(|source| FirmwareError::SecureVars {
+                path: ovmf.vars.clone(),
+                source,
+            })?;
+            std::fs::write(&vars_copy, store).map_err(copy_error)?;
+        }
         Ok(MachineFirmware::Uefi {
             ovmf: ovmf.clone(),
             vars_copy,

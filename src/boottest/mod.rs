@@ -81,6 +81,14 @@ pub struct BootTestRequest {
     /// Attach a software TPM 2.0 (swtpm, SHA-256 bank; UEFI only); the guest
     /// must see a TPM 2.0 and the firmware's measured-boot event log.
     pub tpm: bool,
+    /// `--secure-boot`: the owner's PK and KEK (generated for a family
+    /// only once the image is known to be signed); the variable store gets
+    /// the set upload ships ([`crate::secureboot::shipped`]). `None`: the
+    /// distribution's enrolled store as it is.
+    pub secure_boot_keys: Option<crate::secureboot::keys::KeySource>,
+    /// Copy the UEFI variable store to this file after each UEFI boot (the
+    /// last boot's stays).
+    pub save_vars: Option<PathBuf>,
 }
 
 /// What a launch rehearsal (`--ec2`) adds to the request.
@@ -113,10 +121,18 @@ pub enum BootTestError {
     Firmware(#[from] firmware::FirmwareError),
     #[error(transparent)]
     Tpm(#[from] tpm::TpmError),
+    #[error("--secure-boot: the variable store: {0}")]
+    SecureBoot(#[from] crate::secureboot::SecureBootError),
     #[error(
         "--tpm: boot/architectures.toml gives {0} no tpm_device: boot-test the image without --tpm"
     )]
     NoTpmDevice(String),
+    #[error("--save-vars {path}: cannot write it")]
+    SaveVars {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot make a temporary directory")]
     TempDir(#[source] std::io::Error),
     #[error("the image's manifest names size class `{0}`, which this imgforge does not know")]

@@ -18,6 +18,7 @@ use super::{BootTestError, BootTestRequest, progress};
 use crate::image::firmware::Firmware;
 use crate::image::inspect::ImageInfo;
 use crate::platform::{self, Architecture, SecureBootMachine};
+use crate::secureboot::{self, SecureBootError, efi::Variable, keys};
 use crate::sizeclass::{self, SizeClass};
 use crate::sys::interrupt;
 
@@ -41,6 +42,9 @@ pub struct Preflight {
     /// `--secure-boot`: the machine of the firmware that enforces it (and
     /// `ovmf` is that firmware's).
     pub secure_boot: Option<&'static SecureBootMachine>,
+    /// `--secure-boot` with the owner's keys: the Secure Boot variables
+    /// written into each boot's copy of the enrolled store.
+    pub secure_variables: Vec<Variable>,
     /// `--tpm`: each boot gets a fresh software TPM.
     pub tpm: bool,
     /// The size class the image's manifest names.
@@ -59,6 +63,7 @@ pub fn run(request: &BootTestRequest) -> Result<Preflight, BootTestError> {
     let format = detect_format(&request.image)?;
     let (info, platform, firmwares, ovmf, secure_boot) =
         read_image(request, &format, scratch.path())?;
+    let secure_variables = secure_variables(request, &info, ovmf.as_ref(), secure_boot)?;
     let class = size_class(&info)?;
     let smp = vcpus(request.smp, class.as_ref());
     if info.manifest.is_none() {
@@ -73,6 +78,7 @@ pub fn run(request: &BootTestRequest) -> Result<Preflight, BootTestError> {
         firmwares,
         ovmf,
         secure_boot,
+        secure_variables,
         tpm: request.tpm,
         class,
         smp,
@@ -106,6 +112,7 @@ impl Preflight {
                 self.ovmf.as_ref().expect("preflight found OVMF"),
                 dir,
                 self.secure_boot,
+                &self.secure_variables,
             )?,
         };
         Ok(Machine {
@@ -122,6 +129,34 @@ impl Preflight {
             launch: None,
         })
     }
+}
+
+/// The shipped Secure Boot variables for the owner's keys (the same set
+/// `upload --uefi-data auto` registers: same keys, same enrolled store,
+/// the image's build time), written at the image's build time.
+fn secure_variables(
+    request: &BootTestRequest,
+    info: &ImageInfo,
+    ovmf: Option<&Ovmf>,
+    secure_boot: Option<&'static SecureBootMachine>,
+) -> Result<Vec<Variable>, BootTestError> {
+    let (Some(source), Some(ovmf), Some(_)) = (&request.secure_boot_keys, ovmf, secure_boot) else {
+        return Ok(Vec::new());
+    };
+    let keys = source.keys().map_err(SecureBootError::from)?;
+    if keys.generated_now {
+        progress(&keys::generated_notice(&keys));
+    }
+    let time = info
+        .manifest
+        .as_ref()
+        .map(|m| m.build_time)
+        .unwrap_or_else(secureboot::now);
+    let shipped = secureboot::shipped(keys, &ovmf.vars, time)?;
+    for line in shipped.describe() {
+        progress(&line);
+    }
+    Ok(shipped.variables)
 }
 
 /// A fresh scratch directory, marked with this process's id (see

@@ -12,9 +12,10 @@ use imgforge::boottest::{
     Outcome, RehearsalSummary, Verdict, ec2::USER_DATA_MAX_BYTES,
 };
 use imgforge::image::firmware::Firmware;
+use imgforge::secureboot::keys::KeySource;
 use imgforge::units::{ByteSize, parse_duration};
 
-use super::BadInput;
+use super::{BadInput, secure_boot_keys};
 
 #[derive(Debug, clap::Args)]
 pub struct BootTestArgs {
@@ -55,13 +56,29 @@ pub struct BootTestArgs {
     #[arg(long)]
     pub json: bool,
     /// Boot with the firmware that enforces UEFI Secure Boot (x86: OVMF's
-    /// secboot build on q35 with SMM; arm64: AAVMF), Microsoft's keys
-    /// enrolled (OVMF_VARS_4M.ms.fd), UEFI only. Passes only when the guest
-    /// reports Secure Boot enforced (the kernel's "Secure boot enabled");
-    /// a chain the firmware or shim refuses fails at once, naming why
-    /// (shim's "Verification failed"). For images built with --secure-boot.
+    /// secboot build on q35 with SMM; arm64: AAVMF), UEFI only, and the
+    /// variable store `upload` ships as UefiData: PK and KEK of the owner's
+    /// (--secure-boot-keys), Microsoft's KEK CA and UEFI CA and the dbx from
+    /// the distribution's enrolled store (OVMF_VARS_4M.ms.fd). Passes only
+    /// when the guest reports Secure Boot enforced (the kernel's "Secure
+    /// boot enabled"); a chain the firmware or shim refuses fails at once,
+    /// naming why (shim's "Verification failed"). For images built with
+    /// --secure-boot.
     #[arg(long)]
     pub secure_boot: bool,
+    #[arg(long, value_name = "DIR", value_parser = secure_boot_keys::parse_dir,
+          help = secure_boot_keys::HELP, requires = "secure_boot")]
+    pub secure_boot_keys: Option<PathBuf>,
+    /// The image family whose generated Secure Boot keys --secure-boot uses
+    /// (as `upload --family`) [default: from the image's file name, as upload's].
+    #[arg(long, value_name = "NAME", requires = "secure_boot")]
+    pub family: Option<String>,
+    /// After the UEFI boot, copy the firmware's variable store (edk2 format)
+    /// to FILE: with --secure-boot it holds the Secure Boot variables the boot
+    /// ran with (read it with `virt-fw-vars -i FILE --print`; `upload
+    /// --uefi-data FILE` takes it).
+    #[arg(long, value_name = "FILE")]
+    pub save_vars: Option<PathBuf>,
     /// Attach a software TPM 2.0 (swtpm, the SHA-256 PCR bank only, as EC2's
     /// NitroTPM; x86: tpm-crb), UEFI only. Passes only when the guest sees a
     /// TPM 2.0 and the firmware's measured-boot event log
@@ -203,7 +220,26 @@ impl BootTestArgs {
             ec2,
             secure_boot: self.secure_boot,
             tpm: self.tpm,
+            secure_boot_keys: self.key_source()?,
+            save_vars: self.save_vars.clone(),
         })
+    }
+}
+
+impl BootTestArgs {
+    /// `--secure-boot`'s keys: the user's own, else the image family's.
+    fn key_source(&self) -> Result<Option<KeySource>, BadInput> {
+        if !self.secure_boot {
+            return Ok(None);
+        }
+        Ok(Some(match &self.secure_boot_keys {
+            Some(dir) => KeySource::Own(secure_boot_keys::load(dir)?),
+            None => KeySource::Family(secure_boot_keys::family(
+                self.family.as_deref(),
+                None,
+                &self.image,
+            )),
+        }))
     }
 }
 

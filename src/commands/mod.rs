@@ -24,7 +24,10 @@ pub mod export;
 pub mod inspect;
 pub mod kernel_check;
 pub mod sbom;
+pub mod secure_boot_keys;
+pub mod uefi_data;
 pub mod upload;
+pub mod upload_values;
 
 use std::ffi::OsString;
 

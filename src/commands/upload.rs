@@ -3,7 +3,6 @@
 //! before any work (bad input exits 2); this file parses and prints.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,6 +26,7 @@ use imgforge::units::{ByteSize, parse_duration};
 
 use super::BadInput;
 use super::aws_options::AwsOptions;
+pub use super::upload_values::{Timeout, VolumeSize};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -122,6 +122,9 @@ pub struct UploadArgs {
     /// uefi-preferred). Packer: tpm_support.
     #[arg(long)]
     pub tpm: bool,
+
+    #[command(flatten)]
+    pub uefi: super::uefi_data::UefiDataArgs,
 
     /// Make an encrypted snapshot (with the account's default EBS key unless
     /// --kms-key-id). Every block is written, zeros included. Packer: encrypt_boot.
@@ -345,56 +348,6 @@ fn parse_arch(text: &str) -> Result<&'static Architecture, String> {
     platform::lookup(text).map_err(|e| e.to_string())
 }
 
-/// `--volume-size`: a size in the one notation; a bare number is still read
-/// as GiB (its old unit), with a warning, for one release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VolumeSize {
-    pub size: ByteSize,
-    /// Given as a bare number (GiB).
-    pub bare: bool,
-}
-
-impl FromStr for VolumeSize {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if let Ok(gib) = text.parse::<u64>() {
-            return gib
-                .checked_mul(ByteSize::GIB)
-                .filter(|b| *b > 0)
-                .map(|bytes| VolumeSize {
-                    size: ByteSize(bytes),
-                    bare: true,
-                })
-                .ok_or_else(|| format!("{text:?} is not a volume size (e.g. 8G)"));
-        }
-        Ok(VolumeSize {
-            size: text.parse()?,
-            bare: false,
-        })
-    }
-}
-
-/// A duration flag that remembers whether it was a bare number (seconds),
-/// to warn where that used to mean minutes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeout {
-    pub duration: Duration,
-    pub bare: bool,
-}
-
-impl FromStr for Timeout {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        Ok(Timeout {
-            duration: parse_duration(text)?,
-            bare: !text.trim().is_empty() && text.trim().chars().all(|c| c.is_ascii_digit()),
-        })
-    }
-}
-
 impl UploadArgs {
     /// The plain request the engine takes, and the one-line warnings for
     /// old spellings. Bad values are [`BadInput`].
@@ -426,6 +379,7 @@ impl UploadArgs {
             boot_mode: self.boot_mode.map(BootMode::from),
             architecture: self.architecture,
             tpm: self.tpm,
+            uefi_data: None,
             encrypted: self.encrypted,
             kms_key_id: self.kms_key_id.clone(),
             no_register: self.no_register,
@@ -497,7 +451,7 @@ pub fn run(args: &UploadArgs) -> anyhow::Result<()> {
     if args.hash_only {
         return hash_only(args);
     }
-    let request = args.to_request()?;
+    let mut request = args.to_request()?;
     if args.print_iam_policy {
         let region = super::aws_options::offline_region(request.connection.region.as_deref());
         let policy = imgforge::aws::iam::for_upload(&request, &region);
@@ -505,6 +459,8 @@ pub fn run(args: &UploadArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     upload::check(&request).map_err(BadInput::from_error)?;
+    args.uefi
+        .apply(args.family.as_deref(), args.name.as_deref(), &mut request)?;
     let runtime = client::runtime().context("cannot start the async runtime")?;
     let result = match runtime.block_on(upload::upload(&request)) {
         Ok(result) => result,

@@ -8,12 +8,14 @@
 //!   images, imgforge with fake credentials;
 //! - [`image`]: the one Debian small image of a `cargo test` run, shared by
 //!   every test binary;
-//! - [`qemu`]: boot-test runs and the checks that nothing was left behind.
+//! - [`qemu`]: boot-test runs and the checks that nothing was left behind;
+//! - [`uefi`]: UEFI variable stores read by independent tools.
 #![allow(dead_code)]
 
 pub mod aws;
 pub mod image;
 pub mod qemu;
+pub mod uefi;
 
 #[allow(unused_imports)]
 pub use aws::*;

@@ -147,6 +147,8 @@ pub struct ImageSpec {
     pub architecture: AmiArchitecture,
     pub boot_mode: BootMode,
     pub tpm: bool,
+    /// UefiData: the Secure Boot variables (AWS's format, base64).
+    pub uefi_data: Option<String>,
     pub tags: Vec<(String, String)>,
     /// The root volume's settings, extra and instance-store volumes.
     pub storage: Storage,
@@ -252,6 +254,9 @@ pub async fn register(clients: &Clients, spec: &ImageSpec) -> Result<String, Reg
             .set_tag_specifications(tag_specs.clone());
         if spec.tpm {
             request = request.tpm_support(TpmSupportValues::V20);
+        }
+        if let Some(uefi_data) = &spec.uefi_data {
+            request = request.uefi_data(uefi_data);
         }
         request.send()
     })

@@ -188,6 +188,11 @@ pub struct Sources {
     /// Keys the lines name, read from the host and installed into the image.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<SourceKey>,
+    /// Repositories of their own beside `lines`, in the distro's form
+    /// (Arch: a pacman.conf section each, from `--repository`); part of
+    /// the cache key. Empty where `lines` say everything (Debian).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
 }
 
 /// One package source as the plan shows it.

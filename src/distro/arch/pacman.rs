@@ -218,6 +218,16 @@ impl Pacman {
             .map(drop)
     }
 
+    /// `pacman -U --needed FILES`: local packages, their dependencies from
+    /// the synced repositories.
+    pub fn install_files(&self, files: &[PathBuf]) -> Result<(), ArchError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        self.run(self.tool().args(["-U", "--needed"]).args(files))
+            .map(drop)
+    }
+
     /// The repository and file name of `package` alone (`-dd`: not its
     /// dependencies), from the synced databases; nothing is downloaded.
     pub fn locate(&self, package: &str) -> Result<(String, String), ArchError> {

@@ -37,6 +37,12 @@ pub enum ArchError {
     )]
     Signature { package: String, detail: String },
     #[error(
+        "{package} has no signature on its server ({detail}); pacman installs only signed \
+         packages here (SigLevel Required): sign it (makepkg --sign, or gpg --detach-sign) and put \
+         FILE.sig beside it"
+    )]
+    MissingSignature { package: String, detail: String },
+    #[error(
         "{what}: {dir} has no archlinux.gpg (a keyring folder holds archlinux.gpg, archlinux-trusted \
          and archlinux-revoked, as usr/share/pacman/keyrings/ of an archlinux-keyring package does)"
     )]

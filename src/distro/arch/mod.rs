@@ -552,7 +552,11 @@ impl Arch {
 /// A signature error while `--repository` sections are present: said to
 /// be theirs to fix too.
 fn repository_signature(err: ArchError, sources: &Sources) -> ArchError {
-    if sources.repositories.is_empty() || !matches!(err, ArchError::Signature { .. }) {
+    let signature = matches!(
+        err,
+        ArchError::Signature { .. } | ArchError::MissingSignature { .. }
+    );
+    if sources.repositories.is_empty() || !signature {
         return err;
     }
     let names: Vec<&str> = (sources.repositories.iter())

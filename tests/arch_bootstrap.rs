@@ -115,11 +115,19 @@ struct ToolsRepository {
     local_package: PathBuf,
 }
 
-/// `tools`' packages: `toolbox` signed with the repository's key, `rogue`
-/// left unsigned; `localtool` is a package file only.
+/// `tools`' packages: `toolbox` and `extratool` signed with the
+/// repository's key, `rogue` left unsigned; `localtool` is a package file
+/// only.
 const TOOLS_PACKAGES: &[PackageSpec] = &[
     PackageSpec {
         name: "toolbox",
+        repo: "tools",
+        depends: &["testshell"],
+        install: None,
+    },
+    // Installed only by the steps' pacman, from the synced databases.
+    PackageSpec {
+        name: "extratool",
         repo: "tools",
         depends: &["testshell"],
         install: None,
@@ -169,11 +177,11 @@ fn build_tools_repository(base: &Path, keyring: &Path) -> ToolsRepository {
     let file_of = |name: &str| pkgdest.join(format!("{name}-1-1-x86_64.pkg.tar.zst"));
     let dir = base.join("tools/x86_64");
     fs::create_dir_all(&dir).unwrap();
-    for name in ["toolbox", "rogue"] {
+    for name in ["toolbox", "extratool", "rogue"] {
         let file = dir.join(file_of(name).file_name().unwrap());
         fs::copy(file_of(name), &file).unwrap();
         let file = file.to_str().unwrap();
-        if name == "toolbox" {
+        if name != "rogue" {
             let sig = format!("{file}.sig");
             gpg(&[
                 "--local-user",
@@ -1523,7 +1531,7 @@ fn extra_repository_and_package_file_are_installed_and_configured() {
         "{state_files:?}"
     );
     let mut packages = TEST_PACKAGES.to_vec();
-    packages.extend(["pacman", "toolbox"]);
+    packages.extend(["pacman", "archlinux-keyring", "toolbox"]);
     let run = bootstrap_sources(
         (distro, data_dir),
         &sources,
@@ -1576,6 +1584,77 @@ fn extra_repository_and_package_file_are_installed_and_configured() {
     assert!(
         mirrorlist.contains(&format!("Server = {}", fx.signed)),
         "{mirrorlist}"
+    );
+    check_steps_pacman(&arch, &root, &sources, run.dir.path());
+}
+
+/// What `--script` steps get before they run: a `pacman -S` against the
+/// tree's own databases and keyring (no `-y`) installs a signed package of
+/// the `--repository` under SigLevel Required. Here the host's pacman
+/// stands in for the image's (the fixture has none that runs), with the
+/// tree's paths, the ones the image's pacman reads.
+fn check_steps_pacman(arch: &Arch, root: &Path, sources: &Sources, scratch: &Path) {
+    let conf = scratch.join("steps-check.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[options]\nArchitecture = x86_64\nSigLevel = Required DatabaseOptional\n\n\
+             [core]\nServer = {m}\n[extra]\nServer = {m}\n[tools]\nServer = {t}\n",
+            m = fixture().signed,
+            t = fixture().tools.server
+        ),
+    )
+    .unwrap();
+    let gpgdir = root.join("etc/pacman.d/gnupg");
+    let cache = scratch.join("steps-cache");
+    let install = || {
+        Command::new("pacman")
+            .arg("--config")
+            .arg(&conf)
+            .arg("--root")
+            .arg(root)
+            .arg("--dbpath")
+            .arg(root.join("var/lib/pacman"))
+            .arg("--gpgdir")
+            .arg(&gpgdir)
+            .arg("--cachedir")
+            .arg(&cache)
+            .args(["--noconfirm", "-S", "extratool"])
+            .env("LC_ALL", "C")
+            .output()
+            .unwrap()
+    };
+    // Without the preparation: no databases, nothing found.
+    let before = install();
+    assert!(!before.status.success(), "{before:?}");
+    let work = scratch.join("steps-work");
+    arch.prepare_package_manager(root, sources, &work)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for db in ["core", "extra", "tools"] {
+        let path = root.join(format!("var/lib/pacman/sync/{db}.db"));
+        assert!(path.is_file(), "{} missing", path.display());
+    }
+    assert_eq!(
+        processes_using(&gpgdir),
+        Vec::<String>::new(),
+        "processes left using the tree's keyring"
+    );
+    let after = install();
+    assert!(
+        after.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&after.stdout),
+        String::from_utf8_lossy(&after.stderr)
+    );
+    let _ = Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(&gpgdir)
+        .args(["--kill", "all"])
+        .output();
+    let installed = arch.installed_packages(root).unwrap();
+    assert!(
+        installed.iter().any(|p| p.name == "extratool"),
+        "{installed:?}"
     );
 }
 

@@ -366,6 +366,20 @@ pub trait Distro {
         None
     }
 
+    /// Makes the tree's package manager usable by the user's provisioning
+    /// steps, run from the host before them (Arch: the keyring and the
+    /// synced databases); nothing by default (Debian refreshes inside the
+    /// tree, [`Distro::refresh_package_lists`]). What it leaves is removed
+    /// with the distro's `scrub` list after the steps.
+    fn prepare_package_manager(
+        &self,
+        _root: &Path,
+        _sources: &Sources,
+        _work_dir: &Path,
+    ) -> Result<(), DistroError> {
+        Ok(())
+    }
+
     /// The file name ending of a local package `--package-file` takes
     /// (`.deb`); None: the distro takes none.
     fn package_file_suffix(&self) -> Option<&'static str> {

@@ -11,6 +11,7 @@ pub mod keyring_package;
 pub mod pacman;
 pub mod pacman_conf;
 pub mod repositories;
+mod steps;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -266,6 +267,15 @@ impl Distro for Arch {
 
     fn package_file_suffix(&self) -> Option<&'static str> {
         Some(".pkg.tar.zst")
+    }
+
+    fn prepare_package_manager(
+        &self,
+        root: &Path,
+        sources: &Sources,
+        work_dir: &Path,
+    ) -> Result<(), DistroError> {
+        Ok(self.prepare_steps(root, sources, work_dir)?)
     }
 
     /// pacman from the host into `work_dir/tree`: the bootstrap files, a

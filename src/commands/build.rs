@@ -124,7 +124,8 @@ pub struct BuildArgs {
 
     /// A script run as root inside the image's tree after its packages and
     /// layers (repeatable, in order). It gets /proc, /sys, /dev and /run,
-    /// the network (the host's name servers), apt (lists fresh), no service
+    /// the network (the host's name servers), apt (lists fresh) or pacman
+    /// (keyring and synced databases, the build's mirror), no service
     /// started (policy-rc.d), `uname -r` reporting the image's kernel, and
     /// IMGFORGE_DISTRO, IMGFORGE_RELEASE, IMGFORGE_ARCH, IMGFORGE_SIZE_CLASS,
     /// IMGFORGE_KERNEL_VERSION. `sysctl -w`/`-p`, `modprobe` and `systemctl

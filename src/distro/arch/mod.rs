@@ -168,7 +168,8 @@ pub const TESTED: &str = "offline only, against a fixture repository of small ma
      and hooks, a failed initramfs hook, the kernel check on Arch's ext4=m config lines. Proven \
      only on a real mirror: Arch's real packages and their dependency closure, mkinitcpio and \
      Arch's kernel, GRUB from Arch, and an Arch image booting (tests/arch_real.rs, \
-     IMGFORGE_ARCH_MIRROR)";
+     IMGFORGE_ARCH_MIRROR). --repository, --package-file and the scripts' keyring and \
+     databases are tested against the fixture, the scripts' pacman with the host's";
 
 /// Where Debian's archlinux-keyring package puts the keyring files.
 const HOST_KEYRINGS: &str = "/usr/share/keyrings";
@@ -400,12 +401,12 @@ pub fn render_mirrorlist(sources: &Sources) -> String {
 }
 
 impl Arch {
-    /// `SERVER/$repo.db` of every repository on every server, then of each
-    /// `--repository` on its own servers (an Arch one: the build's).
+    /// `SERVER/$repo.db` of every repository on the build's server (the
+    /// first: what pacman syncs from and [`Pacman::check_synced`] checks;
+    /// the others of a host's mirrorlist are the image's fallbacks), then
+    /// of each `--repository` on its own servers (an Arch one: the build's).
     fn repository_databases(&self, sources: &Sources) -> Vec<String> {
-        let build_servers: Vec<&str> = sources
-            .lines
-            .iter()
+        let build_servers: Vec<&str> = (sources.lines.iter().take(1))
             .map(|l| pacman::server_url(l))
             .collect();
         let mut pairs: Vec<(&str, &str)> = Vec::new();
@@ -442,7 +443,7 @@ impl Arch {
             .first()
             .map_or("core", String::as_str);
         job.progress.note(&format!("pacman from {mirror}"));
-        for line in &job.sources.lines {
+        for line in job.sources.lines.iter().take(1) {
             pacman::check_mirror(
                 pacman::server_url(line),
                 first_repo,
@@ -667,6 +668,40 @@ mod tests {
             .unwrap();
         assert_eq!(mirror.lines, ["Server = https://m.example/$repo/os/$arch"]);
         assert_eq!(mirror.entries[0].from, "--mirror");
+    }
+
+    #[test]
+    fn mirror_state_reads_the_build_server_and_each_repository() {
+        let (arch, _dir) = arch();
+        let sources = Sources {
+            lines: vec![
+                "Server = https://a.example/$repo/os/$arch".into(),
+                "Server = https://b.example/$repo/os/$arch".into(),
+            ],
+            repositories: vec![
+                "[tools]\nSigLevel = Required\nServer = file:///srv/tools/$arch/\n".into(),
+                "[multilib]\n".into(),
+            ],
+            ..Sources::default()
+        };
+        assert_eq!(
+            arch.mirror_state_files("rolling", &sources),
+            [
+                "https://a.example/core/os/x86_64/core.db",
+                "https://a.example/extra/os/x86_64/extra.db",
+                "file:///srv/tools/x86_64/tools.db",
+                "https://a.example/multilib/os/x86_64/multilib.db",
+            ]
+        );
+        let conf = arch.pacman_conf(&sources);
+        assert!(
+            conf.ends_with(
+                "[multilib]\nServer = https://a.example/$repo/os/$arch\n\
+                 Server = https://b.example/$repo/os/$arch\n"
+            ),
+            "{conf}"
+        );
+        assert!(conf.contains("\n[tools]\nSigLevel = Required\n"), "{conf}");
     }
 
     #[test]

@@ -557,6 +557,8 @@ fn stage_payload(name: &str, payload: &Path, keyring: &Path) {
             let tmp = payload.join("tmp");
             fs::create_dir_all(&tmp).unwrap();
             fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).unwrap();
+            // As Arch's filesystem package: /usr/sbin is /usr/bin.
+            symlink("bin", payload.join("usr/sbin")).unwrap();
             for (link, to) in [
                 ("bin", "usr/bin"),
                 ("sbin", "usr/bin"),
@@ -1656,6 +1658,48 @@ fn check_steps_pacman(arch: &Arch, root: &Path, sources: &Sources, scratch: &Pat
         installed.iter().any(|p| p.name == "extratool"),
         "{installed:?}"
     );
+    check_steps_session(root, sources);
+}
+
+/// The steps' session on an Arch tree: opens (no apt there), shows a step
+/// the synced databases, the keyring and the file:// repositories at their
+/// paths, and leaves no mount, no apt folder and no stand-in behind.
+fn check_steps_session(root: &Path, sources: &Sources) {
+    use imgforge::build::provision::session::Session;
+    let tools = fixture().tools.server.strip_prefix("file://").unwrap();
+    let tools = Path::new(tools.trim_end_matches("/$arch"));
+    let mirror = fixture().signed.strip_prefix("file://").unwrap();
+    let mirror = Path::new(mirror.trim_end_matches("/$repo/os/$arch"));
+    assert!(sources.repositories[0].contains(&tools.display().to_string()));
+    let session = Session::open(root, "6.6.6-arch1-1", &[mirror.into(), tools.into()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let script = format!(
+        "test -f /var/lib/pacman/sync/tools.db && test -f /etc/pacman.d/gnupg/pubring.gpg \
+         && test -f {}/x86_64/tools.db && test -f {}/core/os/x86_64/core.db \
+         && test -x /usr/sbin/policy-rc.d && echo ready",
+        tools.display(),
+        mirror.display()
+    );
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(["/bin/sh", "-c", &script])
+        .output()
+        .unwrap();
+    let closed = session.close();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ready\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    closed.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(mounts_below(root), Vec::<PathBuf>::new());
+    assert!(
+        !root.join("etc/apt").exists(),
+        "the session made an apt folder"
+    );
+    assert!(!root.join("usr/bin/policy-rc.d").exists());
+    assert!(!root.join(tools.strip_prefix("/").unwrap()).exists());
 }
 
 /// An unsigned package in a `--repository` under `SigLevel = Required` is

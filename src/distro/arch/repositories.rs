@@ -239,7 +239,8 @@ pub fn parse_spec(spec: &str, rules: &Rules) -> Result<RepositorySpec, String> {
             .ok_or_else(|| format!("`{word}` is not KEY=VALUE (Server, Key, SigLevel)"))?;
         match key.to_ascii_lowercase().as_str() {
             "server" => parsed.servers.push(value.to_string()),
-            "key" => parsed.key = Some(PathBuf::from(value)),
+            // Absolute: the bootstrap and the image's configuration read it later.
+            "key" => parsed.key = Some(std::path::absolute(value).unwrap_or(value.into())),
             "siglevel" => parsed.sig_level = sig_level(value)?,
             _ => {
                 return Err(format!("unknown setting `{key}` (Server, Key, SigLevel)"));

@@ -75,7 +75,7 @@ pub fn mirror_sources(url: &str, from: &str, origin: &str) -> Result<Sources, Ar
             line,
             from: from.into(),
             used: true,
-            note: String::new(),
+            note: "the server of every Arch repository of the image".into(),
         }],
         ..Sources::default()
     })
@@ -110,8 +110,8 @@ pub fn image_sources(
         sources.entries.insert(
             0,
             SourceEntry {
-                line: format!("{} (no Arch mirror)", host_conf.display()),
-                from: host_conf.display().to_string(),
+                line: host_conf.display().to_string(),
+                from: "the host".into(),
                 used: false,
                 note: "the host's pacman.conf names no Server for Arch's repositories".into(),
             },

@@ -1825,4 +1825,30 @@ fn repository_failures_name_the_problem_and_leave_nothing() {
         plan["sources"]["keys"][0]["image"],
         "/usr/share/pacman/keyrings/imgforge-tools.gpg"
     );
+    // The same from imgforge.toml, with a package file.
+    let toml = run.dir.path().join("imgforge.toml");
+    fs::write(
+        &toml,
+        format!(
+            "[defaults]\ndistro = \"arch\"\nmirror = \"{}\"\n\n[[image]]\nname = \"tools\"\n\
+             repositories = [\"{}\"]\npackage_files = [\"{}\"]\n",
+            fx.signed,
+            tools_spec(&fx.tools),
+            zst
+        ),
+    )
+    .unwrap();
+    let out = Command::new(IMGFORGE)
+        .args(["build", "--plan", "--json", "--image", "tools", "--config"])
+        .arg(&toml)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_file: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(from_file["sources"], plan["sources"]);
+    assert_eq!(from_file["package_files"][0][0], zst);
 }

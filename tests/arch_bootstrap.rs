@@ -1663,7 +1663,9 @@ fn check_steps_pacman(arch: &Arch, root: &Path, sources: &Sources, scratch: &Pat
 
 /// The steps' session on an Arch tree: opens (no apt there), shows a step
 /// the synced databases, the keyring and the file:// repositories at their
-/// paths, and leaves no mount, no apt folder and no stand-in behind.
+/// paths, lets it `pacman -S` a signed package of the `--repository` (and
+/// not an unsigned one), and leaves no mount, no apt folder and no
+/// stand-in behind.
 fn check_steps_session(root: &Path, sources: &Sources) {
     use imgforge::build::provision::session::Session;
     let tools = fixture().tools.server.strip_prefix("file://").unwrap();
@@ -1671,12 +1673,19 @@ fn check_steps_session(root: &Path, sources: &Sources) {
     let mirror = fixture().signed.strip_prefix("file://").unwrap();
     let mirror = Path::new(mirror.trim_end_matches("/$repo/os/$arch"));
     assert!(sources.repositories[0].contains(&tools.display().to_string()));
+    install_host_pacman(root);
     let session = Session::open(root, "6.6.6-arch1-1", &[mirror.into(), tools.into()])
         .unwrap_or_else(|e| panic!("{e}"));
+    // A step's `pacman -S`, as a script runs it: the image's own pacman.conf,
+    // databases and keyring; the package downloaded and verified in the tree
+    // (the unsigned one refused there).
     let script = format!(
         "test -f /var/lib/pacman/sync/tools.db && test -f /etc/pacman.d/gnupg/pubring.gpg \
          && test -f {}/x86_64/tools.db && test -f {}/core/os/x86_64/core.db \
-         && test -x /usr/sbin/policy-rc.d && echo ready",
+         && test -x /usr/sbin/policy-rc.d \
+         && pacman -S --noconfirm --noprogressbar extratool >&2 \
+         && test -f /var/cache/pacman/pkg/extratool-1-1-x86_64.pkg.tar.zst \
+         && ! pacman -S --noconfirm --noprogressbar rogue >&2 && echo ready",
         tools.display(),
         mirror.display()
     );
@@ -1700,6 +1709,23 @@ fn check_steps_session(root: &Path, sources: &Sources) {
     );
     assert!(!root.join("usr/bin/policy-rc.d").exists());
     assert!(!root.join(tools.strip_prefix("/").unwrap()).exists());
+}
+
+/// The host's pacman and gpg (with their libraries) copied into the tree,
+/// standing in for the image's own, which the fixture does not have.
+fn install_host_pacman(root: &Path) {
+    for tool in ["pacman", "gpg"] {
+        let path = imgforge::sys::tool::find_in_path(tool).unwrap();
+        fs::copy(&path, root.join("usr/bin").join(tool)).unwrap();
+        let ldd = run("ldd", &[path.to_str().unwrap()]);
+        for word in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
+            if word.starts_with('/') && Path::new(word).is_file() {
+                let name = Path::new(word).file_name().unwrap();
+                fs::copy(word, root.join("usr/lib").join(name)).unwrap();
+            }
+        }
+    }
+    fs::create_dir_all(root.join("var/cache/pacman/pkg")).unwrap();
 }
 
 /// An unsigned package in a `--repository` under `SigLevel = Required` is

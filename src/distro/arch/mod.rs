@@ -169,7 +169,8 @@ pub const TESTED: &str = "offline only, against a fixture repository of small ma
      only on a real mirror: Arch's real packages and their dependency closure, mkinitcpio and \
      Arch's kernel, GRUB from Arch, and an Arch image booting (tests/arch_real.rs, \
      IMGFORGE_ARCH_MIRROR). --repository, --package-file and the scripts' keyring and \
-     databases are tested against the fixture, the scripts' pacman with the host's";
+     databases are tested against the fixture (a step's pacman -S with the host's pacman \
+     copied into the tree)";
 
 /// Where Debian's archlinux-keyring package puts the keyring files.
 const HOST_KEYRINGS: &str = "/usr/share/keyrings";

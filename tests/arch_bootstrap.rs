@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use imgforge::data::DataDir;
 use imgforge::distro::arch::{Arch, SigLevel};
-use imgforge::distro::{BootstrapJob, Distro, DistroError, read_data};
+use imgforge::distro::{BootstrapJob, Distro, DistroError, SourceOptions, Sources, read_data};
 use imgforge::sys::progress::Progress;
 use imgforge::sys::workdir::mounts_below;
 
@@ -102,6 +102,108 @@ struct Fixture {
     keyring: PathBuf,
     /// The same keys with the packager key expired.
     starting_keyring: PathBuf,
+    /// A third-party repository `tools` for `--repository`: its Server URL
+    /// and its own signing key (armored), apart from the Arch keys.
+    tools: ToolsRepository,
+}
+
+struct ToolsRepository {
+    server: String,
+    key: PathBuf,
+    fingerprint: String,
+    /// A local package (`--package-file`) depending on `localdep` (extra).
+    local_package: PathBuf,
+}
+
+/// `tools`' packages: `toolbox` and `extratool` signed with the
+/// repository's key, `rogue` left unsigned; `localtool` is a package file
+/// only.
+const TOOLS_PACKAGES: &[PackageSpec] = &[
+    PackageSpec {
+        name: "toolbox",
+        repo: "tools",
+        depends: &["testshell"],
+        install: None,
+    },
+    // Installed only by the steps' pacman, from the synced databases.
+    PackageSpec {
+        name: "extratool",
+        repo: "tools",
+        depends: &["testshell"],
+        install: None,
+    },
+    PackageSpec {
+        name: "rogue",
+        repo: "tools",
+        depends: &["testshell"],
+        install: None,
+    },
+    PackageSpec {
+        name: "localtool",
+        repo: "",
+        depends: &["localdep"],
+        install: None,
+    },
+];
+
+/// The `tools` repository (`BASE/tools/$arch`), signed by a key of its own.
+fn build_tools_repository(base: &Path, keyring: &Path) -> ToolsRepository {
+    let home = base.join("tools-gnupg");
+    fs::create_dir(&home).unwrap();
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
+    let gpg = |args: &[&str]| {
+        let mut all = vec!["--homedir", home.to_str().unwrap(), "--batch"];
+        all.extend_from_slice(&["--pinentry-mode", "loopback", "--passphrase", ""]);
+        all.extend_from_slice(args);
+        run("gpg", &all).stdout
+    };
+    gpg(&[
+        "--quick-gen-key",
+        "tools <tools@imgforge.invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    let listing = String::from_utf8(gpg(&["--with-colons", "--list-keys"])).unwrap();
+    let fingerprint = listing
+        .lines()
+        .find_map(|l| l.strip_prefix("fpr:"))
+        .map(|l| l.trim_matches(':').to_string())
+        .unwrap();
+    let key = base.join("tools-key.asc");
+    fs::write(&key, gpg(&["--armor", "--export", &fingerprint])).unwrap();
+    let pkgdest = base.join("tools-pkgs");
+    makepkg_all(TOOLS_PACKAGES, &base.join("tools-build"), &pkgdest, keyring);
+    let file_of = |name: &str| pkgdest.join(format!("{name}-1-1-x86_64.pkg.tar.zst"));
+    let dir = base.join("tools/x86_64");
+    fs::create_dir_all(&dir).unwrap();
+    for name in ["toolbox", "extratool", "rogue"] {
+        let file = dir.join(file_of(name).file_name().unwrap());
+        fs::copy(file_of(name), &file).unwrap();
+        let file = file.to_str().unwrap();
+        if name != "rogue" {
+            let sig = format!("{file}.sig");
+            gpg(&[
+                "--local-user",
+                &fingerprint,
+                "--detach-sign",
+                "--output",
+                &sig,
+                file,
+            ]);
+        }
+        let db = dir.join("tools.db.tar.gz");
+        run("repo-add", &["--quiet", db.to_str().unwrap(), file]);
+    }
+    let _ = Command::new("gpgconf")
+        .args(["--homedir", home.to_str().unwrap(), "--kill", "all"])
+        .output();
+    ToolsRepository {
+        server: format!("file://{}/tools/$arch", base.display()),
+        key,
+        fingerprint,
+        local_package: file_of("localtool"),
+    }
 }
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
@@ -141,6 +243,14 @@ const PACKAGES: &[PackageSpec] = &[
     PackageSpec {
         name: "pacman",
         repo: "core",
+        depends: &["testshell"],
+        install: None,
+    },
+    // Only ever installed as a dependency (of the --package-file test's
+    // local package).
+    PackageSpec {
+        name: "localdep",
+        repo: "extra",
         depends: &["testshell"],
         install: None,
     },
@@ -233,60 +343,8 @@ fn build_fixture() -> Fixture {
     let (keyring, starting_keyring, packager) = make_keys(base, &gnupg);
 
     // Packages, built by nobody.
-    let build = base.join("build");
     let pkgdest = base.join("pkgs");
-    for d in [&build, &pkgdest] {
-        fs::create_dir_all(d).unwrap();
-    }
-    for spec in PACKAGES {
-        let pkg = build.join(spec.name);
-        let payload = pkg.join("payload");
-        fs::create_dir_all(&payload).unwrap();
-        stage_payload(spec.name, &payload, &keyring);
-        let mut pkgbuild = format!(
-            "pkgname={}\npkgver=1\npkgrel=1\npkgdesc='imgforge test package'\narch=(x86_64)\n\
-             license=(MIT)\noptions=(!strip !debug emptydirs)\ndepends=({})\n",
-            spec.name,
-            spec.depends.join(" ")
-        );
-        if let Some(script) = spec.install {
-            fs::write(pkg.join(format!("{}.install", spec.name)), script).unwrap();
-            pkgbuild.push_str(&format!("install={}.install\n", spec.name));
-        }
-        pkgbuild.push_str("package() {\n  cp -a \"$startdir/payload/.\" \"$pkgdir/\"\n}\n");
-        fs::write(pkg.join("PKGBUILD"), pkgbuild).unwrap();
-    }
-    run("chown", &["-R", "nobody:nogroup", build.to_str().unwrap()]);
-    run("chown", &["nobody:nogroup", pkgdest.to_str().unwrap()]);
-    for spec in PACKAGES {
-        let pkg = build.join(spec.name);
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid=nobody",
-                "--regid=nogroup",
-                "--clear-groups",
-                "makepkg",
-                "--force",
-                "--nodeps",
-                "--noconfirm",
-            ])
-            .current_dir(&pkg)
-            .env("HOME", &pkg)
-            .env("PKGDEST", &pkgdest)
-            .env("BUILDDIR", pkg.join("work"))
-            .env("SRCDEST", pkg.join("src"))
-            .env("PKGEXT", ".pkg.tar.zst")
-            .env("LC_ALL", "C")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "makepkg {}: {}{}",
-            spec.name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    makepkg_all(PACKAGES, &base.join("build"), &pkgdest, &keyring);
     let file_of = |name: &str| pkgdest.join(format!("{name}-1-1-x86_64.pkg.tar.zst"));
 
     // Three repository sets: unsigned, signed, signed with one package
@@ -324,6 +382,7 @@ fn build_fixture() -> Fixture {
     let unsigned = make_repo("unsigned", false, None);
     let signed = make_repo("signed", true, None);
     let tampered = make_repo("tampered", true, Some("hooked"));
+    let tools = build_tools_repository(base, &keyring);
     let _ = Command::new("gpgconf")
         .args(["--homedir", home, "--kill", "all"])
         .output();
@@ -333,6 +392,67 @@ fn build_fixture() -> Fixture {
         tampered,
         keyring,
         starting_keyring,
+        tools,
+    }
+}
+
+/// Builds each package of `specs` with makepkg (as nobody: makepkg
+/// refuses root) into `pkgdest`, its payload from [`stage_payload`].
+fn makepkg_all(specs: &[PackageSpec], build: &Path, pkgdest: &Path, keyring: &Path) {
+    for d in [build, pkgdest] {
+        fs::create_dir_all(d).unwrap();
+    }
+    for spec in specs {
+        let pkg = build.join(spec.name);
+        let payload = pkg.join("payload");
+        fs::create_dir_all(&payload).unwrap();
+        stage_payload(spec.name, &payload, keyring);
+        let mut pkgbuild = format!(
+            "pkgname={}\npkgver=1\npkgrel=1\npkgdesc='imgforge test package'\narch=(x86_64)\n\
+             license=(MIT)\noptions=(!strip !debug emptydirs)\ndepends=({})\n",
+            spec.name,
+            spec.depends.join(" ")
+        );
+        if let Some(script) = spec.install {
+            fs::write(pkg.join(format!("{}.install", spec.name)), script).unwrap();
+            pkgbuild.push_str(&format!("install={}.install\n", spec.name));
+        }
+        if spec.name == "pacman" {
+            pkgbuild.push_str("backup=(etc/pacman.conf)\n");
+        }
+        pkgbuild.push_str("package() {\n  cp -a \"$startdir/payload/.\" \"$pkgdir/\"\n}\n");
+        fs::write(pkg.join("PKGBUILD"), pkgbuild).unwrap();
+    }
+    run("chown", &["-R", "nobody:nogroup", build.to_str().unwrap()]);
+    run("chown", &["nobody:nogroup", pkgdest.to_str().unwrap()]);
+    for spec in specs {
+        let pkg = build.join(spec.name);
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "makepkg",
+                "--force",
+                "--nodeps",
+                "--noconfirm",
+            ])
+            .current_dir(&pkg)
+            .env("HOME", &pkg)
+            .env("PKGDEST", pkgdest)
+            .env("BUILDDIR", pkg.join("work"))
+            .env("SRCDEST", pkg.join("src"))
+            .env("PKGEXT", ".pkg.tar.zst")
+            .env("LC_ALL", "C")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "makepkg {}: {}{}",
+            spec.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -437,6 +557,8 @@ fn stage_payload(name: &str, payload: &Path, keyring: &Path) {
             let tmp = payload.join("tmp");
             fs::create_dir_all(&tmp).unwrap();
             fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).unwrap();
+            // As Arch's filesystem package: /usr/sbin is /usr/bin.
+            symlink("bin", payload.join("usr/sbin")).unwrap();
             for (link, to) in [
                 ("bin", "usr/bin"),
                 ("sbin", "usr/bin"),
@@ -473,6 +595,17 @@ fn stage_payload(name: &str, payload: &Path, keyring: &Path) {
             fs::create_dir_all(payload.join("boot")).unwrap();
             fs::write(payload.join(format!("boot/vmlinuz-{name}")), "kernel").unwrap();
             fs::write(hooks.join("90-initramfs.hook"), initramfs_hook(name)).unwrap();
+        }
+        // pacman's configuration as Arch's pacman package ships it.
+        "pacman" => {
+            fs::create_dir_all(payload.join("etc")).unwrap();
+            fs::write(
+                payload.join("etc/pacman.conf"),
+                "[options]\nArchitecture = auto\nSigLevel = Required DatabaseOptional\n\n\
+                 [core]\nInclude = /etc/pacman.d/mirrorlist\n\n\
+                 [extra]\nInclude = /etc/pacman.d/mirrorlist\n",
+            )
+            .unwrap();
         }
         "archlinux-keyring" => {
             let dir = payload.join("usr/share/pacman/keyrings");
@@ -562,13 +695,36 @@ fn bootstrap_with(
     packages: &[&str],
     moved: bool,
 ) -> Run {
+    let sources = arch.sources("rolling", Some(mirror)).unwrap();
+    bootstrap_sources(
+        (arch, data_dir),
+        &sources,
+        keyring,
+        cache,
+        packages,
+        &[],
+        moved,
+    )
+}
+
+/// [`bootstrap_with`] from resolved sources (`--repository` entries), with
+/// `--package-file`s.
+fn bootstrap_sources(
+    (arch, data_dir): (Arch, DataDir),
+    sources: &Sources,
+    keyring: Option<&Path>,
+    cache: &Path,
+    packages: &[&str],
+    package_files: &[PathBuf],
+    moved: bool,
+) -> Run {
     let dir = tempfile::Builder::new()
         .prefix("imgforge-arch-run-")
         .tempdir_in("/var/tmp")
         .unwrap();
     let work = dir.path().join("work");
     fs::create_dir_all(&work).unwrap();
-    let sources = arch.sources("rolling", Some(mirror)).unwrap();
+    let sources = sources.clone();
     let packages: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
     let bootstrap_files = data_dir
         .path()
@@ -596,7 +752,7 @@ fn bootstrap_with(
         output: &output,
         source_date_epoch: 0,
         keyring,
-        package_files: &[],
+        package_files,
         locked: None,
         progress: &progress,
         mirror_state: &mirror_state,
@@ -1332,4 +1488,393 @@ fn ctrl_c_during_pacman_leaves_no_mount_process_work_dir_or_partial_tarball() {
         })
         .unwrap_or_default();
     assert!(cached.is_empty(), "left in the cache: {cached:?}");
+}
+
+/// The fixture's sources with `--repository` entries, as a build resolves them.
+fn sources_with_repositories(arch: &Arch, mirror: &str, repositories: &[String]) -> Sources {
+    arch.sources_with(
+        "rolling",
+        &SourceOptions {
+            mirror: Some(mirror),
+            security_mirror: None,
+            repositories,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn tools_spec(tools: &ToolsRepository) -> String {
+    format!(
+        "tools Server={} Key={} SigLevel=Required,DatabaseOptional",
+        tools.server,
+        tools.key.display()
+    )
+}
+
+/// `--repository` (a signed file:// repository with its own key) and
+/// `--package-file` under `SigLevel = Required`: the repository's package
+/// is installed by name, the local package with its dependency from the
+/// fixture's extra; the image's pacman.conf gets the section, its
+/// keyrings the key with its trust, its first boot the populate drop-in.
+#[test]
+fn extra_repository_and_package_file_are_installed_and_configured() {
+    skip_unless_ready!("extra_repository_and_package_file_are_installed_and_configured");
+    let _heavy = heavy();
+    let fx = fixture();
+    let cache = tempfile::tempdir().unwrap();
+    let (distro, data_dir) = arch(SigLevel::Required);
+    let sources = sources_with_repositories(&distro, &fx.signed, &[tools_spec(&fx.tools)]);
+    // The mirror's state covers the repository's database too.
+    let state_files = distro.mirror_state_files("rolling", &sources);
+    assert!(
+        state_files
+            .iter()
+            .any(|u| u.ends_with("/tools/x86_64/tools.db")),
+        "{state_files:?}"
+    );
+    let mut packages = TEST_PACKAGES.to_vec();
+    packages.extend(["pacman", "archlinux-keyring", "toolbox"]);
+    let run = bootstrap_sources(
+        (distro, data_dir),
+        &sources,
+        Some(&fx.keyring),
+        cache.path(),
+        &packages,
+        std::slice::from_ref(&fx.tools.local_package),
+        false,
+    );
+    let (arch, _d) = arch(SigLevel::Required);
+    check_tree(&run, &arch);
+    let root = run.dir.path().join("root");
+    let installed: Vec<String> = (arch.installed_packages(&root).unwrap().into_iter())
+        .map(|p| format!("{} {}", p.name, p.version))
+        .collect();
+    for want in ["toolbox 1-1", "localtool 1-1", "localdep 1-1"] {
+        assert!(installed.iter().any(|p| p == want), "{want}: {installed:?}");
+    }
+    assert!(!installed.iter().any(|p| p.starts_with("rogue ")));
+
+    arch.configure(&root, &sources).unwrap();
+    let conf = fs::read_to_string(root.join("etc/pacman.conf")).unwrap();
+    // The package's own configuration first, then the section.
+    assert!(
+        conf.starts_with("[options]\nArchitecture = auto\n"),
+        "{conf}"
+    );
+    let section = format!(
+        "[tools]\nSigLevel = Required DatabaseOptional\nServer = {}\n",
+        fx.tools.server
+    );
+    assert!(conf.contains(&section), "{conf}");
+    let keyrings = root.join("usr/share/pacman/keyrings");
+    assert_eq!(
+        fs::read(keyrings.join("imgforge-tools.gpg")).unwrap(),
+        fs::read(&fx.tools.key).unwrap()
+    );
+    assert_eq!(
+        fs::read_to_string(keyrings.join("imgforge-tools-trusted")).unwrap(),
+        format!("{}:4:\n", fx.tools.fingerprint)
+    );
+    let dropin =
+        root.join("etc/systemd/system/imgforge-pacman-init.service.d/imgforge-repositories.conf");
+    let dropin = fs::read_to_string(dropin).unwrap();
+    assert!(
+        dropin.contains("ExecStart=/usr/bin/pacman-key --populate imgforge-tools\n"),
+        "{dropin}"
+    );
+    let mirrorlist = fs::read_to_string(root.join("etc/pacman.d/mirrorlist")).unwrap();
+    assert!(
+        mirrorlist.contains(&format!("Server = {}", fx.signed)),
+        "{mirrorlist}"
+    );
+    check_steps_pacman(&arch, &root, &sources, run.dir.path());
+}
+
+/// What `--script` steps get before they run: a `pacman -S` against the
+/// tree's own databases and keyring (no `-y`) installs a signed package of
+/// the `--repository` under SigLevel Required. Here the host's pacman
+/// stands in for the image's (the fixture has none that runs), with the
+/// tree's paths, the ones the image's pacman reads.
+fn check_steps_pacman(arch: &Arch, root: &Path, sources: &Sources, scratch: &Path) {
+    let conf = scratch.join("steps-check.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[options]\nArchitecture = x86_64\nSigLevel = Required DatabaseOptional\n\n\
+             [core]\nServer = {m}\n[extra]\nServer = {m}\n[tools]\nServer = {t}\n",
+            m = fixture().signed,
+            t = fixture().tools.server
+        ),
+    )
+    .unwrap();
+    let gpgdir = root.join("etc/pacman.d/gnupg");
+    let cache = scratch.join("steps-cache");
+    let install = || {
+        Command::new("pacman")
+            .arg("--config")
+            .arg(&conf)
+            .arg("--root")
+            .arg(root)
+            .arg("--dbpath")
+            .arg(root.join("var/lib/pacman"))
+            .arg("--gpgdir")
+            .arg(&gpgdir)
+            .arg("--cachedir")
+            .arg(&cache)
+            .args(["--noconfirm", "-S", "extratool"])
+            .env("LC_ALL", "C")
+            .output()
+            .unwrap()
+    };
+    // Without the preparation: no databases, nothing found.
+    let before = install();
+    assert!(!before.status.success(), "{before:?}");
+    let work = scratch.join("steps-work");
+    arch.prepare_package_manager(root, sources, &work)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for db in ["core", "extra", "tools"] {
+        let path = root.join(format!("var/lib/pacman/sync/{db}.db"));
+        assert!(path.is_file(), "{} missing", path.display());
+    }
+    assert_eq!(
+        processes_using(&gpgdir),
+        Vec::<String>::new(),
+        "processes left using the tree's keyring"
+    );
+    let after = install();
+    assert!(
+        after.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&after.stdout),
+        String::from_utf8_lossy(&after.stderr)
+    );
+    let _ = Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(&gpgdir)
+        .args(["--kill", "all"])
+        .output();
+    let installed = arch.installed_packages(root).unwrap();
+    assert!(
+        installed.iter().any(|p| p.name == "extratool"),
+        "{installed:?}"
+    );
+    check_steps_session(root, sources);
+}
+
+/// The steps' session on an Arch tree: opens (no apt there), shows a step
+/// the synced databases, the keyring and the file:// repositories at their
+/// paths, lets it `pacman -S` a signed package of the `--repository` (and
+/// not an unsigned one), and leaves no mount, no apt folder and no
+/// stand-in behind.
+fn check_steps_session(root: &Path, sources: &Sources) {
+    use imgforge::build::provision::session::Session;
+    let tools = fixture().tools.server.strip_prefix("file://").unwrap();
+    let tools = Path::new(tools.trim_end_matches("/$arch"));
+    let mirror = fixture().signed.strip_prefix("file://").unwrap();
+    let mirror = Path::new(mirror.trim_end_matches("/$repo/os/$arch"));
+    assert!(sources.repositories[0].contains(&tools.display().to_string()));
+    install_host_pacman(root);
+    let session = Session::open(root, "6.6.6-arch1-1", &[mirror.into(), tools.into()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A step's `pacman -S`, as a script runs it: the image's own pacman.conf,
+    // databases and keyring; the package downloaded and verified in the tree
+    // (the unsigned one refused there).
+    let script = format!(
+        "test -f /var/lib/pacman/sync/tools.db && test -f /etc/pacman.d/gnupg/pubring.gpg \
+         && test -f {}/x86_64/tools.db && test -f {}/core/os/x86_64/core.db \
+         && test -x /usr/sbin/policy-rc.d \
+         && pacman -S --noconfirm --noprogressbar extratool >&2 \
+         && test -f /var/cache/pacman/pkg/extratool-1-1-x86_64.pkg.tar.zst \
+         && ! pacman -S --noconfirm --noprogressbar rogue >&2 && echo ready",
+        tools.display(),
+        mirror.display()
+    );
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(["/bin/sh", "-c", &script])
+        .output()
+        .unwrap();
+    let closed = session.close();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ready\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    closed.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(mounts_below(root), Vec::<PathBuf>::new());
+    assert!(
+        !root.join("etc/apt").exists(),
+        "the session made an apt folder"
+    );
+    assert!(!root.join("usr/bin/policy-rc.d").exists());
+    assert!(!root.join(tools.strip_prefix("/").unwrap()).exists());
+}
+
+/// The host's pacman and gpg (with their libraries) copied into the tree,
+/// standing in for the image's own, which the fixture does not have.
+fn install_host_pacman(root: &Path) {
+    for tool in ["pacman", "gpg"] {
+        let path = imgforge::sys::tool::find_in_path(tool).unwrap();
+        fs::copy(&path, root.join("usr/bin").join(tool)).unwrap();
+        let ldd = run("ldd", &[path.to_str().unwrap()]);
+        for word in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
+            if word.starts_with('/') && Path::new(word).is_file() {
+                let name = Path::new(word).file_name().unwrap();
+                fs::copy(word, root.join("usr/lib").join(name)).unwrap();
+            }
+        }
+    }
+    fs::create_dir_all(root.join("var/cache/pacman/pkg")).unwrap();
+}
+
+/// An unsigned package in a `--repository` under `SigLevel = Required` is
+/// refused, naming the package and what to do, and nothing is left; a
+/// missing key file is refused before any work, and the wrong kind of
+/// package file is bad input (exit 2) for either distro.
+#[test]
+fn repository_failures_name_the_problem_and_leave_nothing() {
+    skip_unless_ready!("repository_failures_name_the_problem_and_leave_nothing");
+    let _heavy = heavy();
+    let fx = fixture();
+    let cache = tempfile::tempdir().unwrap();
+    let (distro, data_dir) = arch(SigLevel::Required);
+    let sources = sources_with_repositories(&distro, &fx.signed, &[tools_spec(&fx.tools)]);
+    let run = bootstrap_sources(
+        (distro, data_dir),
+        &sources,
+        Some(&fx.keyring),
+        cache.path(),
+        &["testshell", "rogue"],
+        &[],
+        false,
+    );
+    let err = run
+        .result
+        .as_ref()
+        .expect_err("an unsigned package was installed under SigLevel Required");
+    let text = format!("{err}");
+    println!("the error, as the user sees it:\n{text}");
+    assert!(text.contains("rogue"), "names the package: {text}");
+    assert!(
+        text.contains("--repository") && text.contains("tools") && text.contains("Key="),
+        "says what to do: {text}"
+    );
+    assert!(!run.output().exists(), "an archive was written");
+
+    // Bad input, refused before any work (no root needed: --plan).
+    let missing = format!(
+        "tools Server={} Key={}/no-such-key.asc",
+        fx.tools.server,
+        run.dir.path().display()
+    );
+    let zst = fx.tools.local_package.to_str().unwrap();
+    let deb = run.dir.path().join("tool_1_amd64.deb");
+    fs::write(&deb, "!<arch>\n").unwrap();
+    let deb = deb.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec![
+                "--distro",
+                "arch",
+                "--mirror",
+                &fx.signed,
+                "--repository",
+                &missing,
+            ],
+            "cannot read its key file",
+        ),
+        (
+            vec![
+                "--distro",
+                "arch",
+                "--mirror",
+                &fx.signed,
+                "--package-file",
+                deb,
+            ],
+            "not a package file arch images take (`.pkg.tar.zst`)",
+        ),
+        (
+            vec![
+                "--distro",
+                "debian",
+                "--mirror",
+                "http://127.0.0.1:9/debian",
+                "--package-file",
+                zst,
+            ],
+            "not a package file debian images take (`.deb`)",
+        ),
+    ] {
+        let out = Command::new(IMGFORGE)
+            .args(["build", "--plan"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    // The plan of a good one lists the repository and its key.
+    let out = Command::new(IMGFORGE)
+        .args([
+            "build", "--plan", "--json", "--distro", "arch", "--mirror", &fx.signed,
+        ])
+        .args(["--repository", &tools_spec(&fx.tools)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = plan["sources"]["entries"].as_array().unwrap();
+    let tools = entries
+        .iter()
+        .find(|e| e["from"] == "--repository")
+        .unwrap_or_else(|| panic!("{entries:?}"));
+    assert!(
+        tools["line"]
+            .as_str()
+            .unwrap()
+            .starts_with("[tools] SigLevel")
+    );
+    assert!(
+        tools["note"]
+            .as_str()
+            .unwrap()
+            .contains(&fx.tools.fingerprint)
+    );
+    assert_eq!(
+        plan["sources"]["keys"][0]["image"],
+        "/usr/share/pacman/keyrings/imgforge-tools.gpg"
+    );
+    // The same from imgforge.toml, with a package file.
+    let toml = run.dir.path().join("imgforge.toml");
+    fs::write(
+        &toml,
+        format!(
+            "[defaults]\ndistro = \"arch\"\nmirror = \"{}\"\n\n[[image]]\nname = \"tools\"\n\
+             repositories = [\"{}\"]\npackage_files = [\"{}\"]\n",
+            fx.signed,
+            tools_spec(&fx.tools),
+            zst
+        ),
+    )
+    .unwrap();
+    let out = Command::new(IMGFORGE)
+        .args(["build", "--plan", "--json", "--image", "tools", "--config"])
+        .arg(&toml)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_file: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(from_file["sources"], plan["sources"]);
+    assert_eq!(from_file["package_files"][0][0], zst);
 }

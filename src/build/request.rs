@@ -444,10 +444,12 @@ fn source_key_lines(sources: &Sources, package_files: &[(PathBuf, String)]) -> V
             path.file_name().unwrap_or_default().to_string_lossy()
         )
     });
+    let repositories = (sources.repositories.iter()).map(|s| format!("repository {s}"));
     sources
         .lines
         .iter()
         .cloned()
+        .chain(repositories)
         .chain(keys)
         .chain(files)
         .collect()
@@ -475,7 +477,13 @@ fn read_package_files(
             ));
         };
         if !path.to_string_lossy().ends_with(suffix) {
-            return Err(refuse(path, format!("not a package file (`{suffix}`)")));
+            return Err(refuse(
+                path,
+                format!(
+                    "not a package file {} images take (`{suffix}`)",
+                    distro.data().name
+                ),
+            ));
         }
         let bytes =
             std::fs::read(path).map_err(|e| refuse(path, format!("cannot read it ({e})")))?;

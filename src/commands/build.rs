@@ -99,12 +99,20 @@ pub struct BuildArgs {
     /// from this machine and installed into the image's /etc/apt/keyrings;
     /// --packages may name its packages. An unsigned repository
     /// (no signed-by, or trusted=yes) or a missing key file is refused.
+    /// Arch: 'NAME Server=URL Key=KEYFILE [SigLevel=Required,...]': a
+    /// [NAME] section in the image's pacman.conf (Server repeatable, $repo
+    /// and $arch expanded; SigLevel words joined by commas, default
+    /// Required,DatabaseOptional, package signatures always required);
+    /// KEYFILE is added to the build's keyring and locally signed, and
+    /// shipped as /usr/share/pacman/keyrings/imgforge-NAME.gpg, which the
+    /// image's first boot populates. A bare 'multilib' adds Arch's own
+    /// multilib from the build's mirror.
     #[arg(long = "repository", value_name = "LINE")]
     pub repositories: Vec<String>,
 
-    /// A local package to install (repeatable; Debian: a .deb), its
-    /// dependencies resolved from the sources. Part of the cache key by
-    /// its exact bytes.
+    /// A local package to install (repeatable; Debian: a .deb, Arch: a
+    /// .pkg.tar.zst, installed with pacman -U), its dependencies resolved
+    /// from the sources. Part of the cache key by its exact bytes.
     #[arg(long = "package-file", value_name = "FILE")]
     pub package_files: Vec<PathBuf>,
 
@@ -116,7 +124,8 @@ pub struct BuildArgs {
 
     /// A script run as root inside the image's tree after its packages and
     /// layers (repeatable, in order). It gets /proc, /sys, /dev and /run,
-    /// the network (the host's name servers), apt (lists fresh), no service
+    /// the network (the host's name servers), apt (lists fresh) or pacman
+    /// (keyring and synced databases, the build's mirror), no service
     /// started (policy-rc.d), `uname -r` reporting the image's kernel, and
     /// IMGFORGE_DISTRO, IMGFORGE_RELEASE, IMGFORGE_ARCH, IMGFORGE_SIZE_CLASS,
     /// IMGFORGE_KERNEL_VERSION. `sysctl -w`/`-p`, `modprobe` and `systemctl

@@ -188,6 +188,11 @@ pub struct Sources {
     /// Keys the lines name, read from the host and installed into the image.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<SourceKey>,
+    /// Repositories of their own beside `lines`, in the distro's form
+    /// (Arch: a pacman.conf section each, from `--repository`); part of
+    /// the cache key. Empty where `lines` say everything (Debian).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
 }
 
 /// One package source as the plan shows it.
@@ -359,6 +364,20 @@ pub trait Distro {
     /// were removed from the image); None: nothing to run.
     fn refresh_package_lists(&self) -> Option<Vec<&'static str>> {
         None
+    }
+
+    /// Makes the tree's package manager usable by the user's provisioning
+    /// steps, run from the host before them (Arch: the keyring and the
+    /// synced databases); nothing by default (Debian refreshes inside the
+    /// tree, [`Distro::refresh_package_lists`]). What it leaves is removed
+    /// with the distro's `scrub` list after the steps.
+    fn prepare_package_manager(
+        &self,
+        _root: &Path,
+        _sources: &Sources,
+        _work_dir: &Path,
+    ) -> Result<(), DistroError> {
+        Ok(())
     }
 
     /// The file name ending of a local package `--package-file` takes

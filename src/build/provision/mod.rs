@@ -78,9 +78,18 @@ pub fn run(
     let session = Session::open(
         &rootfs.dir,
         &rootfs.kernel.version,
-        &local_sources(&request.sources.lines),
+        &local_sources(
+            request
+                .sources
+                .lines
+                .iter()
+                .chain(&request.sources.repositories),
+        ),
     )?;
     let env = environment(ctx, rootfs);
+    request
+        .distro
+        .prepare_package_manager(&rootfs.dir, &request.sources, ctx.work_dir())?;
     // The package lists were removed from the tree: fresh ones, so that a
     // step's `apt-get install` works as on an instance.
     if let Some(command) = request.distro.refresh_package_lists() {
@@ -167,15 +176,19 @@ fn ansible_variables(env: &[(String, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The folders of `file://` sources (`file:///srv/repo` or `file:/srv/repo`).
-fn local_sources(lines: &[String]) -> Vec<PathBuf> {
-    lines
-        .iter()
+/// The folders of `file://` sources (`file:///srv/repo` or `file:/srv/repo`;
+/// a pacman URL up to its first `$repo`/`$arch`).
+fn local_sources<'a>(lines: impl Iterator<Item = &'a String>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = lines
         .flat_map(|line| line.split_whitespace())
         .filter_map(|word| word.strip_prefix("file:"))
-        .map(|path| PathBuf::from(format!("/{}", path.trim_start_matches('/'))))
-        .filter(|path| path.is_dir())
-        .collect()
+        .map(|path| path.split('$').next().unwrap_or_default())
+        .map(|path| PathBuf::from(format!("/{}", path.trim_matches('/'))))
+        .filter(|path| path.is_dir() && path != Path::new("/"))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
 }
 
 /// The variables every step sees.
@@ -255,5 +268,26 @@ fn run_script(
             })
         }
         Err(other) => Err(other.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_sources_are_the_folders_of_file_urls() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().display();
+        let lines = [
+            format!("deb [signed-by=/k.asc] file://{base} ./"),
+            format!("Server = file://{base}/$repo/os/$arch"),
+            format!("[tools]\nServer = file://{base}/$arch\n"),
+            "deb http://deb.debian.org/debian bookworm main".to_string(),
+            "Server = file:///nonexistent/imgforge/$repo".to_string(),
+            "Server = file:///$repo".to_string(),
+        ];
+        let dirs = local_sources(lines.iter());
+        assert_eq!(dirs, vec![dir.path().to_path_buf()]);
     }
 }

@@ -76,12 +76,15 @@ impl Session {
             0o755,
         )?;
         // apt runs dpkg with a PATH of its own: the stand-ins first there
-        // too, so that maintainer scripts (DKMS's, procps's) see them.
+        // too, so that maintainer scripts (DKMS's, procps's) see them. A
+        // tree without apt (Arch) gets no apt folder.
         let dpkg_path = format!(
             "// imgforge: removed after the build.\nDPkg::Path \"{}\";\n",
             Self::path_variable()
         );
-        session.replace(APT_CONF, dpkg_path.as_bytes(), 0o644)?;
+        if root.join(APT_CONF).parent().is_some_and(Path::is_dir) {
+            session.replace(APT_CONF, dpkg_path.as_bytes(), 0o644)?;
+        }
         session.link_resolv_conf()?;
         Ok(session)
     }

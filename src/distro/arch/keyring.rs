@@ -85,6 +85,27 @@ impl Keyring {
     }
 }
 
+impl Keyring {
+    /// A `--repository`'s key: `pacman-key --add FILE`, then
+    /// `--lsign-key` for each of its primary keys, so that pacman trusts
+    /// what it signs (as `pacman-key --populate` does for a keyring's
+    /// trusted keys).
+    pub fn add_repository_key(
+        &self,
+        file: &Path,
+        fingerprints: &[String],
+    ) -> Result<(), ArchError> {
+        self.pacman_key().arg("--add").arg(file).run()?;
+        for fingerprint in fingerprints {
+            self.pacman_key()
+                .arg("--lsign-key")
+                .arg(fingerprint)
+                .run()?;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Keyring {
     /// gpg (run by pacman-key and pacman) starts a gpg-agent for the home
     /// folder: stop it, and anything else still using the folder.

@@ -4,10 +4,14 @@
 //! by a drop-in before the kernel is installed.
 
 mod desc;
+mod error;
 pub mod ikconfig;
 pub mod keyring;
 pub mod keyring_package;
 pub mod pacman;
+pub mod pacman_conf;
+pub mod repositories;
+mod steps;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,94 +19,21 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::mirror::{self, CURL};
-use super::{BootstrapJob, Distro, DistroData, DistroError, Kernel, MirrorDigest, Sources};
+use super::{
+    BootstrapJob, Distro, DistroData, DistroError, Kernel, MirrorDigest, SourceOptions, Sources,
+};
 use crate::data::DataDir;
 use crate::image::manifest::Package;
-use crate::sys::api_mounts::{ApiMountError, ApiMounts};
-use crate::sys::fsio::{PathError, at};
-use crate::sys::interrupt::{self, Interrupted};
+use crate::sys::api_mounts::ApiMounts;
+use crate::sys::fsio::at;
+use crate::sys::interrupt;
 use crate::sys::tool::{HostTool, Tool, ToolError};
 pub use desc::{desc_build_date, parse_desc};
+pub use error::ArchError;
 pub use ikconfig::extract_ikconfig;
 use keyring::Keyring;
 use pacman::Pacman;
 pub use pacman::{SigLevel, render_pacman_conf};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ArchError {
-    #[error(
-        "--mirror {0} lacks the `$repo` placeholder: pass a URL like https://mirror.example/archlinux/$repo/os/$arch"
-    )]
-    MirrorWithoutRepo(String),
-    #[error(
-        "the Arch mirror {mirror} cannot be reached: {reason}; check the URL and the network, \
-         or pass another --mirror (a URL with $repo and $arch, e.g. https://geo.mirror.pkgbuild.com/$repo/os/$arch)"
-    )]
-    MirrorUnreachable { mirror: String, reason: String },
-    #[error(
-        "pacman could not read the repositories from the Arch mirror {mirror}:\n{detail}\n\
-         check that the URL names a mirror's `$repo/os/$arch` folder, or pass another --mirror"
-    )]
-    Mirror { mirror: String, detail: String },
-    #[error(
-        "a package is not in the repositories of {mirror}: {detail}; check --packages and --kernel, \
-         or whether the mirror is complete"
-    )]
-    NotFound { detail: String, mirror: String },
-    #[error(
-        "pacman refused {package}: its signature could not be verified with the build's keyring:\n{detail}\n\
-         If the key is newer than the keyring, pass --keyring DIR with a current Arch keyring (archlinux.gpg, \
-         archlinux-trusted and archlinux-revoked, from usr/share/pacman/keyrings/ of a current \
-         archlinux-keyring package) or update the host's archlinux-keyring package; if the keyring is current, \
-         the file is corrupt or tampered with: try another --mirror (the bad download was deleted from the cache)"
-    )]
-    Signature { package: String, detail: String },
-    #[error(
-        "{what}: {dir} has no archlinux.gpg (a keyring folder holds archlinux.gpg, archlinux-trusted \
-         and archlinux-revoked, as usr/share/pacman/keyrings/ of an archlinux-keyring package does)"
-    )]
-    KeyringFiles { dir: PathBuf, what: String },
-    #[error(
-        "the keyring package {package} from the mirror is refused: {detail}. The build's keyring \
-         is not refreshed with it; pass --keyring DIR with a current Arch keyring \
-         (usr/share/pacman/keyrings/ of an archlinux-keyring package you trust), or try another --mirror"
-    )]
-    KeyringPackage { package: String, detail: String },
-    #[error(
-        "the mirror's {url} changed between reading the mirror's state (the cached tree's key) \
-         and pacman -Sy: the mirror was updated during the build. Run the build again"
-    )]
-    MirrorMoved { url: String },
-    #[error("pacman downloaded {package}, but its file is not in {cache}")]
-    Downloaded { package: String, cache: PathBuf },
-    #[error(transparent)]
-    ApiMounts(#[from] ApiMountError),
-    #[error(
-        "cannot read the state of the Arch mirror at {url}: {detail}\n\
-         imgforge keys its cached tree by the mirror's repository databases, so that an update is \
-         never missed by a stale cache. Check the network and --mirror; to build without the \
-         mirror, pass --locked FILE (a lock file written by an earlier `imgforge build --lock \
-         FILE`) whose tree is in the cache"
-    )]
-    MirrorStateUnreachable { url: String, detail: String },
-    #[error(transparent)]
-    Interrupted(#[from] Interrupted),
-    #[error(transparent)]
-    Tool(#[from] ToolError),
-    #[error(transparent)]
-    Io(#[from] PathError),
-    #[error(transparent)]
-    Initrd(#[from] super::initrd::InitrdError),
-    #[error(
-        "the bootstrapped tree has no kernel (expected exactly one /boot/vmlinuz-*, found {found})"
-    )]
-    Kernel { found: usize },
-    #[error(
-        "cannot find the kernel configuration inside {0} (IKCONFIG): the kernel was built without \
-         CONFIG_IKCONFIG, or compressed in a format imgforge does not read (gzip, zstd and xz are read)"
-    )]
-    NoIkconfig(String),
-}
 
 /// `[bootstrap]` in rootfs/distros/arch.toml.
 #[derive(Debug, Deserialize)]
@@ -112,6 +43,11 @@ pub struct Settings {
     pub repositories: Vec<String>,
     pub first_package: String,
     pub keyring_package: String,
+    /// Every repository name that is Arch's own (a host's other sections
+    /// are third-party).
+    pub official_repositories: Vec<String>,
+    /// The first-boot unit that populates the instance's keyring.
+    pub keyring_unit: String,
     /// Always `Required` from the data file; [`Arch::with_sig_level`] lets
     /// imgforge's tests use unsigned test repositories.
     #[serde(skip)]
@@ -179,12 +115,31 @@ impl Arch {
         &self.settings
     }
 
+    /// The bootstrap's pacman.conf: Arch's repositories on the build's
+    /// servers, then the `--repository` sections.
     fn pacman_conf(&self, sources: &Sources) -> String {
         render_pacman_conf(
             &self.data.architecture,
             self.settings.sig_level,
             &self.settings.repositories,
             &sources.lines,
+        ) + &repositories::bootstrap_sections(sources)
+    }
+
+    fn rules(&self) -> repositories::Rules<'_> {
+        repositories::Rules {
+            repositories: &self.settings.repositories,
+            official: &self.settings.official_repositories,
+        }
+    }
+
+    /// See [`repositories::image_sources`].
+    fn image_sources(&self, mirror: Option<&str>, host_conf: &Path) -> Result<Sources, ArchError> {
+        repositories::image_sources(
+            mirror,
+            host_conf,
+            &self.settings.default_mirror,
+            &self.rules(),
         )
     }
 }
@@ -213,7 +168,9 @@ pub const TESTED: &str = "offline only, against a fixture repository of small ma
      and hooks, a failed initramfs hook, the kernel check on Arch's ext4=m config lines. Proven \
      only on a real mirror: Arch's real packages and their dependency closure, mkinitcpio and \
      Arch's kernel, GRUB from Arch, and an Arch image booting (tests/arch_real.rs, \
-     IMGFORGE_ARCH_MIRROR)";
+     IMGFORGE_ARCH_MIRROR). --repository, --package-file and the scripts' keyring and \
+     databases are tested against the fixture (a step's pacman -S with the host's pacman \
+     copied into the tree)";
 
 /// Where Debian's archlinux-keyring package puts the keyring files.
 const HOST_KEYRINGS: &str = "/usr/share/keyrings";
@@ -291,23 +248,36 @@ impl Distro for Arch {
         Ok(self.source_date_epoch(root)?.map(mirror::epoch_to_iso))
     }
 
-    /// One `Server =` URL for every repository; `--mirror` or Arch's geo mirror.
+    /// `Server =` URLs for every repository: `--mirror`, the host's
+    /// pacman.conf's Arch mirrors, or Arch's geo mirror.
     fn sources(&self, _release: &str, mirror: Option<&str>) -> Result<Sources, DistroError> {
-        let (url, origin) = match mirror {
-            Some(m) => (m.to_string(), "--mirror"),
-            None => (
-                self.settings.default_mirror.clone(),
-                "Arch's geo mirror (default)",
-            ),
-        };
-        if !url.contains("$repo") {
-            return Err(ArchError::MirrorWithoutRepo(url).into());
+        Ok(self.image_sources(mirror, Path::new(repositories::HOST_PACMAN_CONF))?)
+    }
+
+    /// As [`Distro::sources`], with the `--repository` sections and keys.
+    fn sources_with(&self, release: &str, options: &SourceOptions) -> Result<Sources, DistroError> {
+        if options.security_mirror.is_some() {
+            return Err(DistroError::Unsupported {
+                distro: self.data.name.clone(),
+                what: "--security-mirror (Arch has no separate security archive)".into(),
+            });
         }
-        Ok(Sources {
-            lines: vec![format!("Server = {url}")],
-            origin: origin.into(),
-            ..Sources::default()
-        })
+        let mut sources = self.sources(release, options.mirror)?;
+        repositories::add_repositories(&mut sources, options.repositories, &self.rules())?;
+        Ok(sources)
+    }
+
+    fn package_file_suffix(&self) -> Option<&'static str> {
+        Some(".pkg.tar.zst")
+    }
+
+    fn prepare_package_manager(
+        &self,
+        root: &Path,
+        sources: &Sources,
+        work_dir: &Path,
+    ) -> Result<(), DistroError> {
+        Ok(self.prepare_steps(root, sources, work_dir)?)
     }
 
     /// pacman from the host into `work_dir/tree`: the bootstrap files, a
@@ -380,6 +350,7 @@ impl Distro for Arch {
         fs::create_dir_all(&dir).map_err(at("create", &dir))?;
         let path = dir.join("mirrorlist");
         fs::write(&path, render_mirrorlist(sources)).map_err(at("write", &path))?;
+        repositories::configure_image(root, sources, &self.settings.keyring_unit)?;
         Ok(())
     }
 
@@ -431,16 +402,33 @@ pub fn render_mirrorlist(sources: &Sources) -> String {
 }
 
 impl Arch {
-    /// `SERVER/$repo.db` of every repository on every server.
+    /// `SERVER/$repo.db` of every repository on the build's server (the
+    /// first: what pacman syncs from and [`Pacman::check_synced`] checks;
+    /// the others of a host's mirrorlist are the image's fallbacks), then
+    /// of each `--repository` on its own servers (an Arch one: the build's).
     fn repository_databases(&self, sources: &Sources) -> Vec<String> {
-        let mut urls = Vec::new();
-        for line in &sources.lines {
+        let build_servers: Vec<&str> = (sources.lines.iter().take(1))
+            .map(|l| pacman::server_url(l))
+            .collect();
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        for server in &build_servers {
             for repo in &self.settings.repositories {
-                let base = pacman::expand(pacman::server_url(line), repo, &self.data.architecture);
-                urls.push(format!("{}/{repo}.db", base.trim_end_matches('/')));
+                pairs.push((server, repo));
             }
         }
-        urls
+        for section in &sources.repositories {
+            let own = repositories::section_servers(section);
+            let servers = if own.is_empty() { &build_servers } else { &own };
+            let name = repositories::section_name(section);
+            pairs.extend(servers.iter().map(|s| (*s, name)));
+        }
+        pairs
+            .into_iter()
+            .map(|(server, repo)| {
+                let base = pacman::expand(server, repo, &self.data.architecture);
+                format!("{}/{repo}.db", base.trim_end_matches('/'))
+            })
+            .collect()
     }
 
     fn bootstrap_tree(&self, job: &BootstrapJob) -> Result<(), ArchError> {
@@ -456,7 +444,7 @@ impl Arch {
             .first()
             .map_or("core", String::as_str);
         job.progress.note(&format!("pacman from {mirror}"));
-        for line in &job.sources.lines {
+        for line in job.sources.lines.iter().take(1) {
             pacman::check_mirror(
                 pacman::server_url(line),
                 first_repo,
@@ -522,12 +510,17 @@ impl Arch {
             )?;
         }
 
+        self.add_repository_keys(&keyring, job.sources)?;
+
         check_interrupt()?;
         pacman.install(std::slice::from_ref(&self.settings.first_package))?;
         check_interrupt()?;
         let mounts = ApiMounts::mount(&tree)?;
-        pacman.install(job.packages)?;
+        let installed = pacman
+            .install(job.packages)
+            .and_then(|()| pacman.install_files(job.package_files));
         mounts.unmount()?;
+        installed.map_err(|err| repository_signature(err, job.sources))?;
         drop(keyring);
         // mkinitcpio runs in a hook whose failure pacman does not report.
         super::initrd::check_installed(&tree, &self.data)?;
@@ -550,6 +543,40 @@ impl Arch {
             .arg(".")
             .run()?;
         Ok(())
+    }
+}
+
+impl Arch {
+    /// Each `--repository` key into the build's keyring, locally signed.
+    fn add_repository_keys(&self, keyring: &Keyring, sources: &Sources) -> Result<(), ArchError> {
+        for key in &sources.keys {
+            let fingerprints =
+                repositories::key_fingerprints(&key.host).map_err(|why| ArchError::Repository {
+                    spec: key.host.display().to_string(),
+                    why,
+                })?;
+            keyring.add_repository_key(&key.host, &fingerprints)?;
+        }
+        Ok(())
+    }
+}
+
+/// A signature error while `--repository` sections are present: said to
+/// be theirs to fix too.
+fn repository_signature(err: ArchError, sources: &Sources) -> ArchError {
+    let signature = matches!(
+        err,
+        ArchError::Signature { .. } | ArchError::MissingSignature { .. }
+    );
+    if sources.repositories.is_empty() || !signature {
+        return err;
+    }
+    let names: Vec<&str> = (sources.repositories.iter())
+        .map(|s| repositories::section_name(s))
+        .collect();
+    ArchError::RepositorySignature {
+        repositories: names.join(", "),
+        source: Box::new(err),
     }
 }
 
@@ -608,6 +635,74 @@ mod tests {
         );
         let never = arch.with_sig_level(SigLevel::Never);
         assert!(never.pacman_conf(&sources).contains("\nSigLevel = Never\n"));
+    }
+
+    #[test]
+    fn sources_come_from_mirror_host_or_default() {
+        let (arch, _dir) = arch();
+        let dir = tempfile::tempdir().unwrap();
+        // A Debian host's pacman.conf (pacman-package-manager's): no repository.
+        let debian = dir.path().join("debian-pacman.conf");
+        fs::write(&debian, "[options]\nArchitecture = auto\n").unwrap();
+        let sources = arch.image_sources(None, &debian).unwrap();
+        let default = format!("Server = {}", arch.settings().default_mirror);
+        assert_eq!(sources.lines, std::slice::from_ref(&default));
+        assert!(!sources.entries[0].used && sources.entries[1].used);
+        assert!(sources.entries[1].from.contains("default_mirror"));
+        // No pacman.conf at all: the default, one entry.
+        let none = arch.image_sources(None, &dir.path().join("none")).unwrap();
+        assert_eq!((none.lines, none.entries.len()), (vec![default], 1));
+        // An Arch host: its mirrors, third-party repositories left out;
+        // --mirror wins over it.
+        let conf = dir.path().join("pacman.conf");
+        fs::write(
+            &conf,
+            "[core]\nServer = https://h.example/$repo/os/$arch\n\n\
+             [chaotic-aur]\nServer = https://c.example/$repo/$arch\n",
+        )
+        .unwrap();
+        let host = arch.image_sources(None, &conf).unwrap();
+        assert_eq!(host.lines, ["Server = https://h.example/$repo/os/$arch"]);
+        assert!(host.origin.contains("pacman.conf"), "{}", host.origin);
+        let mirror = arch
+            .image_sources(Some("https://m.example/$repo/os/$arch"), &conf)
+            .unwrap();
+        assert_eq!(mirror.lines, ["Server = https://m.example/$repo/os/$arch"]);
+        assert_eq!(mirror.entries[0].from, "--mirror");
+    }
+
+    #[test]
+    fn mirror_state_reads_the_build_server_and_each_repository() {
+        let (arch, _dir) = arch();
+        let sources = Sources {
+            lines: vec![
+                "Server = https://a.example/$repo/os/$arch".into(),
+                "Server = https://b.example/$repo/os/$arch".into(),
+            ],
+            repositories: vec![
+                "[tools]\nSigLevel = Required\nServer = file:///srv/tools/$arch/\n".into(),
+                "[multilib]\n".into(),
+            ],
+            ..Sources::default()
+        };
+        assert_eq!(
+            arch.mirror_state_files("rolling", &sources),
+            [
+                "https://a.example/core/os/x86_64/core.db",
+                "https://a.example/extra/os/x86_64/extra.db",
+                "file:///srv/tools/x86_64/tools.db",
+                "https://a.example/multilib/os/x86_64/multilib.db",
+            ]
+        );
+        let conf = arch.pacman_conf(&sources);
+        assert!(
+            conf.ends_with(
+                "[multilib]\nServer = https://a.example/$repo/os/$arch\n\
+                 Server = https://b.example/$repo/os/$arch\n"
+            ),
+            "{conf}"
+        );
+        assert!(conf.contains("\n[tools]\nSigLevel = Required\n"), "{conf}");
     }
 
     #[test]

@@ -218,6 +218,16 @@ impl Pacman {
             .map(drop)
     }
 
+    /// `pacman -U --needed FILES`: local packages, their dependencies from
+    /// the synced repositories.
+    pub fn install_files(&self, files: &[PathBuf]) -> Result<(), ArchError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        self.run(self.tool().args(["-U", "--needed"]).args(files))
+            .map(drop)
+    }
+
     /// The repository and file name of `package` alone (`-dd`: not its
     /// dependencies), from the synced databases; nothing is downloaded.
     pub fn locate(&self, package: &str) -> Result<(String, String), ArchError> {
@@ -332,6 +342,19 @@ pub fn classify(err: ToolError, mirror: &str) -> ArchError {
             detail.join("\n")
         };
         return ArchError::Signature { package, detail };
+    }
+    if let Some(line) = lines
+        .iter()
+        .find(|l| l.contains("failed retrieving file '"))
+        && let Some(package) = line
+            .split('\'')
+            .nth(1)
+            .and_then(|file| file.strip_suffix(".sig"))
+    {
+        return ArchError::MissingSignature {
+            package: package.to_string(),
+            detail: line.trim_start_matches("error: ").to_string(),
+        };
     }
     if let Some(line) = lines.iter().find(|l| l.contains("target not found")) {
         return ArchError::NotFound {
@@ -533,6 +556,19 @@ mod tests {
         assert!(
             mirror.contains("https://m.example/$repo/os/$arch") && mirror.contains("404"),
             "{mirror}"
+        );
+        let unsigned = classify(
+            failed(
+                "error: failed retrieving file 'rogue-1-1-x86_64.pkg.tar.zst.sig' from disk : \
+                 Couldn't open file /srv/tools/x86_64/rogue-1-1-x86_64.pkg.tar.zst.sig\n\
+                 error: failed to commit transaction (download library error)",
+            ),
+            "M",
+        )
+        .to_string();
+        assert!(
+            unsigned.starts_with("rogue-1-1-x86_64.pkg.tar.zst has no signature"),
+            "{unsigned}"
         );
         let missing = classify(failed("error: target not found: nosuch"), "M").to_string();
         assert!(missing.contains("nosuch"), "{missing}");

@@ -199,7 +199,7 @@ pub fn mirror_sources(release: &str, mirror: &str, security: Option<&str>) -> So
                 note: String::new(),
             })
             .collect(),
-        keys: Vec::new(),
+        ..Sources::default()
     }
 }
 

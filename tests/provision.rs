@@ -643,3 +643,70 @@ fn a_failing_script_fails_the_build_naming_it_and_leaves_nothing() {
     assert_eq!(no_script.status.code(), Some(2), "{}", text(&no_script));
     assert!(!image.exists());
 }
+
+#[test]
+fn ctrl_c_during_a_script_stops_the_build_and_leaves_nothing() {
+    if !prerequisites(
+        "ctrl_c_during_a_script_stops_the_build_and_leaves_nothing",
+        &[BUILD],
+    ) {
+        return;
+    }
+    let _heavy = heavy();
+    let dir = common::scratch("imgforge-provision-ctrl-c-");
+    let logs = common::scratch("imgforge-provision-ctrl-c-log-");
+    let script = dir.path().join("slow.sh");
+    std::fs::write(&script, "#!/bin/sh\necho compiling\nsleep 7779\n").unwrap();
+    let image = dir.path().join("never.raw");
+    let stderr_path = logs.path().join("stderr");
+    let mut build = Command::new(IMGFORGE)
+        .args(["build", "--script"])
+        .arg(&script)
+        .arg("-o")
+        .arg(&image)
+        .env("TMPDIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    // Ctrl-C once the script runs (a cold bootstrap comes first).
+    let started = std::time::Instant::now();
+    while processes_running("sleep 7779") == 0 {
+        assert!(
+            build.try_wait().unwrap().is_none(),
+            "the build ended before its script ran: {}",
+            std::fs::read_to_string(&stderr_path).unwrap()
+        );
+        assert!(started.elapsed().as_secs() < 900, "the script never ran");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let pid = nix::unistd::Pid::from_raw(build.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let interrupted = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = build.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            interrupted.elapsed().as_secs() < 120,
+            "the build did not stop within 120 s of Ctrl-C"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(processes_running("sleep 7779"), 0, "the script's child");
+    assert!(mounts_under(dir.path().to_str().unwrap()).is_empty());
+    assert!(!image.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("slow.sh")],
+        "work directory left"
+    );
+}

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -96,8 +97,10 @@ pub fn sha256(buf: &[u8]) -> Digest {
 }
 
 /// The digest of an all-zero block (what an encrypted snapshot's holes get).
+/// Computed once: the writer asks for it for every block.
 pub fn zero_block_digest() -> Digest {
-    sha256(&vec![0u8; BLOCK_SIZE as usize])
+    static DIGEST: LazyLock<Digest> = LazyLock::new(|| sha256(&vec![0u8; BLOCK_SIZE as usize]));
+    *DIGEST
 }
 
 /// CompleteSnapshot's LINEAR aggregate: SHA-256 over the blocks' raw digests

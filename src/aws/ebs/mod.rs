@@ -4,13 +4,14 @@
 //! `snapshot` (start/put/complete/wait/delete), `delta` (parent snapshots
 //! and the block digest store), `start` (which snapshot an upload writes
 //! to, and its clean-up after a failure), `writer` (the snapshot writer: one
-//! pass that reads, hashes and sends), `download` (a snapshot back into a
-//! file).
+//! pass that reads, hashes and sends; its block buffers come from `pool`),
+//! `download` (a snapshot back into a file).
 
 pub mod blocks;
 pub mod delta;
 pub mod download;
 pub mod journal;
+pub mod pool;
 pub mod snapshot;
 pub mod start;
 pub mod writer;

@@ -17,6 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::blocks::{self, BLOCK_SIZE, BlockRecord, BlocksError, Digest};
 use super::delta::{self, BlockAction, ParentContent};
 use super::journal::{self, ImageIdentity, Journal, JournalError, TokenBasis};
+use super::pool::BufferPool;
 use super::snapshot::{self, SnapshotError};
 use crate::aws::client::Clients;
 use crate::image::sparse;
@@ -257,6 +258,7 @@ struct Session<'a> {
     plan: &'a BlockPlan,
     file: &'a Arc<File>,
     size: u64,
+    buffers: Arc<BufferPool>,
 }
 
 /// Reads every block the plan names that no earlier run handled, hashes
@@ -280,6 +282,8 @@ pub async fn write_snapshot(
         plan,
         file,
         size,
+        // Enough for every request in flight, and the reads ahead of them.
+        buffers: BufferPool::new(req.workers.max(1) + 8),
     };
     let mut progress = Progress::from_journal(journal, journal_path)?;
     let resumed = progress.already > 0 || journal.completed;
@@ -355,7 +359,7 @@ impl Session<'_> {
         let (data, content, read) = if self.plan.in_hole(index) {
             (zero_block, None, 0)
         } else {
-            read_block(Arc::clone(self.file), index, self.size).await?
+            read_block(Arc::clone(self.file), index, self.size, &self.buffers).await?
         };
         let action = delta::block_action(
             index,
@@ -414,24 +418,27 @@ impl Session<'_> {
     }
 }
 
-/// Reads one block on the blocking pool: its bytes, its digest (None when
-/// all zeros) and how many image bytes that read.
+/// Reads one block on the blocking pool into a buffer from `buffers`: its
+/// bytes, its digest (None when all zeros) and how many image bytes that read.
 async fn read_block(
     file: Arc<File>,
     index: u64,
     size: u64,
+    buffers: &Arc<BufferPool>,
 ) -> Result<(Bytes, Option<Digest>, u64), WriteError> {
+    let mut buf = buffers.take();
     let read = tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; BLOCK_SIZE as usize];
-        blocks::read_block(&file, index, size, &mut buf)?;
-        let content = (!blocks::is_zero(&buf)).then(|| blocks::sha256(&buf));
+        // Fills all of it (a partial last block is padded with zeros), so
+        // a reused buffer's old content never leaks into this block.
+        blocks::read_block(&file, index, size, buf.as_mut_slice())?;
+        let content = (!blocks::is_zero(buf.as_ref())).then(|| blocks::sha256(buf.as_ref()));
         Ok::<_, std::io::Error>((buf, content))
     })
     .await
     .expect("block read task panicked");
     let (buf, content) = read.map_err(BlocksError::Io)?;
     let read = size.saturating_sub(index * BLOCK_SIZE).min(BLOCK_SIZE);
-    Ok((Bytes::from(buf), content, read))
+    Ok((buf.into_bytes(), content, read))
 }
 
 /// Before CompleteSnapshot: the image is the one the upload started with.

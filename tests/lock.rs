@@ -381,3 +381,63 @@ fn plan_shows_what_keys_the_tree_without_the_network() {
         text(&out)
     );
 }
+
+/// A lock records the package set as bootstrapped, before provisioning: a
+/// `--script` that installs a package does not put it in the lock, and a
+/// `--locked` rebuild with the same script installs it again on the pinned
+/// tree instead of tripping over a package the lock cannot pin.
+#[test]
+fn a_lock_holds_the_bootstrapped_set_and_a_locked_rebuild_runs_the_script_again() {
+    let _heavy = heavy();
+    let plain = locked_build();
+    let dir = scratch();
+    let script = dir.path().join("install-hello.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nset -e\napt-get install -y --no-install-recommends hello\n",
+    )
+    .unwrap();
+    let image = dir.path().join("provisioned.raw");
+    let lock_path = dir.path().join("provisioned.lock");
+    build_ok(
+        &[
+            "-o",
+            image.to_str().unwrap(),
+            "--lock",
+            lock_path.to_str().unwrap(),
+            "--script",
+            script.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(manifest_packages(&image).contains_key("hello"));
+    let lock = Lock::read(&lock_path).unwrap();
+    assert!(!lock.packages.contains_key("hello"), "{:?}", lock.packages);
+    assert_eq!(
+        lock.packages,
+        Lock::read(&plain.lock).unwrap().packages,
+        "the same bootstrapped set as the build without the script"
+    );
+
+    let again = dir.path().join("again.raw");
+    build_ok(
+        &[
+            "-o",
+            again.to_str().unwrap(),
+            "--locked",
+            lock_path.to_str().unwrap(),
+            "--script",
+            script.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let packages = manifest_packages(&again);
+    assert!(packages.contains_key("hello"));
+    for (name, version) in &lock.packages {
+        assert_eq!(
+            packages.get(name),
+            Some(version),
+            "{name}: the locked version"
+        );
+    }
+}

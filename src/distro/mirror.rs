@@ -85,28 +85,7 @@ pub fn rfc2822_to_iso(text: &str) -> Option<String> {
     ))
 }
 
-/// Seconds since 1970 (UTC) as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn epoch_to_iso(seconds: u64) -> String {
-    let days = (seconds / 86_400) as i64;
-    let rest = seconds % 86_400;
-    // Civil date from a day count (H. Hinnant's days_from_civil, inverted).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
+pub use crate::sys::calendar::epoch_to_iso;
 
 /// `YYYY-MM-DDTHH:MM:SSZ` as seconds since 1970 (UTC); None for anything
 /// else. The inverse of [`epoch_to_iso`].

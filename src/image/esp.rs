@@ -5,6 +5,8 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::sys::calendar::civil_from_days;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EspError {
     #[error("writing the EFI system partition")]
@@ -86,21 +88,6 @@ impl fatfs::TimeProvider for FixedClock {
     fn get_current_date_time(&self) -> fatfs::DateTime {
         self.0
     }
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 fn copy_tree<T: fatfs::ReadWriteSeek>(dir: &fatfs::Dir<T>, source: &Path) -> Result<(), EspError> {

@@ -3,7 +3,8 @@
 
 use serde_json::{Value, json};
 
-use super::{Component, Inventory, rfc3339};
+use super::{Component, Inventory};
+use crate::sys::calendar::epoch_to_iso;
 
 const IMAGE_REF: &str = "image";
 const KERNEL_REF: &str = "kernel";
@@ -29,7 +30,7 @@ pub fn document(inv: &Inventory) -> String {
         "serialNumber": format!("urn:uuid:{}", uuid_of(&inv.digest())),
         "version": 1,
         "metadata": {
-            "timestamp": rfc3339(inv.created),
+            "timestamp": epoch_to_iso(inv.created),
             "tools": {
                 "components": [{
                     "type": "application",

@@ -3,7 +3,8 @@
 
 use serde_json::{Value, json};
 
-use super::{Component, Inventory, rfc3339};
+use super::{Component, Inventory};
+use crate::sys::calendar::epoch_to_iso;
 
 /// The document, pretty-printed with a final newline.
 pub fn document(inv: &Inventory) -> String {
@@ -56,7 +57,7 @@ pub fn document(inv: &Inventory) -> String {
             inv.digest()
         ),
         "creationInfo": {
-            "created": rfc3339(inv.created),
+            "created": epoch_to_iso(inv.created),
             "creators": [format!("Tool: imgforge-{}", env!("CARGO_PKG_VERSION"))],
         },
         "packages": packages,

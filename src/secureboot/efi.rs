@@ -4,6 +4,8 @@
 
 use uuid::Uuid;
 
+use crate::sys::calendar::civil_from_days;
+
 /// EFI_GLOBAL_VARIABLE: PK and KEK live under it.
 pub const GLOBAL_VARIABLE: Uuid = uuid::uuid!("8be4df61-93ca-11d2-aa0d-00e098032b8c");
 /// EFI_IMAGE_SECURITY_DATABASE_GUID: db and dbx.
@@ -55,21 +57,6 @@ pub fn efi_time(unix_seconds: u64) -> [u8; 16] {
     time[5] = (secs / 60 % 60) as u8;
     time[6] = (secs % 60) as u8;
     time
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
-/// calendar (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// One EFI_SIGNATURE_DATA: who owns the entry, and the entry (a DER

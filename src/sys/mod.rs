@@ -1,7 +1,8 @@
-//! The host side: running tools, interrupts, work directories, progress and
-//! file errors.
+//! The host side: running tools, interrupts, work directories, progress,
+//! file errors and calendar dates.
 
 pub mod api_mounts;
+pub mod calendar;
 pub mod fsio;
 pub mod interrupt;
 pub mod progress;

@@ -216,9 +216,24 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
         .unwrap();
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["format"], "vdi");
-    let summary = boot_test_ok(&tmp, &vdi, &["--firmware", "uefi", "--accel", "tcg"]).summary;
+    // With a software TPM and without Secure Boot: the kernel started
+    // through its EFI stub (linuxefi), so it got the firmware's event log.
+    let summary = boot_test_ok(
+        &tmp,
+        &vdi,
+        &["--firmware", "uefi", "--accel", "tcg", "--tpm"],
+    )
+    .summary;
     assert_eq!(summary["format"], "vdi");
     assert_good_report(&summary["results"][0], "uefi", &root_uuid);
+    let report = &summary["results"][0]["report"];
+    assert_eq!(report["secure_boot"], "disabled", "{report:#}");
+    assert_eq!(report["tpm_version"], "2", "{report:#}");
+    let event_log: u64 = report["tpm_event_log"].as_str().unwrap().parse().unwrap();
+    assert!(
+        event_log > 1000,
+        "event log of {event_log} bytes: {report:#}"
+    );
     // UEFI, TCG, 4 vCPUs, 1 GiB: tuning.rs's configuration for this check.
     assert_verify_passed(&summary["results"][0]);
     assert_nothing_left(&tmp);

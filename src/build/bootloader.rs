@@ -87,6 +87,8 @@ pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, Bootloa
         ("grub_terminal", arch.grub_terminal.clone()),
         ("grub_kernel", grub_kernel),
         ("grub_initrd", grub_initrd),
+        ("efi_linux", distro.grub_efi.linux.clone()),
+        ("efi_initrd", distro.grub_efi.initrd.clone()),
         (
             "title",
             format!("{} {} ({})", distro.name, request.release, class.name),
@@ -124,7 +126,11 @@ pub fn prepare(ctx: &BuildContext, rootfs: &Rootfs) -> Result<BootFiles, Bootloa
             files.boot_modes.push(target.firmware);
             continue;
         }
-        let image = build_core_image(root, target)?;
+        let extra_modules = match target.esp_path {
+            Some(_) => distro.grub_efi.modules.as_slice(),
+            None => &[],
+        };
+        let image = build_core_image(root, target, extra_modules)?;
         match &target.esp_path {
             Some(esp_path) => {
                 let dest = ctx.esp_dir().join(esp_path);
@@ -165,13 +171,18 @@ fn copy_modules(from: &Path, to: &Path) -> Result<(), BootloaderError> {
 }
 
 /// grub-mkimage of the target's own GRUB, run inside the tree.
-fn build_core_image(root: &Path, target: &Target) -> Result<Vec<u8>, BootloaderError> {
+fn build_core_image(
+    root: &Path,
+    target: &Target,
+    extra_modules: &[String],
+) -> Result<Vec<u8>, BootloaderError> {
     let inside = format!("/tmp/imgforge-core-{}.img", target.format);
     Tool::new("chroot")
         .arg(root)
         .args(["grub-mkimage", "-O", &target.format, "-o", &inside])
         .args(["-c", "/tmp/imgforge-early.cfg", "-p", "/boot/grub"])
         .args(&target.modules)
+        .args(extra_modules)
         .run()?;
     let outside = root.join(inside.trim_start_matches('/'));
     let bytes = fs::read(&outside).map_err(at("read", &outside))?;

@@ -56,6 +56,9 @@ pub struct Plan {
     pub kernel_cmdline: String,
     pub grub_kernel: String,
     pub grub_initrd: String,
+    /// GRUB's commands for the kernel and initramfs on a UEFI boot (they
+    /// start the kernel through its EFI stub).
+    pub grub_efi_commands: String,
     pub initramfs: String,
     pub partitions: Vec<PlanPartition>,
     pub image_size: String,
@@ -240,6 +243,7 @@ impl Plan {
             .map(|c| grub::with_kernel_args(c, &request.kernel_args))?,
             grub_kernel: render(&d.grub_kernel)?,
             grub_initrd: render(&d.grub_initrd)?,
+            grub_efi_commands: format!("{} + {}", d.grub_efi.linux, d.grub_efi.initrd),
             initramfs: d.initramfs.clone(),
             partitions: PlanPartition::all(arch),
             image_size: image_size(request),
@@ -329,6 +333,10 @@ impl Plan {
         row(
             "grub loads",
             &format!("{} + {}", self.grub_kernel, self.grub_initrd),
+        );
+        row(
+            "uefi start",
+            &format!("{} (the kernel's EFI stub)", self.grub_efi_commands),
         );
         row("initramfs", &self.initramfs);
         for p in &self.partitions {

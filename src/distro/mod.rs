@@ -107,6 +107,9 @@ pub struct DistroData {
     /// `None` where the distro ships none for it.
     #[serde(skip_deserializing)]
     pub secure_boot: Option<SignedBootChain>,
+    /// How GRUB starts the kernel under UEFI on the build's architecture.
+    #[serde(skip_deserializing)]
+    pub grub_efi: GrubEfiLoader,
     /// Per architecture (boot/architectures.toml's names): the distro's
     /// name for it, its GRUB packages and kernels. An architecture without
     /// a table cannot be built.
@@ -136,6 +139,10 @@ pub struct DistroData {
     /// modules use); empty: the distro cannot run Ansible yet.
     #[serde(default)]
     pub ansible_packages: Vec<String>,
+    /// What `imgforge build --tpm-tools` installs to use the TPM from the
+    /// instance (tpm2-tools; its TSS libraries come as dependencies).
+    #[serde(default)]
+    pub tpm_packages: Vec<String>,
 }
 
 /// `[architectures.NAME]` in a distro's data file.
@@ -152,6 +159,34 @@ pub struct DistroArchitecture {
     /// ships one (`[architectures.NAME.secure_boot]`).
     #[serde(default)]
     pub secure_boot: Option<SignedBootChain>,
+    /// How GRUB starts the kernel under UEFI (`[architectures.NAME.grub_efi]`).
+    #[serde(default)]
+    pub grub_efi: GrubEfiLoader,
+}
+
+/// The GRUB commands that load the kernel and initramfs on a UEFI boot,
+/// and the modules they need in the UEFI core image. The kernel must start
+/// through its EFI stub on every UEFI boot: only then does it receive the
+/// firmware's TPM event log and Secure Boot state. Upstream GRUB's `linux`
+/// does that on arm64 (and from 2.12 on x86_64); Debian's 2.06 does it on
+/// x86_64 only under Secure Boot, so Debian's row names `linuxefi`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GrubEfiLoader {
+    pub linux: String,
+    pub initrd: String,
+    #[serde(default)]
+    pub modules: Vec<String>,
+}
+
+impl Default for GrubEfiLoader {
+    fn default() -> Self {
+        Self {
+            linux: "linux".into(),
+            initrd: "initrd".into(),
+            modules: Vec::new(),
+        }
+    }
 }
 
 /// A distribution's signed UEFI boot chain: shim signed by Microsoft's UEFI
@@ -492,6 +527,7 @@ pub fn read_data_for(
     distro_data.grub_packages = row.grub_packages;
     distro_data.kernels = row.kernels;
     distro_data.secure_boot = row.secure_boot;
+    distro_data.grub_efi = row.grub_efi;
     Ok(distro_data)
 }
 

@@ -3,15 +3,18 @@
 //! `boot-test --secure-boot` boots it under OVMF's Secure Boot firmware
 //! with Microsoft's keys enrolled, passing only when the guest's kernel
 //! reports Secure Boot enforced, with a software TPM 2.0 (`--tpm`) whose
-//! measured-boot event log reaches the kernel; the variable store that
-//! boot ran with holds the Secure Boot variables `upload` ships as UefiData
-//! (read with virt-fw-vars and python-uefivars); the same image with its
-//! GRUB's signature removed is refused by shim, and boot-test says so.
+//! measured-boot event log reaches the kernel and whose PCR 7 tpm2-tools
+//! (`--tpm-tools`) read; a DKMS module signed with the owner's key
+//! (`--secure-boot-key`) loads under the kernel's lockdown; the variable
+//! store that boot ran with holds the Secure Boot variables `upload` ships
+//! as UefiData (read with virt-fw-vars and python-uefivars), the owner's
+//! module certificate in db; the same image with its GRUB's signature
+//! removed is refused by shim, and boot-test says so.
 //!
 //! Needs root, mmdebstrap, QEMU, OVMF's secboot firmware, mtools and
 //! sbsigntool (under CI=true a missing one fails the test). The Secure
-//! Boot image is built from the shared small image's cached tree (every
-//! Debian image carries the signed packages, so the tree is the same).
+//! Boot image has its own package set (tpm2-tools, DKMS, kernel headers),
+//! so its first build bootstraps a tree of its own (about a minute).
 
 mod common;
 
@@ -142,21 +145,36 @@ fn owner_keys(dir: &Path) -> PathBuf {
     let keys = dir.join("keys");
     std::fs::create_dir(&keys).unwrap();
     for name in ["PK", "KEK"] {
-        let out = Command::new("openssl")
-            .args([
-                "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
-            ])
-            .args(["-subj", &format!("/CN=test owner {name}")])
-            .arg("-keyout")
-            .arg(keys.join(format!("{name}.key")))
-            .arg("-out")
-            .arg(keys.join(format!("{name}.crt")))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out));
+        key_pair(&keys, name, &format!("test owner {name}"));
     }
     keys
 }
+
+/// `DIR/NAME.key` and `DIR/NAME.crt`, a self-signed RSA-2048 pair.
+fn key_pair(dir: &Path, name: &str, common_name: &str) -> (PathBuf, PathBuf) {
+    let (key, cert) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.crt")),
+    );
+    let out = Command::new("openssl")
+        .args([
+            "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+        ])
+        .args(["-subj", &format!("/CN={common_name}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    (key, cert)
+}
+
+/// The DKMS module the Secure Boot image carries (built in the bootstrap
+/// against the image's kernel headers), loaded at boot by a layer.
+const DKMS_PACKAGES: &str = "dkms,linux-headers-cloud-amd64,acpi-call-dkms";
+const DKMS_MODULE: &str = "acpi_call";
 
 /// The UefiData `upload` registers the image with (through moto and the
 /// recording proxy), with the owner's keys.
@@ -181,11 +199,27 @@ fn shipped_blob(dir: &Path, image: &Path, keys: &Path) -> String {
     register["UefiData"].as_str().unwrap().to_string()
 }
 
-fn build_secure_boot_image(dir: &Path) -> (PathBuf, Value) {
+/// The Secure Boot image: with tpm2-tools, and a DKMS module signed with
+/// the owner's module key (returned: key, certificate).
+fn build_secure_boot_image(dir: &Path) -> (PathBuf, Value, (PathBuf, PathBuf)) {
     let image = dir.join("sb.raw");
+    let module_key = key_pair(dir, "modules", "test module signer");
+    let layer = dir.join("load-module");
+    std::fs::create_dir_all(layer.join("etc/modules-load.d")).unwrap();
+    std::fs::write(
+        layer.join(format!("etc/modules-load.d/{DKMS_MODULE}.conf")),
+        format!("{DKMS_MODULE}\n"),
+    )
+    .unwrap();
     let out = Command::new(IMGFORGE)
         .args(["build", "--distro", "debian", "--size-class", "small"])
-        .arg("--secure-boot")
+        .args(["--secure-boot", "--tpm-tools", "--packages", DKMS_PACKAGES])
+        .arg("--layer")
+        .arg(&layer)
+        .arg("--secure-boot-key")
+        .arg(&module_key.0)
+        .arg("--secure-boot-cert")
+        .arg(&module_key.1)
         .arg("-o")
         .arg(&image)
         .arg("--json")
@@ -199,7 +233,17 @@ fn build_secure_boot_image(dir: &Path) -> (PathBuf, Value) {
     );
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("sb.raw.json")).unwrap()).unwrap();
-    (image, manifest)
+    (image, manifest, module_key)
+}
+
+/// Whether `needle` occurs anywhere in the image's bytes (grep -F).
+fn image_contains(image: &Path, needle: &str) -> bool {
+    let out = Command::new("grep")
+        .args(["-a", "-c", "-F", needle])
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() != "0"
 }
 
 #[test]
@@ -230,7 +274,7 @@ fn secure_boot_image_boots_enforced_and_an_unsigned_grub_is_refused() {
         text(&out)
     );
 
-    let (image, manifest) = build_secure_boot_image(dir.path());
+    let (image, manifest, (module_key, module_cert)) = build_secure_boot_image(dir.path());
     assert_eq!(manifest["boot_modes"], serde_json::json!(["bios", "uefi"]));
     let sb = &manifest["secure_boot"];
     assert_eq!(
@@ -243,6 +287,35 @@ fn secure_boot_image_boots_enforced_and_an_unsigned_grub_is_refused() {
     );
     assert_eq!(sb["packages"][0]["name"], "shim-signed");
     assert!(!sb["packages"][0]["version"].as_str().unwrap().is_empty());
+    // The DKMS module was signed with the owner's key, whose certificate
+    // the manifest carries; the private key is nowhere in the image.
+    let signing = &sb["module_signing"];
+    assert_eq!(signing["subject"], "CN=test module signer", "{sb:#}");
+    assert_eq!(
+        signing["certificate"].as_str().unwrap().trim(),
+        std::fs::read_to_string(&module_cert).unwrap().trim()
+    );
+    let modules: Vec<&str> = signing["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(
+        modules.iter().any(|m| m.starts_with("/lib/modules/")
+            && m.ends_with(&format!("/updates/dkms/{DKMS_MODULE}.ko"))),
+        "{modules:?}"
+    );
+    let key_line = std::fs::read_to_string(&module_key)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(
+        !image_contains(&image, &key_line),
+        "the module key is in the image"
+    );
 
     // What is on the ESP: shim signed by Microsoft, GRUB by Debian, and the
     // early config at GRUB's prefix finding the root by its UUID.
@@ -314,10 +387,24 @@ fn secure_boot_image_boots_enforced_and_an_unsigned_grub_is_refused() {
     assert_eq!(report["tpm_version"], "2", "{report:#}");
     let log_bytes: u64 = report["tpm_event_log"].as_str().unwrap().parse().unwrap();
     assert!(log_bytes > 1000, "event log of {log_bytes} bytes");
+    // tpm2-tools (--tpm-tools) read PCR 7, which Secure Boot's policy
+    // extended: not its reset value.
+    let pcr7 = report["tpm_pcr7"].as_str().unwrap();
+    assert_eq!(pcr7.len(), 64, "{report:#}");
+    assert!(pcr7.chars().any(|c| c != '0'), "{report:#}");
+    // The DKMS module signed with the owner's key loaded under lockdown.
+    assert_eq!(
+        report["updates_modules"],
+        format!("{DKMS_MODULE}=loaded"),
+        "{report:#}"
+    );
+    assert_eq!(report["module_rejected"], "", "{report:#}");
     for name in [
         "Secure Boot enforced",
         "TPM version",
         "measured-boot event log",
+        "PCR 7 read with tpm2_pcrread",
+        &format!("module {DKMS_MODULE} (signed with your key) loaded"),
     ] {
         let check = result["checks"]
             .as_array()
@@ -339,6 +426,20 @@ fn secure_boot_image_boots_enforced_and_an_unsigned_grub_is_refused() {
         ["KEK", "PK", "db", "dbx"]
     );
     assert_eq!(tested, shipped);
+    // db holds the owner's module certificate beside Microsoft's.
+    let cert_der = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&module_cert)
+        .output()
+        .unwrap()
+        .stdout;
+    assert!(
+        tested["db"]
+            .data
+            .windows(cert_der.len())
+            .any(|w| w == cert_der.as_slice()),
+        "the module certificate is not in db"
+    );
     assert!(
         !Command::new("pgrep")
             .args(["-f", &format!("swtpm socket.*{}", tmp.display())])

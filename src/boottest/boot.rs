@@ -466,6 +466,8 @@ mod tests {
             root_uuid: None,
             secure_boot: false,
             tpm: false,
+            tpm_tools: false,
+            signed_modules: Vec::new(),
         };
         let started = Instant::now();
         let (result, attempt) = boot_once(

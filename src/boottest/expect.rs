@@ -43,6 +43,12 @@ pub fn expectations(
         root_uuid: manifest.and_then(root_uuid),
         secure_boot: false,
         tpm: false,
+        tpm_tools: manifest.is_some_and(has_tpm_tools),
+        signed_modules: manifest
+            .and_then(|m| m.secure_boot.as_ref())
+            .and_then(|s| s.module_signing.as_ref())
+            .map(|signing| signing.module_names())
+            .unwrap_or_default(),
     }
 }
 
@@ -63,6 +69,11 @@ pub fn class_tokens(cmdline: &[String], class: &SizeClass) -> Vec<String> {
         })
         .cloned()
         .collect()
+}
+
+/// The image carries tpm2-tools (`build --tpm-tools`).
+fn has_tpm_tools(manifest: &Manifest) -> bool {
+    manifest.packages.iter().any(|p| p.name == "tpm2-tools")
 }
 
 /// The root filesystem's UUID: the partition named `root`, else the last

@@ -152,7 +152,8 @@ fn secure_variables(
         .as_ref()
         .map(|m| m.build_time)
         .unwrap_or_else(secureboot::now);
-    let shipped = secureboot::shipped(keys, &ovmf.vars, time)?;
+    let owner_db = secureboot::owner_db_certs(info.manifest.as_ref());
+    let shipped = secureboot::shipped(keys, &ovmf.vars, time, owner_db)?;
     for line in shipped.describe() {
         progress(&line);
     }

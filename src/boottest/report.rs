@@ -70,6 +70,14 @@ pub struct GuestReport {
     /// Bytes of /sys/kernel/security/tpm0/binary_bios_measurements (the
     /// firmware's measured-boot event log), empty when the kernel has none.
     pub tpm_event_log: String,
+    /// PCR 7 of the SHA-256 bank in hex, read with tpm2_pcrread in the
+    /// guest; empty without a TPM or without tpm2-tools (`build --tpm-tools`).
+    pub tpm_pcr7: String,
+    /// Modules under /lib/modules/$(uname -r)/updates (DKMS's), `NAME=loaded`
+    /// or `NAME=not-loaded`, space separated.
+    pub updates_modules: String,
+    /// The kernel's line when it refused a module's signature, if any.
+    pub module_rejected: String,
     /// The image's first-boot units (`ConditionFirstBoot=yes` under
     /// /etc/systemd/system), `NAME=STATE` space separated: `ran`, `skipped`
     /// (systemd did not count the boot as the first) or the unit's state.
@@ -128,6 +136,12 @@ pub struct Expectations {
     pub secure_boot: bool,
     /// `--tpm`: the guest must see a TPM 2.0 and the firmware's event log.
     pub tpm: bool,
+    /// The manifest lists tpm2-tools (`build --tpm-tools`): with `--tpm`,
+    /// the guest must read PCR 7 with them.
+    pub tpm_tools: bool,
+    /// Modules the build signed with the owner's key (`--secure-boot-key`),
+    /// by the kernel's name: under `--secure-boot` each must be loaded.
+    pub signed_modules: Vec<String>,
 }
 
 /// Every check, in a fixed order.
@@ -237,6 +251,24 @@ fn trust_checks(report: &GuestReport, want: &Expectations) -> Vec<Check> {
             },
         ));
     }
+    if want.secure_boot {
+        let loaded: Vec<&str> = report.updates_modules.split_whitespace().collect();
+        for name in &want.signed_modules {
+            let state = loaded
+                .iter()
+                .find_map(|m| m.strip_prefix(&format!("{name}=")))
+                .unwrap_or("not in the image's updates folder");
+            checks.push(Check::new(
+                &format!("module {name} (signed with your key) loaded"),
+                state == "loaded",
+                "loaded",
+                match (state, report.module_rejected.as_str()) {
+                    ("loaded", _) | (_, "") => state.to_string(),
+                    (state, line) => format!("{state} (the kernel: {line})"),
+                },
+            ));
+        }
+    }
     if want.tpm {
         checks.push(Check::equal("TPM version", "2", &report.tpm_version));
         let bytes: u64 = report.tpm_event_log.parse().unwrap_or(0);
@@ -250,6 +282,18 @@ fn trust_checks(report: &GuestReport, want: &Expectations) -> Vec<Check> {
                 format!("{bytes} bytes")
             },
         ));
+        if want.tpm_tools {
+            checks.push(Check::new(
+                "PCR 7 read with tpm2_pcrread",
+                !report.tpm_pcr7.is_empty(),
+                "a SHA-256 value",
+                if report.tpm_pcr7.is_empty() {
+                    "nothing read".to_string()
+                } else {
+                    report.tpm_pcr7.clone()
+                },
+            ));
+        }
     }
     checks
 }
@@ -413,6 +457,8 @@ mod tests {
             root_uuid: Some(UUID.to_uppercase()),
             secure_boot: false,
             tpm: false,
+            tpm_tools: false,
+            signed_modules: Vec::new(),
         }
     }
 
@@ -447,6 +493,33 @@ mod tests {
                 "sshd"
             ]
         );
+    }
+
+    #[test]
+    fn a_signed_module_must_be_loaded_under_secure_boot_and_a_refusal_is_named() {
+        let mut report = good_report();
+        report.secure_boot = "enabled".into();
+        report.secure_boot_line = "Secure boot enabled".into();
+        report.updates_modules = "acpi_call=loaded other=not-loaded".into();
+        let mut want = expectations();
+        want.secure_boot = true;
+        want.signed_modules = vec!["acpi_call".into()];
+        assert!(check(&report, &want).iter().all(|c| c.ok));
+        report.updates_modules = "acpi_call=not-loaded".into();
+        report.module_rejected = "Loading of module with unavailable key is rejected".into();
+        let checks = check(&report, &want);
+        let failed: Vec<_> = checks.iter().filter(|c| !c.ok).collect();
+        assert_eq!(failed.len(), 1, "{failed:#?}");
+        assert!(failed[0].name.contains("acpi_call"));
+        assert!(
+            failed[0].actual.contains("unavailable key"),
+            "{:?}",
+            failed[0]
+        );
+        // A plain boot (no Secure Boot) does not ask for it.
+        want.secure_boot = false;
+        report.secure_boot = "disabled".into();
+        assert!(check(&report, &want).iter().all(|c| c.ok));
     }
 
     #[test]

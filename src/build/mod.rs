@@ -7,7 +7,8 @@
 //! [`crate::image::layout`]; clap stays in `src/commands/build.rs`.
 //!
 //! Stages, in order: [`bootstrap`], [`configure`], [`provision`] (the
-//! user's scripts, when there are any), [`bootloader`],
+//! user's scripts, when there are any), [`module_signing`] (with
+//! `--secure-boot-key`), [`bootloader`],
 //! [`manifest`] (record), [`assemble`] (with [`layout_from`]), then
 //! [`manifest`] again (seal).
 
@@ -24,6 +25,7 @@ pub mod layers;
 pub mod layout_from;
 pub mod lock;
 pub mod manifest;
+pub mod module_signing;
 pub mod plan;
 pub mod provision;
 pub mod reproducible;
@@ -50,6 +52,7 @@ use context::ContextError;
 use layout_from::LayoutFromError;
 use lock::LockError;
 use manifest::ManifestError;
+use module_signing::ModuleSigningError;
 use provision::ProvisionError;
 use reproducible::ReproducibleError;
 pub use request::{BuildOptions, BuildRequest};
@@ -68,6 +71,8 @@ pub enum BuildError {
     Configure(#[from] ConfigureError),
     #[error("provision")]
     Provision(#[from] ProvisionError),
+    #[error("module signing")]
+    ModuleSigning(#[from] ModuleSigningError),
     #[error("bootloader")]
     Bootloader(#[from] BootloaderError),
     #[error("assemble")]
@@ -152,7 +157,16 @@ pub fn build(request: BuildRequest, options: &BuildOptions) -> Result<BuildSumma
         })?;
         configure::scrub_leftovers(&ctx, &rootfs.dir)?;
     }
-    let boot = p.stage("bootloader", || bootloader::prepare(&ctx, &rootfs))?;
+    let module_signing = match &ctx.request.module_signing {
+        Some(key) => Some(p.stage("module signing", || {
+            module_signing::run(&ctx, &rootfs.dir, key)
+        })?),
+        None => None,
+    };
+    let mut boot = p.stage("bootloader", || bootloader::prepare(&ctx, &rootfs))?;
+    if let Some(secure_boot) = boot.secure_boot.as_mut() {
+        secure_boot.module_signing = module_signing;
+    }
     let layout = assemble::plan(&ctx, &rootfs)?;
     let manifest = p.stage("manifest", || {
         manifest::record(&ctx, &rootfs, &boot, &layout, epoch)

@@ -4,6 +4,7 @@
 //! bootstrap. It is what `imgforge build --plan` prints
 //! ([`super::plan`]) and what the stages read.
 
+use crate::secureboot::module_key::{ModuleKeyError, SigningKey};
 use std::path::{Path, PathBuf};
 
 use super::cache_key;
@@ -78,6 +79,11 @@ pub struct BuildOptions {
     pub show_progress: bool,
     /// UEFI Secure Boot: the distribution's signed shim and GRUB on the ESP.
     pub secure_boot: bool,
+    /// Install the distro's `tpm_packages` (tools to use the TPM).
+    pub tpm_tools: bool,
+    /// `--secure-boot-key` and `--secure-boot-cert`: sign the modules the
+    /// distribution did not sign (DKMS's) with this pair.
+    pub module_signing_key: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +109,18 @@ pub enum RequestError {
          --distro debian"
     )]
     NoSignedChain { distro: String, arch: String },
+    #[error(
+        "--tpm-tools: rootfs/distros/{distro}.toml names no tpm_packages; leave out \
+         --tpm-tools, or name the packages with --package"
+    )]
+    NoTpmPackages { distro: String },
+    #[error(transparent)]
+    ModuleKey(#[from] ModuleKeyError),
+    #[error(
+        "--secure-boot-key and --secure-boot-cert sign modules for a Secure Boot image: add \
+         --secure-boot (the certificate is enrolled in its db)"
+    )]
+    ModuleKeyWithoutSecureBoot,
     #[error("--script {path}: cannot read it ({source}); give the path of a script file")]
     Script {
         path: PathBuf,
@@ -257,6 +275,8 @@ pub struct BuildRequest {
     pub image_size: ImageSize,
     /// `--secure-boot`: the signed chain the ESP gets.
     pub secure_boot: Option<SignedBootChain>,
+    /// The owner's module-signing pair, checked (`--secure-boot-key`).
+    pub module_signing: Option<SigningKey>,
     /// `--layout-from PARENT.raw`: the image whose root filesystem (and
     /// disk size and seed) this build's starts from.
     pub layout_from: Option<PathBuf>,
@@ -281,6 +301,11 @@ impl BuildRequest {
             .clone()
             .unwrap_or_else(|| d.default_release.clone());
         let secure_boot = signed_chain(d, options)?;
+        let module_signing = match (&options.module_signing_key, &secure_boot) {
+            (None, _) => None,
+            (Some(_), None) => return Err(RequestError::ModuleKeyWithoutSecureBoot),
+            (Some((key, cert)), Some(_)) => Some(SigningKey::load(key, cert)?),
+        };
         let ansible = match &options.ansible {
             Some(playbook) => Some(read_playbook(d, playbook, &options.ansible_vars)?),
             None => None,
@@ -289,6 +314,7 @@ impl BuildRequest {
             Some(_) => d.ansible_packages.as_slice(),
             None => &[],
         };
+        let tpm_packages = tpm_packages(d, options)?;
         let extra_packages: Vec<String> = profile
             .packages
             .iter()
@@ -297,6 +323,7 @@ impl BuildRequest {
             // changes only the ESP, and shares the cached tree.
             .chain(d.secure_boot.iter().flat_map(|c| &c.packages))
             .chain(ansible_packages)
+            .chain(tpm_packages)
             .chain(&options.packages)
             .cloned()
             .collect();
@@ -353,6 +380,7 @@ impl BuildRequest {
             layout_from: options.layout_from.clone(),
             output: options.output.clone(),
             secure_boot,
+            module_signing,
             data,
         })
     }
@@ -367,6 +395,20 @@ impl BuildRequest {
 
     pub fn data_path(&self, relative: &str) -> PathBuf {
         self.data.path().join(relative)
+    }
+}
+
+/// `--tpm-tools`: the distro's `tpm_packages`, or why it has none.
+fn tpm_packages<'d>(
+    d: &'d DistroData,
+    options: &BuildOptions,
+) -> Result<&'d [String], RequestError> {
+    match (options.tpm_tools, d.tpm_packages.is_empty()) {
+        (false, _) => Ok(&[]),
+        (true, false) => Ok(&d.tpm_packages),
+        (true, true) => Err(RequestError::NoTpmPackages {
+            distro: d.name.clone(),
+        }),
     }
 }
 

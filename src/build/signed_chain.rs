@@ -89,6 +89,7 @@ pub fn manifest(
     installed: &[Package],
 ) -> SecureBootManifest {
     SecureBootManifest {
+        module_signing: None,
         esp_files: vec![
             placed.loader.clone(),
             placed.grub.clone(),

@@ -234,6 +234,27 @@ pub struct BuildArgs {
     #[arg(long)]
     pub secure_boot: bool,
 
+    /// Install what is needed to use the TPM from the instance (NitroTPM on
+    /// EC2): the distro's `tpm_packages` (Debian and Arch: tpm2-tools and
+    /// the TSS libraries it pulls in). Without it the image carries none.
+    #[arg(long)]
+    pub tpm_tools: bool,
+
+    /// With --secure-boot: your own module-signing private key (PEM). Kernel
+    /// modules the distribution did not sign (those DKMS builds into
+    /// /lib/modules/VERSION/updates, e.g. GPU drivers installed with
+    /// --packages) are signed with it, so they load under Secure Boot; the
+    /// certificate goes into db of the UEFI variables boot-test and upload
+    /// use. The key never enters the image. Needs --secure-boot-cert.
+    #[arg(long, value_name = "KEY", requires = "secure_boot_cert")]
+    pub secure_boot_key: Option<PathBuf>,
+
+    /// The X.509 certificate (PEM or DER) of --secure-boot-key. Make a pair
+    /// with `openssl req -new -x509 -newkey rsa:2048 -nodes -days 3650 -subj
+    /// "/CN=my modules" -keyout KEY -out CERT`.
+    #[arg(long, value_name = "CERT", requires = "secure_boot_key")]
+    pub secure_boot_cert: Option<PathBuf>,
+
     /// Print what the build would use (distro, sources, packages, layers,
     /// size class, kernel command line, partitions, cache key) and stop:
     /// no bootstrap, no root, no network.
@@ -349,6 +370,11 @@ impl BuildArgs {
             data_dir: self.data_dir.clone(),
             show_progress: !self.json,
             secure_boot: self.secure_boot,
+            tpm_tools: self.tpm_tools,
+            module_signing_key: self
+                .secure_boot_key
+                .clone()
+                .zip(self.secure_boot_cert.clone()),
         })
     }
 }

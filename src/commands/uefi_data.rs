@@ -139,7 +139,8 @@ fn auto(image: &Path, keys: KeyChoice) -> anyhow::Result<Option<String>> {
             secure_boot_keys::generated(&family)?
         }
     };
-    let shipped = secureboot::shipped(owner, &store, manifest.build_time)?;
+    let owner_db = secureboot::owner_db_certs(Some(&manifest));
+    let shipped = secureboot::shipped(owner, &store, manifest.build_time, owner_db)?;
     for line in shipped.describe() {
         eprintln!("imgforge: UefiData: {line}");
     }

@@ -88,6 +88,49 @@ pub struct SecureBootManifest {
     pub esp_files: Vec<String>,
     /// The packages the signed files came from, with versions.
     pub packages: Vec<Package>,
+    /// `--secure-boot-key`: the owner's module-signing certificate (enrolled
+    /// in db by boot-test and upload) and the modules signed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_signing: Option<ModuleSigningManifest>,
+}
+
+/// Modules signed with the owner's key, and the certificate that verifies them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModuleSigningManifest {
+    /// The certificate, PEM.
+    pub certificate: String,
+    /// Its subject (RFC 2253).
+    pub subject: String,
+    /// SHA-256 of its DER bytes.
+    pub sha256: String,
+    /// The signature's hash (the kernel's CONFIG_MODULE_SIG_HASH).
+    pub hash: String,
+    /// The signed modules, paths in the image (DKMS's copies under
+    /// /var/lib/dkms too).
+    pub modules: Vec<String>,
+}
+
+impl ModuleSigningManifest {
+    /// The certificate's DER bytes (for db).
+    pub fn certificate_der(&self) -> Option<Vec<u8>> {
+        use base64::Engine;
+        let body: String = self
+            .certificate
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        base64::engine::general_purpose::STANDARD.decode(body).ok()
+    }
+
+    /// The installed modules' names as the kernel knows them (`acpi_call`).
+    pub fn module_names(&self) -> Vec<String> {
+        self.modules
+            .iter()
+            .filter(|m| m.starts_with("/lib/modules/"))
+            .filter_map(|m| m.rsplit('/').next())
+            .map(|f| f.trim_end_matches(".ko").replace('-', "_"))
+            .collect()
+    }
 }
 
 /// One provisioning step of the build (`--script`), as the manifest records it.

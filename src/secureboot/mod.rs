@@ -10,6 +10,7 @@ pub mod edk2;
 pub mod efi;
 pub mod keys;
 pub mod microsoft;
+pub mod module_key;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ use self::edk2::Edk2Error;
 use self::efi::{GLOBAL_VARIABLE, IMAGE_SECURITY_DATABASE, SignatureList, Variable};
 use self::keys::{KeysError, OwnerKeys};
 use self::microsoft::{Enrolled, MicrosoftError};
+use crate::image::manifest::Manifest;
 use crate::platform::Architecture;
 
 /// The Secure Boot variables, by name and vendor GUID, in the order the
@@ -73,6 +75,8 @@ pub struct ShippedVariables {
     pub package: Option<String>,
     /// (variable, subject) of Microsoft's certificates taken.
     pub microsoft: Vec<(String, String)>,
+    /// The owner's certificates added to db (module signing).
+    pub owner_db: Vec<OwnerCert>,
     pub dbx_hashes: usize,
 }
 
@@ -90,6 +94,12 @@ impl ShippedVariables {
         )];
         for (variable, subject) in &self.microsoft {
             lines.push(format!("{variable}: {subject}"));
+        }
+        for cert in &self.owner_db {
+            lines.push(format!(
+                "db: {} (your module-signing certificate, from the image's manifest)",
+                cert.subject
+            ));
         }
         lines.push(format!(
             "Microsoft's certificates and the dbx ({} hashes) from {}{}",
@@ -145,6 +155,29 @@ fn owner_guid(keys: &OwnerKeys) -> Uuid {
     uuid::Builder::from_random_bytes(digest[..16].try_into().unwrap()).into_uuid()
 }
 
+/// An owner's certificate for db: the module-signing certificate an image
+/// was built with (`build --secure-boot-key`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnerCert {
+    pub subject: String,
+    pub der: Vec<u8>,
+}
+
+/// The owner's db certificates an image's manifest names.
+pub fn owner_db_certs(manifest: Option<&Manifest>) -> Vec<OwnerCert> {
+    manifest
+        .and_then(|m| m.secure_boot.as_ref())
+        .and_then(|s| s.module_signing.as_ref())
+        .and_then(|signing| {
+            Some(OwnerCert {
+                subject: signing.subject.clone(),
+                der: signing.certificate_der()?,
+            })
+        })
+        .into_iter()
+        .collect()
+}
+
 /// The shipped set from the owner's keys and the enrolled store, every
 /// variable written at `unix_time` (the image's build time, so the bytes
 /// are the same at boot-test and at upload).
@@ -152,10 +185,11 @@ pub fn shipped(
     keys: OwnerKeys,
     store: &Path,
     unix_time: u64,
+    owner_db: Vec<OwnerCert>,
 ) -> Result<ShippedVariables, SecureBootError> {
     let enrolled = microsoft::from_store(store)?;
     let package = microsoft::package_of(store);
-    Ok(assemble(keys, enrolled, package, unix_time))
+    Ok(assemble(keys, enrolled, package, unix_time, owner_db))
 }
 
 fn assemble(
@@ -163,6 +197,7 @@ fn assemble(
     enrolled: Enrolled,
     package: Option<String>,
     unix_time: u64,
+    owner_db: Vec<OwnerCert>,
 ) -> ShippedVariables {
     let time = efi::efi_time(unix_time);
     let owner = owner_guid(&keys);
@@ -170,7 +205,14 @@ fn assemble(
     let kek: Vec<SignatureList> = std::iter::once(SignatureList::x509(owner, keys.kek.clone()))
         .chain(enrolled.kek.iter().cloned())
         .collect();
-    let lists = [pk, kek, enrolled.db.clone()];
+    let db: Vec<SignatureList> = (enrolled.db.iter().cloned())
+        .chain(
+            owner_db
+                .iter()
+                .map(|c| SignatureList::x509(owner, c.der.clone())),
+        )
+        .collect();
+    let lists = [pk, kek, db];
     let mut variables: Vec<Variable> = SECURE_BOOT_VARIABLES
         .iter()
         .zip(lists)
@@ -191,6 +233,7 @@ fn assemble(
         source: enrolled.source,
         package,
         microsoft: enrolled.subjects,
+        owner_db,
         dbx_hashes,
     }
 }
@@ -263,7 +306,7 @@ mod tests {
 
     #[test]
     fn the_set_holds_owner_and_microsoft_lists() {
-        let set = assemble(keys(), enrolled(vec![]), None, 1_741_575_219);
+        let set = assemble(keys(), enrolled(vec![]), None, 1_741_575_219, Vec::new());
         let names: Vec<&str> = set.variables.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["PK", "KEK", "db"]);
         let kek = efi::decode_lists(&set.variables[1].data).unwrap();
@@ -276,6 +319,21 @@ mod tests {
     }
 
     #[test]
+    fn a_module_signing_certificate_joins_microsofts_in_db() {
+        let cert = OwnerCert {
+            subject: "CN=my modules".into(),
+            der: vec![0x30, 9],
+        };
+        let set = assemble(keys(), enrolled(vec![]), None, 0, vec![cert.clone()]);
+        let db = efi::decode_lists(&set.variables[2].data).unwrap();
+        assert_eq!(db.len(), 2);
+        assert_eq!(db[0].entries[0].data, vec![0x30, 4], "Microsoft's first");
+        assert_eq!(db[1].entries[0].data, cert.der);
+        assert_eq!(db[1].entries[0].owner, owner_guid(&keys()));
+        assert!(set.describe().iter().any(|l| l.contains("CN=my modules")));
+    }
+
+    #[test]
     fn the_dbx_is_shipped_as_the_distribution_has_it() {
         let dbx = efi::encode_lists(&[SignatureList {
             signature_type: uuid::uuid!("c1c41626-504c-4092-aca9-41f936934328"),
@@ -284,7 +342,7 @@ mod tests {
                 data: vec![0; 32],
             }],
         }]);
-        let set = assemble(keys(), enrolled(dbx.clone()), None, 0);
+        let set = assemble(keys(), enrolled(dbx.clone()), None, 0, Vec::new());
         assert_eq!(set.variables[3].name, "dbx");
         assert_eq!(set.variables[3].data, dbx);
         assert_eq!(set.dbx_hashes, 1);

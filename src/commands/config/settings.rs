@@ -197,6 +197,19 @@ pub const SETTINGS: &[Setting] = &[
     s("layers", &[build("--layer")], LIST, None),
     s("output", &[build("--output")], Kind::Text, None),
     s("secure_boot", &[build("--secure-boot")], Kind::Switch, None),
+    s("tpm_tools", &[build("--tpm-tools")], Kind::Switch, None),
+    s(
+        "secure_boot_key",
+        &[build("--secure-boot-key")],
+        Kind::Text,
+        None,
+    ),
+    s(
+        "secure_boot_cert",
+        &[build("--secure-boot-cert")],
+        Kind::Text,
+        None,
+    ),
     // upload and publish (AWS)
     s("profile", &[upload("--profile")], Kind::Text, None),
     s("region", &[upload("--region")], Kind::Text, Some(region)),

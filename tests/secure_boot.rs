@@ -90,6 +90,53 @@ fn the_plan_shows_the_signed_chain_and_arch_is_refused() {
         "{out}"
     );
 
+    // The owner's module key: shown when it fits its certificate, refused
+    // (exit 2, before any work) when it does not or without --secure-boot.
+    let keys = tempfile::tempdir().unwrap();
+    let (key, cert) = key_pair(keys.path(), "modules", "plan module signer");
+    let (other_key, _) = key_pair(keys.path(), "other", "someone else");
+    let (key, cert, other_key) = (
+        key.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        other_key.to_str().unwrap(),
+    );
+    let signing = ["--secure-boot-key", key, "--secure-boot-cert", cert];
+    let (ok, p, out) = plan(&[&["--secure-boot"][..], &signing].concat());
+    assert!(ok, "{out}");
+    let shown = p["secure_boot"]["module_signing"].as_str().unwrap();
+    assert!(shown.contains("CN=plan module signer"), "{shown}");
+    for (flags, says) in [
+        (signing.to_vec(), "add --secure-boot"),
+        (
+            vec![
+                "--secure-boot",
+                "--secure-boot-key",
+                other_key,
+                "--secure-boot-cert",
+                cert,
+            ],
+            "is not the one in --secure-boot-cert",
+        ),
+        (
+            vec![
+                "--secure-boot",
+                "--secure-boot-key",
+                key,
+                "--secure-boot-cert",
+                key,
+            ],
+            "not an X.509 certificate",
+        ),
+    ] {
+        let out = Command::new(IMGFORGE)
+            .args(["build", "--plan"])
+            .args(&flags)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {}", text(&out));
+        assert!(text(&out).contains(says), "{flags:?}: {}", text(&out));
+    }
+
     let out = Command::new(IMGFORGE)
         .args(["build", "--distro", "arch", "--secure-boot", "--plan"])
         .output()
@@ -503,5 +550,88 @@ fn secure_boot_image_boots_enforced_and_an_unsigned_grub_is_refused() {
         result["seconds"].as_f64().unwrap() < 100.0,
         "refused before the timeout: {result:#}"
     );
+    assert_nothing_left(&tmp);
+}
+
+/// Strips the signature from the image's kernels, making them "the
+/// owner's own": what a kernel from a user's --package-file looks like.
+const UNSIGN_KERNEL_SCRIPT: &str = "#!/bin/sh\nset -e\n\
+    apt-get install -y --no-install-recommends sbsigntool\n\
+    for kernel in /boot/vmlinuz-*; do sbattach --remove \"$kernel\"; done\n\
+    apt-get purge -y sbsigntool\n";
+
+#[test]
+fn an_owners_unsigned_kernel_is_refused_without_a_key_and_boots_signed_with_one() {
+    if !prerequisites(
+        "an_owners_unsigned_kernel_is_refused_without_a_key_and_boots_signed_with_one",
+        &[BUILD, BOOT, SECURE_BOOT],
+    ) {
+        return;
+    }
+    let _shared_tree = common::image::debian_small();
+    let dir = common::scratch("imgforge-owner-kernel-");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let script = dir.path().join("unsign-kernel.sh");
+    std::fs::write(&script, UNSIGN_KERNEL_SCRIPT).unwrap();
+    let (key, cert) = key_pair(dir.path(), "kernel", "test kernel signer");
+    let image = dir.path().join("own-kernel.raw");
+    let build = |signing: &[&Path]| {
+        let mut command = Command::new(IMGFORGE);
+        command
+            .args(["build", "--distro", "debian", "--size-class", "small"])
+            .arg("--secure-boot")
+            .arg("--script")
+            .arg(&script)
+            .arg("-o")
+            .arg(&image);
+        if let [key, cert] = signing {
+            command
+                .arg("--secure-boot-key")
+                .arg(key)
+                .arg("--secure-boot-cert")
+                .arg(cert);
+        }
+        command.output().unwrap()
+    };
+
+    // Without a key: the build stops, naming the kernel, and writes nothing.
+    let out = build(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("the kernel is not signed") && text(&out).contains("/boot/vmlinuz-"),
+        "{}",
+        text(&out)
+    );
+    assert!(!image.exists(), "a refused build left its image");
+
+    // With the owner's key the kernel is signed with it, and the image boots
+    // with Secure Boot enforced: shim verified the kernel against db.
+    let out = build(&[&key, &cert]);
+    assert!(out.status.success(), "{}", text(&out));
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("own-kernel.raw.json")).unwrap(),
+    )
+    .unwrap();
+    let signing = &manifest["secure_boot"]["module_signing"];
+    let kernels = signing["kernels"].as_array().unwrap();
+    assert_eq!(kernels.len(), 1, "{signing:#}");
+    assert!(
+        kernels[0].as_str().unwrap().starts_with("/boot/vmlinuz-"),
+        "{signing:#}"
+    );
+    let _one_guest = heavy();
+    let keys = owner_keys(dir.path());
+    let boot = boot_test_ok(
+        &tmp,
+        &image,
+        &[
+            "--secure-boot",
+            "--secure-boot-keys",
+            keys.to_str().unwrap(),
+        ],
+    );
+    let report = &boot.result()["report"];
+    assert_eq!(report["secure_boot"], "enabled", "{report:#}");
     assert_nothing_left(&tmp);
 }

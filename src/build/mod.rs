@@ -157,10 +157,10 @@ pub fn build(request: BuildRequest, options: &BuildOptions) -> Result<BuildSumma
         })?;
         configure::scrub_leftovers(&ctx, &rootfs.dir)?;
     }
-    let module_signing = match &ctx.request.module_signing {
-        Some(key) => Some(p.stage("module signing", || {
-            module_signing::run(&ctx, &rootfs.dir, key)
-        })?),
+    let module_signing = match ctx.request.secure_boot {
+        Some(_) => p.stage("module signing", || {
+            module_signing::run(&ctx, &rootfs.dir, ctx.request.module_signing.as_ref())
+        })?,
         None => None,
     };
     let mut boot = p.stage("bootloader", || bootloader::prepare(&ctx, &rootfs))?;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use super::context::BuildContext;
 use crate::image::manifest::ModuleSigningManifest;
+use crate::secureboot::authenticode;
 use crate::secureboot::module_key::SigningKey;
 use crate::sys::fsio::{PathError, at};
 use crate::sys::interrupt::Interrupted;
@@ -51,6 +52,12 @@ pub enum ModuleSigningError {
     Compressed { path: PathBuf },
     #[error("{path}: its appended signature is damaged ({reason})")]
     DamagedSignature { path: PathBuf, reason: String },
+    #[error(
+        "{path}: the kernel is not signed, so shim refuses it under Secure Boot; give \
+         --secure-boot-key and --secure-boot-cert to sign it with your key (its certificate \
+         goes into db), or install the distribution's signed kernel"
+    )]
+    UnsignedKernel { path: PathBuf },
     #[error(transparent)]
     Interrupted(#[from] Interrupted),
 }
@@ -61,8 +68,17 @@ pub enum ModuleSigningError {
 pub fn run(
     ctx: &BuildContext,
     tree: &Path,
-    key: &SigningKey,
-) -> Result<ModuleSigningManifest, ModuleSigningError> {
+    key: Option<&SigningKey>,
+) -> Result<Option<ModuleSigningManifest>, ModuleSigningError> {
+    let kernels = unsigned_kernels(tree)?;
+    let Some(key) = key else {
+        return match kernels.first() {
+            Some(kernel) => Err(ModuleSigningError::UnsignedKernel {
+                path: kernel.clone(),
+            }),
+            None => Ok(None),
+        };
+    };
     let modules = unsigned_modules(tree)?;
     if modules.is_empty() {
         ctx.progress.note(
@@ -80,20 +96,54 @@ pub fn run(
         let relative = module.strip_prefix(tree).unwrap_or(module);
         signed.push(format!("/{}", relative.display()));
     }
+    let mut signed_kernels = Vec::new();
+    for kernel in &kernels {
+        let partial = kernel.with_extension("imgforge-partial");
+        authenticode::sign(kernel, &partial, &key.key, &cert_file)?;
+        fs::rename(&partial, kernel).map_err(at("rename", &partial))?;
+        let relative = kernel.strip_prefix(tree).unwrap_or(kernel);
+        signed_kernels.push(format!("/{}", relative.display()));
+    }
     fs::remove_file(&cert_file).map_err(at("remove", &cert_file))?;
     ctx.progress.note(&format!(
-        "signed {} module(s) with {} ({} {hash})",
+        "signed {} module(s) and {} kernel(s) with {} ({} {hash})",
         signed.len(),
+        signed_kernels.len(),
         key.subject,
         &key.sha256[..16]
     ));
-    Ok(ModuleSigningManifest {
+    Ok(Some(ModuleSigningManifest {
         certificate: key.cert_pem.clone(),
         subject: key.subject.clone(),
         sha256: key.sha256.clone(),
         hash,
         modules: signed,
-    })
+        kernels: signed_kernels,
+    }))
+}
+
+/// Kernels in /boot that are EFI executables without a signature: a
+/// kernel of the owner's own (e.g. from --package-file), which shim
+/// refuses under Secure Boot unless a key in db or MOK signed it. The
+/// distribution's signed kernels, and kernels that are not PE files, are
+/// left as they are.
+fn unsigned_kernels(tree: &Path) -> Result<Vec<PathBuf>, ModuleSigningError> {
+    let boot = tree.join("boot");
+    let mut found = Vec::new();
+    for entry in fs::read_dir(&boot).map_err(at("read", &boot))? {
+        let entry = entry.map_err(at("read", &boot))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_file = entry.file_type().map_err(at("read", &boot))?.is_file();
+        if !is_file || !name.starts_with("vmlinuz-") {
+            continue;
+        }
+        let bytes = fs::read(entry.path()).map_err(at("read", &entry.path()))?;
+        if authenticode::is_signed(&bytes) == Some(false) {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// The kernel's module-signature hash (CONFIG_MODULE_SIG_HASH of the
@@ -260,6 +310,26 @@ mod tests {
             strip_signature(&damaged)
                 .unwrap_err()
                 .contains("1000 bytes")
+        );
+    }
+
+    #[test]
+    fn only_unsigned_pe_kernels_are_the_owners_to_sign() {
+        let tree = tempfile::tempdir().unwrap();
+        let boot = tree.path().join("boot");
+        fs::create_dir(&boot).unwrap();
+        fs::write(
+            boot.join("vmlinuz-6.1-distro"),
+            authenticode::test_pe(0x708),
+        )
+        .unwrap();
+        fs::write(boot.join("vmlinuz-6.9-mine"), authenticode::test_pe(0)).unwrap();
+        fs::write(boot.join("vmlinuz-5.0-gzip"), b"\x1f\x8b\x08").unwrap();
+        fs::write(boot.join("config-6.9-mine"), authenticode::test_pe(0)).unwrap();
+        std::os::unix::fs::symlink("vmlinuz-6.9-mine", boot.join("vmlinuz")).unwrap();
+        assert_eq!(
+            unsigned_kernels(tree.path()).unwrap(),
+            vec![boot.join("vmlinuz-6.9-mine")]
         );
     }
 

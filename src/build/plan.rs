@@ -106,6 +106,9 @@ pub struct PlanSecureBoot {
     pub esp_files: Vec<String>,
     /// What is unchanged.
     pub bios: String,
+    /// `--secure-boot-key`: whose key signs the modules DKMS builds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_signing: Option<String>,
 }
 
 impl PlanSecureBoot {
@@ -133,6 +136,14 @@ impl PlanSecureBoot {
             } else {
                 "none on this architecture".into()
             },
+            module_signing: request.module_signing.as_ref().map(|key| {
+                format!(
+                    "modules under /lib/modules/*/updates signed with {} (sha256 {}), \
+                     the certificate added to db",
+                    key.subject,
+                    &key.sha256[..16]
+                )
+            }),
         }))
     }
 }
@@ -364,6 +375,9 @@ impl Plan {
                     row("  ESP", file);
                 }
                 row("  BIOS", &sb.bios);
+                if let Some(signing) = &sb.module_signing {
+                    row("  modules", signing);
+                }
             }
             None => row("secure boot", "off (unsigned GRUB; --secure-boot to sign)"),
         }

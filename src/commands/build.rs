@@ -245,7 +245,8 @@ pub struct BuildArgs {
     /// /lib/modules/VERSION/updates, e.g. GPU drivers installed with
     /// --packages) are signed with it, so they load under Secure Boot; the
     /// certificate goes into db of the UEFI variables boot-test and upload
-    /// use. The key never enters the image. Needs --secure-boot-cert.
+    /// use. A kernel of your own that came unsigned is signed with it too
+    /// (sbsign). The key never enters the image. Needs --secure-boot-cert.
     #[arg(long, value_name = "KEY", requires = "secure_boot_cert")]
     pub secure_boot_key: Option<PathBuf>,
 

@@ -108,6 +108,9 @@ pub struct ModuleSigningManifest {
     /// The signed modules, paths in the image (DKMS's copies under
     /// /var/lib/dkms too).
     pub modules: Vec<String>,
+    /// Kernels that came unsigned (the owner's own) and were signed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<String>,
 }
 
 impl ModuleSigningManifest {

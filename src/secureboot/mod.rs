@@ -5,6 +5,7 @@
 //! becomes EC2's UefiData ([`aws_blob`]) at upload and boot-test's
 //! variable store ([`edk2`]), so what is tested is what is shipped.
 
+pub mod authenticode;
 pub mod aws_blob;
 pub mod edk2;
 pub mod efi;

@@ -1908,6 +1908,7 @@ fn check_sbom(run: &Run) {
     ) {
         return;
     }
+    let started = Instant::now();
     let root = run.dir.path().join("root");
     assert!(
         root.join("var/lib/pacman/local/ALPM_DB_VERSION").is_file(),
@@ -2032,6 +2033,7 @@ fn check_sbom(run: &Run) {
         cdx["metadata"]["component"]["name"],
         "arch-rolling-x86_64-small-arch-sbom-test"
     );
+    eprintln!("the SBOM checks took {:.1?}", started.elapsed());
 }
 
 /// A package as pacman reports it, with the licence the SBOM must give it.

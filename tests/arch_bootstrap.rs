@@ -458,11 +458,12 @@ fn makepkg_all(specs: &[PackageSpec], build: &Path, pkgdest: &Path, keyring: &Pa
 }
 
 /// A fixture package's `license` array: SPDX ids (two for `hooked`, both
-/// apply), and a pre-SPDX custom name for `scripted` (no assertion in the
-/// SBOM).
+/// apply; two expressions for `testshell`), and a pre-SPDX custom name for
+/// `scripted` (no assertion in the SBOM).
 fn licences_of(name: &str) -> &'static str {
     match name {
         "hooked" => "'GPL-2.0-or-later' 'LGPL-2.1-or-later'",
+        "testshell" => "'Apache-2.0 OR MIT' 'GPL-2.0-only WITH Linux-syscall-note'",
         "scripted" => "'custom:imgforge-test'",
         _ => "MIT",
     }
@@ -2028,6 +2029,10 @@ fn check_sbom(run: &Run) {
         Some("GPL-2.0-or-later AND LGPL-2.1-or-later")
     );
     assert_eq!(pacman["scripted"].licence, None, "custom:imgforge-test");
+    assert_eq!(
+        pacman["testshell"].licence.as_deref(),
+        Some("(Apache-2.0 OR MIT) AND (GPL-2.0-only WITH Linux-syscall-note)")
+    );
     assert_eq!(pacman["filesystem"].licence.as_deref(), Some("MIT"));
     assert_eq!(
         cdx["metadata"]["component"]["name"],
@@ -2076,9 +2081,16 @@ fn pacman_installed(root: &Path) -> BTreeMap<String, PacmanPackage> {
                     })
                     .unwrap_or_else(|| panic!("no {key} in {block}"))
             };
+            // pacman separates the entries with two spaces.
             let licences: Vec<String> = get("Licenses")
-                .split_whitespace()
-                .map(String::from)
+                .split("  ")
+                .map(|l| {
+                    if l.contains(' ') {
+                        format!("({l})")
+                    } else {
+                        l.to_string()
+                    }
+                })
                 .collect();
             let licence =
                 (!licences.iter().any(|l| l.contains(':'))).then(|| licences.join(" AND "));

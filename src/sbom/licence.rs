@@ -125,14 +125,26 @@ pub fn all_of(declared: &[&str]) -> Option<String> {
 }
 
 /// `text` when it is a strict SPDX expression whose identifiers are all on
-/// the SPDX licence list.
+/// the SPDX licence list and not deprecated there (validators built on an
+/// older list know those; `GPL-2.0-with-GCC-exception` and the like are
+/// written with `WITH` now). `NOASSERTION` is no licence.
 fn listed_expression(text: &str) -> Option<String> {
     let expression = spdx::Expression::parse(text).ok()?;
     expression
         .requirements()
         .all(|r| {
-            matches!(r.req.license, spdx::LicenseItem::Spdx { .. })
-                && matches!(r.req.addition, None | Some(spdx::AdditionItem::Spdx(_)))
+            let licence = match &r.req.license {
+                spdx::LicenseItem::Spdx { id, .. } => {
+                    !id.is_deprecated() && id.name != "NOASSERTION"
+                }
+                spdx::LicenseItem::Other(_) => false,
+            };
+            let addition = match &r.req.addition {
+                None => true,
+                Some(spdx::AdditionItem::Spdx(id)) => !id.is_deprecated(),
+                Some(spdx::AdditionItem::Other(_)) => false,
+            };
+            licence && addition
         })
         .then(|| text.to_string())
 }
@@ -195,6 +207,8 @@ License: Zlib\n\nLicense: Zlib\n text\n";
         assert_eq!(all_of(&["MIT", "custom:imgforge"]), None);
         assert_eq!(all_of(&["LicenseRef-Arch-custom"]), None);
         assert_eq!(all_of(&["GPL2"]), None, "the pre-2023 Arch name");
+        assert_eq!(all_of(&["GPL-2.0-with-GCC-exception"]), None, "deprecated");
+        assert_eq!(all_of(&["NOASSERTION"]), None);
         assert_eq!(all_of(&[]), None);
     }
 }

@@ -2199,3 +2199,63 @@ fn image_of(root: &Path, manifest: &imgforge::image::manifest::Manifest, image: 
         ],
     );
 }
+
+/// `imgforge sbom` on images it cannot describe: one whose root has no
+/// package database is bad input (exit 2, the databases it reads named);
+/// one whose pacman database has a damaged entry fails (exit 1) naming the
+/// entry inside the image. Neither leaves an SBOM file. No fixture: the
+/// images are made here (mkfs.ext4 -d), in seconds.
+#[test]
+fn sbom_of_an_image_without_a_readable_package_database() {
+    if !prerequisites(
+        "sbom_of_an_image_without_a_readable_package_database",
+        &[&[Need::Tool("debugfs"), Need::Tool("mkfs.ext4")]],
+    ) {
+        return;
+    }
+    let dir = common::scratch("imgforge-sbom-nodb-");
+    let sbom_of = |tree: &Path, name: &str| -> (Output, PathBuf) {
+        let (manifest, _) = sbom_manifest(tree);
+        let image = dir.path().join(name);
+        image_of(tree, &manifest, &image);
+        let out = Command::new(IMGFORGE)
+            .arg("sbom")
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(!dir.path().join(format!("{name}.spdx.json")).exists());
+        assert!(!dir.path().join(format!("{name}.cdx.json")).exists());
+        (out, image)
+    };
+
+    let empty = dir.path().join("empty");
+    fs::create_dir_all(empty.join("etc")).unwrap();
+    let (out, image) = sbom_of(&empty, "empty.raw");
+    let said = common::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{} has no package database imgforge reads",
+            image.display()
+        )) && said.contains("pacman (var/lib/pacman/local/ALPM_DB_VERSION)"),
+        "{said}"
+    );
+
+    let damaged = dir.path().join("damaged");
+    let local = damaged.join("var/lib/pacman/local");
+    fs::create_dir_all(local.join("bash-5.2-1")).unwrap();
+    fs::write(local.join("ALPM_DB_VERSION"), "9\n").unwrap();
+    fs::write(
+        local.join("bash-5.2-1/desc"),
+        "%NAME%\nbash\n\n%VERSION%\n5.2-1\n\n%ARCH%\nx86_64\nx86_64_v3\n",
+    )
+    .unwrap();
+    let (out, _) = sbom_of(&damaged, "damaged.raw");
+    let said = common::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("/var/lib/pacman/local/bash-5.2-1/desc (in the image's root filesystem)")
+            && said.contains("%ARCH% has 2 values, not one"),
+        "{said}"
+    );
+}

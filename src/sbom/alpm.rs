@@ -101,7 +101,11 @@ pub fn entry(text: &str, folder: &str) -> Result<(InstalledPackage, Vec<String>)
     let name = one("NAME")?;
     let version = one("VERSION")?;
     let architecture = one("ARCH")?;
-    let source = one("BASE").unwrap_or_else(|_| name.clone());
+    // Packages made before pacman 5.1 carry no %BASE%: their own name.
+    let source = match one("BASE") {
+        Err(e) if e == "no %BASE%" => name.clone(),
+        other => other?,
+    };
     if folder != format!("{name}-{version}") {
         return Err(format!(
             "its folder is not NAME-VERSION (%NAME% {name}, %VERSION% {version})"
@@ -226,6 +230,12 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(two, "%NAME% has 2 values, not one");
+        let bases = entry(
+            "%NAME%\nbash\n\n%VERSION%\n1-1\n\n%BASE%\na\nb\n\n%ARCH%\nx86_64\n",
+            "bash-1-1",
+        )
+        .unwrap_err();
+        assert_eq!(bases, "%BASE% has 2 values, not one");
         let moved = entry(
             "%NAME%\nbash\n\n%VERSION%\n1-1\n\n%ARCH%\nx86_64\n",
             "bash-2-1",

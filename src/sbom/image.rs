@@ -56,9 +56,10 @@ pub fn read(image: &Path) -> Result<(Manifest, Inventory), SbomError> {
     dump_from(image, offset, &probe, &markers, &[])?;
     let tree = dump.path().join("root");
     fs::create_dir_all(&tree).map_err(at("create", &tree))?;
-    if let Some(PackageDatabase { files, folders, .. }) = find(&probe) {
-        dump_from(image, offset, &tree, files, folders)?;
-    }
+    let Some(PackageDatabase { files, folders, .. }) = find(&probe) else {
+        return Err(SbomError::NoPackageDatabase(image.to_path_buf()));
+    };
+    dump_from(image, offset, &tree, files, folders)?;
     let inventory = Inventory::read(&tree, &manifest)?;
     Ok((manifest, inventory))
 }

@@ -409,8 +409,9 @@ fn makepkg_all(specs: &[PackageSpec], build: &Path, pkgdest: &Path, keyring: &Pa
         stage_payload(spec.name, &payload, keyring);
         let mut pkgbuild = format!(
             "pkgname={}\npkgver=1\npkgrel=1\npkgdesc='imgforge test package'\narch=(x86_64)\n\
-             license=(MIT)\noptions=(!strip !debug emptydirs)\ndepends=({})\n",
+             license=({})\noptions=(!strip !debug emptydirs)\ndepends=({})\n",
             spec.name,
+            licences_of(spec.name),
             spec.depends.join(" ")
         );
         if let Some(script) = spec.install {
@@ -453,6 +454,18 @@ fn makepkg_all(specs: &[PackageSpec], build: &Path, pkgdest: &Path, keyring: &Pa
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// A fixture package's `license` array: SPDX ids (two for `hooked`, both
+/// apply; two expressions for `testshell`), and a pre-SPDX custom name for
+/// `scripted` (no assertion in the SBOM).
+fn licences_of(name: &str) -> &'static str {
+    match name {
+        "hooked" => "'GPL-2.0-or-later' 'LGPL-2.1-or-later'",
+        "testshell" => "'Apache-2.0 OR MIT' 'GPL-2.0-only WITH Linux-syscall-note'",
+        "scripted" => "'custom:imgforge-test'",
+        _ => "MIT",
     }
 }
 
@@ -978,6 +991,7 @@ fn unsigned_repository_with_the_default_keyring_path() {
     let (arch, _d) = arch(SigLevel::Never);
     check_tree(&run, &arch);
     check_lock_file(&run, &arch, &fx.unsigned);
+    check_sbom(&run);
     // Downloads were kept in the package cache, outside the tree.
     let cached: Vec<String> = fs::read_dir(cache.path())
         .unwrap()
@@ -1877,4 +1891,371 @@ fn repository_failures_name_the_problem_and_leave_nothing() {
     let from_file: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(from_file["sources"], plan["sources"]);
     assert_eq!(from_file["package_files"][0][0], zst);
+}
+
+/// The SBOM of an Arch tree: written into the tree as the build's stage
+/// does, then made again by `imgforge sbom` from an image of that tree
+/// (debugfs, no mount), byte for byte; both documents pass the independent
+/// validators and list pacman's local database exactly, as pacman itself
+/// reports it (`pacman -Qi`): every package once, with its version,
+/// architecture, base package, alpm purl and licence.
+fn check_sbom(run: &Run) {
+    if !prerequisites(
+        "unsigned_repository_with_the_default_keyring_path (its SBOM)",
+        &[
+            common::sbom::VALIDATORS,
+            &[Need::Tool("debugfs"), Need::Tool("mkfs.ext4")],
+        ],
+    ) {
+        return;
+    }
+    let started = Instant::now();
+    let root = run.dir.path().join("root");
+    assert!(
+        root.join("var/lib/pacman/local/ALPM_DB_VERSION").is_file(),
+        "pacman's database version file, the SBOM's marker"
+    );
+    let image = run.dir.path().join("arch.raw");
+    let (manifest, layout_root_lba) = sbom_manifest(&root);
+    let written = imgforge::sbom::write_into_tree(&root, &manifest)
+        .unwrap()
+        .expect("an SBOM for an Arch tree");
+    for (inside, bytes) in [
+        (imgforge::sbom::ROOTFS_SPDX, &written.0),
+        (imgforge::sbom::ROOTFS_CYCLONEDX, &written.1),
+    ] {
+        assert_eq!(&fs::read_to_string(root.join(inside)).unwrap(), bytes);
+    }
+    image_of(&root, &manifest, &image);
+
+    let out_dir = run.dir.path().join("sbom");
+    fs::create_dir_all(&out_dir).unwrap();
+    let out = Command::new(IMGFORGE)
+        .arg("sbom")
+        .arg(&image)
+        .arg("-o")
+        .arg(&out_dir)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let spdx_path = PathBuf::from(result["spdx"].as_str().unwrap());
+    let cdx_path = PathBuf::from(result["cyclonedx"].as_str().unwrap());
+    assert_eq!(
+        fs::read_to_string(&spdx_path).unwrap(),
+        written.0,
+        "imgforge sbom on the image (root filesystem at LBA {layout_root_lba}) vs the tree's"
+    );
+    assert_eq!(fs::read_to_string(&cdx_path).unwrap(), written.1);
+    common::sbom::validate(&spdx_path, &cdx_path);
+
+    let pacman = pacman_installed(&root);
+    assert!(pacman.len() >= 4, "{pacman:?}");
+    assert_eq!(result["packages"], pacman.len());
+    let cdx: serde_json::Value = serde_json::from_str(&written.1).unwrap();
+    let property = |c: &serde_json::Value, name: &str| -> String {
+        c["properties"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["value"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let libraries: Vec<&serde_json::Value> = cdx["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["type"] == "library")
+        .collect();
+    let mut listed = BTreeMap::new();
+    for c in &libraries {
+        let name = c["name"].as_str().unwrap().to_string();
+        let licence = match c["licenses"].as_array().map(Vec::as_slice) {
+            Some([l]) => Some(
+                l["license"]["id"]
+                    .as_str()
+                    .or(l["expression"].as_str())
+                    .unwrap()
+                    .to_string(),
+            ),
+            None => None,
+            other => panic!("{name}: licences {other:?}"),
+        };
+        let entry = PacmanPackage {
+            version: c["version"].as_str().unwrap().to_string(),
+            architecture: property(c, "imgforge:architecture"),
+            base: property(c, "imgforge:source-package"),
+            licence,
+        };
+        assert_eq!(
+            c["purl"],
+            format!(
+                "pkg:alpm/arch/{name}@{}?arch={}",
+                entry.version, entry.architecture
+            )
+        );
+        assert!(listed.insert(name.clone(), entry).is_none(), "{name} twice");
+    }
+    assert_eq!(listed, pacman, "CycloneDX components vs pacman -Qi");
+    let spdx: serde_json::Value = serde_json::from_str(&written.0).unwrap();
+    let spdx_packages: Vec<(String, String, String)> = spdx["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["externalRefs"].is_array())
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["versionInfo"].as_str().unwrap().to_string(),
+                p["licenseDeclared"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let from_pacman: Vec<(String, String, String)> = pacman
+        .iter()
+        .map(|(name, p)| {
+            let licence = p.licence.as_deref().unwrap_or("NOASSERTION");
+            (name.clone(), p.version.clone(), licence.to_string())
+        })
+        .collect();
+    assert_eq!(spdx_packages, from_pacman, "SPDX packages vs pacman -Qi");
+    // The fixture's licences, as the SBOM must map them.
+    assert_eq!(
+        pacman["hooked"].licence.as_deref(),
+        Some("GPL-2.0-or-later AND LGPL-2.1-or-later")
+    );
+    assert_eq!(pacman["scripted"].licence, None, "custom:imgforge-test");
+    assert_eq!(
+        pacman["testshell"].licence.as_deref(),
+        Some("(Apache-2.0 OR MIT) AND (GPL-2.0-only WITH Linux-syscall-note)")
+    );
+    assert_eq!(pacman["filesystem"].licence.as_deref(), Some("MIT"));
+    assert_eq!(
+        cdx["metadata"]["component"]["name"],
+        "arch-rolling-x86_64-small-arch-sbom-test"
+    );
+    eprintln!("the SBOM checks took {:.1?}", started.elapsed());
+}
+
+/// A package as pacman reports it, with the licence the SBOM must give it.
+#[derive(Debug, PartialEq)]
+struct PacmanPackage {
+    version: String,
+    architecture: String,
+    base: String,
+    /// The SPDX expression: pacman's `Licenses` joined with AND when each
+    /// is an SPDX id (the fixture's are plain ids or `custom:`).
+    licence: Option<String>,
+}
+
+/// `pacman -Qi` on the tree's own database: name -> package.
+fn pacman_installed(root: &Path) -> BTreeMap<String, PacmanPackage> {
+    let config = root.join("../pacman-query.conf");
+    fs::write(&config, "[options]\n").unwrap();
+    let out = run(
+        "pacman",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--root",
+            root.to_str().unwrap(),
+            "--dbpath",
+            root.join("var/lib/pacman").to_str().unwrap(),
+            "-Qi",
+        ],
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            let get = |key: &str| {
+                block
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(" : ")?;
+                        (k.trim() == key).then(|| v.trim().to_string())
+                    })
+                    .unwrap_or_else(|| panic!("no {key} in {block}"))
+            };
+            // pacman separates the entries with two spaces.
+            let licences: Vec<String> = get("Licenses")
+                .split("  ")
+                .map(|l| {
+                    if l.contains(' ') {
+                        format!("({l})")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect();
+            let licence =
+                (!licences.iter().any(|l| l.contains(':'))).then(|| licences.join(" AND "));
+            (
+                get("Name"),
+                PacmanPackage {
+                    version: get("Version"),
+                    architecture: get("Architecture"),
+                    // pacman 6.0's -Qi prints no base; the fixture has no
+                    // split packages, so each is its own base.
+                    base: get("Name"),
+                    licence,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The manifest of an image of `root` (laid out as a build lays out an
+/// x86_64 disk), and the root partition's first LBA.
+fn sbom_manifest(root: &Path) -> (imgforge::image::manifest::Manifest, u64) {
+    use imgforge::image::layout;
+    let arch = imgforge::platform::lookup("x86_64").unwrap();
+    let disk_bytes = (imgforge::build::assemble::root_bytes_needed(root)
+        + layout::fixed_bytes(arch))
+    .next_multiple_of(1 << 20);
+    let placed = layout::layout(
+        disk_bytes,
+        layout::DiskIds::from_seed("arch-sbom-test"),
+        arch,
+    );
+    let partitions: Vec<serde_json::Value> = placed
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            serde_json::json!({
+                "number": i + 1, "name": p.spec.name, "type_guid": p.spec.type_guid,
+                "partition_guid": placed.ids.partition_guids[p.slot].to_string(),
+                "first_lba": p.first_lba, "last_lba": p.last_lba,
+                "filesystem": p.spec.filesystem,
+            })
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "imgforge_version": "test", "distro": "arch", "release": "rolling",
+        "architecture": "x86_64", "size_class": "small", "kernel_version": "6.12.1-arch1-1",
+        "kernel_cmdline": "", "boot_modes": ["bios"], "layers": [], "packages": [],
+        "build_time": 1_700_000_000u64, "seed": "arch-sbom-test",
+        "disk": {
+            "size_bytes": disk_bytes,
+            "disk_guid": placed.ids.disk_guid.to_string(),
+            "partitions": partitions,
+        },
+    });
+    let root_lba = placed.get(layout::ROOT).unwrap().first_lba;
+    (serde_json::from_value(manifest).unwrap(), root_lba)
+}
+
+/// A GPT disk image of `root` as `manifest` lays it out, without a boot
+/// loader: the ext4 root filesystem (mkfs.ext4 -d) and the ESP with the
+/// manifest, which is what `imgforge sbom` reads.
+fn image_of(root: &Path, manifest: &imgforge::image::manifest::Manifest, image: &Path) {
+    use imgforge::image::layout;
+    let arch = imgforge::platform::lookup("x86_64").unwrap();
+    let placed = layout::layout(
+        manifest.disk.size_bytes,
+        layout::DiskIds::from_seed("arch-sbom-test"),
+        arch,
+    );
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(image)
+        .unwrap();
+    file.set_len(manifest.disk.size_bytes).unwrap();
+    layout::write_gpt(&mut file, &placed).unwrap();
+    let esp = image.with_extension("esp");
+    let manifest_path = esp.join(imgforge::image::manifest::ESP_PATH);
+    fs::create_dir_all(manifest_path.parent().unwrap()).unwrap();
+    fs::write(&manifest_path, serde_json::to_string(manifest).unwrap()).unwrap();
+    imgforge::image::esp::write(
+        &mut file,
+        placed.offset(layout::ESP),
+        placed.bytes(layout::ESP),
+        placed.ids.esp_volume_id,
+        manifest.build_time,
+        &esp,
+    )
+    .unwrap();
+    drop(file);
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-E",
+            &format!("offset={}", placed.offset(layout::ROOT)),
+            "-d",
+            root.to_str().unwrap(),
+            image.to_str().unwrap(),
+            &(placed.bytes(layout::ROOT) / 4096).to_string(),
+        ],
+    );
+}
+
+/// `imgforge sbom` on images it cannot describe: one whose root has no
+/// package database is bad input (exit 2, the databases it reads named);
+/// one whose pacman database has a damaged entry fails (exit 1) naming the
+/// entry inside the image. Neither leaves an SBOM file. No fixture: the
+/// images are made here (mkfs.ext4 -d), in seconds.
+#[test]
+fn sbom_of_an_image_without_a_readable_package_database() {
+    if !prerequisites(
+        "sbom_of_an_image_without_a_readable_package_database",
+        &[&[Need::Tool("debugfs"), Need::Tool("mkfs.ext4")]],
+    ) {
+        return;
+    }
+    let dir = common::scratch("imgforge-sbom-nodb-");
+    let sbom_of = |tree: &Path, name: &str| -> (Output, PathBuf) {
+        let (manifest, _) = sbom_manifest(tree);
+        let image = dir.path().join(name);
+        image_of(tree, &manifest, &image);
+        let out = Command::new(IMGFORGE)
+            .arg("sbom")
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(!dir.path().join(format!("{name}.spdx.json")).exists());
+        assert!(!dir.path().join(format!("{name}.cdx.json")).exists());
+        (out, image)
+    };
+
+    let empty = dir.path().join("empty");
+    fs::create_dir_all(empty.join("etc")).unwrap();
+    let (out, image) = sbom_of(&empty, "empty.raw");
+    let said = common::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{} has no package database imgforge reads",
+            image.display()
+        )) && said.contains("pacman (var/lib/pacman/local/ALPM_DB_VERSION)"),
+        "{said}"
+    );
+
+    let damaged = dir.path().join("damaged");
+    let local = damaged.join("var/lib/pacman/local");
+    fs::create_dir_all(local.join("bash-5.2-1")).unwrap();
+    fs::write(local.join("ALPM_DB_VERSION"), "9\n").unwrap();
+    fs::write(
+        local.join("bash-5.2-1/desc"),
+        "%NAME%\nbash\n\n%VERSION%\n5.2-1\n\n%ARCH%\nx86_64\nx86_64_v3\n",
+    )
+    .unwrap();
+    let (out, _) = sbom_of(&damaged, "damaged.raw");
+    let said = common::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("/var/lib/pacman/local/bash-5.2-1/desc (in the image's root filesystem)")
+            && said.contains("%ARCH% has 2 values, not one"),
+        "{said}"
+    );
 }

@@ -47,7 +47,8 @@ pub fn run(args: &SbomArgs) -> anyhow::Result<()> {
     }
     let (_, inventory) = sbom::image::read(&args.image).map_err(|err| match err {
         SbomError::Image(ImageSbomError::Inspect(InspectError::NotGpt { .. }))
-        | SbomError::Image(ImageSbomError::NoManifest(_)) => BadInput::from_error(err).into(),
+        | SbomError::Image(ImageSbomError::NoManifest(_))
+        | SbomError::NoPackageDatabase(_) => BadInput::from_error(err).into(),
         other => anyhow::Error::from(other),
     })?;
     let documents = sbom::documents(&inventory);

@@ -1,16 +1,67 @@
 //! The installed packages as dpkg recorded them (`/var/lib/dpkg/status`):
-//! name, version, architecture and source package, for the SBOM.
+//! name, version, architecture and source package; the licence from each
+//! package's DEP-5 copyright file; Debian's purl.
 
-/// One installed package.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct InstalledPackage {
-    pub name: String,
-    pub version: String,
-    pub architecture: String,
-    /// The source package and its version (the binary's own when dpkg
-    /// records none, as Debian does when they are the same).
-    pub source: String,
-    pub source_version: String,
+use std::fs;
+use std::path::Path;
+
+use super::database::{InstalledPackage, Listing, PackageDatabase, percent};
+use super::{Component, SbomError, licence, read_in_root};
+use crate::image::manifest::Manifest;
+use crate::sys::fsio::at;
+
+const STATUS: &str = "var/lib/dpkg/status";
+
+pub const DATABASE: PackageDatabase = PackageDatabase {
+    name: "dpkg",
+    marker: STATUS,
+    files: &[STATUS, "etc/debian_version"],
+    folders: &["usr/share/doc"],
+    read,
+};
+
+/// Every installed package of the tree at `root`; the kernel's is
+/// `linux-image-VERSION`.
+fn read(root: &Path, manifest: &Manifest) -> Result<Listing, SbomError> {
+    let status_path = root.join(STATUS);
+    let status = fs::read_to_string(&status_path).map_err(at("read", &status_path))?;
+    let distro = distro_qualifier(root, manifest);
+    let packages = installed(&status)
+        .into_iter()
+        .map(|package| Component {
+            licence: read_in_root(root, &format!("usr/share/doc/{}/copyright", package.name))
+                .and_then(|text| licence::from_copyright(&text)),
+            purl: purl(&manifest.distro, &package, &distro),
+            package,
+        })
+        .collect();
+    Ok(Listing {
+        packages,
+        kernel_package: Some(format!("linux-image-{}", manifest.kernel_version)),
+    })
+}
+
+/// `debian-12` from the tree's /etc/debian_version (`12.13`); the release
+/// name when that file is missing or says `trixie/sid`.
+fn distro_qualifier(root: &Path, manifest: &Manifest) -> String {
+    let major = read_in_root(root, "etc/debian_version")
+        .and_then(|v| v.trim().split('.').next().map(str::to_string))
+        .filter(|m| !m.is_empty() && m.chars().all(|c| c.is_ascii_digit()));
+    format!(
+        "{}-{}",
+        manifest.distro,
+        major.unwrap_or_else(|| manifest.release.clone())
+    )
+}
+
+/// `pkg:deb/debian/NAME@VERSION?arch=ARCH&distro=debian-12`.
+fn purl(namespace: &str, p: &InstalledPackage, distro: &str) -> String {
+    format!(
+        "pkg:deb/{namespace}/{}@{}?arch={}&distro={distro}",
+        percent(&p.name),
+        percent(&p.version),
+        percent(&p.architecture)
+    )
 }
 
 /// The packages the status file lists as installed, sorted by name and
@@ -59,6 +110,21 @@ fn field(paragraph: &str, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn purl_encodes_plus_but_not_the_epoch_colon() {
+        let p = InstalledPackage {
+            name: "libstdc++6".into(),
+            version: "1:12.2.0-14+deb12u1".into(),
+            architecture: "amd64".into(),
+            source: "gcc-12".into(),
+            source_version: "12.2.0-14+deb12u1".into(),
+        };
+        assert_eq!(
+            purl("debian", &p, "debian-12"),
+            "pkg:deb/debian/libstdc%2B%2B6@1:12.2.0-14%2Bdeb12u1?arch=amd64&distro=debian-12"
+        );
+    }
 
     #[test]
     fn installed_packages_with_their_sources() {

@@ -1,21 +1,19 @@
 //! `imgforge sbom IMAGE`: the inventory of a finished image, read without
-//! mounting it. debugfs dumps what the SBOM reads (dpkg's status file,
-//! /etc/debian_version, /usr/share/doc) from the root filesystem into a
-//! temporary root; the manifest comes from the ESP.
+//! mounting it. debugfs dumps what the SBOM reads from the root filesystem
+//! into a temporary root: first each package database's marker, then what
+//! the database found there reads (dpkg's status file, /etc/debian_version
+//! and /usr/share/doc; pacman's local database). The manifest comes from
+//! the ESP.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::{Inventory, SbomError};
+use super::database::PackageDatabase;
+use super::{DATABASES, Inventory, SbomError, find};
 use crate::image::inspect::{self, InspectError};
 use crate::image::manifest::Manifest;
 use crate::sys::fsio::at;
 use crate::sys::tool::{Tool, ToolError};
-
-/// What the SBOM reads from the root filesystem, file by file.
-const FILES: &[&str] = &["var/lib/dpkg/status", "etc/debian_version"];
-/// And folder by folder (with `rdump`).
-const FOLDERS: &[(&str, &str)] = &[("usr/share/doc", "usr/share")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageSbomError {
@@ -50,30 +48,57 @@ pub fn read(image: &Path) -> Result<(Manifest, Inventory), SbomError> {
         .prefix("imgforge-sbom-")
         .tempdir()
         .map_err(ImageSbomError::TempDir)?;
+    let offset = root.first_lba * crate::image::layout::SECTOR;
+    // The markers go to a folder of their own: rdump refuses a folder that
+    // exists, as the marker's would.
+    let probe = dump.path().join("markers");
+    let markers: Vec<&str> = DATABASES.iter().map(|db| db.marker).collect();
+    dump_from(image, offset, &probe, &markers, &[])?;
+    let tree = dump.path().join("root");
+    fs::create_dir_all(&tree).map_err(at("create", &tree))?;
+    let Some(PackageDatabase { files, folders, .. }) = find(&probe) else {
+        return Err(SbomError::NoPackageDatabase(image.to_path_buf()));
+    };
+    dump_from(image, offset, &tree, files, folders)?;
+    let inventory = Inventory::read(&tree, &manifest)?;
+    Ok((manifest, inventory))
+}
+
+/// Dumps `files` and `folders` (relative paths) of the ext4 filesystem at
+/// byte `offset` of `image` to the same places under `into`; what is
+/// missing is left out.
+fn dump_from(
+    image: &Path,
+    offset: u64,
+    into: &Path,
+    files: &[&str],
+    folders: &[&str],
+) -> Result<(), SbomError> {
     let mut commands = String::new();
-    for file in FILES {
-        let to = dump.path().join(file);
+    for file in files {
+        let to = into.join(file);
         let parent = to.parent().expect("a file in a folder");
         fs::create_dir_all(parent).map_err(at("create", parent))?;
         commands.push_str(&format!("dump /{file} \"{}\"\n", to.display()));
     }
-    for (folder, into) in FOLDERS {
-        let to = dump.path().join(into);
-        fs::create_dir_all(&to).map_err(at("create", &to))?;
-        commands.push_str(&format!("rdump /{folder} \"{}\"\n", to.display()));
+    for folder in folders {
+        // rdump makes the folder itself inside the one it is given.
+        let to = into.join(folder);
+        let parent = to.parent().expect("a folder in a folder");
+        fs::create_dir_all(parent).map_err(at("create", parent))?;
+        commands.push_str(&format!("rdump /{folder} \"{}\"\n", parent.display()));
     }
-    let script = dump.path().join("debugfs.cmd");
-    fs::write(&script, commands).map_err(at("write", &script))?;
+    let script = tempfile::Builder::new()
+        .prefix("imgforge-debugfs-")
+        .suffix(".cmd")
+        .tempfile()
+        .map_err(ImageSbomError::TempDir)?;
+    fs::write(script.path(), commands).map_err(at("write", script.path()))?;
     Tool::new("debugfs")
         .arg("-f")
-        .arg(&script)
-        .arg(format!(
-            "{}?offset={}",
-            image.display(),
-            root.first_lba * crate::image::layout::SECTOR
-        ))
+        .arg(script.path())
+        .arg(format!("{}?offset={offset}", image.display()))
         .run()
         .map_err(ImageSbomError::from)?;
-    let inventory = Inventory::read(dump.path(), &manifest)?;
-    Ok((manifest, inventory))
+    Ok(())
 }

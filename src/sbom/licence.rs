@@ -2,7 +2,9 @@
 //! `copyright` file (`Format: .../copyright-format/1.0/`), the `License:`
 //! of its `Files: *` paragraph, in SPDX terms. A licence name with no SPDX
 //! identifier here, or a free-form copyright file, gives none: an SBOM
-//! says "no assertion" rather than guess.
+//! says "no assertion" rather than guess. Licences already written as
+//! SPDX expressions (pacman's `%LICENSE%`) are checked against the SPDX
+//! licence list ([`all_of`]).
 
 /// Debian's short names (lower case) and their SPDX identifiers.
 const SPDX_IDS: &[(&str, &str)] = &[
@@ -94,6 +96,59 @@ pub fn spdx_expression(name: &str) -> Option<String> {
     ids.map(|ids| ids.join(joiner))
 }
 
+/// The SPDX expression that requires every one of `declared` (each an
+/// SPDX expression, as pacman's `license` array holds them since Arch's
+/// RFC 16; its entries all apply); `None` when there are none, or any is
+/// not a valid expression of SPDX-listed identifiers (`custom:foo`, a
+/// `LicenseRef-` without its text, a misspelt id): no assertion then.
+pub fn all_of(declared: &[&str]) -> Option<String> {
+    let parts: Vec<String> = declared
+        .iter()
+        .map(|text| listed_expression(text.trim()))
+        .collect::<Option<_>>()?;
+    match parts.as_slice() {
+        [] => None,
+        [one] => Some(one.clone()),
+        many => Some(
+            many.iter()
+                .map(|p| {
+                    if p.contains(' ') {
+                        format!("({p})")
+                    } else {
+                        p.clone()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" AND "),
+        ),
+    }
+}
+
+/// `text` when it is a strict SPDX expression whose identifiers are all on
+/// the SPDX licence list and not deprecated there (validators built on an
+/// older list know those; `GPL-2.0-with-GCC-exception` and the like are
+/// written with `WITH` now). `NOASSERTION` is no licence.
+fn listed_expression(text: &str) -> Option<String> {
+    let expression = spdx::Expression::parse(text).ok()?;
+    expression
+        .requirements()
+        .all(|r| {
+            let licence = match &r.req.license {
+                spdx::LicenseItem::Spdx { id, .. } => {
+                    !id.is_deprecated() && id.name != "NOASSERTION"
+                }
+                spdx::LicenseItem::Other(_) => false,
+            };
+            let addition = match &r.req.addition {
+                None => true,
+                Some(spdx::AdditionItem::Spdx(id)) => !id.is_deprecated(),
+                Some(spdx::AdditionItem::Other(_)) => false,
+            };
+            licence && addition
+        })
+        .then(|| text.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +186,29 @@ License: Zlib\n\nLicense: Zlib\n text\n";
             "Artistic has no one SPDX id"
         );
         assert_eq!(spdx_expression("public-domain"), None);
+    }
+
+    #[test]
+    fn pacman_licences_are_checked_against_the_spdx_list() {
+        assert_eq!(all_of(&["MIT"]).as_deref(), Some("MIT"));
+        assert_eq!(
+            all_of(&["GPL-2.0-or-later", "LGPL-2.1-or-later"]).as_deref(),
+            Some("GPL-2.0-or-later AND LGPL-2.1-or-later")
+        );
+        assert_eq!(
+            all_of(&["Apache-2.0 OR MIT", "BSD-3-Clause"]).as_deref(),
+            Some("(Apache-2.0 OR MIT) AND BSD-3-Clause")
+        );
+        assert_eq!(
+            all_of(&["GPL-2.0-only WITH Linux-syscall-note"]).as_deref(),
+            Some("GPL-2.0-only WITH Linux-syscall-note")
+        );
+        // One entry without an SPDX id spoils the whole: no assertion.
+        assert_eq!(all_of(&["MIT", "custom:imgforge"]), None);
+        assert_eq!(all_of(&["LicenseRef-Arch-custom"]), None);
+        assert_eq!(all_of(&["GPL2"]), None, "the pre-2023 Arch name");
+        assert_eq!(all_of(&["GPL-2.0-with-GCC-exception"]), None, "deprecated");
+        assert_eq!(all_of(&["NOASSERTION"]), None);
+        assert_eq!(all_of(&[]), None);
     }
 }

@@ -5,12 +5,15 @@
 //!
 //! One [`Inventory`] is read from a root tree (the build's, or what
 //! [`image`] dumps from a finished image with debugfs) and the image's
-//! manifest. Nothing in it comes from the clock or the file's path: the
+//! manifest; the tree's package database ([`database`]: dpkg's, read by
+//! [`dpkg`], or pacman's, read by [`alpm`]) lists the packages. Nothing in it comes from the clock or the file's path: the
 //! time is the manifest's `build_time` (SOURCE_DATE_EPOCH) and the names
 //! come from the manifest, so the same image gives the same bytes, from
 //! the build, from `imgforge sbom`, inside the image and beside it.
 
+pub mod alpm;
 pub mod cyclonedx;
+pub mod database;
 pub mod dpkg;
 pub mod image;
 pub mod licence;
@@ -23,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::image::manifest::Manifest;
 use crate::sys::fsio::{PathError, at};
+use database::{InstalledPackage, PackageDatabase};
 
 /// Where the SBOMs live inside the image, beside the manifest.
 pub const ROOTFS_SPDX: &str = "etc/imgforge/sbom.spdx.json";
@@ -33,10 +37,13 @@ pub enum SbomError {
     #[error(transparent)]
     Io(#[from] PathError),
     #[error(
-        "{0} has no package database imgforge can read (var/lib/dpkg/status): an SBOM is \
-         written for Debian images only so far"
+        "{0} has no package database imgforge reads (one of: {known}): no SBOM can be made \
+         for it",
+        known = known()
     )]
     NoPackageDatabase(PathBuf),
+    #[error(transparent)]
+    Alpm(#[from] alpm::AlpmError),
     #[error(transparent)]
     Image(#[from] image::ImageSbomError),
 }
@@ -51,39 +58,28 @@ pub struct Inventory {
     pub kernel_version: String,
     /// SOURCE_DATE_EPOCH of the build.
     pub created: u64,
-    /// `debian-12`: purl's distro qualifier.
-    pub distro: String,
     pub packages: Vec<Component>,
+    /// The name of the package that carries the kernel, if one does.
+    pub kernel_package: Option<String>,
 }
 
 /// One installed package.
 #[derive(Debug, Clone)]
 pub struct Component {
-    pub package: dpkg::InstalledPackage,
+    pub package: InstalledPackage,
     /// SPDX expression, when the package declares one machine-readably.
     pub licence: Option<String>,
     pub purl: String,
 }
 
 impl Inventory {
-    /// The inventory of the tree at `root` (a Debian root filesystem) for
-    /// the image `manifest` describes.
+    /// The inventory of the tree at `root` (a root filesystem with a
+    /// package database of [`DATABASES`]) for the image
+    /// `manifest` describes.
     pub fn read(root: &Path, manifest: &Manifest) -> Result<Self, SbomError> {
-        let status_path = root.join("var/lib/dpkg/status");
-        if !status_path.is_file() {
-            return Err(SbomError::NoPackageDatabase(root.to_path_buf()));
-        }
-        let status = fs::read_to_string(&status_path).map_err(at("read", &status_path))?;
-        let distro = distro_qualifier(root, manifest);
-        let packages = dpkg::installed(&status)
-            .into_iter()
-            .map(|package| Component {
-                licence: read_in_root(root, &format!("usr/share/doc/{}/copyright", package.name))
-                    .and_then(|text| licence::from_copyright(&text)),
-                purl: purl(&manifest.distro, &package, &distro),
-                package,
-            })
-            .collect();
+        let database =
+            find(root).ok_or_else(|| SbomError::NoPackageDatabase(root.to_path_buf()))?;
+        let listing = (database.read)(root, manifest)?;
         Ok(Self {
             image_name: format!(
                 "{}-{}-{}-{}-{}",
@@ -96,8 +92,8 @@ impl Inventory {
             image_version: format!("{}", manifest.build_time),
             kernel_version: manifest.kernel_version.clone(),
             created: manifest.build_time,
-            distro,
-            packages,
+            packages: listing.packages,
+            kernel_package: listing.kernel_package,
         })
     }
 
@@ -117,16 +113,36 @@ impl Inventory {
         hex(&hash.finalize())
     }
 
-    /// The package that carries the kernel (`linux-image-VERSION`).
+    /// The package that carries the kernel.
     pub fn kernel_package(&self) -> Option<&Component> {
-        let name = format!("linux-image-{}", self.kernel_version);
+        let name = self.kernel_package.as_deref()?;
         self.packages.iter().find(|c| c.package.name == name)
     }
 }
 
+/// Every database the SBOM reads.
+pub const DATABASES: &[&PackageDatabase] = &[&dpkg::DATABASE, &alpm::DATABASE];
+
+/// The database the tree at `root` holds.
+pub fn find(root: &Path) -> Option<&'static PackageDatabase> {
+    DATABASES
+        .iter()
+        .copied()
+        .find(|db| root.join(db.marker).is_file())
+}
+
+/// `dpkg (var/lib/dpkg/status), pacman (...)`: what a tree may hold.
+pub fn known() -> String {
+    DATABASES
+        .iter()
+        .map(|db| format!("{} ({})", db.name, db.marker))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The build's SBOM stage: both documents of the tree at `root`, written
 /// into it beside the manifest; `None` (with a warning) for a tree without
-/// a package database imgforge reads (Arch, so far).
+/// a package database imgforge reads.
 pub fn write_into_tree(
     root: &Path,
     manifest: &Manifest,
@@ -135,8 +151,8 @@ pub fn write_into_tree(
         Ok(inventory) => inventory,
         Err(SbomError::NoPackageDatabase(_)) => {
             log::warn!(
-                "no SBOM: the tree has no dpkg database (SBOMs are written for Debian images \
-                 so far)"
+                "no SBOM: the tree has no package database imgforge reads (one of: {})",
+                known()
             );
             return Ok(None);
         }
@@ -195,45 +211,10 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<(), PathError> {
     Ok(())
 }
 
-/// `debian-12` from the tree's /etc/debian_version (`12.13`); the release
-/// name when that file is missing or says `trixie/sid`.
-fn distro_qualifier(root: &Path, manifest: &Manifest) -> String {
-    let major = read_in_root(root, "etc/debian_version")
-        .and_then(|v| v.trim().split('.').next().map(str::to_string))
-        .filter(|m| !m.is_empty() && m.chars().all(|c| c.is_ascii_digit()));
-    format!(
-        "{}-{}",
-        manifest.distro,
-        major.unwrap_or_else(|| manifest.release.clone())
-    )
-}
-
-/// `pkg:deb/debian/NAME@VERSION?arch=ARCH&distro=debian-12`.
-fn purl(namespace: &str, p: &dpkg::InstalledPackage, distro: &str) -> String {
-    format!(
-        "pkg:deb/{namespace}/{}@{}?arch={}&distro={distro}",
-        percent(&p.name),
-        percent(&p.version),
-        percent(&p.architecture)
-    )
-}
-
-/// purl's percent-encoding: everything but letters, digits and `.-_~`.
-fn percent(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// A file under `root`, following symbolic links as if `root` were `/`
 /// (an absolute link, or a folder on the way such as
 /// `usr/share/doc/PKG -> /usr/share/doc/OTHER`, never reaches the host's).
-fn read_in_root(root: &Path, relative: &str) -> Option<String> {
+pub(crate) fn read_in_root(root: &Path, relative: &str) -> Option<String> {
     let mut pending: Vec<String> = relative.split('/').rev().map(String::from).collect();
     let mut inside: Vec<String> = Vec::new();
     let mut links = 0;
@@ -278,21 +259,6 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::sys::calendar::epoch_to_iso;
-
-    #[test]
-    fn purl_encodes_epochs_and_plus() {
-        let p = dpkg::InstalledPackage {
-            name: "libstdc++6".into(),
-            version: "1:12.2.0-14+deb12u1".into(),
-            architecture: "amd64".into(),
-            source: "gcc-12".into(),
-            source_version: "12.2.0-14+deb12u1".into(),
-        };
-        assert_eq!(
-            purl("debian", &p, "debian-12"),
-            "pkg:deb/debian/libstdc%2B%2B6@1%3A12.2.0-14%2Bdeb12u1?arch=amd64&distro=debian-12"
-        );
-    }
 
     #[test]
     fn times_are_utc_rfc3339() {

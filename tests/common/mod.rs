@@ -9,12 +9,14 @@
 //! - [`image`]: the one Debian small image of a `cargo test` run, shared by
 //!   every test binary;
 //! - [`qemu`]: boot-test runs and the checks that nothing was left behind;
+//! - [`sbom`]: the SBOM validators;
 //! - [`uefi`]: UEFI variable stores read by independent tools.
 #![allow(dead_code)]
 
 pub mod aws;
 pub mod image;
 pub mod qemu;
+pub mod sbom;
 pub mod uefi;
 
 #[allow(unused_imports)]

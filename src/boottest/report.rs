@@ -229,8 +229,33 @@ pub fn check(report: &GuestReport, want: &Expectations) -> Vec<Check> {
         "active, listening on port 22",
         format!("{}, listening={}", report.sshd, report.ssh_listen),
     ));
+    checks.extend(first_boot_check(report));
     checks.extend(trust_checks(report, want));
     checks
+}
+
+/// A first-boot unit that ran and failed (Arch's keyring unit, say) is
+/// not among the failed units once it stops, so it is checked on its own;
+/// none when the image has no first-boot unit.
+fn first_boot_check(report: &GuestReport) -> Option<Check> {
+    if report.first_boot_units.is_empty() {
+        return None;
+    }
+    let failed: Vec<&str> = report
+        .first_boot_units
+        .split_whitespace()
+        .filter(|unit| unit.ends_with("=failed"))
+        .collect();
+    Some(Check::new(
+        "first-boot units did not fail",
+        failed.is_empty(),
+        "none failed",
+        if failed.is_empty() {
+            report.first_boot_units.clone()
+        } else {
+            failed.join(" ")
+        },
+    ))
 }
 
 /// `--secure-boot` and `--tpm`: what the guest must have been given.
@@ -520,6 +545,18 @@ mod tests {
         want.secure_boot = false;
         report.secure_boot = "disabled".into();
         assert!(check(&report, &want).iter().all(|c| c.ok));
+    }
+
+    #[test]
+    fn a_failed_first_boot_unit_fails_the_boot_and_a_skipped_one_does_not() {
+        let mut report = good_report();
+        report.first_boot_units = "imgforge-pacman-init.service=ran".into();
+        assert!(check(&report, &expectations()).iter().all(|c| c.ok));
+        report.first_boot_units = "a.service=skipped imgforge-pacman-init.service=failed".into();
+        let checks = check(&report, &expectations());
+        let failed: Vec<_> = checks.iter().filter(|c| !c.ok).collect();
+        assert_eq!(failed.len(), 1, "{failed:#?}");
+        assert_eq!(failed[0].actual, "imgforge-pacman-init.service=failed");
     }
 
     #[test]

@@ -27,10 +27,12 @@ imgforge build --repository 'deb [signed-by=ci.asc] https://apt.example/ci stabl
 pub struct BuildArgs {
     /// Distribution to bootstrap: debian or arch (one data file each in
     /// rootfs/distros/). Arch is tested offline only, against a fixture
-    /// repository of small makepkg'd packages (pacman with signatures
-    /// required, the keyring refresh, hooks, the initramfs check); a real
-    /// mirror, Arch's kernel and mkinitcpio, and a booting Arch image are
-    /// proven only on a real mirror (see README, Arch Linux, and --plan).
+    /// repository of makepkg'd packages (pacman with signatures required,
+    /// the keyring refresh, hooks, the initramfs check, and an Arch-layout
+    /// image of Debian's kernel, GRUB and userland repackaged for pacman,
+    /// booted under BIOS and UEFI). What is proven only on a real mirror:
+    /// Arch's real packages, kernel and mkinitcpio, and a real Arch image
+    /// booting (see README, Arch Linux, and --plan).
     #[arg(long, default_value = "debian")]
     pub distro: String,
 

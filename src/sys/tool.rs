@@ -154,6 +154,14 @@ impl Tool {
         self
     }
 
+    /// The value this tool's environment sets for `key` (None: inherited).
+    pub fn env_value(&self, key: &str) -> Option<&OsStr> {
+        self.command
+            .get_envs()
+            .find(|(k, _)| *k == OsStr::new(key))
+            .and_then(|(_, v)| v)
+    }
+
     pub fn command_line(&self) -> String {
         self.printable
             .iter()

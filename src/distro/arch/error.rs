@@ -94,6 +94,14 @@ pub enum ArchError {
     )]
     Kernel { found: usize },
     #[error(
+        "pacman installed the kernel {installed} but none is in /boot: the initramfs hook \
+         (mkinitcpio's, which copies the kernel to /boot/vmlinuz-PKGBASE and then builds the \
+         initramfs) failed, and pacman still exited 0. pacman printed:\n{output}\n\
+         Fix what the hook names (the mkinitcpio drop-in of the distro's bootstrap files, a \
+         missing module) and build again; the tree was not cached"
+    )]
+    KernelNotInBoot { installed: String, output: String },
+    #[error(
         "cannot find the kernel configuration inside {0} (IKCONFIG): the kernel was built without \
          CONFIG_IKCONFIG, or compressed in a format imgforge does not read (gzip, zstd and xz are read)"
     )]

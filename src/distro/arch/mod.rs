@@ -6,6 +6,7 @@
 mod desc;
 mod error;
 pub mod ikconfig;
+mod kernel_install;
 pub mod keyring;
 pub mod keyring_package;
 pub mod pacman;
@@ -165,12 +166,15 @@ pub fn mkinitcpio_array(lines: &[String], name: &str) -> Option<Vec<String>> {
 /// What `--plan` says of how far the Arch path is proven (README, Arch Linux).
 pub const TESTED: &str = "offline only, against a fixture repository of small makepkg'd packages: \
      pacman with SigLevel Required, the keyring refresh over an expired packager key, scriptlets \
-     and hooks, a failed initramfs hook, the kernel check on Arch's ext4=m config lines. Proven \
-     only on a real mirror: Arch's real packages and their dependency closure, mkinitcpio and \
-     Arch's kernel, GRUB from Arch, and an Arch image booting (tests/arch_real.rs, \
-     IMGFORGE_ARCH_MIRROR). --repository, --package-file and the scripts' keyring and \
-     databases are tested against the fixture (a step's pacman -S with the host's pacman \
-     copied into the tree)";
+     and hooks, a failed initramfs hook, the kernel check on Arch's ext4=m config lines; and an \
+     Arch-layout image of Debian's kernel, systemd, GRUB, initramfs-tools and pacman repackaged \
+     as signed Arch packages, built by this path and booted under BIOS and UEFI \
+     (tests/arch_boot.rs: mkinitcpio's install hook, Arch's grub.cfg paths and unit names, the \
+     first-boot keyring unit). Proven only on a real mirror: Arch's real packages, their \
+     scriptlets and dependency closure, the real keyring, mkinitcpio itself and Arch's kernel, \
+     GRUB from Arch, and a real Arch image booting (tests/arch_real.rs, IMGFORGE_ARCH_MIRROR). \
+     --repository, --package-file and the scripts' keyring and databases are tested against \
+     the fixture (a step's pacman -S with the host's pacman copied into the tree)";
 
 /// Where Debian's archlinux-keyring package puts the keyring files.
 const HOST_KEYRINGS: &str = "/usr/share/keyrings";
@@ -516,14 +520,15 @@ impl Arch {
         pacman.install(std::slice::from_ref(&self.settings.first_package))?;
         check_interrupt()?;
         let mounts = ApiMounts::mount(&tree)?;
-        let installed = pacman
-            .install(job.packages)
-            .and_then(|()| pacman.install_files(job.package_files));
+        let installed = pacman.install_output(job.packages).and_then(|output| {
+            pacman.install_files(job.package_files)?;
+            Ok(output)
+        });
         mounts.unmount()?;
-        installed.map_err(|err| repository_signature(err, job.sources))?;
+        let output = installed.map_err(|err| repository_signature(err, job.sources))?;
         drop(keyring);
         // mkinitcpio runs in a hook whose failure pacman does not report.
-        super::initrd::check_installed(&tree, &self.data)?;
+        kernel_install::check_boot_files(&tree, &self.data, &output)?;
 
         check_interrupt()?;
         Tool::new("tar")

@@ -154,6 +154,9 @@ pub struct Pacman {
     pub source_date_epoch: u64,
 }
 
+/// pacman's locale: untranslated messages, UTF-8 file names.
+pub const PACMAN_LOCALE: &str = "C.UTF-8";
+
 impl Pacman {
     pub fn dbpath(&self) -> PathBuf {
         self.root.join("var/lib/pacman")
@@ -176,8 +179,15 @@ impl Pacman {
             .arg("--logfile")
             .arg(&self.logfile)
             .args(["--noconfirm", "--noprogressbar", "--color", "never"])
-            // Messages in English: errors are recognised by their words.
-            .env("LC_ALL", "C")
+            // Messages in English (errors are recognised by their words),
+            // in a UTF-8 locale: under plain C, libarchive cannot convert a
+            // package's UTF-8 file name, and pacman 6.0 silently stops
+            // extracting that package there, still exiting 0.
+            .env("LC_ALL", PACMAN_LOCALE)
+            // Scriptlets and hooks run chrooted in the tree with pacman's
+            // environment: the build's TMPDIR is not there, and
+            // mkinitcpio's `mktemp --tmpdir` would fail in its hook.
+            .env("TMPDIR", "/tmp")
             .env("SOURCE_DATE_EPOCH", self.source_date_epoch.to_string())
     }
 
@@ -214,8 +224,20 @@ impl Pacman {
 
     /// `pacman -S --needed PACKAGES` (databases already synced).
     pub fn install(&self, packages: &[String]) -> Result<(), ArchError> {
-        self.run(self.tool().args(["-S", "--needed"]).args(packages))
-            .map(drop)
+        self.install_output(packages).map(drop)
+    }
+
+    /// [`Pacman::install`], returning what pacman printed (stdout, then
+    /// the last lines of stderr): its hooks' failures do not change its
+    /// exit status.
+    pub fn install_output(&self, packages: &[String]) -> Result<String, ArchError> {
+        let out = self.run(self.tool().args(["-S", "--needed"]).args(packages))?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        for line in &out.stderr_tail {
+            text.push_str(line);
+            text.push('\n');
+        }
+        Ok(text)
     }
 
     /// `pacman -U --needed FILES`: local packages, their dependencies from
@@ -415,6 +437,81 @@ pub fn write_file(path: &Path, text: &str) -> Result<(), ArchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pacman() -> Pacman {
+        Pacman {
+            config: "/c/pacman.conf".into(),
+            root: "/r".into(),
+            cache: "/c".into(),
+            gpgdir: "/g".into(),
+            logfile: "/l".into(),
+            mirror: String::new(),
+            architecture: "x86_64".into(),
+            source_date_epoch: 0,
+        }
+    }
+
+    /// The build's own TMPDIR (a host path) never reaches the chrooted
+    /// hooks: mkinitcpio's mktemp failed there, pacman still exiting 0.
+    #[test]
+    fn pacman_hooks_get_the_trees_tmp_not_the_builds_tmpdir() {
+        let tool = pacman().tool();
+        assert_eq!(tool.env_value("TMPDIR"), Some(std::ffi::OsStr::new("/tmp")));
+    }
+
+    /// pacman runs in a UTF-8 locale: libarchive (pacman's extractor, and
+    /// bsdtar's) refuses a UTF-8 file name of a pax archive under plain C,
+    /// which is how pacman 6.0 left most of a package out while exiting 0.
+    #[test]
+    fn pacman_runs_in_a_utf8_locale_that_extracts_utf8_file_names() {
+        let tool = pacman().tool();
+        assert_eq!(
+            tool.env_value("LC_ALL"),
+            Some(std::ffi::OsStr::new(PACMAN_LOCALE))
+        );
+        if crate::sys::tool::find_in_path("bsdtar").is_none() {
+            return;
+        }
+        // A pax archive (as makepkg's bsdtar writes) with a UTF-8 name.
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("p.tar");
+        let mut builder = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+        let mut header = tar::Header::new_ustar();
+        header.set_size(1);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        let name =
+            "etc/ssl/certs/NetLock_Arany_=Class_Gold=_F\u{151}tan\u{fa}s\u{ed}tv\u{e1}ny.pem";
+        builder
+            .append_pax_extensions([("path", name.as_bytes())])
+            .unwrap();
+        builder
+            .append_data(&mut header, "placeholder", &b"x"[..])
+            .unwrap();
+        builder.finish().unwrap();
+        drop(builder);
+        let extract = |locale: &str| {
+            let to = dir.path().join(locale);
+            std::fs::create_dir_all(&to).unwrap();
+            // bsdtar goes on after the error (and exits 1); pacman stops.
+            let run = Tool::new("bsdtar")
+                .arg("-xf")
+                .arg(&archive)
+                .arg("-C")
+                .arg(&to)
+                .env("LC_ALL", locale)
+                .run();
+            run.is_ok() && to.join(name).is_file()
+        };
+        assert!(
+            extract(PACMAN_LOCALE),
+            "not extracted under {PACMAN_LOCALE}"
+        );
+        assert!(
+            !extract("C"),
+            "plain C extracts it: the locale would not matter"
+        );
+    }
 
     fn servers() -> Vec<String> {
         vec![

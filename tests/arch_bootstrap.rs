@@ -924,6 +924,7 @@ fn check_lock_file(run: &Run, arch: &Arch, mirror: &str) {
         sources: sources.lines.clone(),
         newest_package_date: Some(date),
         requested: TEST_PACKAGES.iter().map(|p| p.to_string()).collect(),
+        bootstrap_epoch: None,
         mirror_state: state.clone(),
         packages: packages
             .iter()

@@ -333,6 +333,7 @@ fn plan_shows_what_keys_the_tree_without_the_network() {
         newest_package_date: None,
         requested: requested.clone(),
         mirror_state: vec![],
+        bootstrap_epoch: None,
         packages: requested
             .iter()
             .map(|p| (p.clone(), "1.0".into()))

@@ -71,7 +71,14 @@ pub struct Rootfs {
     pub bootstrapped_packages: Vec<Package>,
     /// What the provisioning steps did (filled by [`super::provision`]).
     pub provisioned: Vec<crate::image::manifest::ProvisionRecord>,
+    /// SOURCE_DATE_EPOCH the tree was bootstrapped with; `None` for a tree
+    /// cached before imgforge recorded it.
+    pub bootstrap_epoch: Option<u64>,
 }
+
+/// A file at the top of a cached tree's tarball holding the epoch it was
+/// bootstrapped with; taken out of the tree when it is unpacked.
+const EPOCH_MARKER: &str = ".imgforge-bootstrap-epoch";
 
 pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
     let distro = &ctx.request.distro;
@@ -111,6 +118,7 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
         let package_files: Vec<PathBuf> = (ctx.request.package_files.iter())
             .map(|(p, _)| p.clone())
             .collect();
+        let epoch = fresh_epoch(ctx, &mirror_state);
         let job = BootstrapJob {
             release: &ctx.request.release,
             packages: &ctx.request.packages,
@@ -119,7 +127,7 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
             bootstrap_files,
             work_dir: &scratch,
             output: &partial,
-            source_date_epoch: ctx.bootstrap_epoch(&mirror_state),
+            source_date_epoch: epoch,
             keyring: ctx.keyring.as_deref(),
             package_files: &package_files,
             locked: locked.map(|l| &l.lock.packages),
@@ -127,9 +135,13 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
             // --locked keys the tree by the lock's versions, not the mirror.
             mirror_state: if locked.is_some() { &[] } else { &mirror_state },
         };
-        if let Err(err) = distro.bootstrap(&job) {
+        if let Err(err) = distro
+            .bootstrap(&job)
+            .map_err(BootstrapError::from)
+            .and_then(|()| append_epoch_marker(&partial, epoch, &scratch))
+        {
             let _ = fs::remove_file(&partial);
-            return Err(err.into());
+            return Err(err);
         }
     }
     let unpacked = unpack_and_check(ctx, if from_cache { &tarball } else { &partial });
@@ -143,6 +155,7 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
         }
     }
     let (dir, packages) = unpacked?;
+    let bootstrap_epoch = take_epoch_marker(&dir)?;
     Ok(Rootfs {
         kernel: distro.kernel(&dir)?,
         newest_package_date: distro.newest_package_date(&dir, &mirror_state)?,
@@ -153,7 +166,47 @@ pub fn run(ctx: &BuildContext) -> Result<Rootfs, BootstrapError> {
         key,
         mirror_state,
         provisioned: Vec::new(),
+        bootstrap_epoch,
     })
+}
+
+/// SOURCE_DATE_EPOCH for a fresh bootstrap: `--epoch`; else, with
+/// `--locked`, the epoch the locked tree was bootstrapped with; else the
+/// newest date of the mirror state (see [`BuildContext::bootstrap_epoch`]).
+fn fresh_epoch(ctx: &BuildContext, mirror_state: &[MirrorDigest]) -> u64 {
+    let locked = ctx.request.locked.as_ref();
+    match locked.and_then(|l| l.lock.bootstrap_epoch) {
+        Some(epoch) if ctx.epoch_override.is_none() => epoch,
+        _ => ctx.bootstrap_epoch(mirror_state),
+    }
+}
+
+/// Records the epoch in the tarball (appended; the tree is a plain tar).
+fn append_epoch_marker(tarball: &Path, epoch: u64, scratch: &Path) -> Result<(), BootstrapError> {
+    let marker_dir = scratch.join("epoch-marker");
+    fs::create_dir_all(&marker_dir).map_err(at("create", &marker_dir))?;
+    let marker = marker_dir.join(EPOCH_MARKER);
+    fs::write(&marker, format!("{epoch}\n")).map_err(at("write", &marker))?;
+    Tool::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-rf"])
+        .arg(tarball)
+        .arg("-C")
+        .arg(&marker_dir)
+        .arg(EPOCH_MARKER)
+        .run()?;
+    Ok(())
+}
+
+/// The epoch an unpacked tree was bootstrapped with, its marker removed.
+fn take_epoch_marker(dir: &Path) -> Result<Option<u64>, BootstrapError> {
+    let marker = dir.join(EPOCH_MARKER);
+    if !marker.is_file() {
+        log::info!("bootstrap: the cached tree does not record its bootstrap epoch");
+        return Ok(None);
+    }
+    let text = fs::read_to_string(&marker).map_err(at("read", &marker))?;
+    fs::remove_file(&marker).map_err(at("remove", &marker))?;
+    Ok(text.trim().parse().ok())
 }
 
 /// Unpacks a bootstrapped tree into the work directory and reads its

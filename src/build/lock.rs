@@ -110,6 +110,12 @@ pub struct Lock {
     /// The mirror's state when the set was installed.
     #[serde(default)]
     pub mirror_state: Vec<MirrorDigest>,
+    /// SOURCE_DATE_EPOCH the set's tree was bootstrapped with (the
+    /// initramfs's times): a `--locked` bootstrap uses it, so the tree it
+    /// makes is the locked build's even when the mirror re-signed its
+    /// Release files (a newer date, the same packages) since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_epoch: Option<u64>,
     /// Every installed package: name -> exact version.
     pub packages: BTreeMap<String, String>,
 }
@@ -218,6 +224,10 @@ impl Lock {
         self.packages
             .iter()
             .map(|(name, version)| format!("locked {name}={version}"))
+            .chain(
+                self.bootstrap_epoch
+                    .map(|epoch| format!("bootstrap epoch {epoch}")),
+            )
             .collect()
     }
 
@@ -287,6 +297,7 @@ mod tests {
             sources: vec!["deb http://m/debian bookworm main".into()],
             newest_package_date: Some("2026-07-11T10:16:37Z".into()),
             requested: vec!["sudo".into()],
+            bootstrap_epoch: None,
             mirror_state: vec![MirrorDigest {
                 url: "http://m/debian/dists/bookworm/InRelease".into(),
                 sha256: "aa".into(),

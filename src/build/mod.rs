@@ -227,6 +227,7 @@ fn lock_of(ctx: &BuildContext, rootfs: &bootstrap::Rootfs) -> lock::Lock {
         newest_package_date: rootfs.newest_package_date.clone(),
         requested: request.packages.clone(),
         mirror_state: rootfs.mirror_state.clone(),
+        bootstrap_epoch: rootfs.bootstrap_epoch,
         packages: rootfs
             .bootstrapped_packages
             .iter()

@@ -832,6 +832,22 @@ fn fixture_repository_builds_an_arch_layout_image() {
             "{want}: {packages:?}"
         );
     }
+    // The SBOM lists pacman's packages (alpm purls), not the dpkg database
+    // the fixture's repackaged Debian userland also carries.
+    assert_eq!(manifest["package_database"], "pacman");
+    let sbom_path = format!("{}.cdx.json", image.display());
+    let sbom: Value = serde_json::from_str(&fs::read_to_string(&sbom_path).unwrap()).unwrap();
+    let purls: Vec<&str> = sbom["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["purl"].as_str())
+        .collect();
+    assert!(
+        purls.iter().all(|p| p.starts_with("pkg:alpm/arch/")),
+        "{purls:?}"
+    );
+    assert_eq!(purls.len(), packages.len(), "{purls:?}");
     let offset = root_offset(&manifest);
     let cat = |path: &str| debugfs(image, offset, &format!("cat {path}")).stdout;
 

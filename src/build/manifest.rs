@@ -85,6 +85,7 @@ pub fn record(
         seed: Some(ctx.seed.clone()),
         layout_from: ctx.parent.as_ref().map(|p| p.record.clone()),
         secure_boot: boot.secure_boot.clone(),
+        package_database: request.distro.data().package_database.clone(),
         sha256: None,
     };
     for path in [rootfs.dir.join(ROOTFS_PATH), ctx.esp_dir().join(ESP_PATH)] {

@@ -139,6 +139,11 @@ pub struct DistroData {
     /// modules use); empty: the distro cannot run Ansible yet.
     #[serde(default)]
     pub ansible_packages: Vec<String>,
+    /// The package manager's database the SBOM lists (`dpkg`, `pacman`:
+    /// a name in `sbom::DATABASES`); recorded in the manifest, so a tree
+    /// that also holds another's (a fixture) is read the distro's way.
+    #[serde(default)]
+    pub package_database: Option<String>,
     /// What `imgforge build --tpm-tools` installs to use the TPM from the
     /// instance (tpm2-tools; its TSS libraries come as dependencies).
     #[serde(default)]

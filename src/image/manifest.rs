@@ -45,6 +45,10 @@ pub struct Manifest {
     /// image boots an unsigned GRUB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure_boot: Option<SecureBootManifest>,
+    /// The package manager whose database lists the image's packages
+    /// (`dpkg`, `pacman`); absent in manifests written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_database: Option<String>,
     /// sha256 of the whole raw image; only in the copy beside the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,

@@ -56,7 +56,7 @@ pub fn read(image: &Path) -> Result<(Manifest, Inventory), SbomError> {
     dump_from(image, offset, &probe, &markers, &[])?;
     let tree = dump.path().join("root");
     fs::create_dir_all(&tree).map_err(at("create", &tree))?;
-    let Some(PackageDatabase { files, folders, .. }) = find(&probe) else {
+    let Some(PackageDatabase { files, folders, .. }) = find(&probe, &manifest) else {
         return Err(SbomError::NoPackageDatabase(image.to_path_buf()));
     };
     dump_from(image, offset, &tree, files, folders)?;

@@ -78,7 +78,7 @@ impl Inventory {
     /// `manifest` describes.
     pub fn read(root: &Path, manifest: &Manifest) -> Result<Self, SbomError> {
         let database =
-            find(root).ok_or_else(|| SbomError::NoPackageDatabase(root.to_path_buf()))?;
+            find(root, manifest).ok_or_else(|| SbomError::NoPackageDatabase(root.to_path_buf()))?;
         let listing = (database.read)(root, manifest)?;
         Ok(Self {
             image_name: format!(
@@ -123,12 +123,19 @@ impl Inventory {
 /// Every database the SBOM reads.
 pub const DATABASES: &[&PackageDatabase] = &[&dpkg::DATABASE, &alpm::DATABASE];
 
-/// The database the tree at `root` holds.
-pub fn find(root: &Path) -> Option<&'static PackageDatabase> {
-    DATABASES
-        .iter()
-        .copied()
-        .find(|db| root.join(db.marker).is_file())
+/// The database the tree at `root` holds: the one the manifest names
+/// (the distro's), else, for a manifest from before it was kept, the first
+/// whose marker the tree has.
+pub fn find(root: &Path, manifest: &Manifest) -> Option<&'static PackageDatabase> {
+    let held = |db: &&PackageDatabase| root.join(db.marker).is_file();
+    match manifest.package_database.as_deref() {
+        Some(name) => DATABASES
+            .iter()
+            .copied()
+            .find(|db| db.name == name)
+            .filter(held),
+        None => DATABASES.iter().copied().find(held),
+    }
 }
 
 /// `dpkg (var/lib/dpkg/status), pacman (...)`: what a tree may hold.
@@ -257,6 +264,39 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_manifests_package_database_wins_over_another_in_the_tree() {
+        let root = tempfile::tempdir().unwrap();
+        for db in DATABASES {
+            let marker = root.path().join(db.marker);
+            std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+            std::fs::write(&marker, "x").unwrap();
+        }
+        let manifest = |database: Option<&str>| -> Manifest {
+            let mut value = serde_json::json!({
+                "imgforge_version": "0", "distro": "arch", "release": "rolling",
+                "architecture": "x86_64", "size_class": "small",
+                "kernel_version": "6.12.1-arch1-1", "kernel_cmdline": "",
+                "boot_modes": ["bios"],
+                "disk": {"size_bytes": 0, "disk_guid": "", "partitions": []},
+                "layers": [], "packages": [], "build_time": 0
+            });
+            if let Some(name) = database {
+                value["package_database"] = name.into();
+            }
+            serde_json::from_value(value).unwrap()
+        };
+        let name = |m: &Manifest| find(root.path(), m).map(|db| db.name);
+        assert_eq!(name(&manifest(Some("pacman"))), Some("pacman"));
+        assert_eq!(name(&manifest(Some("dpkg"))), Some("dpkg"));
+        // An older manifest: the first database the tree holds.
+        assert_eq!(name(&manifest(None)), Some(DATABASES[0].name));
+        // The distro's database missing is no database, not another's.
+        std::fs::remove_file(root.path().join(alpm::DATABASE.marker)).unwrap();
+        assert_eq!(name(&manifest(Some("pacman"))), None);
+    }
+
     use super::*;
     use crate::sys::calendar::epoch_to_iso;
 

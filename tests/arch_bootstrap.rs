@@ -1955,17 +1955,7 @@ fn check_sbom(run: &Run) {
     assert!(pacman.len() >= 4, "{pacman:?}");
     assert_eq!(result["packages"], pacman.len());
     let cdx: serde_json::Value = serde_json::from_str(&written.1).unwrap();
-    let property = |c: &serde_json::Value, name: &str| -> String {
-        c["properties"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap()["value"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let property = common::sbom::cdx_property;
     let libraries: Vec<&serde_json::Value> = cdx["components"]
         .as_array()
         .unwrap()

@@ -125,17 +125,7 @@ fn sboms_are_valid_reproducible_and_list_the_dpkg_database() {
     assert!(dpkg.len() > 100, "{} packages", dpkg.len());
     let cdx = read_json(&cdx_path);
     let components = cdx["components"].as_array().unwrap();
-    let property = |c: &Value, name: &str| -> String {
-        c["properties"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap()["value"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let property = common::sbom::cdx_property;
     let listed: BTreeSet<(String, String, String)> = components
         .iter()
         .filter(|c| c["type"] == "library")

@@ -45,3 +45,16 @@ pub fn validate(spdx: &Path, cdx: &Path) {
         .unwrap();
     assert!(out.status.success(), "CycloneDX validation: {}", text(&out));
 }
+
+/// A CycloneDX component's property `name` (imgforge writes each once).
+pub fn cdx_property(component: &serde_json::Value, name: &str) -> String {
+    component["properties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}

@@ -64,6 +64,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use common::gpg::GpgHome;
 use common::qemu::{assert_nothing_left, boot_test};
 use common::{BOOT, IMGFORGE, Need, heavy, prerequisites, text};
 
@@ -385,40 +386,18 @@ fn staging_tree(base: &Path) -> PathBuf {
 
 struct Keyring {
     dir: PathBuf,
-    gnupg: PathBuf,
+    gnupg: GpgHome,
     fingerprint: String,
 }
 
 /// One signing key, no expiry, in archlinux-trusted: pacman-key
 /// --populate signs it locally, so it is valid for the packages it signs.
 fn make_keyring(base: &Path) -> Keyring {
-    let gnupg = base.join("gnupg");
-    fs::create_dir(&gnupg).unwrap();
-    fs::set_permissions(&gnupg, fs::Permissions::from_mode(0o700)).unwrap();
-    let gpg = |args: &[&str]| {
-        let mut all = vec!["--homedir", gnupg.to_str().unwrap(), "--batch"];
-        all.extend_from_slice(&["--pinentry-mode", "loopback", "--passphrase", ""]);
-        all.extend_from_slice(args);
-        run("gpg", &all).stdout
-    };
-    gpg(&[
-        "--quick-gen-key",
-        "fixture packager <packager@imgforge.invalid>",
-        "ed25519",
-        "sign",
-        "never",
-    ]);
-    let listing = String::from_utf8(gpg(&["--with-colons", "--list-keys"])).unwrap();
-    let fingerprint = listing
-        .lines()
-        .find_map(|l| l.strip_prefix("fpr:"))
-        .map(|l| l.trim_matches(':').to_string())
-        .unwrap();
+    let gnupg = GpgHome::create(&base.join("gnupg"));
+    let uid = "fixture packager <packager@imgforge.invalid>";
+    let fingerprint = gnupg.generate_key(uid, "sign", "never");
     let dir = base.join("keyring");
-    fs::create_dir(&dir).unwrap();
-    fs::write(dir.join("archlinux.gpg"), gpg(&["--export", &fingerprint])).unwrap();
-    fs::write(dir.join("archlinux-trusted"), format!("{fingerprint}:4:\n")).unwrap();
-    fs::write(dir.join("archlinux-revoked"), "").unwrap();
+    gnupg.write_pacman_keyring(&dir, &[&fingerprint], &[&fingerprint]);
     Keyring {
         dir,
         gnupg,
@@ -695,38 +674,20 @@ fn make_repository(base: &Path, staging: &Path, keyring: &Keyring) -> String {
         let target = dir.join(file.file_name().unwrap());
         fs::rename(&file, &target).unwrap();
         let target = target.to_str().unwrap();
-        let home = keyring.gnupg.to_str().unwrap();
-        run(
-            "gpg",
-            &[
-                "--homedir",
-                home,
-                "--batch",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase",
-                "",
-                "--local-user",
-                &keyring.fingerprint,
-                "--detach-sign",
-                "--no-armor",
-                "--output",
-                &format!("{target}.sig"),
-                target,
-            ],
-        );
+        keyring.gnupg.run(&[
+            "--local-user",
+            &keyring.fingerprint,
+            "--detach-sign",
+            "--no-armor",
+            "--output",
+            &format!("{target}.sig"),
+            target,
+        ]);
         let db = dir.join(format!("{}.db.tar.gz", spec.repo));
         run("repo-add", &["--quiet", db.to_str().unwrap(), target]);
     }
     fs::remove_dir_all(&build).unwrap();
-    let _ = Command::new("gpgconf")
-        .args([
-            "--homedir",
-            keyring.gnupg.to_str().unwrap(),
-            "--kill",
-            "all",
-        ])
-        .output();
+    keyring.gnupg.stop_agent();
     format!("file://{}/$repo/os/$arch", repo.display())
 }
 

@@ -44,6 +44,7 @@ use imgforge::sys::workdir::mounts_below;
 
 mod common;
 
+use common::gpg::GpgHome;
 use common::{IMGFORGE, Need, heavy, prerequisites};
 
 const TOOLS: &[&str] = &[
@@ -148,30 +149,10 @@ const TOOLS_PACKAGES: &[PackageSpec] = &[
 
 /// The `tools` repository (`BASE/tools/$arch`), signed by a key of its own.
 fn build_tools_repository(base: &Path, keyring: &Path) -> ToolsRepository {
-    let home = base.join("tools-gnupg");
-    fs::create_dir(&home).unwrap();
-    fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
-    let gpg = |args: &[&str]| {
-        let mut all = vec!["--homedir", home.to_str().unwrap(), "--batch"];
-        all.extend_from_slice(&["--pinentry-mode", "loopback", "--passphrase", ""]);
-        all.extend_from_slice(args);
-        run("gpg", &all).stdout
-    };
-    gpg(&[
-        "--quick-gen-key",
-        "tools <tools@imgforge.invalid>",
-        "ed25519",
-        "sign",
-        "never",
-    ]);
-    let listing = String::from_utf8(gpg(&["--with-colons", "--list-keys"])).unwrap();
-    let fingerprint = listing
-        .lines()
-        .find_map(|l| l.strip_prefix("fpr:"))
-        .map(|l| l.trim_matches(':').to_string())
-        .unwrap();
+    let gnupg = GpgHome::create(&base.join("tools-gnupg"));
+    let fingerprint = gnupg.generate_key("tools <tools@imgforge.invalid>", "sign", "never");
     let key = base.join("tools-key.asc");
-    fs::write(&key, gpg(&["--armor", "--export", &fingerprint])).unwrap();
+    fs::write(&key, gnupg.run(&["--armor", "--export", &fingerprint])).unwrap();
     let pkgdest = base.join("tools-pkgs");
     makepkg_all(TOOLS_PACKAGES, &base.join("tools-build"), &pkgdest, keyring);
     let file_of = |name: &str| pkgdest.join(format!("{name}-1-1-x86_64.pkg.tar.zst"));
@@ -183,7 +164,7 @@ fn build_tools_repository(base: &Path, keyring: &Path) -> ToolsRepository {
         let file = file.to_str().unwrap();
         if name != "rogue" {
             let sig = format!("{file}.sig");
-            gpg(&[
+            gnupg.run(&[
                 "--local-user",
                 &fingerprint,
                 "--detach-sign",
@@ -195,9 +176,7 @@ fn build_tools_repository(base: &Path, keyring: &Path) -> ToolsRepository {
         let db = dir.join("tools.db.tar.gz");
         run("repo-add", &["--quiet", db.to_str().unwrap(), file]);
     }
-    let _ = Command::new("gpgconf")
-        .args(["--homedir", home.to_str().unwrap(), "--kill", "all"])
-        .output();
+    gnupg.stop_agent();
     ToolsRepository {
         server: format!("file://{}/tools/$arch", base.display()),
         key,
@@ -333,13 +312,7 @@ fn build_fixture() -> Fixture {
     }
     fs::create_dir_all(&base).unwrap();
     let base = base.as_path();
-    let gnupg = base.join("gnupg");
-    let home = gnupg.to_str().unwrap();
-    let gpg = |args: &[&str]| {
-        let mut all = vec!["--homedir", home, "--batch", "--pinentry-mode", "loopback"];
-        all.extend_from_slice(args);
-        run("gpg", &all)
-    };
+    let gnupg = GpgHome::create(&base.join("gnupg"));
     let (keyring, starting_keyring, packager) = make_keys(base, &gnupg);
 
     // Packages, built by nobody.
@@ -357,7 +330,7 @@ fn build_fixture() -> Fixture {
             fs::copy(file_of(spec.name), &file).unwrap();
             let file_str = file.to_str().unwrap();
             if sign {
-                gpg(&[
+                gnupg.run(&[
                     "--local-user",
                     &packager,
                     "--yes",
@@ -383,9 +356,7 @@ fn build_fixture() -> Fixture {
     let signed = make_repo("signed", true, None);
     let tampered = make_repo("tampered", true, Some("hooked"));
     let tools = build_tools_repository(base, &keyring);
-    let _ = Command::new("gpgconf")
-        .args(["--homedir", home, "--kill", "all"])
-        .output();
+    gnupg.stop_agent();
     Fixture {
         unsigned,
         signed,
@@ -477,79 +448,38 @@ fn licences_of(name: &str) -> &'static str {
 /// it is renewed, and the renewed keyring is what `--keyring` takes and
 /// what the `archlinux-keyring` package ships. Returns (renewed keyring,
 /// starting keyring, the packager key's fingerprint).
-fn make_keys(base: &Path, gnupg: &Path) -> (PathBuf, PathBuf, String) {
-    fs::create_dir(gnupg).unwrap();
-    fs::set_permissions(gnupg, fs::Permissions::from_mode(0o700)).unwrap();
-    let home = gnupg.to_str().unwrap();
-    let gpg = |args: &[&str]| {
-        let mut all = vec![
-            "--homedir",
-            home,
-            "--batch",
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase",
-            "",
-        ];
-        all.extend_from_slice(args);
-        run("gpg", &all)
-    };
-    let fingerprint_of = |uid: &str| {
-        let listing =
-            String::from_utf8(gpg(&["--with-colons", "--list-keys", uid]).stdout).unwrap();
-        listing
-            .lines()
-            .find_map(|l| l.strip_prefix("fpr:"))
-            .map(|l| l.trim_matches(':').to_string())
-            .expect("fingerprint")
-    };
-    let at = |time: &str, args: &[&str]| {
-        let mut all = vec!["--faked-system-time", time];
-        all.extend_from_slice(args);
-        gpg(&all)
-    };
+fn make_keys(base: &Path, gnupg: &GpgHome) -> (PathBuf, PathBuf, String) {
     // Three master keys: archlinux-trusted gives each marginal ownertrust
     // (`:4:`), so a packager key needs three certifications, as in Arch.
     let mut masters = Vec::new();
     for n in 1..=3 {
         let uid = format!("test master {n} <master{n}@imgforge.invalid>");
-        at(
+        gnupg.run_at(
             "20190101T000000",
             &["--quick-gen-key", &uid, "ed25519", "cert", "never"],
         );
-        masters.push(fingerprint_of(&format!("master{n}@imgforge.invalid")));
+        masters.push(gnupg.fingerprint_of(&format!("master{n}@imgforge.invalid")));
     }
-    at(
+    let packager_uid = "test packager <packager@imgforge.invalid>";
+    gnupg.run_at(
         "20200101T000000",
-        &[
-            "--quick-gen-key",
-            "test packager <packager@imgforge.invalid>",
-            "ed25519",
-            "sign",
-            "1y",
-        ],
+        &["--quick-gen-key", packager_uid, "ed25519", "sign", "1y"],
     );
-    let packager = fingerprint_of("packager@imgforge.invalid");
+    let packager = gnupg.fingerprint_of("packager@imgforge.invalid");
     for master in &masters {
-        at(
+        gnupg.run_at(
             "20200102T000000",
             &["--default-key", master, "--quick-sign-key", &packager],
         );
     }
-    let write_keyring = |dir: &Path| {
-        fs::create_dir(dir).unwrap();
-        let mut export = vec!["--export", &packager];
-        export.extend(masters.iter().map(String::as_str));
-        fs::write(dir.join("archlinux.gpg"), gpg(&export).stdout).unwrap();
-        let trusted: String = masters.iter().map(|m| format!("{m}:4:\n")).collect();
-        fs::write(dir.join("archlinux-trusted"), trusted).unwrap();
-        fs::write(dir.join("archlinux-revoked"), "").unwrap();
-    };
+    let masters: Vec<&str> = masters.iter().map(String::as_str).collect();
+    let mut keys = vec![packager.as_str()];
+    keys.extend_from_slice(&masters);
     let starting = base.join("starting-keyring");
-    write_keyring(&starting);
-    gpg(&["--quick-set-expire", &packager, "0"]);
+    gnupg.write_pacman_keyring(&starting, &keys, &masters);
+    gnupg.run(&["--quick-set-expire", &packager, "0"]);
     let keyring = base.join("keyring");
-    write_keyring(&keyring);
+    gnupg.write_pacman_keyring(&keyring, &keys, &masters);
     (keyring, starting, packager)
 }
 

@@ -15,6 +15,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::gpg::GpgHome;
 use common::{BUILD, IMGFORGE, Need, heavy, prerequisites, run_program as run, text};
 
 const NEEDS: &[Need] = &[
@@ -78,64 +79,34 @@ fn make_deb(dir: &Path, name: &str, depends: Option<&str>) -> PathBuf {
 /// The test repository's signing key, made once per machine and kept in
 /// /var/tmp: the key's bytes are part of the tree's cache key, so a kept
 /// key lets later runs reuse the bootstrapped tree.
-fn signing_home() -> PathBuf {
+fn signing_home() -> GpgHome {
     let home = PathBuf::from("/var/tmp/imgforge-test-apt-signing-key");
     if home.join("done").exists() {
-        return home;
+        return GpgHome::open(&home);
     }
     let fresh = common::scratch("imgforge-test-apt-signing-key-");
     let fresh_home = fresh.path().to_path_buf();
-    std::fs::set_permissions(
-        &fresh_home,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
-    ok(
-        run(
-            "gpg",
-            &[
-                "--batch",
-                "--homedir",
-                fresh_home.to_str().unwrap(),
-                "--passphrase",
-                "",
-                "--quick-gen-key",
-                "imgforge test repository <repo@imgforge.test>",
-                "ed25519",
-                "sign",
-                "never",
-            ],
-        ),
-        "gpg --quick-gen-key",
+    let gnupg = GpgHome::create(&fresh_home);
+    gnupg.generate_key(
+        "imgforge test repository <repo@imgforge.test>",
+        "sign",
+        "never",
     );
-    let _ = run(
-        "gpgconf",
-        &[
-            "--homedir",
-            fresh_home.to_str().unwrap(),
-            "--kill",
-            "gpg-agent",
-        ],
-    );
+    gnupg.stop_agent();
     std::fs::write(fresh_home.join("done"), "").unwrap();
     // Another test binary may have made one meanwhile: the first one stays.
     if std::fs::rename(fresh.keep(), &home).is_err() {
         let _ = std::fs::remove_dir_all(&fresh_home);
     }
-    home
+    GpgHome::open(&home)
 }
 
 /// A flat repository holding `deb`, its Release clearsigned with the test
 /// key: the key file (in `dir`) and the `--repository` line.
 fn signed_repository(dir: &Path, deb: &Path) -> (PathBuf, String) {
-    let home = signing_home();
-    let gpg = |args: &[&str]| {
-        let mut all = vec!["--batch", "--homedir", home.to_str().unwrap()];
-        all.extend_from_slice(args);
-        ok(run("gpg", &all), "gpg")
-    };
+    let gnupg = signing_home();
     let key = dir.join("repo-key.gpg");
-    std::fs::write(&key, gpg(&["--export"]).stdout).unwrap();
+    std::fs::write(&key, gnupg.run(&["--export"])).unwrap();
     // At a fixed path: the source line (and so the tree's key) repeats
     // between runs, which then reuse the bootstrapped tree.
     let repo = PathBuf::from("/var/tmp/imgforge-test-apt-repository");
@@ -165,17 +136,14 @@ fn signed_repository(dir: &Path, deb: &Path) -> (PathBuf, String) {
     .unwrap();
     let release = repo.join("Release");
     let in_release = repo.join("InRelease");
-    gpg(&[
+    gnupg.run(&[
         "--yes",
         "--clearsign",
         "--output",
         in_release.to_str().unwrap(),
         release.to_str().unwrap(),
     ]);
-    let _ = run(
-        "gpgconf",
-        &["--homedir", home.to_str().unwrap(), "--kill", "gpg-agent"],
-    );
+    gnupg.stop_agent();
     let line = format!(
         "deb [signed-by={}] file://{} ./",
         key.display(),

@@ -9,11 +9,13 @@
 //! - [`image`]: the one Debian small image of a `cargo test` run, shared by
 //!   every test binary;
 //! - [`qemu`]: boot-test runs and the checks that nothing was left behind;
+//! - [`gpg`]: throwaway GnuPG homes for signed fixtures;
 //! - [`sbom`]: the SBOM validators;
 //! - [`uefi`]: UEFI variable stores read by independent tools.
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod gpg;
 pub mod image;
 pub mod qemu;
 pub mod sbom;

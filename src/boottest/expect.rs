@@ -43,7 +43,7 @@ pub fn expectations(
         root_uuid: manifest.and_then(root_uuid),
         secure_boot: false,
         tpm: false,
-        tpm_tools: manifest.is_some_and(has_tpm_tools),
+        tpm_tools: manifest.is_some_and(|m| m.tpm_tools),
         signed_modules: manifest
             .and_then(|m| m.secure_boot.as_ref())
             .and_then(|s| s.module_signing.as_ref())
@@ -69,11 +69,6 @@ pub fn class_tokens(cmdline: &[String], class: &SizeClass) -> Vec<String> {
         })
         .cloned()
         .collect()
-}
-
-/// The image carries tpm2-tools (`build --tpm-tools`).
-fn has_tpm_tools(manifest: &Manifest) -> bool {
-    manifest.packages.iter().any(|p| p.name == "tpm2-tools")
 }
 
 /// The root filesystem's UUID: the partition named `root`, else the last

@@ -136,7 +136,7 @@ pub struct Expectations {
     pub secure_boot: bool,
     /// `--tpm`: the guest must see a TPM 2.0 and the firmware's event log.
     pub tpm: bool,
-    /// The manifest lists tpm2-tools (`build --tpm-tools`): with `--tpm`,
+    /// The manifest says `tpm_tools` (`build --tpm-tools`): with `--tpm`,
     /// the guest must read PCR 7 with them.
     pub tpm_tools: bool,
     /// Modules the build signed with the owner's key (`--secure-boot-key`),

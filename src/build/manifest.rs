@@ -85,6 +85,7 @@ pub fn record(
         seed: Some(ctx.seed.clone()),
         layout_from: ctx.parent.as_ref().map(|p| p.record.clone()),
         secure_boot: boot.secure_boot.clone(),
+        tpm_tools: request.tpm_tools,
         package_database: request.distro.data().package_database.clone(),
         sha256: None,
     };

@@ -277,6 +277,8 @@ pub struct BuildRequest {
     pub secure_boot: Option<SignedBootChain>,
     /// The owner's module-signing pair, checked (`--secure-boot-key`).
     pub module_signing: Option<SigningKey>,
+    /// `--tpm-tools`: the distro's `tpm_packages` are among `packages`.
+    pub tpm_tools: bool,
     /// `--layout-from PARENT.raw`: the image whose root filesystem (and
     /// disk size and seed) this build's starts from.
     pub layout_from: Option<PathBuf>,
@@ -381,6 +383,7 @@ impl BuildRequest {
             output: options.output.clone(),
             secure_boot,
             module_signing,
+            tpm_tools: options.tpm_tools,
             data,
         })
     }

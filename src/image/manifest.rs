@@ -45,6 +45,10 @@ pub struct Manifest {
     /// image boots an unsigned GRUB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure_boot: Option<SecureBootManifest>,
+    /// `build --tpm-tools`: the image carries the distro's TPM tools
+    /// (`tpm2_pcrread`), so boot-test reads PCR 7 with them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tpm_tools: bool,
     /// The package manager whose database lists the image's packages
     /// (`dpkg`, `pacman`); absent in manifests written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,5 +178,38 @@ impl Manifest {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("manifest serializes") + "\n"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal(extra: serde_json::Value) -> Manifest {
+        let mut value = serde_json::json!({
+            "imgforge_version": "0", "distro": "debian", "release": "bookworm",
+            "architecture": "x86_64", "size_class": "small",
+            "kernel_version": "6.1.0-28-cloud-amd64", "kernel_cmdline": "",
+            "boot_modes": ["bios", "uefi"],
+            "disk": {"size_bytes": 0, "disk_guid": "", "partitions": []},
+            "layers": [], "packages": [], "build_time": 0
+        });
+        for (key, v) in extra.as_object().unwrap() {
+            value[key] = v.clone();
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn tpm_tools_is_recorded_only_when_the_build_asked_for_them() {
+        // An image built without --tpm-tools (or before the field existed)
+        // says nothing, so its manifest's bytes are what they were.
+        let without = minimal(serde_json::json!({}));
+        assert!(!without.tpm_tools);
+        assert!(!without.to_json().contains("tpm_tools"));
+        let with = minimal(serde_json::json!({"tpm_tools": true}));
+        assert!(with.tpm_tools);
+        let again: Manifest = serde_json::from_str(&with.to_json()).unwrap();
+        assert!(again.tpm_tools);
     }
 }

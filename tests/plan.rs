@@ -206,7 +206,11 @@ fn data_dir_overrides_the_built_in_data_and_a_copied_binary_needs_no_source_tree
 
     // A copy of the binary, far from the source tree, still has its data.
     let copy = dir.path().join("imgforge");
-    std::fs::copy(IMGFORGE, &copy).unwrap();
+    // Copied by cp, not std::fs::copy: a file this process held open for
+    // writing can be inherited by a child another test thread forks before
+    // it execs, and exec'ing the copy then fails with "Text file busy".
+    let copied = Command::new("cp").arg(IMGFORGE).arg(&copy).status().unwrap();
+    assert!(copied.success(), "cp {IMGFORGE} {}", copy.display());
     let out = Command::new(&copy)
         .args(["build", "--plan", "--distro", "debian"])
         .current_dir("/")

@@ -209,7 +209,11 @@ fn data_dir_overrides_the_built_in_data_and_a_copied_binary_needs_no_source_tree
     // Copied by cp, not std::fs::copy: a file this process held open for
     // writing can be inherited by a child another test thread forks before
     // it execs, and exec'ing the copy then fails with "Text file busy".
-    let copied = Command::new("cp").arg(IMGFORGE).arg(&copy).status().unwrap();
+    let copied = Command::new("cp")
+        .arg(IMGFORGE)
+        .arg(&copy)
+        .status()
+        .unwrap();
     assert!(copied.success(), "cp {IMGFORGE} {}", copy.display());
     let out = Command::new(&copy)
         .args(["build", "--plan", "--distro", "debian"])

@@ -7,8 +7,9 @@ use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, VolumeType};
 
 use crate::units::ByteSize;
 
-/// What EBS allows for one volume type (as of 2025: gp3 up to 80,000 IOPS
-/// and 2,000 MiB/s).
+/// What EBS allows for one volume type: the ranges the EC2 API documents
+/// for `EbsBlockDevice` in the locked aws-sdk-ec2 (1.274: gp3 1-65,536 GiB,
+/// 3,000-80,000 IOPS, 125-2,000 MiB/s; io2 up to 256,000 IOPS).
 #[derive(Debug, Clone, Copy)]
 pub struct VolumeLimits {
     pub name: &'static str,
@@ -32,7 +33,7 @@ pub const VOLUME_TYPES: &[VolumeLimits] = &[
     VolumeLimits {
         name: "gp3",
         bootable: true,
-        size_gib: (1, 16_384),
+        size_gib: (1, 65_536),
         iops: Some((3_000, 80_000)),
         iops_per_gib: 500,
         throughput: Some((125, 2_000)),
@@ -363,6 +364,12 @@ mod tests {
         assert!(spec("io2", Some(4_000), Some(200)).check(8, "r").is_err());
         assert!(spec("io1", Some(400), None).check(8, "r").is_ok());
         assert!(limits("gp9").is_err());
+        // Sizes as the EC2 API documents them: gp3 and io2 to 64 TiB, gp2
+        // and io1 to 16 TiB.
+        assert!(spec("gp3", None, None).check(65_536, "r").is_ok());
+        assert!(spec("gp3", None, None).check(65_537, "r").is_err());
+        assert!(spec("gp2", None, None).check(16_385, "r").is_err());
+        assert!(spec("io1", Some(1_000), None).check(16_385, "r").is_err());
     }
 
     #[test]

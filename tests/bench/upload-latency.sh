@@ -30,9 +30,12 @@
 # Needs: python3, cargo; for --endpoint moto, `pip install 'moto[server]'`.
 # Usage: tests/bench/upload-latency.sh [--latency-ms MS] [--workers N]
 #            [--endpoint standin|moto] [--runs N] [--complete-after-ms MS]
-#            [WORKDIR]
+#            [--pin] [WORKDIR]
 #   --complete-after-ms (stand-in only): the snapshot turns `completed` that long
 #   after CompleteSnapshot (default 0), to see how soon the client notices.
+#   --pin: the endpoint on CPU 1 and imgforge on CPU 0 (taskset), so the
+#   endpoint does not take imgforge's CPU time, as a remote one would not
+#   (imgforge then has one core of its own).
 #   IMGFORGE=PATH uses that binary instead of building the release one (the
 #   output names the binary: say which build a figure is from).
 
@@ -45,6 +48,8 @@ endpoint=standin
 runs=1
 complete_after=0
 work=
+pin_endpoint=()
+pin_client=()
 while [ $# -gt 0 ]; do
     case $1 in
         --latency-ms) latency=$2; shift 2 ;;
@@ -52,6 +57,7 @@ while [ $# -gt 0 ]; do
         --endpoint) endpoint=$2; shift 2 ;;
         --runs) runs=$2; shift 2 ;;
         --complete-after-ms) complete_after=$2; shift 2 ;;
+        --pin) pin_endpoint=(taskset -c 1); pin_client=(taskset -c 0); shift ;;
         *) work=$1; shift ;;
     esac
 done
@@ -131,16 +137,16 @@ start_endpoint() {
     if [ "$endpoint" = standin ]; then
         what="the EBS stand-in (tests/bench/ebs_standin.py), adding $latency ms to every answer"
         what+=", completed $complete_after ms after CompleteSnapshot"
-        python3 "$repo/tests/bench/ebs_standin.py" --listen "$port" --log "$log" \
+        "${pin_endpoint[@]}" python3 "$repo/tests/bench/ebs_standin.py" --listen "$port" --log "$log" \
             --latency-ms "$latency" --complete-after-ms "$complete_after" >"$work/standin.log" 2>&1 &
         pids+=($!)
     else
         what="moto behind tests/support/aws_proxy.py, adding $latency ms to every request"
         local moto_port
         moto_port=$(free_port)
-        python3 "$repo/tests/support/moto_server.py" 127.0.0.1 "$moto_port" >"$work/moto.log" 2>&1 &
+        "${pin_endpoint[@]}" python3 "$repo/tests/support/moto_server.py" 127.0.0.1 "$moto_port" >"$work/moto.log" 2>&1 &
         pids+=($!)
-        python3 "$repo/tests/support/aws_proxy.py" --listen "$port" --upstream "$moto_port" \
+        "${pin_endpoint[@]}" python3 "$repo/tests/support/aws_proxy.py" --listen "$port" --upstream "$moto_port" \
             --log "$log" --latency-ms "$latency" >/dev/null 2>&1 &
         pids+=($!)
         wait_port "$moto_port"
@@ -206,10 +212,10 @@ for run in $(seq "$runs"); do
     export IMGFORGE_STATE_DIR=$work/state
     start_endpoint
     echo "== run $run of $runs; endpoint: $what"
-    echo "== binary: $imgforge; upload --no-register --workers $workers"
+    echo "== binary: $imgforge; upload --no-register --workers $workers${pin_client:+ (pinned: endpoint CPU 1, imgforge CPU 0)}"
     started=$EPOCHREALTIME
     TIMEFORMAT='%U %S'
-    { time "$imgforge" upload "$image" --no-register --json --workers "$workers" \
+    { time "${pin_client[@]}" "$imgforge" upload "$image" --no-register --json --workers "$workers" \
         --output-dir "$work" --endpoint-url "http://127.0.0.1:$port" --arch x86_64 \
         >"$work/result.json" 2>"$work/stderr" || { cat "$work/stderr" >&2; exit 1; }; } 2>"$work/cpu"
     ended=$EPOCHREALTIME

@@ -38,6 +38,9 @@
 #   (imgforge then has one core of its own).
 #   IMGFORGE=PATH uses that binary instead of building the release one (the
 #   output names the binary: say which build a figure is from).
+#   COLDSNAP=PATH (stand-in only) also uploads the same image with coldsnap
+#   (`cargo install coldsnap`; `upload --wait --omit-zero-blocks --workers N`)
+#   against a fresh stand-in in each run, and prints its time.
 
 set -euo pipefail
 
@@ -224,4 +227,23 @@ for run in $(seq "$runs"); do
         awk -v hz="$(getconf CLK_TCK)" '{ t += $1 + $2 } END { printf "%.2f", t / hz }')
     stop_endpoint
     report
+    if [ -n "${COLDSNAP:-}" ] && [ "$endpoint" = standin ]; then
+        log=$work/coldsnap-requests.jsonl
+        rm -f "$log"
+        start_endpoint
+        started=$EPOCHREALTIME
+        "${pin_client[@]}" "$COLDSNAP" --endpoint "http://127.0.0.1:$port" --region us-east-1 \
+            upload --wait --omit-zero-blocks --workers "$workers" --no-progress "$image" \
+            >"$work/coldsnap.out" 2>&1 || { cat "$work/coldsnap.out" >&2; exit 1; }
+        ended=$EPOCHREALTIME
+        stop_endpoint
+        python3 - "$log" "$started" "$ended" <<'EOF'
+import json, sys
+entries = [json.loads(l) for l in open(sys.argv[1])]
+puts = [e for e in entries if e["operation"] == "PutSnapshotBlock"]
+blocks = max(e["answered"] for e in puts) - min(e["time"] for e in puts)
+total = float(sys.argv[3]) - float(sys.argv[2])
+print(f"  coldsnap: total {total:.2f} s, blocks {blocks:.2f} s, {len(puts)} blocks sent")
+EOF
+    fi
 done

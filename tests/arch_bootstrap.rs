@@ -1593,11 +1593,7 @@ fn check_steps_pacman(arch: &Arch, root: &Path, sources: &Sources, scratch: &Pat
         String::from_utf8_lossy(&after.stdout),
         String::from_utf8_lossy(&after.stderr)
     );
-    let _ = Command::new("gpgconf")
-        .arg("--homedir")
-        .arg(&gpgdir)
-        .args(["--kill", "all"])
-        .output();
+    GpgHome::open(&gpgdir).stop_agent();
     let installed = arch.installed_packages(root).unwrap();
     assert!(
         installed.iter().any(|p| p.name == "extratool"),

@@ -3,7 +3,7 @@
 //! Needs root (the build does), qemu-system-x86, ovmf and qemu-utils (under
 //! CI=true a missing one fails the test). The Debian image is the run's
 //! shared small image (tests/common/image.rs); the one long test boots it
-//! with SeaBIOS and OVMF, exports a VDI and boots that, and checks the
+//! with SeaBIOS, exports a VDI and boots that with OVMF, and checks the
 //! failures: wiped BIOS boot code, a timeout, a stall, Ctrl-C. The short
 //! tests need no image. Set IMGFORGE_TEST_IMAGE=/path/image.raw to reuse a
 //! built image.
@@ -173,23 +173,25 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
     let root_uuid = shared.root_uuid();
     let image_sha = file_sha(&image);
 
-    // Both firmwares, accelerator chosen by the probe.
+    // The raw image under SeaBIOS, accelerator chosen by the probe. (OVMF
+    // boots the same disk exported as a VDI below: one TCG boot per
+    // firmware, each about two CPU minutes. `--firmware both` is
+    // arch_boot.rs's.)
     let log = dir.path().join("console.log");
     let Boot {
         summary, output, ..
     } = boot_test_ok(
         &tmp,
         &image,
-        &["--firmware", "both", "--log", log.to_str().unwrap()],
+        &["--firmware", "bios", "--log", log.to_str().unwrap()],
     );
     eprintln!("{output}");
     assert_eq!(summary["passed"], true);
     assert_eq!(summary["size_class"], "small");
     let results = summary["results"].as_array().unwrap();
-    assert_eq!(results.len(), 2);
+    assert_eq!(results.len(), 1);
     assert_good_report(&results[0], "bios", &root_uuid);
-    assert_good_report(&results[1], "uefi", &root_uuid);
-    assert_verify_passed(&results[1]);
+    assert_verify_passed(&results[0]);
     // Raw console bytes: GRUB draws its menu frame in a non-UTF-8 code page.
     let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
     assert!(
@@ -199,7 +201,7 @@ fn debian_image_boots_under_both_firmwares_and_as_vdi() {
     assert_nothing_left(&tmp);
     assert_eq!(file_sha(&image), image_sha, "boot-test wrote to the image");
 
-    // Exported for VirtualBox, the VDI boots too.
+    // Exported for VirtualBox, the VDI boots under OVMF.
     let vdi = dir.path().join("exported.vdi");
     let out = imgforge()
         .arg("export")

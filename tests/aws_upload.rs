@@ -2,6 +2,11 @@
 //! local AWS peer), through a recording, fault-injecting proxy
 //! (tests/support/aws_proxy.py). Real SDK, real HTTP.
 //!
+//! One moto for the file (`common::aws::moto()`), shared by tests running
+//! in parallel: each test has a proxy of its own (what it asserts on the
+//! wire is only its own requests), its own images and AMI names, and reads
+//! back only the snapshots it made.
+//!
 //! Needs `pip install 'moto[server]'`; without it these tests fail and say so.
 
 mod common;
@@ -50,8 +55,8 @@ fn sample_image(dir: &Path) -> (PathBuf, u64, Vec<u64>) {
 #[test]
 fn round_trip_is_byte_identical_and_register_image_carries_what_was_asked() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &[]);
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &[]);
     let (image, size, expected_blocks) = sample_image(dir.path());
 
     let out = run(imgforge(dir.path())
@@ -210,8 +215,8 @@ fn round_trip_is_byte_identical_and_register_image_carries_what_was_asked() {
 #[test]
 fn client_token_is_derived_from_the_manifest_and_parameters() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &[]);
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &[]);
     let image = dir.path().join("token.raw");
     make_image(&image, 4 * MIB, &[(0, pattern(9, 70_000))]);
     write_build_manifest(&image);
@@ -262,8 +267,8 @@ fn client_token_is_derived_from_the_manifest_and_parameters() {
 #[test]
 fn a_completed_snapshot_answered_for_the_token_is_reused() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &["--start-status", "completed"]);
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &["--start-status", "completed"]);
     let image = dir.path().join("done.raw");
     make_image(&image, 4 * MIB, &[(0, pattern(81, 700_000))]);
     let out = run(imgforge(dir.path()).arg("upload").arg(&image).args([
@@ -284,9 +289,9 @@ fn a_completed_snapshot_answered_for_the_token_is_reused() {
 #[test]
 fn kill_9_halfway_then_rerun_resumes_the_same_snapshot_and_sends_only_missing_blocks() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
+    let moto = moto();
     // Slow blocks make the upload long enough to kill halfway.
-    let proxy = Proxy::start(&moto, dir.path(), &["--delay-ms", "60"]);
+    let proxy = Proxy::start(moto, dir.path(), &["--delay-ms", "60"]);
     let image = dir.path().join("resume.raw");
     let total_blocks = 120u64;
     make_image(
@@ -380,9 +385,9 @@ fn kill_9_halfway_then_rerun_resumes_the_same_snapshot_and_sends_only_missing_bl
 #[test]
 fn throttling_5xx_and_dropped_connections_are_retried_visibly() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
+    let moto = moto();
     let proxy = Proxy::start(
-        &moto,
+        moto,
         dir.path(),
         &[
             "--throttle",
@@ -441,8 +446,8 @@ fn throttling_5xx_and_dropped_connections_are_retried_visibly() {
 #[test]
 fn access_denied_is_not_retried_and_the_snapshot_is_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &["--access-denied", "1"]);
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &["--access-denied", "1"]);
     let image = dir.path().join("denied.raw");
     make_image(&image, 8 * MIB, &[(0, pattern(31, 3 * MIB as usize))]);
     let out = run(imgforge(dir.path()).arg("upload").arg(&image).args([
@@ -473,8 +478,8 @@ fn access_denied_is_not_retried_and_the_snapshot_is_deleted() {
 #[test]
 fn a_vanished_snapshot_is_detected_and_the_upload_starts_over() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let failing = Proxy::start(&moto, dir.path(), &["--server-error", "1"]);
+    let moto = moto();
+    let failing = Proxy::start(moto, dir.path(), &["--server-error", "1"]);
     let image = dir.path().join("gone.raw");
     make_image(&image, 8 * MIB, &[(0, pattern(41, 2 * MIB as usize))]);
     let upload = |url: &str, extra: &[&str]| {
@@ -529,8 +534,8 @@ fn a_vanished_snapshot_is_detected_and_the_upload_starts_over() {
 #[test]
 fn a_snapshot_in_error_state_is_replaced_and_an_error_after_completion_fails_fast() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let failing = Proxy::start(&moto, dir.path(), &["--server-error", "1"]);
+    let moto = moto();
+    let failing = Proxy::start(moto, dir.path(), &["--server-error", "1"]);
     let image = dir.path().join("err.raw");
     make_image(&image, 8 * MIB, &[(0, pattern(71, 2 * MIB as usize))]);
     let upload = |url: &str, extra: &[&str]| {
@@ -549,7 +554,7 @@ fn a_snapshot_in_error_state_is_replaced_and_an_error_after_completion_fails_fas
     let old = journal["snapshot_id"].as_str().unwrap().to_string();
 
     // EC2 now reports every snapshot as `error` (as a timed-out one would be).
-    let erroring = Proxy::start(&moto, dir.path(), &["--snapshot-state", "error"]);
+    let erroring = Proxy::start(moto, dir.path(), &["--snapshot-state", "error"]);
     let out = upload(&erroring.url(), &[]);
     assert!(!out.status.success());
     let log = stderr(&out);
@@ -586,9 +591,9 @@ fn a_snapshot_in_error_state_is_replaced_and_an_error_after_completion_fails_fas
 #[test]
 fn a_journal_for_a_changed_image_is_not_trusted() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let failing = Proxy::start(&moto, dir.path(), &["--server-error", "1"]);
-    let recording = Proxy::start(&moto, dir.path(), &[]);
+    let moto = moto();
+    let failing = Proxy::start(moto, dir.path(), &["--server-error", "1"]);
+    let recording = Proxy::start(moto, dir.path(), &[]);
     let image = dir.path().join("changed.raw");
     make_image(&image, 8 * MIB, &[(0, pattern(91, 2 * MIB as usize))]);
     let out = run(imgforge(dir.path())
@@ -636,8 +641,8 @@ fn a_journal_for_a_changed_image_is_not_trusted() {
 #[test]
 fn encrypted_uploads_write_zero_blocks_too() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &[]);
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &[]);
     let image = dir.path().join("enc.raw");
     make_image(&image, 8 * MIB, &[(3 * MIB, pattern(51, 1000))]);
     // A key that exists (the ARN is checked with KMS DescribeKey first).
@@ -676,8 +681,8 @@ fn encrypted_uploads_write_zero_blocks_too() {
 #[test]
 fn ctrl_c_stops_cleanly_and_keeps_the_journal() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &["--delay-ms", "50"]);
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &["--delay-ms", "50"]);
     let image = dir.path().join("int.raw");
     make_image(&image, 64 * MIB, &[(0, pattern(61, 40 * MIB as usize))]);
     let journal_path = dir.path().join("int.raw.upload-journal.json");
@@ -808,7 +813,7 @@ fn missing_credentials_or_region_say_how_to_set_them() {
 fn credentials_and_region_come_from_a_named_profile() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let moto = Moto::start();
+    let moto = moto();
     make_image(&d.join("ok.raw"), MIB, &[(0, pattern(1, 10))]);
     std::fs::write(
         d.join("credentials"),

@@ -7,6 +7,11 @@
 //! ListSnapshotBlocks) and compose them as EBS would (the child's written
 //! blocks over the parent's), then compare with the new image.
 //!
+//! One moto for the file (`common::aws::moto()`), shared by tests running
+//! in parallel: each test has AMI names (so families) of its own, and
+//! `--parent auto` looks only in the test's own digest store (under its
+//! HOME).
+//!
 //! Needs `pip install 'moto[server]'`; without it these tests fail and say so.
 
 mod common;
@@ -103,15 +108,15 @@ fn put_indices(requests: &[Value]) -> BTreeSet<u64> {
 #[test]
 fn a_delta_sends_only_changed_blocks_and_parent_plus_child_read_back_as_the_new_image() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &[]);
-    let parent = dir.path().join("web.raw");
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &[]);
+    let parent = dir.path().join("shop.raw");
     parent_image(&parent);
     let first = json_stdout(&upload(
         dir.path(),
         &proxy.url(),
         &parent,
-        &["--name", "web-v1"],
+        &["--name", "shop-v1"],
     ));
     let parent_snapshot = first["snapshot_id"].as_str().unwrap().to_string();
     assert_eq!(first["blocks_sent"], 13);
@@ -123,18 +128,18 @@ fn a_delta_sends_only_changed_blocks_and_parent_plus_child_read_back_as_the_new_
         .join(format!("{parent_snapshot}.json"));
     let record: Value =
         serde_json::from_str(&std::fs::read_to_string(&record_path).unwrap()).unwrap();
-    assert_eq!(record["family"], "web");
+    assert_eq!(record["family"], "shop");
     assert_eq!(record["ami_id"], first["ami_id"]);
     assert_eq!(record["digests"].as_object().unwrap().len(), 13);
 
-    let child = dir.path().join("web-next.raw");
+    let child = dir.path().join("shop-next.raw");
     child_image(&child);
     let before = proxy.requests().len();
     let out = upload(
         dir.path(),
         &proxy.url(),
         &child,
-        &["--name", "web-v2", "--parent", &parent_snapshot],
+        &["--name", "shop-v2", "--parent", &parent_snapshot],
     );
     let second = json_stdout(&out);
     let requests = proxy.requests();
@@ -166,7 +171,7 @@ fn a_delta_sends_only_changed_blocks_and_parent_plus_child_read_back_as_the_new_
 
     // Read back: moto ignores the parent, so compose as EBS would.
     let child_snapshot = second["snapshot_id"].as_str().unwrap();
-    let child_written = listed_blocks(&moto, child_snapshot);
+    let child_written = listed_blocks(moto, child_snapshot);
     assert_eq!(child_written, [3, 20, 41, 60].into_iter().collect());
     let parent_back = download(dir.path(), &moto.url(), &parent_snapshot, 40 * MIB, "p.raw");
     let child_back = download(dir.path(), &moto.url(), child_snapshot, 40 * MIB, "c.raw");
@@ -187,7 +192,7 @@ fn a_delta_sends_only_changed_blocks_and_parent_plus_child_read_back_as_the_new_
         dir.path(),
         &proxy.url(),
         &child,
-        &["--name", "web-v3", "--parent", "auto"],
+        &["--name", "shop-v3", "--parent", "auto"],
     ));
     assert_eq!(
         third["parent_snapshot_id"], child_snapshot,
@@ -201,7 +206,7 @@ fn a_delta_sends_only_changed_blocks_and_parent_plus_child_read_back_as_the_new_
 #[test]
 fn parent_auto_ami_ids_and_bad_parents() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
+    let moto = moto();
     let url = moto.url();
     let image = dir.path().join("img.raw");
     parent_image(&image);
@@ -321,7 +326,7 @@ fn parent_auto_ami_ids_and_bad_parents() {
 #[test]
 fn the_image_is_read_once_with_its_manifest() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
+    let moto = moto();
     let image = dir.path().join("once.raw");
     make_image(&image, 16 * MIB, &[(MIB, pattern(5, 3 * BLOCK as usize))]);
     let data = 3 * BLOCK;
@@ -366,8 +371,8 @@ fn the_image_is_read_once_with_its_manifest() {
 #[test]
 fn an_interrupted_delta_resumes_and_sends_only_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let failing = Proxy::start(&moto, dir.path(), &["--server-error", "0.5", "--seed", "3"]);
+    let moto = moto();
+    let failing = Proxy::start(moto, dir.path(), &["--server-error", "0.5", "--seed", "3"]);
     let parent = dir.path().join("api.raw");
     parent_image(&parent);
     let first = json_stdout(&upload(
@@ -416,7 +421,7 @@ fn an_interrupted_delta_resumes_and_sends_only_what_is_missing() {
     );
     assert_eq!(result["blocks_unchanged"], 10);
     assert_eq!(
-        listed_blocks(&moto, &snapshot),
+        listed_blocks(moto, &snapshot),
         [3, 20, 41, 60].into_iter().collect()
     );
 }

@@ -4,6 +4,12 @@
 //! (CopyImage's ClientToken and CopyImageTags, EnableImageDeprecation, which
 //! moto 5.2 does not implement and the proxy answers, PutParameter's
 //! DataType) is asserted on the wire; what it keeps is read back with boto3.
+//!
+//! One moto for the file (`common::aws::moto()`), shared by tests running
+//! in parallel: each test has a proxy of its own, and AMI names, families
+//! and SSM parameters no other test of the file uses (`ami prune
+//! --name-prefix fleet-` deregisters whatever is named fleet-*), and looks
+//! at listings only for its own names.
 
 mod common;
 
@@ -66,8 +72,8 @@ fn ami_of(result: &Value, region: &str) -> String {
 #[test]
 fn copies_shares_deprecates_and_points_ssm_in_every_region() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &[]);
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &[]);
     let image = small_image(dir.path(), 11);
     let args = [
         "--copy-to",
@@ -286,10 +292,10 @@ fn copies_shares_deprecates_and_points_ssm_in_every_region() {
 #[test]
 fn a_failed_region_is_named_and_a_rerun_completes_only_that_region() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
+    let moto = moto();
     let image = small_image(dir.path(), 12);
     let args = ["--copy-to", "eu-west-1,us-west-2", "--json"];
-    let failing = Proxy::start(&moto, dir.path(), &["--fail", "CopyImage@us-west-2"]);
+    let failing = Proxy::start(moto, dir.path(), &["--fail", "CopyImage@us-west-2"]);
     let out = upload(dir.path(), &failing.url(), &image, "partial-v1", &args);
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -312,7 +318,7 @@ fn a_failed_region_is_named_and_a_rerun_completes_only_that_region() {
     );
     let eu = ami_of(&partial, "eu-west-1");
 
-    let proxy = Proxy::start(&moto, dir.path(), &[]);
+    let proxy = Proxy::start(moto, dir.path(), &[]);
     let result = json_stdout(&upload(
         dir.path(),
         &proxy.url(),
@@ -337,8 +343,8 @@ fn a_failed_region_is_named_and_a_rerun_completes_only_that_region() {
 #[test]
 fn ssm_parameter_of_another_family_is_kept_unless_ssm_overwrite() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &[]);
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &[]);
     let param = ["--ssm-parameter", "/images/shared/latest", "--json"];
     let alpha = json_stdout(&upload(
         dir.path(),
@@ -424,8 +430,8 @@ fn ssm_parameter_of_another_family_is_kept_unless_ssm_overwrite() {
 #[test]
 fn ami_list_prune_and_promote() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &[]);
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &[]);
     let url = proxy.url();
     let mut ids = Vec::new();
     for (seed, name) in [(31, "fleet-v1"), (32, "fleet-v2"), (33, "fleet-v3")] {
@@ -631,10 +637,16 @@ fn ami_list_prune_and_promote() {
         &url,
         "--json",
     ])));
+    // This test's AMIs (fleet-*, other-*): the file's other tests publish
+    // on the same moto under names of their own.
     let left: Vec<&str> = left
         .as_array()
         .unwrap()
         .iter()
+        .filter(|i| {
+            let name = i["name"].as_str().unwrap();
+            name.starts_with("fleet-") || name.starts_with("other-")
+        })
         .map(|i| i["image_id"].as_str().unwrap())
         .collect();
     assert!(left.contains(&ids[1].as_str()) && left.contains(&ids[2].as_str()));
@@ -642,7 +654,7 @@ fn ami_list_prune_and_promote() {
         left.contains(&other["ami_id"].as_str().unwrap()),
         "another prefix is untouched"
     );
-    assert_eq!(left.len(), 3);
+    assert_eq!(left.len(), 3, "{left:?}");
 }
 
 fn expect_failure(dir: &Path, args: &[&str], needles: &[&str]) -> Output {
@@ -658,8 +670,8 @@ fn expect_failure(dir: &Path, args: &[&str], needles: &[&str]) -> Output {
 #[test]
 fn bad_publish_input_is_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &[]);
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &[]);
     let url = proxy.url();
     let image = small_image(dir.path(), 41);
     let img = image.to_str().unwrap();
@@ -821,8 +833,8 @@ fn every_publish_flag_names_its_packer_option() {
 #[test]
 fn upload_takes_its_publish_settings_from_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &[]);
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &[]);
     let config = dir.path().join("imgforge.toml");
     std::fs::write(
         &config,
@@ -872,8 +884,8 @@ fn upload_takes_its_publish_settings_from_the_config_file() {
 #[test]
 fn a_copy_that_stays_pending_fails_its_region_after_the_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &["--image-state", "pending@eu-west-1"]);
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &["--image-state", "pending@eu-west-1"]);
     let image = small_image(dir.path(), 61);
     let out = upload(
         dir.path(),

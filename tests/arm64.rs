@@ -84,8 +84,8 @@ fn inspect_reads_arm64_from_the_root_partition_type() {
 #[test]
 fn upload_registers_an_arm64_image_as_arm64_uefi_and_refuses_a_contradiction() {
     let dir = tempfile::tempdir().unwrap();
-    let moto = Moto::start();
-    let proxy = Proxy::start(&moto, dir.path(), &[]);
+    let moto = moto();
+    let proxy = Proxy::start(moto, dir.path(), &[]);
     let image = arm64_disk(dir.path());
 
     // Told x86_64: refused before any snapshot is started.
